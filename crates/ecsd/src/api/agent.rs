@@ -1,0 +1,242 @@
+//! The agent API (contract §4) and the enrollment-token extension of the
+//! public API. An agent authenticates with its bearer credential and sees only
+//! its own server's work.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Extension, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::Utc;
+use ecs_agent_proto as proto;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use crate::auth::read_body;
+use crate::error::ApiError;
+use crate::secrets::{bearer_hash, new_bearer};
+use crate::state::{AppState, Caller};
+use crate::store::{Enrollment, Heartbeat, Server};
+
+/// Largest agent request body.
+const AGENT_BODY_LIMIT: usize = 16 * 1024;
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|_| ApiError::invalid("Invalid request body for the agent API."))
+}
+
+async fn body(headers: &HeaderMap, b: axum::body::Body) -> Result<Bytes, ApiError> {
+    read_body(headers, b, AGENT_BODY_LIMIT).await
+}
+
+/// The server whose agent sent this request.
+async fn agent(state: &AppState, headers: &HeaderMap) -> Result<Server, ApiError> {
+    let cred = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthenticated("agent credential missing"))?;
+    state
+        .store
+        .agent_server(&bearer_hash(cred.trim()))
+        .await
+        .map_err(|e| ApiError::internal("looking up an agent", e))?
+        .ok_or_else(|| {
+            tracing::warn!("agent call with an unknown credential");
+            ApiError::unauthenticated("agent credential not recognised")
+        })
+}
+
+/// `POST /v1/{project_id}/enroll-tokens`: a token for onboarding servers.
+pub async fn create_enroll_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: proto::EnrollTokenRequest = if body.is_empty() {
+        Default::default()
+    } else {
+        parse(&body)?
+    };
+    let uses = req.uses.unwrap_or(1);
+    let ttl = req.ttl_secs.unwrap_or(3600);
+    if !(1..=100_000).contains(&uses) || !(1..=30 * 86_400).contains(&ttl) {
+        return Err(ApiError::invalid(
+            "Invalid request body: uses must be 1..100000 and ttl_secs 1..2592000.",
+        ));
+    }
+    let issued = issue_enroll_token(&state, &caller.project_id, uses, ttl).await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+/// Creates an enrollment token; only its hash is stored.
+pub async fn issue_enroll_token(
+    state: &AppState,
+    project_id: &str,
+    uses: u32,
+    ttl_secs: u64,
+) -> Result<proto::EnrollTokenResponse, ApiError> {
+    let token = new_bearer("ecset_");
+    let expires = Utc::now() + chrono::Duration::seconds(ttl_secs as i64);
+    state
+        .store
+        .create_enroll_token(project_id, &bearer_hash(token.expose_secret()), expires, uses)
+        .await
+        .map_err(|e| ApiError::internal("storing an enrollment token", e))?;
+    Ok(proto::EnrollTokenResponse {
+        token: token.expose_secret().to_owned(),
+        project_id: project_id.to_owned(),
+        uses,
+        expires: crate::store::fmt_time(expires),
+    })
+}
+
+/// `POST /agent/v1/enroll`.
+pub async fn enroll(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    raw: axum::body::Body,
+) -> Result<Json<proto::EnrollResponse>, ApiError> {
+    let req: proto::EnrollRequest = parse(&body(&headers, raw).await?)?;
+    let os_type = ecs_policy::OsType::parse(&req.os_type)
+        .ok_or_else(|| ApiError::invalid("os_type must be Linux or Windows."))?;
+    let public_key = ecs_seal::PublicKey::from_base64(&req.public_key)
+        .map_err(|_| ApiError::invalid("public_key must be a base64 X25519 public key."))?;
+    let fields_ok = [&req.machine_id, &req.hostname, &req.agent_version]
+        .iter()
+        .all(|f| !f.is_empty() && f.len() <= 255 && !f.chars().any(char::is_control));
+    if !fields_ok {
+        return Err(ApiError::invalid(
+            "machine_id, hostname and agent_version must be 1..255 printable characters.",
+        ));
+    }
+    let credential = new_bearer("ecsac_");
+    let enrolled = state
+        .store
+        .enroll(
+            &bearer_hash(&req.token),
+            Enrollment {
+                machine_id: req.machine_id,
+                hostname: req.hostname,
+                os_type,
+                public_key: public_key.to_bytes(),
+                agent_version: req.agent_version,
+                credential_hash: bearer_hash(credential.expose_secret()),
+            },
+            Utc::now(),
+        )
+        .await
+        .map_err(|e| ApiError::internal("enrolling an agent", e))?
+        .ok_or_else(|| {
+            tracing::warn!("enrollment with an invalid, expired or used-up token");
+            ApiError::unauthenticated("the enrollment token is invalid, expired or used up")
+        })?;
+    tracing::info!(server_id = %enrolled.server_id, re_enrolled = enrolled.re_enrolled, "agent enrolled");
+    Ok(Json(proto::EnrollResponse {
+        server_id: enrolled.server_id,
+        project_id: enrolled.project_id,
+        credential: credential.expose_secret().to_owned(),
+    }))
+}
+
+/// `POST /agent/v1/heartbeat`.
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    raw: axum::body::Body,
+) -> Result<StatusCode, ApiError> {
+    let server = agent(&state, &headers).await?;
+    let req: proto::HeartbeatRequest = parse(&body(&headers, raw).await?)?;
+    if req.boot_id.len() > 64 || req.agent_version.len() > 64 {
+        return Err(ApiError::invalid("boot_id and agent_version are at most 64 characters."));
+    }
+    state
+        .store
+        .heartbeat(
+            &server.id,
+            Heartbeat {
+                agent_version: req.agent_version,
+                boot_id: req.boot_id,
+                uptime_secs: req.uptime_secs,
+            },
+            Utc::now(),
+        )
+        .await
+        .map_err(|e| ApiError::internal("recording a heartbeat", e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub struct WorkQuery {
+    have: Option<String>,
+    wait: Option<u64>,
+}
+
+/// `GET /agent/v1/work`: long poll for the newest open reset.
+pub async fn work(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<WorkQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let server = agent(&state, &headers).await?;
+    let Query(q) = query.map_err(|_| ApiError::invalid("Invalid query parameters."))?;
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.config.agent_poll_secs));
+    let deadline = tokio::time::Instant::now() + wait;
+    let notify = state.wakers.subscribe(&server.id);
+    let result = loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        // Subscribe before looking, so work stored in between still wakes us.
+        notified.as_mut().enable();
+        let found = state
+            .store
+            .take_work(&server.id, Utc::now())
+            .await
+            .map_err(|e| ApiError::internal("reading agent work", e));
+        match found {
+            Err(e) => break Err(e),
+            Ok(Some(w)) if q.have.as_deref() != Some(w.request_id.as_str()) => {
+                break Ok(Json(proto::Work {
+                    server_id: server.id.clone(),
+                    request_id: w.request_id,
+                    sealed: ecs_seal::Sealed::from_bytes(w.sealed)
+                        .map(|s| s.to_base64())
+                        .unwrap_or_default(),
+                    apply_now: w.apply_now,
+                })
+                .into_response());
+            }
+            Ok(_) => {}
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            break Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    };
+    state.wakers.release(&server.id, notify);
+    result
+}
+
+/// `POST /agent/v1/ack`.
+pub async fn ack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    raw: axum::body::Body,
+) -> Result<Json<proto::AckResponse>, ApiError> {
+    let server = agent(&state, &headers).await?;
+    let req: proto::AckRequest = parse(&body(&headers, raw).await?)?;
+    let reason = req
+        .reason
+        .as_deref()
+        .map(|r| r.chars().take(500).collect::<String>());
+    let applied = req.outcome == proto::Outcome::Applied;
+    let recorded = state
+        .store
+        .ack(&server.id, &req.request_id, applied, reason.as_deref(), Utc::now())
+        .await
+        .map_err(|e| ApiError::internal("recording an outcome", e))?;
+    tracing::info!(server_id = %server.id, request_id = %req.request_id, outcome = ?req.outcome, recorded, "reset outcome");
+    Ok(Json(proto::AckResponse { recorded }))
+}

@@ -1,0 +1,92 @@
+//! The HTTP surface: the Huawei-compatible public API under `/v1`, our agent
+//! API under `/agent/v1`, and the layers every request passes through.
+
+mod agent;
+mod resets;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::HeaderValue;
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+
+use crate::error::{ApiError, ErrorCode, REQUEST_ID, new_request_id};
+use crate::state::{AppState, Source};
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    let public = Router::new()
+        .route(
+            "/v1/{project_id}/cloudservers/os-reset-passwords",
+            put(resets::batch_reset),
+        )
+        .route(
+            "/v1/{project_id}/cloudservers/os-reset-passwords/{request_id}",
+            get(resets::reset_outcome),
+        )
+        .route(
+            "/v1/{project_id}/cloudservers/{server_id}/os-reset-password",
+            put(resets::single_reset),
+        )
+        .route(
+            "/v1/{project_id}/cloudservers/{server_id}/os-resetpwd-flag",
+            get(resets::resetpwd_flag),
+        )
+        .route(
+            "/v1/{project_id}/enroll-tokens",
+            post(agent::create_enroll_token),
+        )
+        .route_layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
+    let agents = Router::new()
+        .route("/agent/v1/enroll", post(agent::enroll))
+        .route("/agent/v1/heartbeat", post(agent::heartbeat))
+        .route("/agent/v1/work", get(agent::work))
+        .route("/agent/v1/ack", post(agent::ack));
+    Router::new()
+        .merge(public)
+        .merge(agents)
+        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .fallback(no_such_api)
+        .method_not_allowed_fallback(no_such_api)
+        .layer(from_fn(request_context))
+        .with_state(state)
+}
+
+async fn no_such_api() -> ApiError {
+    ApiError::no_such_api()
+}
+
+/// Gives every request an id (the `X-Request-Id` header and the gateway error
+/// bodies), records the peer address, and writes one access-log line.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = new_request_id();
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    req.extensions_mut().insert(Source(source));
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await.into_response();
+    resp.headers_mut().insert(
+        "x-request-id",
+        HeaderValue::from_str(&id).expect("hex is a valid header value"),
+    );
+    let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
+    tracing::info!(
+        request_id = %id,
+        %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        code,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
+}

@@ -1,0 +1,103 @@
+//! Layered configuration: built-in defaults, then a TOML file, then `ECSD_*`
+//! environment variables, then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the database, the dev credentials and the dev fleet live.
+    pub data_dir: PathBuf,
+    /// SQLite database file; defaults to `<data_dir>/ecsd.db`.
+    pub database: Option<PathBuf>,
+    /// Base64 of 32 random bytes; encrypts the stored secret keys. Required
+    /// outside `--dev` (where it is generated into `<data_dir>/master.key`).
+    #[serde(skip_serializing)]
+    pub master_key: Option<SecretString>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Allowed distance between `X-Sdk-Date` and the server clock.
+    pub clock_skew_secs: u64,
+    /// Requests per second allowed per access key (burst: the same number).
+    pub rate_limit_per_sec: u32,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// How long an agent's long poll waits for work.
+    pub agent_poll_secs: u64,
+    /// An agent silent for this long is shown with `host_status` UNKNOWN.
+    pub agent_stale_secs: u64,
+    /// The public URL agents and clients use; defaults to `http://<listen>`.
+    pub public_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            data_dir: PathBuf::from("ecsd-data"),
+            database: None,
+            master_key: None,
+            max_body_bytes: 1024 * 1024,
+            clock_skew_secs: 15 * 60,
+            rate_limit_per_sec: 200,
+            log_format: LogFormat::Text,
+            agent_poll_secs: 25,
+            agent_stale_secs: 120,
+            public_endpoint: None,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `ECSD_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, figment::Error> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig.merge(Env::prefixed("ECSD_").ignore(&["config"]))
+            .extract()
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ecsd.db"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ecsd.example.toml");
+        let cfg = Config::load(Some(&path)).expect("docs/ecsd.example.toml parses");
+        assert_eq!(cfg.listen.port(), 8443);
+        assert!(cfg.master_key.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listne = \"127.0.0.1:1\"\n").unwrap();
+        assert!(Config::load(Some(&path)).is_err());
+    }
+}

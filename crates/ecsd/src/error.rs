@@ -1,0 +1,216 @@
+//! The two error shapes of the contract (§2.3) and the request id that every
+//! response carries (§2.9).
+//!
+//! `ApiError` is what handlers return. It renders either the ECS body
+//! `{"error": {"code", "message"}[, "internalError": [...]]}` or the gateway
+//! body `{"error_code", "error_msg", "request_id"}`. The request id comes from
+//! a task-local set by the request-id middleware, so the gateway body and the
+//! `X-Request-Id` header always agree.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+tokio::task_local! {
+    /// The id of the request being served (32 lowercase hex).
+    pub static REQUEST_ID: String;
+}
+
+/// The current request id, or a fresh one outside a request scope.
+pub fn current_request_id() -> String {
+    REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| new_request_id())
+}
+
+/// A new request id: 32 lowercase hex characters.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// One failing server inside a rejected batch.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InternalError {
+    pub id: String,
+    pub error_code: &'static str,
+    pub error_message: String,
+}
+
+/// An error answered to an API client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// ECS-level error (`{"error": {"code", "message"}}`).
+    #[error("{code}: {message}")]
+    Ecs {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        internal: Option<Vec<InternalError>>,
+    },
+    /// Gateway-level error (`{"error_code", "error_msg", "request_id"}`).
+    #[error("{code}: {message}")]
+    Gateway {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
+}
+
+impl ApiError {
+    pub fn ecs(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Ecs {
+            status,
+            code,
+            message: message.into(),
+            internal: None,
+        }
+    }
+    /// 400 `Ecs.0005`: malformed or invalid body.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::ecs(StatusCode::BAD_REQUEST, "Ecs.0005", message)
+    }
+    /// 404 `Ecs.0114`: the server does not exist (or is another project's).
+    pub fn server_not_found(id: &str) -> Self {
+        Self::ecs(
+            StatusCode::NOT_FOUND,
+            "Ecs.0114",
+            format!("Instance[{}] could not be found.", display_id(id)),
+        )
+    }
+    /// 500 `Common.0001`: an internal failure; details go to the log only.
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "{context}");
+        Self::ecs(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Common.0001",
+            "System exception. Retry later or contact the administrator.",
+        )
+    }
+    fn gateway(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Gateway {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    /// 401 `APIGW.0301`.
+    pub fn unauthenticated(detail: impl std::fmt::Display) -> Self {
+        Self::gateway(
+            StatusCode::UNAUTHORIZED,
+            "APIGW.0301",
+            format!("Incorrect IAM authentication information: {detail}"),
+        )
+    }
+    /// 403 `APIGW.0302`.
+    pub fn forbidden(detail: impl std::fmt::Display) -> Self {
+        Self::gateway(
+            StatusCode::FORBIDDEN,
+            "APIGW.0302",
+            format!("The IAM user is not authorized to access the API: {detail}"),
+        )
+    }
+    /// 429 `APIGW.0308`.
+    pub fn throttled() -> Self {
+        Self::gateway(
+            StatusCode::TOO_MANY_REQUESTS,
+            "APIGW.0308",
+            "The throttling threshold has been reached: policy user over ratelimit",
+        )
+    }
+    /// 413 `APIGW.0201`.
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::gateway(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "APIGW.0201",
+            format!("Request entity too large: the body exceeds {limit} bytes"),
+        )
+    }
+    /// 404 `APIGW.0101`.
+    pub fn no_such_api() -> Self {
+        Self::gateway(
+            StatusCode::NOT_FOUND,
+            "APIGW.0101",
+            "The API does not exist or has not been published in the environment",
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Ecs { status, .. } | ApiError::Gateway { status, .. } => *status,
+        }
+    }
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Ecs { code, .. } | ApiError::Gateway { code, .. } => code,
+        }
+    }
+}
+
+/// Ids from the network are echoed in messages only in a bounded, printable form.
+pub fn display_id(id: &str) -> String {
+    let clean: String = id
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect();
+    if id.chars().count() > 64 {
+        format!("{clean}...")
+    } else {
+        clean
+    }
+}
+
+#[derive(Serialize)]
+struct EcsBody<'a> {
+    error: EcsInner<'a>,
+    #[serde(rename = "internalError", skip_serializing_if = "Option::is_none")]
+    internal: Option<&'a [InternalError]>,
+}
+
+#[derive(Serialize)]
+struct EcsInner<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct GatewayBody<'a> {
+    error_code: &'a str,
+    error_msg: &'a str,
+    request_id: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            ApiError::Ecs {
+                code,
+                message,
+                internal,
+                ..
+            } => serde_json::to_vec(&EcsBody {
+                error: EcsInner { code, message },
+                internal: internal.as_deref(),
+            }),
+            ApiError::Gateway { code, message, .. } => serde_json::to_vec(&GatewayBody {
+                error_code: code,
+                error_msg: message,
+                request_id: &current_request_id(),
+            }),
+        }
+        .expect("error bodies serialize");
+        let mut resp = (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+        resp.extensions_mut().insert(ErrorCode(self.code()));
+        resp
+    }
+}
+
+/// Attached to error responses so the access log can name the code.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);

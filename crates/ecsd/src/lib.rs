@@ -1,0 +1,15 @@
+//! `ecsd`: the Huawei Cloud ECS-compatible API server for fleet-wide password
+//! resets. See `ARCHITECTURE.md` at the repository root for the code map.
+
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod reset;
+pub mod secrets;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod telemetry;

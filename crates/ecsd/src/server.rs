@@ -1,0 +1,90 @@
+//! Building and running the HTTP server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::secrets::MasterKey;
+use crate::state::AppState;
+use crate::store::SqliteStore;
+
+/// Opens the store and the master key described by `config`.
+pub fn open_state(config: Config) -> anyhow::Result<AppState> {
+    let master = config
+        .master_key
+        .as_ref()
+        .context("master_key is not configured (set ECSD_MASTER_KEY or master_key in the config file, or use --dev)")?;
+    let master = MasterKey::from_base64(master)?;
+    let db = config.database_path();
+    let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    Ok(AppState::new(Arc::new(store), master, config))
+}
+
+/// A bound, ready server.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    pub async fn bind(state: AppState) -> anyhow::Result<Server> {
+        let addr = state.config.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        Ok(Server { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let app = crate::api::router(self.state);
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// Reads the master key file of a data directory, creating it (mode 0600) if absent.
+pub fn dev_master_key(data_dir: &std::path::Path) -> anyhow::Result<SecretString> {
+    let path = data_dir.join("master.key");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(SecretString::from(s.trim().to_owned()));
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let key = MasterKey::generate_base64();
+    crate::dev::write_private(&path, secrecy::ExposeSecret::expose_secret(&key).as_bytes())?;
+    Ok(key)
+}

@@ -1,0 +1,82 @@
+//! What every handler shares.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::secrets::MasterKey;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub master: Arc<MasterKey>,
+    pub config: Arc<Config>,
+    pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    pub wakers: Arc<Wakers>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, master: MasterKey, config: Config) -> Self {
+        let rate = NonZeroU32::new(config.rate_limit_per_sec.max(1)).expect("max(1) is non-zero");
+        AppState {
+            store,
+            master: Arc::new(master),
+            limiter: Arc::new(RateLimiter::keyed(Quota::per_second(rate))),
+            config: Arc::new(config),
+            wakers: Arc::new(Wakers::default()),
+        }
+    }
+}
+
+/// The authenticated caller of a public API request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub access_key: String,
+    pub project_id: String,
+    pub role: crate::store::Role,
+}
+
+/// The peer address of the connection.
+#[derive(Debug, Clone)]
+pub struct Source(pub String);
+
+/// Wakes long-polling agents when work for their server arrives, without
+/// polling the database. One `Notify` per waiting server.
+#[derive(Default)]
+pub struct Wakers(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl Wakers {
+    /// The notifier a waiting agent subscribes to.
+    pub fn subscribe(&self, server_id: &str) -> Arc<Notify> {
+        self.0
+            .lock()
+            .expect("wakers lock")
+            .entry(server_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Drops the entry once no agent waits on it.
+    pub fn release(&self, server_id: &str, notify: Arc<Notify>) {
+        let mut map = self.0.lock().expect("wakers lock");
+        // Two strong references left: ours and the map's.
+        if Arc::strong_count(&notify) <= 2 {
+            map.remove(server_id);
+        }
+    }
+
+    /// Wakes the agents of these servers.
+    pub fn wake<'a>(&self, server_ids: impl IntoIterator<Item = &'a str>) {
+        let map = self.0.lock().expect("wakers lock");
+        for id in server_ids {
+            if let Some(n) = map.get(id) {
+                n.notify_waiters();
+            }
+        }
+    }
+}

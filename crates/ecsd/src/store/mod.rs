@@ -1,0 +1,274 @@
+//! The storage interface. The API and the agent service speak only to the
+//! [`Store`] trait; `sqlite` is the embedded implementation. A PostgreSQL
+//! backend implements the same trait without touching the API code.
+
+pub mod sqlite;
+
+use chrono::{DateTime, Utc};
+use ecs_policy::OsType;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend: {0}")]
+    Backend(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What an access key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every API call of its project.
+    Admin,
+    /// Read-only calls; mutating calls answer 403 `APIGW.0302`.
+    ReadOnly,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::ReadOnly => "readonly",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "readonly" => Some(Role::ReadOnly),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub created: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessKey {
+    pub ak: String,
+    pub project_id: String,
+    /// The SK, encrypted under the master key with the AK as associated data.
+    pub sk_sealed: Vec<u8>,
+    pub role: Role,
+}
+
+/// Reset state of one server in one request (contract §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetState {
+    Pending,
+    Delivered,
+    Applied,
+    Failed,
+    Superseded,
+}
+
+impl ResetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetState::Pending => "PENDING",
+            ResetState::Delivered => "DELIVERED",
+            ResetState::Applied => "APPLIED",
+            ResetState::Failed => "FAILED",
+            ResetState::Superseded => "SUPERSEDED",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "PENDING" => ResetState::Pending,
+            "DELIVERED" => ResetState::Delivered,
+            "APPLIED" => ResetState::Applied,
+            "FAILED" => ResetState::Failed,
+            "SUPERSEDED" => ResetState::Superseded,
+            _ => return None,
+        })
+    }
+    pub fn is_final(self) -> bool {
+        !matches!(self, ResetState::Pending | ResetState::Delivered)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub os_type: OsType,
+    /// Huawei status: ACTIVE, SHUTOFF, REBOOT, HARD_REBOOT, ...
+    pub status: String,
+    /// The agent's X25519 public key; `None` = no plug-in enrolled.
+    pub agent_public_key: Option<Vec<u8>>,
+    pub agent_version: Option<String>,
+    pub agent_last_seen: Option<DateTime<Utc>>,
+    pub boot_id: Option<String>,
+    pub hostname: Option<String>,
+    pub created: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+    /// The last reset request that targeted this server and its state there.
+    pub last_reset: Option<(String, ResetState)>,
+}
+
+/// A new server registered by an operator (`ecsd admin server register`).
+#[derive(Debug, Clone)]
+pub struct NewServer {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub os_type: OsType,
+    pub agent_public_key: Option<Vec<u8>>,
+}
+
+/// An accepted reset, written in one transaction with its audit record.
+#[derive(Debug, Clone)]
+pub struct NewReset {
+    pub request_id: String,
+    pub project_id: String,
+    pub apply_now: bool,
+    pub created: DateTime<Utc>,
+    /// (server id, sealed password) in request order.
+    pub targets: Vec<(String, Vec<u8>)>,
+    pub audit: AuditEntry,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetState {
+    pub server_id: String,
+    pub state: ResetState,
+    pub reason: Option<String>,
+    pub updated: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResetOutcome {
+    pub request_id: String,
+    pub project_id: String,
+    pub apply_now: bool,
+    pub created: DateTime<Utc>,
+    pub targets: Vec<TargetState>,
+}
+
+/// One audit record (contract §3.5). Never holds a password.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub request_id: String,
+    pub project_id: String,
+    pub actor: String,
+    pub action: String,
+    pub servers: Vec<String>,
+    pub dry_run: bool,
+    pub outcome: String,
+    pub source: String,
+}
+
+/// What an agent sends to enroll (contract §4).
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    pub machine_id: String,
+    pub hostname: String,
+    pub os_type: OsType,
+    pub public_key: Vec<u8>,
+    pub agent_version: String,
+    pub credential_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    pub server_id: String,
+    pub project_id: String,
+    /// True when the machine had enrolled before (same project and machine id).
+    pub re_enrolled: bool,
+}
+
+/// The newest undelivered or unapplied reset for a server.
+#[derive(Debug, Clone)]
+pub struct Work {
+    pub request_id: String,
+    pub sealed: Vec<u8>,
+    pub apply_now: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub agent_version: String,
+    pub boot_id: String,
+    pub uptime_secs: u64,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- administration ---
+    async fn create_project(&self, name: &str) -> StoreResult<Project>;
+    async fn project_by_name(&self, name: &str) -> StoreResult<Option<Project>>;
+    async fn project(&self, id: &str) -> StoreResult<Option<Project>>;
+    async fn create_access_key(&self, key: AccessKey) -> StoreResult<()>;
+    async fn register_server(&self, server: NewServer) -> StoreResult<Server>;
+    async fn create_enroll_token(
+        &self,
+        project_id: &str,
+        token_hash: &str,
+        expires: DateTime<Utc>,
+        uses: u32,
+    ) -> StoreResult<()>;
+
+    // --- public API ---
+    async fn access_key(&self, ak: &str) -> StoreResult<Option<AccessKey>>;
+    /// Servers with these ids, in any project, in no particular order.
+    async fn servers_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Server>>;
+    async fn server(&self, project_id: &str, id: &str) -> StoreResult<Option<Server>>;
+    /// Stores an accepted reset, supersedes older open resets of the same
+    /// servers, and writes the audit record, in one durable transaction.
+    async fn create_reset(&self, reset: NewReset) -> StoreResult<()>;
+    async fn reset_outcome(
+        &self,
+        project_id: &str,
+        request_id: &str,
+    ) -> StoreResult<Option<ResetOutcome>>;
+    async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()>;
+
+    // --- agents ---
+    /// Consumes one use of a valid enrollment token and registers (or
+    /// re-keys) the machine. `Ok(None)`: the token is unknown, expired or used up.
+    async fn enroll(
+        &self,
+        token_hash: &str,
+        enrollment: Enrollment,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Enrolled>>;
+    /// The server whose agent holds this credential.
+    async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>>;
+    async fn heartbeat(&self, server_id: &str, hb: Heartbeat, now: DateTime<Utc>)
+    -> StoreResult<()>;
+    /// The newest open reset for the server; marks it DELIVERED.
+    async fn take_work(&self, server_id: &str, now: DateTime<Utc>) -> StoreResult<Option<Work>>;
+    /// Records the agent's outcome. Returns false if the reset was no longer
+    /// open for this server (superseded, already final, or unknown).
+    async fn ack(
+        &self,
+        server_id: &str,
+        request_id: &str,
+        applied: bool,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+}
+
+/// Formats a time the way the store keeps it (RFC 3339, milliseconds, `Z`).
+pub fn fmt_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+pub fn parse_time(s: &str) -> StoreResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Backend(format!("bad timestamp {s:?}: {e}")))
+}

@@ -1,0 +1,622 @@
+//! The embedded store: one SQLite file in WAL mode with versioned migrations.
+//!
+//! One connection writes and one reads (WAL lets them run side by side); the
+//! blocking calls run on tokio's blocking pool. `synchronous=FULL` makes every
+//! commit durable.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use ecs_policy::OsType;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite_migration::{M, Migrations};
+
+use super::*;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: projects, keys, servers, resets, audit
+    r#"
+    CREATE TABLE projects (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE access_keys (
+        ak TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        sk_sealed BLOB NOT NULL,
+        role TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE servers (
+        id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        name TEXT NOT NULL,
+        os_type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        agent_public_key BLOB,
+        agent_credential_hash TEXT UNIQUE,
+        machine_id TEXT,
+        agent_version TEXT,
+        agent_last_seen TEXT,
+        boot_id TEXT,
+        hostname TEXT,
+        uptime_secs INTEGER,
+        last_reset_id TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX servers_project_name ON servers(project_id, name);
+    CREATE UNIQUE INDEX servers_project_machine ON servers(project_id, machine_id)
+        WHERE machine_id IS NOT NULL;
+    CREATE TABLE resets (
+        request_id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        apply_now INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE reset_targets (
+        request_id TEXT NOT NULL REFERENCES resets(request_id),
+        server_id TEXT NOT NULL REFERENCES servers(id),
+        position INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        sealed BLOB,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (request_id, server_id)
+    );
+    CREATE INDEX reset_targets_open ON reset_targets(server_id)
+        WHERE state IN ('PENDING', 'DELIVERED');
+    CREATE TABLE enroll_tokens (
+        token_hash TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        expires_at TEXT NOT NULL,
+        uses_left INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        servers TEXT NOT NULL,
+        dry_run INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        source TEXT NOT NULL
+    );
+    "#,
+];
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        backend(e)
+    }
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and migrates it to the
+    /// latest schema version.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(backend)?;
+        }
+        let mut writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        configure(&writer)?;
+        Self::migrations()
+            .to_latest(&mut writer)
+            .map_err(backend)?;
+        let reader = Connection::open(path)?;
+        configure(&reader)?;
+        Ok(SqliteStore {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    fn migrations() -> Migrations<'static> {
+        Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
+    }
+
+    /// The schema version of an open database.
+    pub fn schema_version(&self) -> StoreResult<usize> {
+        let conn = self.writer.lock().expect("store lock");
+        Ok(conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize)
+    }
+
+    pub fn latest_schema_version() -> usize {
+        MIGRATIONS.len()
+    }
+
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let conn = self.writer.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("store lock")))
+            .await
+            .map_err(backend)?
+    }
+
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        let conn = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock().expect("store lock")))
+            .await
+            .map_err(backend)?
+    }
+}
+
+const SERVER_COLS: &str = "s.id, s.project_id, s.name, s.os_type, s.status, s.agent_public_key, \
+    s.agent_version, s.agent_last_seen, s.boot_id, s.hostname, s.created_at, s.updated_at, \
+    s.last_reset_id, (SELECT t.state FROM reset_targets t WHERE t.request_id = s.last_reset_id AND t.server_id = s.id)";
+
+fn opt_time(v: Option<String>) -> StoreResult<Option<DateTime<Utc>>> {
+    v.as_deref().map(parse_time).transpose()
+}
+
+fn server_from_row(r: &Row<'_>) -> StoreResult<Server> {
+    let os: String = r.get(3)?;
+    let last_id: Option<String> = r.get(12)?;
+    let last_state: Option<String> = r.get(13)?;
+    Ok(Server {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        name: r.get(2)?,
+        os_type: OsType::parse(&os).ok_or_else(|| backend(format!("bad os_type {os}")))?,
+        status: r.get(4)?,
+        agent_public_key: r.get(5)?,
+        agent_version: r.get(6)?,
+        agent_last_seen: opt_time(r.get(7)?)?,
+        boot_id: r.get(8)?,
+        hostname: r.get(9)?,
+        created: parse_time(&r.get::<_, String>(10)?)?,
+        updated: parse_time(&r.get::<_, String>(11)?)?,
+        last_reset: match (last_id, last_state.as_deref().and_then(ResetState::parse)) {
+            (Some(id), Some(state)) => Some((id, state)),
+            _ => None,
+        },
+    })
+}
+
+fn project_from_row(r: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn to_project((id, name, created): (String, String, String)) -> StoreResult<Project> {
+    Ok(Project {
+        id,
+        name,
+        created: parse_time(&created)?,
+    })
+}
+
+fn insert_audit(conn: &Connection, e: &AuditEntry) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit (at, request_id, project_id, actor, action, servers, dry_run, outcome, source) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        fmt_time(e.at),
+        e.request_id,
+        e.project_id,
+        e.actor,
+        e.action,
+        serde_json::to_string(&e.servers).map_err(backend)?,
+        e.dry_run,
+        e.outcome,
+        e.source
+    ])?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_project(&self, name: &str) -> StoreResult<Project> {
+        let project = Project {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            name: name.to_owned(),
+            created: Utc::now(),
+        };
+        let p = project.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO projects (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![p.id, p.name, fmt_time(p.created)],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Conflict(format!("a project named {:?} exists", p.name))
+                }
+                e => backend(e),
+            })?;
+            Ok(())
+        })
+        .await?;
+        Ok(project)
+    }
+
+    async fn project_by_name(&self, name: &str) -> StoreResult<Option<Project>> {
+        let name = name.to_owned();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, name, created_at FROM projects WHERE name = ?1",
+                [name],
+                project_from_row,
+            )
+            .optional()?
+            .map(to_project)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn project(&self, id: &str) -> StoreResult<Option<Project>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, name, created_at FROM projects WHERE id = ?1",
+                [id],
+                project_from_row,
+            )
+            .optional()?
+            .map(to_project)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn create_access_key(&self, key: AccessKey) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO access_keys (ak, project_id, sk_sealed, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key.ak, key.project_id, key.sk_sealed, key.role.as_str(), fmt_time(Utc::now())],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn register_server(&self, s: NewServer) -> StoreResult<Server> {
+        let id = s.id.clone();
+        let project = s.project_id.clone();
+        self.write(move |c| {
+            let now = fmt_time(Utc::now());
+            c.execute(
+                "INSERT INTO servers (id, project_id, name, os_type, status, agent_public_key, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, 'ACTIVE', ?5, ?6, ?6)",
+                params![s.id, s.project_id, s.name, s.os_type.as_str(), s.agent_public_key, now],
+            )?;
+            Ok(())
+        })
+        .await?;
+        self.server(&project, &id)
+            .await?
+            .ok_or(StoreError::NotFound("server"))
+    }
+
+    async fn create_enroll_token(
+        &self,
+        project_id: &str,
+        token_hash: &str,
+        expires: DateTime<Utc>,
+        uses: u32,
+    ) -> StoreResult<()> {
+        let (p, h) = (project_id.to_owned(), token_hash.to_owned());
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO enroll_tokens (token_hash, project_id, expires_at, uses_left, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![h, p, fmt_time(expires), uses, fmt_time(Utc::now())],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn access_key(&self, ak: &str) -> StoreResult<Option<AccessKey>> {
+        let ak = ak.to_owned();
+        self.read(move |c| {
+            let row = c
+                .prepare_cached(
+                    "SELECT ak, project_id, sk_sealed, role FROM access_keys WHERE ak = ?1",
+                )?
+                .query_row([ak], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
+                })
+                .optional()?;
+            row.map(|(ak, project_id, sk_sealed, role)| {
+                Ok(AccessKey {
+                    ak,
+                    project_id,
+                    sk_sealed,
+                    role: Role::parse(&role).ok_or_else(|| backend("bad role"))?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn servers_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Server>> {
+        let ids = ids.to_vec();
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(",");
+                let sql = format!("SELECT {SERVER_COLS} FROM servers s WHERE s.id IN ({marks})");
+                let mut stmt = c.prepare_cached(&sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(chunk))?;
+                while let Some(r) = rows.next()? {
+                    out.push(server_from_row(r)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn server(&self, project_id: &str, id: &str) -> StoreResult<Option<Server>> {
+        let (p, id) = (project_id.to_owned(), id.to_owned());
+        self.read(move |c| {
+            let sql = format!("SELECT {SERVER_COLS} FROM servers s WHERE s.id = ?1 AND s.project_id = ?2");
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params![id, p])?;
+            rows.next()?.map(server_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn create_reset(&self, reset: NewReset) -> StoreResult<()> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let now = fmt_time(reset.created);
+            tx.execute(
+                "INSERT INTO resets (request_id, project_id, apply_now, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![reset.request_id, reset.project_id, reset.apply_now, now],
+            )?;
+            {
+                let mut supersede = tx.prepare_cached(
+                    "UPDATE reset_targets SET state = 'SUPERSEDED', sealed = NULL, updated_at = ?2, \
+                     reason = 'superseded by a newer reset request' \
+                     WHERE server_id = ?1 AND state IN ('PENDING', 'DELIVERED')",
+                )?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO reset_targets (request_id, server_id, position, state, sealed, updated_at) \
+                     VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5)",
+                )?;
+                let mut point = tx.prepare_cached(
+                    "UPDATE servers SET last_reset_id = ?1, updated_at = ?3 WHERE id = ?2",
+                )?;
+                for (pos, (server_id, sealed)) in reset.targets.iter().enumerate() {
+                    supersede.execute(params![server_id, now])?;
+                    insert.execute(params![reset.request_id, server_id, pos as i64, sealed, now])?;
+                    point.execute(params![reset.request_id, server_id, now])?;
+                }
+            }
+            insert_audit(&tx, &reset.audit)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reset_outcome(
+        &self,
+        project_id: &str,
+        request_id: &str,
+    ) -> StoreResult<Option<ResetOutcome>> {
+        let (p, rid) = (project_id.to_owned(), request_id.to_owned());
+        self.read(move |c| {
+            let head = c
+                .query_row(
+                    "SELECT apply_now, created_at FROM resets WHERE request_id = ?1 AND project_id = ?2",
+                    params![rid, p],
+                    |r| Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?)),
+                )
+                .optional()?;
+            let Some((apply_now, created)) = head else {
+                return Ok(None);
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT server_id, state, reason, updated_at FROM reset_targets WHERE request_id = ?1 ORDER BY position",
+            )?;
+            let mut rows = stmt.query([&rid])?;
+            let mut targets = Vec::new();
+            while let Some(r) = rows.next()? {
+                let state: String = r.get(1)?;
+                targets.push(TargetState {
+                    server_id: r.get(0)?,
+                    state: ResetState::parse(&state).ok_or_else(|| backend("bad state"))?,
+                    reason: r.get(2)?,
+                    updated: parse_time(&r.get::<_, String>(3)?)?,
+                });
+            }
+            Ok(Some(ResetOutcome {
+                request_id: rid,
+                project_id: p,
+                apply_now,
+                created: parse_time(&created)?,
+                targets,
+            }))
+        })
+        .await
+    }
+
+    async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        self.write(move |c| insert_audit(c, &entry)).await
+    }
+
+    async fn enroll(
+        &self,
+        token_hash: &str,
+        e: Enrollment,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Enrolled>> {
+        let token_hash = token_hash.to_owned();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let nows = fmt_time(now);
+            let project: Option<String> = tx
+                .query_row(
+                    "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
+                     WHERE token_hash = ?1 AND uses_left > 0 AND expires_at > ?2 RETURNING project_id",
+                    params![token_hash, nows],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(project_id) = project else {
+                return Ok(None);
+            };
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM servers WHERE project_id = ?1 AND machine_id = ?2",
+                    params![project_id, e.machine_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let (server_id, re_enrolled) = match existing {
+                Some(id) => {
+                    tx.execute(
+                        "UPDATE servers SET agent_public_key = ?2, agent_credential_hash = ?3, hostname = ?4, \
+                         os_type = ?5, agent_version = ?6, updated_at = ?7 WHERE id = ?1",
+                        params![id, e.public_key, e.credential_hash, e.hostname, e.os_type.as_str(), e.agent_version, nows],
+                    )?;
+                    // Open resets were sealed to the old key: they can never be opened now.
+                    tx.execute(
+                        "UPDATE reset_targets SET state = 'FAILED', sealed = NULL, updated_at = ?2, \
+                         reason = 'the agent re-enrolled with a new key before applying' \
+                         WHERE server_id = ?1 AND state IN ('PENDING', 'DELIVERED')",
+                        params![id, nows],
+                    )?;
+                    (id, true)
+                }
+                None => {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    tx.execute(
+                        "INSERT INTO servers (id, project_id, name, os_type, status, agent_public_key, \
+                         agent_credential_hash, machine_id, agent_version, hostname, created_at, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, 'ACTIVE', ?5, ?6, ?7, ?8, ?3, ?9, ?9)",
+                        params![id, project_id, e.hostname, e.os_type.as_str(), e.public_key,
+                                e.credential_hash, e.machine_id, e.agent_version, nows],
+                    )?;
+                    (id, false)
+                }
+            };
+            tx.commit()?;
+            Ok(Some(Enrolled {
+                server_id,
+                project_id,
+                re_enrolled,
+            }))
+        })
+        .await
+    }
+
+    async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>> {
+        let h = credential_hash.to_owned();
+        self.read(move |c| {
+            let sql = format!("SELECT {SERVER_COLS} FROM servers s WHERE s.agent_credential_hash = ?1");
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut rows = stmt.query([h])?;
+            rows.next()?.map(server_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        server_id: &str,
+        hb: Heartbeat,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let id = server_id.to_owned();
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE servers SET agent_version = ?2, boot_id = ?3, uptime_secs = ?4, agent_last_seen = ?5 WHERE id = ?1",
+            )?
+            .execute(params![id, hb.agent_version, hb.boot_id, hb.uptime_secs as i64, fmt_time(now)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_work(&self, server_id: &str, now: DateTime<Utc>) -> StoreResult<Option<Work>> {
+        let id = server_id.to_owned();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let work = tx
+                .prepare_cached(
+                    "SELECT t.request_id, t.sealed, r.apply_now, t.state FROM reset_targets t \
+                     JOIN resets r ON r.request_id = t.request_id \
+                     WHERE t.server_id = ?1 AND t.state IN ('PENDING', 'DELIVERED') AND t.sealed IS NOT NULL \
+                     ORDER BY r.created_at DESC, t.rowid DESC LIMIT 1",
+                )?
+                .query_row([&id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, bool>(2)?, r.get::<_, String>(3)?))
+                })
+                .optional()?;
+            let Some((request_id, sealed, apply_now, state)) = work else {
+                return Ok(None);
+            };
+            if state == "PENDING" {
+                tx.prepare_cached(
+                    "UPDATE reset_targets SET state = 'DELIVERED', updated_at = ?3 WHERE request_id = ?1 AND server_id = ?2",
+                )?
+                .execute(params![request_id, id, fmt_time(now)])?;
+            }
+            tx.commit()?;
+            Ok(Some(Work {
+                request_id,
+                sealed,
+                apply_now,
+            }))
+        })
+        .await
+    }
+
+    async fn ack(
+        &self,
+        server_id: &str,
+        request_id: &str,
+        applied: bool,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let (id, rid, reason) = (server_id.to_owned(), request_id.to_owned(), reason.map(str::to_owned));
+        self.write(move |c| {
+            let state = if applied { "APPLIED" } else { "FAILED" };
+            let n = c
+                .prepare_cached(
+                    "UPDATE reset_targets SET state = ?3, reason = ?4, sealed = NULL, updated_at = ?5 \
+                     WHERE request_id = ?1 AND server_id = ?2 AND state IN ('PENDING', 'DELIVERED')",
+                )?
+                .execute(params![rid, id, state, reason, fmt_time(now)])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
