@@ -1,3 +1,219 @@
-fn main() {
-    println!("Hello, world!");
+//! `ecs-agent`: enroll, run the daemon, or simulate a fleet.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ecs_agent::agent::{self, Agent, BootSource, Options};
+use ecs_agent::simulate::{Fleet, FleetSpec};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Parser)]
+#[command(name = "ecs-agent", version, about = "The ECS password reset plug-in")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll this server with ecsd (generates the key pair locally).
+    ///
+    /// Example: ecs-agent enroll --endpoint http://ecsd:8080 --token ecset_...
+    Enroll {
+        #[arg(long, env = "ECS_AGENT_ENDPOINT")]
+        endpoint: String,
+        /// One-time enrollment token (`ecsd admin enroll-token create`).
+        #[arg(long, env = "ECS_AGENT_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, default_value = "/var/lib/ecs-agent")]
+        state_dir: PathBuf,
+        /// Root file system of the server (default `/`).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long, default_value = "Linux")]
+        os_type: String,
+        /// Defaults to the machine's hostname.
+        #[arg(long)]
+        hostname: Option<String>,
+    },
+    /// Run the daemon: apply the newest pending password at each start.
+    ///
+    /// Example: ecs-agent run --root / --state-dir /var/lib/ecs-agent
+    Run {
+        #[arg(long, default_value = "/var/lib/ecs-agent")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Read the boot id from this file instead of the kernel (tests).
+        #[arg(long)]
+        boot_id_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 25)]
+        poll_secs: u64,
+        #[arg(long, default_value_t = 30)]
+        heartbeat_secs: u64,
+    },
+    /// Run N simulated servers in one process.
+    ///
+    /// Reads commands on standard input: `restart all`, `restart NAME`, `list`.
+    /// Example: ecs-agent simulate --endpoint http://127.0.0.1:8080 --token ecset_... --count 100 --root-base /tmp/fleet
+    Simulate {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, env = "ECS_AGENT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Number of Linux servers.
+        #[arg(long)]
+        count: usize,
+        /// Number of additional Windows servers (their agent is simulated on Linux files).
+        #[arg(long, default_value_t = 0)]
+        windows: usize,
+        #[arg(long)]
+        root_base: PathBuf,
+        #[arg(long, default_value = "sim-")]
+        prefix: String,
+        #[arg(long, default_value_t = 25)]
+        poll_secs: u64,
+        #[arg(long, default_value_t = 30)]
+        heartbeat_secs: u64,
+    },
+}
+
+fn machine_id(root: &Path, state_dir: &Path) -> anyhow::Result<String> {
+    for p in [root.join("etc/machine-id"), state_dir.join("machine-id")] {
+        if let Ok(s) = std::fs::read_to_string(&p) {
+            if !s.trim().is_empty() {
+                return Ok(s.trim().to_owned());
+            }
+        }
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    ecs_agent::files::write_private(&state_dir.join("machine-id"), id.as_bytes())?;
+    Ok(id)
+}
+
+fn hostname(root: &Path) -> String {
+    [root.join("etc/hostname"), PathBuf::from("/proc/sys/kernel/hostname")]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Enroll {
+            endpoint,
+            token,
+            state_dir,
+            root,
+            os_type,
+            hostname: host,
+        } => {
+            let mid = machine_id(&root, &state_dir)?;
+            let host = host.unwrap_or_else(|| hostname(&root));
+            let resp = agent::enroll(
+                ecs_agent::client::Client::http(),
+                &endpoint,
+                &token,
+                &state_dir,
+                &mid,
+                &host,
+                &os_type,
+            )
+            .await?;
+            println!(
+                "{}",
+                serde_json::json!({"server_id": resp.server_id, "project_id": resp.project_id})
+            );
+            Ok(())
+        }
+        Command::Run {
+            state_dir,
+            root,
+            boot_id_file,
+            poll_secs,
+            heartbeat_secs,
+        } => {
+            let opts = Options {
+                root,
+                state_dir,
+                boot: boot_id_file.map_or(BootSource::Kernel, BootSource::File),
+                poll: Duration::from_secs(poll_secs),
+                heartbeat: Duration::from_secs(heartbeat_secs),
+                endpoint: None,
+            };
+            let agent = Agent::load(ecs_agent::client::Client::http(), opts)?;
+            tracing::info!(server_id = agent.server_id(), "ecs-agent running");
+            tokio::select! {
+                r = agent.run() => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        Command::Simulate {
+            endpoint,
+            token,
+            count,
+            windows,
+            root_base,
+            prefix,
+            poll_secs,
+            heartbeat_secs,
+        } => {
+            let fleet = Fleet::start(FleetSpec {
+                endpoint,
+                token,
+                root_base: root_base.clone(),
+                linux: count,
+                windows,
+                prefix,
+                poll: Duration::from_secs(poll_secs),
+                heartbeat: Duration::from_secs(heartbeat_secs),
+            })
+            .await?;
+            println!("{}", serde_json::json!({"ready": fleet.list().len(), "fleet": root_base.join("fleet.json")}));
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            loop {
+                tokio::select! {
+                    line = lines.next_line() => match line.context("reading stdin")? {
+                        Some(l) => {
+                            let words: Vec<&str> = l.split_whitespace().collect();
+                            let result = match words.as_slice() {
+                                ["restart", "all"] => fleet.restart_all().await,
+                                ["restart", name] => fleet.restart(name).await,
+                                ["list"] => {
+                                    println!("{}", serde_json::to_string(&fleet.list())?);
+                                    Ok(())
+                                }
+                                [] => Ok(()),
+                                _ => Err(anyhow::anyhow!("unknown command: {l}")),
+                            };
+                            match result {
+                                Ok(()) => println!("{}", serde_json::json!({"ok": l})),
+                                Err(e) => println!("{}", serde_json::json!({"error": format!("{e:#}")})),
+                            }
+                        }
+                        None => {
+                            // No more commands: keep serving until interrupted.
+                            let _ = tokio::signal::ctrl_c().await;
+                            break;
+                        }
+                    },
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+            fleet.stop();
+            Ok(())
+        }
+    }
 }

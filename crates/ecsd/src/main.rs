@@ -1,3 +1,204 @@
-fn main() {
-    println!("Hello, world!");
+//! `ecsd`: serve the API, or administer projects, keys, servers and tokens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ecs_policy::OsType;
+use ecsd::config::Config;
+use ecsd::server::{Server, open_state, shutdown_signal};
+use ecsd::store::Role;
+use secrecy::ExposeSecret;
+
+#[derive(Parser)]
+#[command(name = "ecsd", version, about = "Huawei Cloud ECS-compatible password reset service")]
+struct Cli {
+    /// TOML configuration file (then ECSD_* variables, then flags).
+    #[arg(long, global = true, env = "ECSD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the database and dev files live.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API.
+    ///
+    /// Example: ecsd serve --dev   (embedded SQLite, a dev project and a simulated fleet)
+    Serve {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Start with a ready dev project, AK/SK and simulated servers.
+        #[arg(long)]
+        dev: bool,
+        /// Linux servers in the dev fleet.
+        #[arg(long, default_value_t = 3)]
+        dev_linux: usize,
+        /// Windows servers in the dev fleet.
+        #[arg(long, default_value_t = 1)]
+        dev_windows: usize,
+    },
+    /// Administer projects, keys, servers and enrollment tokens.
+    Admin {
+        #[command(subcommand)]
+        command: Admin,
+    },
+}
+
+#[derive(Subcommand)]
+enum Admin {
+    /// Create a project: ecsd admin project-create --name prod
+    ProjectCreate {
+        #[arg(long)]
+        name: String,
+    },
+    /// Create an AK/SK pair (the SK is printed once): ecsd admin access-key-create --project ID
+    AccessKeyCreate {
+        #[arg(long)]
+        project: String,
+        /// Read-only key: mutating calls answer 403.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Register a server with its agent's public key (base64 X25519).
+    ServerRegister {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "Linux")]
+        os_type: String,
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Create an enrollment token for `ecs-agent enroll`.
+    EnrollTokenCreate {
+        #[arg(long)]
+        project: String,
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref()).context("loading the configuration")?;
+    if let Some(d) = cli.data_dir {
+        config.data_dir = d;
+    }
+    ecsd::telemetry::init(config.log_format);
+    match cli.command {
+        Command::Serve {
+            listen,
+            dev,
+            dev_linux,
+            dev_windows,
+        } => {
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            serve(config, dev.then_some(ecsd::dev::DevFleet { linux: dev_linux, windows: dev_windows })).await
+        }
+        Command::Admin { command } => {
+            if config.master_key.is_none() {
+                // The dev data directory has its own key.
+                let path = config.data_dir.join("master.key");
+                if path.exists() {
+                    config.master_key = Some(ecsd::server::dev_master_key(&config.data_dir)?);
+                }
+            }
+            admin(config, command).await
+        }
+    }
+}
+
+async fn serve(mut config: Config, dev: Option<ecsd::dev::DevFleet>) -> anyhow::Result<()> {
+    if dev.is_some() && config.master_key.is_none() {
+        config.master_key = Some(ecsd::server::dev_master_key(&config.data_dir)?);
+    }
+    let state = open_state(config)?;
+    let server = Server::bind(state.clone()).await?;
+    let addr = server.local_addr();
+    let endpoint = state
+        .config
+        .public_endpoint
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    tracing::info!(%addr, db = %state.config.database_path().display(), "ecsd listening");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut serving = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+    let fleet = match dev {
+        Some(size) => {
+            let (fleet, path) = ecsd::dev::bootstrap(&state, &endpoint, size).await?;
+            println!("ecsd --dev is ready at {endpoint}");
+            println!("credentials: {}", path.display());
+            println!("try it with the official Huawei Python SDK:");
+            println!("  .venv/bin/python examples/reset_fleet.py {}", path.display());
+            Some(fleet)
+        }
+        None => None,
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        r = &mut serving => return r.context("server task")?,
+    }
+    if let Some(f) = fleet {
+        f.stop();
+    }
+    let _ = stop_tx.send(());
+    serving.await.context("server task")??;
+    tracing::info!("ecsd stopped");
+    Ok(())
+}
+
+async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
+    let state = open_state(config)?;
+    let out = match command {
+        Admin::ProjectCreate { name } => {
+            let p = ecsd::admin::create_project(&state, &name).await?;
+            serde_json::json!({"project_id": p.id, "name": p.name})
+        }
+        Admin::AccessKeyCreate { project, read_only } => {
+            let role = if read_only { Role::ReadOnly } else { Role::Admin };
+            let (ak, sk) = ecsd::admin::create_access_key(&state, &project, role).await?;
+            serde_json::json!({"project_id": project, "ak": ak, "sk": sk.expose_secret(), "role": role.as_str()})
+        }
+        Admin::ServerRegister {
+            project,
+            name,
+            os_type,
+            public_key,
+        } => {
+            let os = OsType::parse(&os_type).context("--os-type must be Linux or Windows")?;
+            let s = ecsd::admin::register_server(&state, &project, &name, os, public_key.as_deref()).await?;
+            serde_json::json!({"id": s.id, "name": s.name, "os_type": s.os_type.as_str()})
+        }
+        Admin::EnrollTokenCreate {
+            project,
+            uses,
+            ttl_secs,
+        } => {
+            state
+                .store
+                .project(&project)
+                .await?
+                .with_context(|| format!("no project {project}"))?;
+            let t = ecsd::api::issue_enroll_token(&state, &project, uses, ttl_secs)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            serde_json::to_value(t)?
+        }
+    };
+    println!("{out}");
+    Ok(())
 }

@@ -49,12 +49,17 @@ impl Server {
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let wakers = self.state.wakers.clone();
         let app = crate::api::router(self.state);
         axum::serve(
             self.listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Long polls answer "no work" at once instead of holding shutdown.
+            wakers.close();
+        })
         .await
         .context("serving HTTP")
     }

@@ -48,12 +48,32 @@ pub struct Source(pub String);
 /// Wakes long-polling agents when work for their server arrives, without
 /// polling the database. One `Notify` per waiting server.
 #[derive(Default)]
-pub struct Wakers(Mutex<HashMap<String, Arc<Notify>>>);
+pub struct Wakers {
+    map: Mutex<HashMap<String, Arc<Notify>>>,
+    closing: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
 
 impl Wakers {
+    /// Ends every long poll at once (graceful shutdown).
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closing.notify_waiters();
+    }
+
+    /// Completes when the server shuts down.
+    pub async fn closed(&self) {
+        let n = self.closing.notified();
+        tokio::pin!(n);
+        n.as_mut().enable();
+        if !self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            n.await;
+        }
+    }
+
     /// The notifier a waiting agent subscribes to.
     pub fn subscribe(&self, server_id: &str) -> Arc<Notify> {
-        self.0
+        self.map
             .lock()
             .expect("wakers lock")
             .entry(server_id.to_owned())
@@ -63,7 +83,7 @@ impl Wakers {
 
     /// Drops the entry once no agent waits on it.
     pub fn release(&self, server_id: &str, notify: Arc<Notify>) {
-        let mut map = self.0.lock().expect("wakers lock");
+        let mut map = self.map.lock().expect("wakers lock");
         // Two strong references left: ours and the map's.
         if Arc::strong_count(&notify) <= 2 {
             map.remove(server_id);
@@ -72,7 +92,7 @@ impl Wakers {
 
     /// Wakes the agents of these servers.
     pub fn wake<'a>(&self, server_ids: impl IntoIterator<Item = &'a str>) {
-        let map = self.0.lock().expect("wakers lock");
+        let map = self.map.lock().expect("wakers lock");
         for id in server_ids {
             if let Some(n) = map.get(id) {
                 n.notify_waiters();

@@ -211,8 +211,13 @@ pub async fn work(
             }
             Ok(_) => {}
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            break Ok(StatusCode::NO_CONTENT.into_response());
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, notified) => {
+                if r.is_err() {
+                    break Ok(StatusCode::NO_CONTENT.into_response());
+                }
+            }
+            _ = state.wakers.closed() => break Ok(StatusCode::NO_CONTENT.into_response()),
         }
     };
     state.wakers.release(&server.id, notify);

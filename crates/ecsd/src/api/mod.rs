@@ -2,6 +2,7 @@
 //! API under `/agent/v1`, and the layers every request passes through.
 
 mod agent;
+pub use agent::issue_enroll_token;
 mod resets;
 
 use std::net::SocketAddr;

@@ -1,0 +1,104 @@
+//! The agent's HTTP client for `ecsd`'s agent API.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ecs_agent_proto as proto;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    credential: Option<SecretString>,
+}
+
+impl Client {
+    pub fn new(http: reqwest::Client, endpoint: &str, credential: Option<SecretString>) -> Self {
+        Client {
+            http,
+            base: format!("{}{}", endpoint.trim_end_matches('/'), proto::PREFIX),
+            credential,
+        }
+    }
+
+    /// A client with the timeouts agents use.
+    pub fn http() -> reqwest::Client {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .expect("HTTP client builds")
+    }
+
+    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credential {
+            Some(c) => req.bearer_auth(c.expose_secret()),
+            None => req,
+        }
+    }
+
+    pub async fn enroll(&self, req: &proto::EnrollRequest) -> anyhow::Result<proto::EnrollResponse> {
+        let resp = self
+            .http
+            .post(format!("{}/enroll", self.base))
+            .timeout(Duration::from_secs(30))
+            .json(req)
+            .send()
+            .await
+            .context("enroll request")?;
+        if !resp.status().is_success() {
+            bail!("enrollment refused: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+        }
+        resp.json().await.context("enroll response")
+    }
+
+    pub async fn heartbeat(&self, hb: &proto::HeartbeatRequest) -> anyhow::Result<()> {
+        let resp = self
+            .auth(self.http.post(format!("{}/heartbeat", self.base)))
+            .timeout(Duration::from_secs(30))
+            .json(hb)
+            .send()
+            .await
+            .context("heartbeat")?;
+        if !resp.status().is_success() {
+            bail!("heartbeat refused: {}", resp.status());
+        }
+        Ok(())
+    }
+
+    /// Long-polls for work newer than `have`, waiting up to `wait`.
+    pub async fn work(&self, have: Option<&str>, wait: Duration) -> anyhow::Result<Option<proto::Work>> {
+        let mut query = vec![("wait", wait.as_secs().to_string())];
+        if let Some(h) = have {
+            query.push(("have", h.to_owned()));
+        }
+        let resp = self
+            .auth(self.http.get(format!("{}/work", self.base)))
+            .query(&query)
+            .timeout(wait + Duration::from_secs(15))
+            .send()
+            .await
+            .context("work poll")?;
+        match resp.status() {
+            StatusCode::NO_CONTENT => Ok(None),
+            s if s.is_success() => Ok(Some(resp.json().await.context("work body")?)),
+            s => bail!("work poll refused: {s}"),
+        }
+    }
+
+    pub async fn ack(&self, ack: &proto::AckRequest) -> anyhow::Result<bool> {
+        let resp = self
+            .auth(self.http.post(format!("{}/ack", self.base)))
+            .timeout(Duration::from_secs(30))
+            .json(ack)
+            .send()
+            .await
+            .context("ack")?;
+        if !resp.status().is_success() {
+            bail!("ack refused: {}", resp.status());
+        }
+        Ok(resp.json::<proto::AckResponse>().await.context("ack body")?.recorded)
+    }
+}

@@ -1,0 +1,123 @@
+//! The agent's own files in its state directory: the private key, the
+//! enrollment record and the journal. All written atomically, mode 0600.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Writes `data` to `path` via a 0600 temporary file, fsync and rename.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// What enrollment gave this agent.
+#[derive(Serialize, Deserialize)]
+pub struct Enrollment {
+    pub endpoint: String,
+    pub server_id: String,
+    pub project_id: String,
+    pub os_type: String,
+    pub machine_id: String,
+    /// The agent's bearer credential.
+    #[serde(with = "secret_string")]
+    pub credential: SecretString,
+}
+
+mod secret_string {
+    use secrecy::{ExposeSecret, SecretString};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.expose_secret())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+        String::deserialize(d).map(SecretString::from)
+    }
+}
+
+/// Crash-safe progress: which boot was processed and which resets were applied.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Journal {
+    /// The boot id whose start-up reset check completed.
+    pub boot_id: Option<String>,
+    /// Recently applied request ids (newest last); a request is applied at most once.
+    pub applied: Vec<String>,
+    /// An outcome not yet acknowledged by the server: (request id, applied, reason).
+    pub unacked: Option<(String, bool, Option<String>)>,
+}
+
+/// Paths of an agent's state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir(pub PathBuf);
+
+impl StateDir {
+    pub fn key(&self) -> PathBuf {
+        self.0.join("agent.key")
+    }
+    pub fn enrollment(&self) -> PathBuf {
+        self.0.join("agent.json")
+    }
+    pub fn journal(&self) -> PathBuf {
+        self.0.join("journal.json")
+    }
+
+    pub fn load_key(&self) -> anyhow::Result<ecs_seal::PrivateKey> {
+        let bytes = zeroize::Zeroizing::new(
+            fs::read(self.key()).with_context(|| format!("reading {}", self.key().display()))?,
+        );
+        ecs_seal::PrivateKey::from_bytes(&bytes).context("the agent key file is invalid")
+    }
+
+    pub fn save_key(&self, key: &ecs_seal::PrivateKey) -> anyhow::Result<()> {
+        write_private(&self.key(), &key.to_bytes()).context("writing the agent key")
+    }
+
+    pub fn load_enrollment(&self) -> anyhow::Result<Option<Enrollment>> {
+        match fs::read(self.enrollment()) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).context("agent.json is invalid")?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("reading agent.json"),
+        }
+    }
+
+    pub fn save_enrollment(&self, e: &Enrollment) -> anyhow::Result<()> {
+        let data = zeroize::Zeroizing::new(serde_json::to_vec_pretty(e)?);
+        write_private(&self.enrollment(), &data).context("writing agent.json")
+    }
+
+    pub fn load_journal(&self) -> anyhow::Result<Journal> {
+        match fs::read(self.journal()) {
+            Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "journal unreadable; starting afresh");
+                Journal::default()
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Journal::default()),
+            Err(e) => Err(e).context("reading the journal"),
+        }
+    }
+
+    pub fn save_journal(&self, j: &Journal) -> anyhow::Result<()> {
+        write_private(&self.journal(), &serde_json::to_vec(j)?).context("writing the journal")
+    }
+}

@@ -1,0 +1,225 @@
+//! The fleet simulator: N virtual servers in one process, each with its own
+//! key, root file system (`etc/passwd`, `etc/shadow`, `etc/login.defs`) and
+//! boot id, all running the same [`Agent`] code as a real server. A
+//! simulated restart writes a new boot id and restarts that server's agent.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use crate::agent::{Agent, BootSource, Options};
+use crate::files::StateDir;
+
+/// How to build a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    pub endpoint: String,
+    /// Needed only for servers not yet enrolled.
+    pub token: Option<String>,
+    pub root_base: PathBuf,
+    pub linux: usize,
+    pub windows: usize,
+    pub prefix: String,
+    pub poll: Duration,
+    pub heartbeat: Duration,
+}
+
+/// One virtual server, as listed in `<root_base>/fleet.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimServer {
+    pub name: String,
+    pub server_id: String,
+    pub os_type: String,
+    pub root: PathBuf,
+}
+
+struct Running {
+    server: SimServer,
+    opts: Options,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A running fleet.
+pub struct Fleet {
+    http: reqwest::Client,
+    servers: Mutex<BTreeMap<String, Running>>,
+}
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+const SHADOW: &str = "root:!:20000:0:99999:7:::\ndaemon:*:20000:0:99999:7:::\n";
+const LOGIN_DEFS: &str = "# simulated server\nENCRYPT_METHOD SHA512\n";
+
+fn prepare_root(root: &Path) -> anyhow::Result<()> {
+    let etc = root.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    for (name, content, mode) in [
+        ("passwd", PASSWD, 0o644),
+        ("shadow", SHADOW, 0o640),
+        ("login.defs", LOGIN_DEFS, 0o644),
+    ] {
+        let p = etc.join(name);
+        if !p.exists() {
+            std::fs::write(&p, content)?;
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        }
+    }
+    let boot = root.join("boot_id");
+    if !boot.exists() {
+        std::fs::write(&boot, uuid::Uuid::new_v4().to_string())?;
+    }
+    let machine = etc.join("machine-id");
+    if !machine.exists() {
+        std::fs::write(&machine, uuid::Uuid::new_v4().simple().to_string())?;
+    }
+    Ok(())
+}
+
+impl Fleet {
+    /// Prepares, enrolls (where needed) and starts every virtual server.
+    pub async fn start(spec: FleetSpec) -> anyhow::Result<Arc<Fleet>> {
+        let http = crate::client::Client::http();
+        let mut names = Vec::new();
+        for i in 0..spec.linux {
+            names.push((format!("{}linux-{:04}", spec.prefix, i + 1), "Linux"));
+        }
+        for i in 0..spec.windows {
+            names.push((format!("{}windows-{:04}", spec.prefix, i + 1), "Windows"));
+        }
+        // Enroll with bounded concurrency.
+        let sem = Arc::new(tokio::sync::Semaphore::new(32));
+        let mut jobs = Vec::new();
+        for (name, os) in names {
+            let (spec, http, sem) = (spec.clone(), http.clone(), sem.clone());
+            jobs.push(tokio::spawn(async move {
+                let _permit = sem.acquire().await.expect("semaphore open");
+                let root = spec.root_base.join(&name);
+                prepare_root(&root)?;
+                let state_dir = root.join("var/lib/ecs-agent");
+                let state = StateDir(state_dir.clone());
+                let server_id = match state.load_enrollment()? {
+                    Some(e) => e.server_id,
+                    None => {
+                        let token = spec.token.as_deref().context("an enrollment token is needed")?;
+                        let machine_id = std::fs::read_to_string(root.join("etc/machine-id"))?;
+                        crate::agent::enroll(http, &spec.endpoint, token, &state_dir, machine_id.trim(), &name, os)
+                            .await
+                            .with_context(|| format!("enrolling {name}"))?
+                            .server_id
+                    }
+                };
+                let opts = Options {
+                    root: root.clone(),
+                    state_dir,
+                    boot: BootSource::File(root.join("boot_id")),
+                    poll: spec.poll,
+                    heartbeat: spec.heartbeat,
+                    endpoint: Some(spec.endpoint.clone()),
+                };
+                anyhow::Ok(Running {
+                    server: SimServer {
+                        name,
+                        server_id,
+                        os_type: os.to_owned(),
+                        root,
+                    },
+                    opts,
+                    task: None,
+                })
+            }));
+        }
+        let mut servers = BTreeMap::new();
+        for j in jobs {
+            let r = j.await.context("enrollment task")??;
+            servers.insert(r.server.name.clone(), r);
+        }
+        let fleet = Arc::new(Fleet {
+            http,
+            servers: Mutex::new(servers),
+        });
+        let names: Vec<String> = fleet.servers.lock().expect("fleet lock").keys().cloned().collect();
+        for n in &names {
+            fleet.start_agent(n)?;
+        }
+        let list = fleet.list();
+        crate::files::write_private(
+            &spec.root_base.join("fleet.json"),
+            &serde_json::to_vec_pretty(&list)?,
+        )?;
+        Ok(fleet)
+    }
+
+    fn start_agent(&self, name: &str) -> anyhow::Result<()> {
+        let mut servers = self.servers.lock().expect("fleet lock");
+        let r = servers.get_mut(name).with_context(|| format!("no simulated server {name}"))?;
+        let agent = Agent::load(self.http.clone(), r.opts.clone())?;
+        let label = name.to_owned();
+        r.task = Some(tokio::spawn(async move {
+            if let Err(e) = agent.run().await {
+                tracing::error!(server = %label, error = %format!("{e:#}"), "simulated agent stopped");
+            }
+        }));
+        Ok(())
+    }
+
+    /// The servers, by name.
+    pub fn list(&self) -> Vec<SimServer> {
+        self.servers
+            .lock()
+            .expect("fleet lock")
+            .values()
+            .map(|r| r.server.clone())
+            .collect()
+    }
+
+    /// Restarts one virtual server: its agent stops as on power loss, the
+    /// server gets a new boot id, and the agent starts again.
+    pub async fn restart(&self, name: &str) -> anyhow::Result<()> {
+        let task = {
+            let mut servers = self.servers.lock().expect("fleet lock");
+            let r = servers.get_mut(name).with_context(|| format!("no simulated server {name}"))?;
+            r.task.take()
+        };
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+        let root = self
+            .servers
+            .lock()
+            .expect("fleet lock")
+            .get(name)
+            .map(|r| r.server.root.clone())
+            .context("server vanished")?;
+        std::fs::write(root.join("boot_id"), uuid::Uuid::new_v4().to_string())?;
+        self.start_agent(name)
+    }
+
+    /// Restarts every virtual server.
+    pub async fn restart_all(&self) -> anyhow::Result<()> {
+        let names: Vec<String> = self.servers.lock().expect("fleet lock").keys().cloned().collect();
+        for n in names {
+            self.restart(&n).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every agent.
+    pub fn stop(&self) {
+        for r in self.servers.lock().expect("fleet lock").values_mut() {
+            if let Some(t) = r.task.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

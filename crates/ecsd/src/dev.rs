@@ -1,0 +1,121 @@
+//! `ecsd serve --dev`: a ready project on embedded defaults — an AK/SK, and a
+//! simulated fleet (Linux and Windows) enrolled through the same enrollment
+//! path and running the same agent code as real servers, its root file
+//! systems under `<data_dir>/fleet`. The credentials go to
+//! `<data_dir>/dev-credentials.json` (mode 0600).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ecs_agent::simulate::{Fleet, FleetSpec};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::state::AppState;
+use crate::store::Role;
+
+/// The dev fleet's size.
+#[derive(Debug, Clone, Copy)]
+pub struct DevFleet {
+    pub linux: usize,
+    pub windows: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct DevServer {
+    pub id: String,
+    pub name: String,
+    pub os_type: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct DevCredentials {
+    pub endpoint: String,
+    pub project_id: String,
+    pub ak: String,
+    pub sk: String,
+    pub servers: Vec<DevServer>,
+    /// Where each simulated server's root file system lives (ours).
+    pub fleet_dir: PathBuf,
+}
+
+/// Writes a file readable by its owner only, atomically.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    ecs_agent::files::write_private(path, data)
+}
+
+pub fn credentials_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("dev-credentials.json")
+}
+
+/// Prepares the dev project, its key and its fleet; returns the running
+/// fleet and the path of the credentials file.
+pub async fn bootstrap(
+    state: &AppState,
+    endpoint: &str,
+    fleet_size: DevFleet,
+) -> anyhow::Result<(Arc<Fleet>, PathBuf)> {
+    let data_dir = state.config.data_dir.clone();
+    let cred_path = credentials_path(&data_dir);
+    let project = match state.store.project_by_name("dev").await? {
+        Some(p) => p,
+        None => state.store.create_project("dev").await?,
+    };
+    // Reuse the previous key if it is still valid.
+    let previous: Option<DevCredentials> = std::fs::read(&cred_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let (ak, sk) = match previous {
+        Some(p) if p.project_id == project.id && state.store.access_key(&p.ak).await?.is_some() => {
+            (p.ak, SecretString::from(p.sk))
+        }
+        _ => crate::admin::create_access_key(state, &project.id, Role::Admin).await?,
+    };
+    let total = (fleet_size.linux + fleet_size.windows) as u32;
+    let token = crate::api::issue_enroll_token(state, &project.id, total.max(1), 600)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let fleet_dir = data_dir.join("fleet");
+    let fleet = Fleet::start(FleetSpec {
+        endpoint: endpoint.to_owned(),
+        token: Some(token.token),
+        root_base: fleet_dir.clone(),
+        linux: fleet_size.linux,
+        windows: fleet_size.windows,
+        prefix: "dev-".into(),
+        poll: Duration::from_secs(state.config.agent_poll_secs),
+        heartbeat: Duration::from_secs(30),
+    })
+    .await
+    .context("starting the dev fleet")?;
+    // Wait until every simulated server has reported in.
+    let ids: Vec<String> = fleet.list().into_iter().map(|s| s.server_id).collect();
+    for _ in 0..200 {
+        let servers = state.store.servers_by_ids(&ids).await?;
+        if servers.iter().filter(|s| s.agent_last_seen.is_some()).count() == ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let creds = DevCredentials {
+        endpoint: endpoint.to_owned(),
+        project_id: project.id,
+        ak,
+        sk: sk.expose_secret().to_owned(),
+        servers: fleet
+            .list()
+            .into_iter()
+            .map(|s| DevServer {
+                id: s.server_id,
+                name: s.name,
+                os_type: s.os_type,
+            })
+            .collect(),
+        fleet_dir,
+    };
+    let data = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&creds)?);
+    write_private(&cred_path, &data)?;
+    Ok((fleet, cred_path))
+}

@@ -1,0 +1,241 @@
+//! Test helpers: a real ecsd on port 0 with a fresh SQLite database, and a
+//! client that signs like the Huawei SDKs.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use ecs_policy::OsType;
+use ecsd::config::Config;
+use ecsd::server::Server;
+use ecsd::state::AppState;
+use ecsd::store::Role;
+use secrecy::{ExposeSecret, SecretString};
+
+pub struct TestServer {
+    pub base: String,
+    pub host: String,
+    pub state: AppState,
+    pub dir: tempfile::TempDir,
+    pub project: String,
+    pub ak: String,
+    pub sk: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub request_id: Option<String>,
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_owned(),
+            master_key: Some(ecsd::secrets::MasterKey::generate_base64()),
+            ..Config::default()
+        };
+        f(&mut config);
+        let state = ecsd::server::open_state(config).unwrap();
+        let server = Server::bind(state.clone()).await.unwrap();
+        let addr = server.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        let project = ecsd::admin::create_project(&state, "test").await.unwrap();
+        let (ak, sk) = ecsd::admin::create_access_key(&state, &project.id, Role::Admin)
+            .await
+            .unwrap();
+        TestServer {
+            base: format!("http://{addr}"),
+            host: addr.to_string(),
+            state,
+            dir,
+            project: project.id,
+            ak,
+            sk: sk.expose_secret().to_owned(),
+            stop: Some(tx),
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state.config.database_path()
+    }
+
+    /// Registers a server; with `enrolled`, it gets an agent key pair.
+    pub async fn server(
+        &self,
+        project: &str,
+        name: &str,
+        os: OsType,
+        enrolled: bool,
+    ) -> (String, Option<ecs_seal::PrivateKey>) {
+        let (sk, pk) = ecs_seal::generate_keypair();
+        let pk64 = pk.to_base64();
+        let s = ecsd::admin::register_server(
+            &self.state,
+            project,
+            name,
+            os,
+            enrolled.then_some(pk64.as_str()),
+        )
+        .await
+        .unwrap();
+        (s.id, enrolled.then_some(sk))
+    }
+
+    /// Sets a server's status directly in the database.
+    pub fn set_status(&self, id: &str, status: &str) {
+        let c = rusqlite::Connection::open(self.db_path()).unwrap();
+        c.execute("UPDATE servers SET status = ?1 WHERE id = ?2", [status, id])
+            .unwrap();
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
+        let (ak, sk) = (self.ak.clone(), self.sk.clone());
+        self.call_as(&ak, &sk, method, path, body.map(|b| ("application/json;charset=UTF-8", b.as_bytes().to_vec())), &[])
+            .await
+    }
+
+    /// A signed call. `extra` headers are sent (and signed) too.
+    pub async fn call_as(
+        &self,
+        ak: &str,
+        sk: &str,
+        method: &str,
+        path_and_query: &str,
+        body: Option<(&str, Vec<u8>)>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
+        let date = chrono::Utc::now().format(ecs_sign::DATE_FORMAT).to_string();
+        self.call_signed_at(ak, sk, &date, method, path_and_query, body, extra)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call_signed_at(
+        &self,
+        ak: &str,
+        sk: &str,
+        date: &str,
+        method: &str,
+        path_and_query: &str,
+        body: Option<(&str, Vec<u8>)>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let mut headers: Vec<(String, String)> = vec![
+            ("Host".into(), self.host.clone()),
+            ("X-Sdk-Date".into(), date.to_owned()),
+            ("X-Project-Id".into(), self.project.clone()),
+        ];
+        let bytes = body.as_ref().map(|b| b.1.clone()).unwrap_or_default();
+        if let Some((ct, _)) = &body {
+            headers.push(("Content-Type".into(), ct.to_string()));
+        }
+        for (k, v) in extra {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+            headers.push((k.to_string(), v.to_string()));
+        }
+        let auth = ecs_sign::sign(ak, sk.as_bytes(), method, path, query, &headers, &bytes).unwrap();
+        let mut req = reqwest::Client::new().request(
+            method.parse().unwrap(),
+            format!("{}{}", self.base, path_and_query),
+        );
+        for (k, v) in &headers {
+            if !k.eq_ignore_ascii_case("host") {
+                req = req.header(k, v);
+            }
+        }
+        req = req.header("Authorization", auth);
+        if body.is_some() {
+            req = req.body(bytes);
+        }
+        send(req).await
+    }
+
+    pub async fn raw(&self, req: reqwest::RequestBuilder) -> Resp {
+        send(req).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn batch_path(&self) -> String {
+        format!("/v1/{}/cloudservers/os-reset-passwords", self.project)
+    }
+}
+
+pub async fn send(req: reqwest::RequestBuilder) -> Resp {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    Resp {
+        status,
+        request_id,
+        body,
+        text,
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn ids_body(password: Option<&str>, dry_run: Option<bool>, ids: &[&str]) -> String {
+    let mut v = serde_json::json!({
+        "servers": ids.iter().map(|i| serde_json::json!({"id": i})).collect::<Vec<_>>()
+    });
+    if let Some(p) = password {
+        v["new_password"] = p.into();
+    }
+    if let Some(d) = dry_run {
+        v["dry_run"] = d.into();
+    }
+    v.to_string()
+}
+
+pub fn secret(s: &str) -> SecretString {
+    SecretString::from(s.to_owned())
+}
+
+/// Asserts the ECS error shape with this status and code.
+#[track_caller]
+pub fn assert_ecs(r: &Resp, status: u16, code: &str) {
+    assert_eq!(r.status, status, "body: {}", r.text);
+    assert_eq!(r.body["error"]["code"], code, "body: {}", r.text);
+    assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(r.body.get("error_code").is_none());
+    let rid = r.request_id.as_deref().expect("X-Request-Id");
+    assert!(rid.len() == 32 && rid.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+}
+
+/// Asserts the gateway error shape with this status and code.
+#[track_caller]
+pub fn assert_gateway(r: &Resp, status: u16, code: &str) {
+    assert_eq!(r.status, status, "body: {}", r.text);
+    assert_eq!(r.body["error_code"], code, "body: {}", r.text);
+    assert!(r.body["error_msg"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_eq!(r.body["request_id"].as_str(), r.request_id.as_deref(), "body: {}", r.text);
+    assert!(r.body.get("error").is_none());
+}
