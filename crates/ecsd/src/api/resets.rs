@@ -75,6 +75,8 @@ pub async fn resetpwd_flag(
 }
 
 /// `GET /v1/{project_id}/cloudservers/os-reset-passwords/{request_id}` (ours).
+/// `latest` names the project's newest reset request (the official SDKs do
+/// not expose the `X-Request-Id` of a successful call).
 pub async fn reset_outcome(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -87,6 +89,16 @@ pub async fn reset_outcome(
             "Common.0011",
             "Invalid reset request ID: no such reset request in this project.",
         )
+    };
+    let request_id = if request_id == "latest" {
+        state
+            .store
+            .latest_reset_id(&caller.project_id)
+            .await
+            .map_err(|e| ApiError::internal("reading the latest reset", e))?
+            .ok_or_else(invalid)?
+    } else {
+        request_id
     };
     if request_id.len() != 32 || !request_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(invalid());

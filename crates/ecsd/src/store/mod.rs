@@ -233,6 +233,8 @@ pub trait Store: Send + Sync + 'static {
         project_id: &str,
         request_id: &str,
     ) -> StoreResult<Option<ResetOutcome>>;
+    /// The id of the project's newest reset request.
+    async fn latest_reset_id(&self, project_id: &str) -> StoreResult<Option<String>>;
     async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()>;
 
     // --- agents ---

@@ -56,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
         apply_now INTEGER NOT NULL,
         created_at TEXT NOT NULL
     );
+    CREATE INDEX resets_project_created ON resets(project_id, created_at);
     CREATE TABLE reset_targets (
         request_id TEXT NOT NULL REFERENCES resets(request_id),
         server_id TEXT NOT NULL REFERENCES servers(id),
@@ -125,7 +126,7 @@ impl SqliteStore {
         configure(&writer)?;
         Self::migrations()
             .to_latest(&mut writer)
-            .map_err(backend)?;
+            .map_err(|e| backend(format!("migrating the schema: {e:?}")))?;
         let reader = Connection::open(path)?;
         configure(&reader)?;
         Ok(SqliteStore {
@@ -462,6 +463,19 @@ impl Store for SqliteStore {
                 created: parse_time(&created)?,
                 targets,
             }))
+        })
+        .await
+    }
+
+    async fn latest_reset_id(&self, project_id: &str) -> StoreResult<Option<String>> {
+        let p = project_id.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT request_id FROM resets WHERE project_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                [p],
+                |r| r.get(0),
+            )
+            .optional()?)
         })
         .await
     }
