@@ -167,9 +167,10 @@ impl Agent {
             Ok(password) => {
                 let root = self.opts.root.clone();
                 let user = self.user;
-                let result = tokio::task::spawn_blocking(move || apply_password(&root, user, &password))
-                    .await
-                    .context("applying task")?;
+                let result =
+                    tokio::task::spawn_blocking(move || apply_password(&root, user, &password))
+                        .await
+                        .context("applying task")?;
                 match result {
                     Ok(()) => {
                         journal.applied.push(rid.clone());
@@ -200,7 +201,8 @@ impl Agent {
             return Err("the reset is addressed to another server".into());
         }
         let sealed = ecs_seal::Sealed::from_base64(&work.sealed).map_err(|e| e.to_string())?;
-        ecs_seal::open(&self.key, &self.server_id, &work.request_id, &sealed).map_err(|e| e.to_string())
+        ecs_seal::open(&self.key, &self.server_id, &work.request_id, &sealed)
+            .map_err(|e| e.to_string())
     }
 
     /// Sends a recorded outcome; keeps it for later if the server is unreachable.
@@ -210,7 +212,11 @@ impl Agent {
         };
         let ack = proto::AckRequest {
             request_id: rid.clone(),
-            outcome: if applied { proto::Outcome::Applied } else { proto::Outcome::Failed },
+            outcome: if applied {
+                proto::Outcome::Applied
+            } else {
+                proto::Outcome::Failed
+            },
             reason,
         };
         match self.client.ack(&ack).await {
@@ -234,11 +240,19 @@ enum Os {
 }
 
 fn ecs_os(s: &str) -> Os {
-    if s.eq_ignore_ascii_case("windows") { Os::Windows } else { Os::Linux }
+    if s.eq_ignore_ascii_case("windows") {
+        Os::Windows
+    } else {
+        Os::Linux
+    }
 }
 
 /// Applies a password for `user` on this platform.
-fn apply_password(root: &std::path::Path, user: &str, password: &SecretString) -> Result<(), String> {
+fn apply_password(
+    root: &std::path::Path,
+    user: &str,
+    password: &SecretString,
+) -> Result<(), String> {
     #[cfg(windows)]
     {
         let _ = root;

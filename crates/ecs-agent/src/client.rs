@@ -39,7 +39,10 @@ impl Client {
         }
     }
 
-    pub async fn enroll(&self, req: &proto::EnrollRequest) -> anyhow::Result<proto::EnrollResponse> {
+    pub async fn enroll(
+        &self,
+        req: &proto::EnrollRequest,
+    ) -> anyhow::Result<proto::EnrollResponse> {
         let resp = self
             .http
             .post(format!("{}/enroll", self.base))
@@ -49,7 +52,11 @@ impl Client {
             .await
             .context("enroll request")?;
         if !resp.status().is_success() {
-            bail!("enrollment refused: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+            bail!(
+                "enrollment refused: {} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
         }
         resp.json().await.context("enroll response")
     }
@@ -69,7 +76,11 @@ impl Client {
     }
 
     /// Long-polls for work newer than `have`, waiting up to `wait`.
-    pub async fn work(&self, have: Option<&str>, wait: Duration) -> anyhow::Result<Option<proto::Work>> {
+    pub async fn work(
+        &self,
+        have: Option<&str>,
+        wait: Duration,
+    ) -> anyhow::Result<Option<proto::Work>> {
         let mut query = vec![("wait", wait.as_secs().to_string())];
         if let Some(h) = have {
             query.push(("have", h.to_owned()));
@@ -99,6 +110,10 @@ impl Client {
         if !resp.status().is_success() {
             bail!("ack refused: {}", resp.status());
         }
-        Ok(resp.json::<proto::AckResponse>().await.context("ack body")?.recorded)
+        Ok(resp
+            .json::<proto::AckResponse>()
+            .await
+            .context("ack body")?
+            .recorded)
     }
 }

@@ -95,7 +95,9 @@ impl StateDir {
 
     pub fn load_enrollment(&self) -> anyhow::Result<Option<Enrollment>> {
         match fs::read(self.enrollment()) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).context("agent.json is invalid")?)),
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b).context("agent.json is invalid")?,
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).context("reading agent.json"),
         }

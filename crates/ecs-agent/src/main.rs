@@ -82,10 +82,10 @@ enum Command {
 
 fn machine_id(root: &Path, state_dir: &Path) -> anyhow::Result<String> {
     for p in [root.join("etc/machine-id"), state_dir.join("machine-id")] {
-        if let Ok(s) = std::fs::read_to_string(&p) {
-            if !s.trim().is_empty() {
-                return Ok(s.trim().to_owned());
-            }
+        if let Ok(s) = std::fs::read_to_string(&p)
+            && !s.trim().is_empty()
+        {
+            return Ok(s.trim().to_owned());
         }
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -94,12 +94,15 @@ fn machine_id(root: &Path, state_dir: &Path) -> anyhow::Result<String> {
 }
 
 fn hostname(root: &Path) -> String {
-    [root.join("etc/hostname"), PathBuf::from("/proc/sys/kernel/hostname")]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    [
+        root.join("etc/hostname"),
+        PathBuf::from("/proc/sys/kernel/hostname"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .map(|s| s.trim().to_owned())
+    .filter(|s| !s.is_empty())
+    .unwrap_or_else(|| "localhost".into())
 }
 
 #[tokio::main]
@@ -181,7 +184,10 @@ async fn main() -> anyhow::Result<()> {
                 heartbeat: Duration::from_secs(heartbeat_secs),
             })
             .await?;
-            println!("{}", serde_json::json!({"ready": fleet.list().len(), "fleet": root_base.join("fleet.json")}));
+            println!(
+                "{}",
+                serde_json::json!({"ready": fleet.list().len(), "fleet": root_base.join("fleet.json")})
+            );
             let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
             loop {
                 tokio::select! {

@@ -97,8 +97,9 @@ pub fn hash(
             } else {
                 sha_crypt::Algorithm::Sha256Crypt
             };
-            let params = sha_crypt::Params::new(rounds.unwrap_or(sha_crypt::Params::RECOMMENDED_ROUNDS))
-                .map_err(|e| ShadowError::Hash(e.to_string()))?;
+            let params =
+                sha_crypt::Params::new(rounds.unwrap_or(sha_crypt::Params::RECOMMENDED_ROUNDS))
+                    .map_err(|e| ShadowError::Hash(e.to_string()))?;
             sha_crypt::ShaCrypt::new(alg, params)
                 .hash_password_with_salt(pw, &salt[..12])
                 .map_err(err)?
@@ -124,7 +125,9 @@ pub fn replace_hash(root: &Path, user: &str, new_hash: &str) -> Result<(), Shado
 
     let old = Zeroizing::new(fs::read(&shadow).map_err(io(&shadow))?);
     let meta = fs::metadata(&shadow).map_err(io(&shadow))?;
-    let new = Zeroizing::new(splice(&old, user, new_hash).ok_or_else(|| ShadowError::NoEntry(user.to_owned()))?);
+    let new = Zeroizing::new(
+        splice(&old, user, new_hash).ok_or_else(|| ShadowError::NoEntry(user.to_owned()))?,
+    );
 
     // Keep the previous file as shadow- (itself written atomically).
     write_atomically(&etc, "shadow-", &old, &meta)?;
@@ -141,7 +144,10 @@ fn splice(old: &[u8], user: &str, new_hash: &str) -> Option<Vec<u8>> {
     for line in old.split_inclusive(|&b| b == b'\n') {
         if !found && line.starts_with(prefix.as_bytes()) {
             let rest = &line[prefix.len()..];
-            let end = rest.iter().position(|&b| b == b':' || b == b'\n').unwrap_or(rest.len());
+            let end = rest
+                .iter()
+                .position(|&b| b == b':' || b == b'\n')
+                .unwrap_or(rest.len());
             out.extend_from_slice(prefix.as_bytes());
             out.extend_from_slice(new_hash.as_bytes());
             out.extend_from_slice(&rest[end..]);
@@ -155,7 +161,12 @@ fn splice(old: &[u8], user: &str, new_hash: &str) -> Option<Vec<u8>> {
 
 /// Writes `dir/name` via a temporary file with the owner and mode of `meta`,
 /// fsync, rename, fsync of the directory.
-fn write_atomically(dir: &Path, name: &str, data: &[u8], meta: &fs::Metadata) -> Result<(), ShadowError> {
+fn write_atomically(
+    dir: &Path,
+    name: &str,
+    data: &[u8],
+    meta: &fs::Metadata,
+) -> Result<(), ShadowError> {
     let tmp = dir.join(format!(".{name}.ecs-agent.{}", std::process::id()));
     let target = dir.join(name);
     let _ = fs::remove_file(&tmp);
@@ -167,7 +178,9 @@ fn write_atomically(dir: &Path, name: &str, data: &[u8], meta: &fs::Metadata) ->
         .map_err(io(&tmp))?;
     let result = (|| {
         std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777))?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+            meta.mode() & 0o7777,
+        ))?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, &target)?;
@@ -237,9 +250,19 @@ mod tests {
         sha_crypt::ShaCrypt::default()
             .verify_password(b"Gx7!pLq2vR", h)
             .unwrap();
-        assert!(sha_crypt::ShaCrypt::default().verify_password(b"wrong", h).is_err());
-        assert_eq!(text.lines().skip(1).collect::<Vec<_>>(), SHADOW.lines().skip(1).collect::<Vec<_>>());
-        assert_eq!(fs::read_to_string(d.path().join("etc/shadow-")).unwrap(), SHADOW);
+        assert!(
+            sha_crypt::ShaCrypt::default()
+                .verify_password(b"wrong", h)
+                .is_err()
+        );
+        assert_eq!(
+            text.lines().skip(1).collect::<Vec<_>>(),
+            SHADOW.lines().skip(1).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            fs::read_to_string(d.path().join("etc/shadow-")).unwrap(),
+            SHADOW
+        );
         let mode = fs::metadata(d.path().join("etc/shadow")).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o640);
     }
@@ -263,6 +286,9 @@ mod tests {
             apply(d.path(), "root", &pw("Gx7!pLq2vR")),
             Err(ShadowError::UnsupportedMethod(_))
         ));
-        assert_eq!(fs::read_to_string(d.path().join("etc/shadow")).unwrap(), SHADOW);
+        assert_eq!(
+            fs::read_to_string(d.path().join("etc/shadow")).unwrap(),
+            SHADOW
+        );
     }
 }

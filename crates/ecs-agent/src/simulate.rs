@@ -50,7 +50,8 @@ pub struct Fleet {
     servers: Mutex<BTreeMap<String, Running>>,
 }
 
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+const PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
 const SHADOW: &str = "root:!:20000:0:99999:7:::\ndaemon:*:20000:0:99999:7:::\n";
 const LOGIN_DEFS: &str = "# simulated server\nENCRYPT_METHOD SHA512\n";
 
@@ -104,12 +105,23 @@ impl Fleet {
                 let server_id = match state.load_enrollment()? {
                     Some(e) => e.server_id,
                     None => {
-                        let token = spec.token.as_deref().context("an enrollment token is needed")?;
+                        let token = spec
+                            .token
+                            .as_deref()
+                            .context("an enrollment token is needed")?;
                         let machine_id = std::fs::read_to_string(root.join("etc/machine-id"))?;
-                        crate::agent::enroll(http, &spec.endpoint, token, &state_dir, machine_id.trim(), &name, os)
-                            .await
-                            .with_context(|| format!("enrolling {name}"))?
-                            .server_id
+                        crate::agent::enroll(
+                            http,
+                            &spec.endpoint,
+                            token,
+                            &state_dir,
+                            machine_id.trim(),
+                            &name,
+                            os,
+                        )
+                        .await
+                        .with_context(|| format!("enrolling {name}"))?
+                        .server_id
                     }
                 };
                 let opts = Options {
@@ -141,7 +153,13 @@ impl Fleet {
             http,
             servers: Mutex::new(servers),
         });
-        let names: Vec<String> = fleet.servers.lock().expect("fleet lock").keys().cloned().collect();
+        let names: Vec<String> = fleet
+            .servers
+            .lock()
+            .expect("fleet lock")
+            .keys()
+            .cloned()
+            .collect();
         for n in &names {
             fleet.start_agent(n)?;
         }
@@ -155,7 +173,9 @@ impl Fleet {
 
     fn start_agent(&self, name: &str) -> anyhow::Result<()> {
         let mut servers = self.servers.lock().expect("fleet lock");
-        let r = servers.get_mut(name).with_context(|| format!("no simulated server {name}"))?;
+        let r = servers
+            .get_mut(name)
+            .with_context(|| format!("no simulated server {name}"))?;
         let agent = Agent::load(self.http.clone(), r.opts.clone())?;
         let label = name.to_owned();
         r.task = Some(tokio::spawn(async move {
@@ -181,7 +201,9 @@ impl Fleet {
     pub async fn restart(&self, name: &str) -> anyhow::Result<()> {
         let task = {
             let mut servers = self.servers.lock().expect("fleet lock");
-            let r = servers.get_mut(name).with_context(|| format!("no simulated server {name}"))?;
+            let r = servers
+                .get_mut(name)
+                .with_context(|| format!("no simulated server {name}"))?;
             r.task.take()
         };
         if let Some(t) = task {
@@ -201,7 +223,13 @@ impl Fleet {
 
     /// Restarts every virtual server.
     pub async fn restart_all(&self) -> anyhow::Result<()> {
-        let names: Vec<String> = self.servers.lock().expect("fleet lock").keys().cloned().collect();
+        let names: Vec<String> = self
+            .servers
+            .lock()
+            .expect("fleet lock")
+            .keys()
+            .cloned()
+            .collect();
         for n in names {
             self.restart(&n).await?;
         }

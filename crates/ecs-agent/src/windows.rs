@@ -9,7 +9,11 @@ use zeroize::Zeroize;
 
 pub fn set_password(user: &str, password: &SecretString) -> Result<(), String> {
     let mut name: Vec<u16> = user.encode_utf16().chain(Some(0)).collect();
-    let mut pw: Vec<u16> = password.expose_secret().encode_utf16().chain(Some(0)).collect();
+    let mut pw: Vec<u16> = password
+        .expose_secret()
+        .encode_utf16()
+        .chain(Some(0))
+        .collect();
     let info = USER_INFO_1003 {
         usri1003_password: pw.as_mut_ptr(),
     };

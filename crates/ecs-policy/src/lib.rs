@@ -65,9 +65,7 @@ pub enum Strictness {
 pub enum Violation {
     #[error("The password length must range from {MIN_LEN} to {MAX_LEN} characters.")]
     Length,
-    #[error(
-        "The password may contain only letters, digits and the special characters {SPECIALS}."
-    )]
+    #[error("The password may contain only letters, digits and the special characters {SPECIALS}.")]
     Charset,
     #[error(
         "The password must contain at least three of: uppercase letters, lowercase letters, digits and special characters."
@@ -199,7 +197,10 @@ mod tests {
     fn basic_strictness_skips_complexity_and_username() {
         assert_eq!(check("abcdefgh", LINUX, Strictness::Basic), Ok(()));
         assert_eq!(check("Root1234!x", LINUX, Strictness::Basic), Ok(()));
-        assert_eq!(check("abc", LINUX, Strictness::Basic), Err(Violation::Length));
+        assert_eq!(
+            check("abc", LINUX, Strictness::Basic),
+            Err(Violation::Length)
+        );
     }
 
     #[test]

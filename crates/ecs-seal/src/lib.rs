@@ -167,8 +167,7 @@ pub fn open(
     sealed: &Sealed,
 ) -> Result<SecretString, SealError> {
     let (enc, ct) = sealed.0.split_at(KEY_LEN);
-    let encapped =
-        <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| SealError::Blob)?;
+    let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| SealError::Blob)?;
     let mut pt = hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
         &OpModeR::Base,
         &key.0,
@@ -210,7 +209,10 @@ mod tests {
         let (_sk_a, pk_a) = generate_keypair();
         let (sk_b, _pk_b) = generate_keypair();
         let s = seal(&pk_a, "srv-a", "req-1", &pw("Gx7!pLq2vR")).unwrap();
-        assert!(matches!(open(&sk_b, "srv-a", "req-1", &s), Err(SealError::Open)));
+        assert!(matches!(
+            open(&sk_b, "srv-a", "req-1", &s),
+            Err(SealError::Open)
+        ));
     }
 
     #[test]

@@ -276,7 +276,10 @@ mod tests {
         let headers = h(&[
             ("Content-Type", "application/json;charset=utf-8"),
             ("Host", "127.0.0.1:8080"),
-            ("User-Agent", "huaweicloud-usdk-python/3.0; conformance-test"),
+            (
+                "User-Agent",
+                "huaweicloud-usdk-python/3.0; conformance-test",
+            ),
             ("X-Project-Id", "0123456789abcdef0123456789abcdef"),
             ("X-Sdk-Date", "20250101T000000Z"),
         ]);
@@ -301,7 +304,10 @@ mod tests {
         let headers = h(&[
             ("Content-Type", "application/json"),
             ("Host", "127.0.0.1:8080"),
-            ("User-Agent", "huaweicloud-usdk-python/3.0; conformance-test"),
+            (
+                "User-Agent",
+                "huaweicloud-usdk-python/3.0; conformance-test",
+            ),
             ("X-Project-Id", "0123456789abcdef0123456789abcdef"),
             ("X-Sdk-Date", "20250101T000000Z"),
         ]);
@@ -324,7 +330,16 @@ mod tests {
     fn go_sdk_vectors() {
         // The Go SDK signs without Host and skips names with '_'.
         let headers = h(&[("X-Sdk-Date", "20060102T150405Z"), ("TEST_UNDERSCORE", "x")]);
-        let auth = sign("AccessKey", b"SecretKey", "GET", "/path", "limit=1", &headers, b"").unwrap();
+        let auth = sign(
+            "AccessKey",
+            b"SecretKey",
+            "GET",
+            "/path",
+            "limit=1",
+            &headers,
+            b"",
+        )
+        .unwrap();
         assert!(auth.contains("SignedHeaders=x-sdk-date,"));
         assert!(auth.ends_with(
             "Signature=5a2ce64c865e0e6046321c6f3d5a77ba8413eeaf355c3166c03d58d02ac79624"

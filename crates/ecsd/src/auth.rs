@@ -29,7 +29,9 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     }
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::body_too_large(limit)),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::body_too_large(limit))
+        }
         Err(_) => Err(ApiError::invalid("The request body could not be read.")),
     }
 }
@@ -60,7 +62,8 @@ pub async fn authenticate(
             "The project ID in the request does not match the project of the credential.",
         ));
     }
-    if caller.role == Role::ReadOnly && parts.method != Method::GET && parts.method != Method::HEAD {
+    if caller.role == Role::ReadOnly && parts.method != Method::GET && parts.method != Method::HEAD
+    {
         return Err(ApiError::forbidden("the access key is read-only"));
     }
     parts.extensions.insert(caller);
@@ -92,10 +95,18 @@ async fn verify(
         .to_str()
         .ok()
         .and_then(|v| ecs_sign::Authorization::parse(v).ok())
-        .ok_or_else(|| auth_fail("verify aksk signature fail: malformed Authorization header", None))?;
+        .ok_or_else(|| {
+            auth_fail(
+                "verify aksk signature fail: malformed Authorization header",
+                None,
+            )
+        })?;
     let ak = auth.access_key.as_str();
     if !auth.signed_headers.iter().any(|h| h == "x-sdk-date") {
-        return Err(auth_fail("verify aksk signature fail: x-sdk-date must be signed", Some(ak)));
+        return Err(auth_fail(
+            "verify aksk signature fail: x-sdk-date must be signed",
+            Some(ak),
+        ));
     }
     let key = state
         .store
@@ -104,7 +115,10 @@ async fn verify(
         .map_err(|e| ApiError::internal("looking up an access key", e))?
         .ok_or_else(|| {
             auth_fail(
-                &format!("Get secretKey failed,ak:{},err:ak not exist", display_id(ak)),
+                &format!(
+                    "Get secretKey failed,ak:{},err:ak not exist",
+                    display_id(ak)
+                ),
                 Some(ak),
             )
         })?;
@@ -152,7 +166,12 @@ async fn verify(
         },
         &payload_hash,
     )
-    .ok_or_else(|| auth_fail("verify aksk signature fail: a signed header is missing or repeated", Some(ak)))?;
+    .ok_or_else(|| {
+        auth_fail(
+            "verify aksk signature fail: a signed header is missing or repeated",
+            Some(ak),
+        )
+    })?;
     let sts = ecs_sign::string_to_sign(date_value, &canonical);
     let sk = state
         .master

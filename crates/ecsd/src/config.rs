@@ -65,13 +65,14 @@ impl Default for Config {
 
 impl Config {
     /// Loads defaults, then `file` (if given), then `ECSD_*` variables.
-    pub fn load(file: Option<&Path>) -> Result<Config, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             fig = fig.merge(Toml::file_exact(path));
         }
         fig.merge(Env::prefixed("ECSD_").ignore(&["config"]))
             .extract()
+            .map_err(Box::new)
     }
 
     pub fn database_path(&self) -> PathBuf {

@@ -94,7 +94,12 @@ pub async fn bootstrap(
     let ids: Vec<String> = fleet.list().into_iter().map(|s| s.server_id).collect();
     for _ in 0..200 {
         let servers = state.store.servers_by_ids(&ids).await?;
-        if servers.iter().filter(|s| s.agent_last_seen.is_some()).count() == ids.len() {
+        if servers
+            .iter()
+            .filter(|s| s.agent_last_seen.is_some())
+            .count()
+            == ids.len()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -12,7 +12,11 @@ use ecsd::store::Role;
 use secrecy::ExposeSecret;
 
 #[derive(Parser)]
-#[command(name = "ecsd", version, about = "Huawei Cloud ECS-compatible password reset service")]
+#[command(
+    name = "ecsd",
+    version,
+    about = "Huawei Cloud ECS-compatible password reset service"
+)]
 struct Cli {
     /// TOML configuration file (then ECSD_* variables, then flags).
     #[arg(long, global = true, env = "ECSD_CONFIG")]
@@ -105,7 +109,14 @@ async fn main() -> anyhow::Result<()> {
             if let Some(l) = listen {
                 config.listen = l;
             }
-            serve(config, dev.then_some(ecsd::dev::DevFleet { linux: dev_linux, windows: dev_windows })).await
+            serve(
+                config,
+                dev.then_some(ecsd::dev::DevFleet {
+                    linux: dev_linux,
+                    windows: dev_windows,
+                }),
+            )
+            .await
         }
         Command::Admin { command } => {
             if config.master_key.is_none() {
@@ -143,7 +154,10 @@ async fn serve(mut config: Config, dev: Option<ecsd::dev::DevFleet>) -> anyhow::
             println!("ecsd --dev is ready at {endpoint}");
             println!("credentials: {}", path.display());
             println!("try it with the official Huawei Python SDK:");
-            println!("  .venv/bin/python examples/reset_fleet.py {}", path.display());
+            println!(
+                "  .venv/bin/python examples/reset_fleet.py {}",
+                path.display()
+            );
             Some(fleet)
         }
         None => None,
@@ -169,7 +183,11 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
             serde_json::json!({"project_id": p.id, "name": p.name})
         }
         Admin::AccessKeyCreate { project, read_only } => {
-            let role = if read_only { Role::ReadOnly } else { Role::Admin };
+            let role = if read_only {
+                Role::ReadOnly
+            } else {
+                Role::Admin
+            };
             let (ak, sk) = ecsd::admin::create_access_key(&state, &project, role).await?;
             serde_json::json!({"project_id": project, "ak": ak, "sk": sk.expose_secret(), "role": role.as_str()})
         }
@@ -180,7 +198,9 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
             public_key,
         } => {
             let os = OsType::parse(&os_type).context("--os-type must be Linux or Windows")?;
-            let s = ecsd::admin::register_server(&state, &project, &name, os, public_key.as_deref()).await?;
+            let s =
+                ecsd::admin::register_server(&state, &project, &name, os, public_key.as_deref())
+                    .await?;
             serde_json::json!({"id": s.id, "name": s.name, "os_type": s.os_type.as_str()})
         }
         Admin::EnrollTokenCreate {

@@ -213,7 +213,10 @@ fn server_problem(
     if !RESETTABLE_STATES.contains(&s.status.as_str()) {
         return Some(entry(
             "Ecs.0100",
-            format!("The server status {} does not allow resetting the password.", s.status),
+            format!(
+                "The server status {} does not allow resetting the password.",
+                s.status
+            ),
         ));
     }
     violations
@@ -311,7 +314,13 @@ pub struct CallContext<'a> {
 }
 
 impl CallContext<'_> {
-    fn audit(&self, action: &str, servers: Vec<String>, dry_run: bool, outcome: String) -> AuditEntry {
+    fn audit(
+        &self,
+        action: &str,
+        servers: Vec<String>,
+        dry_run: bool,
+        outcome: String,
+    ) -> AuditEntry {
         AuditEntry {
             at: Utc::now(),
             request_id: self.request_id.to_owned(),
@@ -390,7 +399,10 @@ async fn plan_and_store(
             }
         }
     }
-    if let (Some(l), Some(_)) = (violations.get(&OsType::Linux), violations.get(&OsType::Windows)) {
+    if let (Some(l), Some(_)) = (
+        violations.get(&OsType::Linux),
+        violations.get(&OsType::Windows),
+    ) {
         // Broken for every server whatever its OS: no per-server list.
         return Err(password_error(l));
     }
@@ -421,7 +433,11 @@ async fn plan_and_store(
     if !failures.is_empty() {
         return Err(batch_failure(failures, req.ids.len()));
     }
-    let response = req.ids.iter().map(|id| IdEntry { id: id.clone() }).collect();
+    let response = req
+        .ids
+        .iter()
+        .map(|id| IdEntry { id: id.clone() })
+        .collect();
     if req.dry_run {
         let readiness = req
             .ids
@@ -437,7 +453,12 @@ async fn plan_and_store(
                 }
             })
             .collect();
-        let entry = ctx.audit("batch-reset-password", req.ids.clone(), true, "accepted".into());
+        let entry = ctx.audit(
+            "batch-reset-password",
+            req.ids.clone(),
+            true,
+            "accepted".into(),
+        );
         state
             .store
             .record_audit(entry)
@@ -448,8 +469,20 @@ async fn plan_and_store(
             readiness: Some(readiness),
         });
     }
-    let password = req.password.as_ref().expect("checked: present unless dry run");
-    store_reset(state, ctx, "batch-reset-password", &req.ids, &by_id, password, req.apply_now).await?;
+    let password = req
+        .password
+        .as_ref()
+        .expect("checked: present unless dry run");
+    store_reset(
+        state,
+        ctx,
+        "batch-reset-password",
+        &req.ids,
+        &by_id,
+        password,
+        req.apply_now,
+    )
+    .await?;
     Ok(BatchResetResponse {
         response,
         readiness: None,
@@ -515,7 +548,15 @@ pub async fn single_reset(
     wipe(body);
     let result = single_reset_inner(state, ctx, server_id, parsed).await;
     if let Err(e) = &result {
-        audit_rejection(state, ctx, "reset-password", vec![server_id.to_owned()], false, e).await;
+        audit_rejection(
+            state,
+            ctx,
+            "reset-password",
+            vec![server_id.to_owned()],
+            false,
+            e,
+        )
+        .await;
     }
     result
 }
@@ -531,7 +572,9 @@ async fn single_reset_inner(
         .ok_or_else(|| ApiError::invalid("Invalid request body: reset-password is required."))?;
     let password = inner
         .new_password
-        .ok_or_else(|| ApiError::invalid("Invalid request body: reset-password.new_password is required."))?
+        .ok_or_else(|| {
+            ApiError::invalid("Invalid request body: reset-password.new_password is required.")
+        })?
         .0;
     let server = state
         .store
@@ -560,7 +603,19 @@ async fn single_reset_inner(
         return Err(ApiError::ecs(status, p.error_code, p.error_message));
     }
     let by_id = HashMap::from([(server.id.as_str(), &server)]);
-    store_reset(state, ctx, "reset-password", &[server.id.clone()], &by_id, &password, false).await?;
-    tracing::info!(request_id = ctx.request_id, "single password reset accepted");
+    store_reset(
+        state,
+        ctx,
+        "reset-password",
+        std::slice::from_ref(&server.id),
+        &by_id,
+        &password,
+        false,
+    )
+    .await?;
+    tracing::info!(
+        request_id = ctx.request_id,
+        "single password reset accepted"
+    );
     Ok(())
 }

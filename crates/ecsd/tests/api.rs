@@ -14,11 +14,19 @@ async fn batch_reset_accepts_and_reports_pending_per_server() {
     let t = TestServer::start().await;
     let (a, _) = t.server(&t.project, "a", Linux, true).await;
     let (b, _) = t.server(&t.project, "b", Windows, true).await;
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some(GOOD), None, &[&b, &a]))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some(GOOD), None, &[&b, &a])),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body, json!({"response": [{"id": b}, {"id": a}]}));
     let rid = r.request_id.unwrap();
-    let o = t.call("GET", &format!("{}/{rid}", t.batch_path()), None).await;
+    let o = t
+        .call("GET", &format!("{}/{rid}", t.batch_path()), None)
+        .await;
     assert_eq!(o.status, 200, "{}", o.text);
     assert_eq!(o.body["servers"][0]["id"], b);
     assert_eq!(o.body["servers"][0]["state"], "PENDING");
@@ -31,12 +39,36 @@ async fn batch_reset_accepts_and_reports_pending_per_server() {
 async fn a_newer_reset_supersedes_an_older_pending_one() {
     let t = TestServer::start().await;
     let (a, _) = t.server(&t.project, "a", Linux, true).await;
-    let first = t.call("PUT", &t.batch_path(), Some(&ids_body(Some(GOOD), None, &[&a]))).await;
-    let second = t.call("PUT", &t.batch_path(), Some(&ids_body(Some("Hy8@qMr3wS"), None, &[&a]))).await;
+    let first = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some(GOOD), None, &[&a])),
+        )
+        .await;
+    let second = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Hy8@qMr3wS"), None, &[&a])),
+        )
+        .await;
     assert_eq!(second.status, 200);
-    let o1 = t.call("GET", &format!("{}/{}", t.batch_path(), first.request_id.unwrap()), None).await;
+    let o1 = t
+        .call(
+            "GET",
+            &format!("{}/{}", t.batch_path(), first.request_id.unwrap()),
+            None,
+        )
+        .await;
     assert_eq!(o1.body["servers"][0]["state"], "SUPERSEDED");
-    let o2 = t.call("GET", &format!("{}/{}", t.batch_path(), second.request_id.unwrap()), None).await;
+    let o2 = t
+        .call(
+            "GET",
+            &format!("{}/{}", t.batch_path(), second.request_id.unwrap()),
+            None,
+        )
+        .await;
     assert_eq!(o2.body["servers"][0]["state"], "PENDING");
 }
 
@@ -45,15 +77,33 @@ async fn dry_run_answers_readiness_and_stores_nothing() {
     let t = TestServer::start().await;
     let (a, _) = t.server(&t.project, "a", Linux, true).await;
     // Without a password.
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(None, Some(true), &[&a]))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(None, Some(true), &[&a])),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["response"], json!([{"id": a}]));
     assert_eq!(r.body["readiness"][0]["plugin_installed"], true);
     assert_eq!(r.body["readiness"][0]["status"], "ACTIVE");
-    let o = t.call("GET", &format!("{}/{}", t.batch_path(), r.request_id.unwrap()), None).await;
+    let o = t
+        .call(
+            "GET",
+            &format!("{}/{}", t.batch_path(), r.request_id.unwrap()),
+            None,
+        )
+        .await;
     assert_ecs(&o, 400, "Common.0011");
     // With a bad password the dry run reports the rule.
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some("short"), Some(true), &[&a]))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("short"), Some(true), &[&a])),
+        )
+        .await;
     assert_ecs(&r, 400, "Ecs.0011");
 }
 
@@ -76,7 +126,10 @@ async fn ecs_0005_malformed_bodies_change_nothing() {
         format!(r#"{{"servers": [{{"id": "{a}"}}]}}"#),
         format!(r#"{{"dry_run": false, "servers": [{{"id": "{a}"}}]}}"#),
         format!(r#"{{"new_password": "{GOOD}", "servers": [{{"id": "{a}"}}], "apply": "later"}}"#),
-        format!(r#"{{"new_password": "{GOOD}", "servers": [{{"id": "{}"}}]}}"#, "x".repeat(65)),
+        format!(
+            r#"{{"new_password": "{GOOD}", "servers": [{{"id": "{}"}}]}}"#,
+            "x".repeat(65)
+        ),
     ];
     for body in &cases {
         let r = t.call("PUT", &p, Some(body)).await;
@@ -91,14 +144,21 @@ async fn ecs_0005_malformed_bodies_change_nothing() {
     bytes.extend_from_slice(&[0xff, 0xfe]);
     bytes.extend_from_slice(br#"", "servers": [{"id": "x"}]}"#);
     let (ak, sk) = (t.ak.clone(), t.sk.clone());
-    let r = t.call_as(&ak, &sk, "PUT", &p, Some(("application/json", bytes)), &[]).await;
+    let r = t
+        .call_as(&ak, &sk, "PUT", &p, Some(("application/json", bytes)), &[])
+        .await;
     assert_ecs(&r, 400, "Ecs.0005");
     // Wrong content type.
     let body = ids_body(Some(GOOD), None, &[&a]).into_bytes();
-    let r = t.call_as(&ak, &sk, "PUT", &p, Some(("text/plain", body)), &[]).await;
+    let r = t
+        .call_as(&ak, &sk, "PUT", &p, Some(("text/plain", body)), &[])
+        .await;
     assert_ecs(&r, 400, "Ecs.0005");
     let s = t.state.store.servers_by_ids(&[a]).await.unwrap();
-    assert!(s[0].last_reset.is_none(), "a rejected request changed the server");
+    assert!(
+        s[0].last_reset.is_none(),
+        "a rejected request changed the server"
+    );
 }
 
 #[tokio::test]
@@ -113,13 +173,30 @@ async fn ecs_0118_more_than_1000_servers() {
     let t = TestServer::start().await;
     let ids: Vec<String> = (0..1001).map(|i| format!("id-{i}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some(GOOD), None, &refs))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some(GOOD), None, &refs)),
+        )
+        .await;
     assert_ecs(&r, 400, "Ecs.0118");
     // Exactly 1000 is allowed (and fails here only because the ids are unknown).
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some(GOOD), None, &refs[..1000]))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some(GOOD), None, &refs[..1000])),
+        )
+        .await;
     assert_ecs(&r, 400, "Ecs.0114");
     assert_eq!(r.body["internalError"].as_array().unwrap().len(), 1000);
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("and 990 more"));
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("and 990 more")
+    );
 }
 
 #[tokio::test]
@@ -133,7 +210,13 @@ async fn ecs_0011_password_rules_name_the_rule() {
         ("abcdefgh12", "three of"),
         ("P@ssw0rd", "weak"),
     ] {
-        let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some(pw), None, &[&l, &w]))).await;
+        let r = t
+            .call(
+                "PUT",
+                &t.batch_path(),
+                Some(&ids_body(Some(pw), None, &[&l, &w])),
+            )
+            .await;
         assert_ecs(&r, 400, "Ecs.0011");
         assert!(r.body.get("internalError").is_none(), "{}", r.text);
         let msg = r.body["error"]["message"].as_str().unwrap();
@@ -141,15 +224,36 @@ async fn ecs_0011_password_rules_name_the_rule() {
         assert!(!msg.contains(pw));
     }
     // A Windows-only rule in a mixed batch fails only the Windows server.
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some("Qmin7!pLx2"), None, &[&l, &w]))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Qmin7!pLx2"), None, &[&l, &w])),
+        )
+        .await;
     assert_ecs(&r, 400, "Ecs.0011");
-    assert_eq!(r.body["internalError"], json!([{"id": w, "error_code": "Ecs.0011",
-        "error_message": "The password must not contain three consecutive characters of Administrator."}]));
+    assert_eq!(
+        r.body["internalError"],
+        json!([{"id": w, "error_code": "Ecs.0011",
+        "error_message": "The password must not contain three consecutive characters of Administrator."}])
+    );
     // The same password on the Linux server alone is fine.
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some("Qmin7!pLx2"), None, &[&l]))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Qmin7!pLx2"), None, &[&l])),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     // A Linux username rule for Linux servers only.
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some("xRoot12!ab"), None, &[&l]))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("xRoot12!ab"), None, &[&l])),
+        )
+        .await;
     assert_ecs(&r, 400, "Ecs.0011");
 }
 
@@ -157,10 +261,16 @@ async fn ecs_0011_password_rules_name_the_rule() {
 async fn ecs_0114_unknown_and_foreign_servers_look_the_same() {
     let t = TestServer::start().await;
     let (mine, _) = t.server(&t.project, "mine", Linux, true).await;
-    let other = ecsd::admin::create_project(&t.state, "other").await.unwrap();
+    let other = ecsd::admin::create_project(&t.state, "other")
+        .await
+        .unwrap();
     let (foreign, _) = t.server(&other.id, "theirs", Linux, true).await;
     let r = t
-        .call("PUT", &t.batch_path(), Some(&ids_body(Some(GOOD), None, &[&mine, "nope", &foreign])))
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some(GOOD), None, &[&mine, "nope", &foreign])),
+        )
         .await;
     assert_ecs(&r, 400, "Ecs.0114");
     let internal = r.body["internalError"].as_array().unwrap();
@@ -170,18 +280,41 @@ async fn ecs_0114_unknown_and_foreign_servers_look_the_same() {
     assert_eq!(internal[0]["error_code"], "Ecs.0114");
     assert_eq!(internal[1]["error_code"], "Ecs.0114");
     let shape = |m: &serde_json::Value, id: &str| m.as_str().unwrap().replace(id, "ID");
-    assert_eq!(shape(&internal[0]["error_message"], "nope"), shape(&internal[1]["error_message"], &foreign));
+    assert_eq!(
+        shape(&internal[0]["error_message"], "nope"),
+        shape(&internal[1]["error_message"], &foreign)
+    );
     let msg = r.body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("2 of 3") && msg.contains("nope") && msg.contains(&foreign), "{msg}");
+    assert!(
+        msg.contains("2 of 3") && msg.contains("nope") && msg.contains(&foreign),
+        "{msg}"
+    );
     // All or nothing: the valid server was not reset.
-    let s = t.state.store.servers_by_ids(std::slice::from_ref(&mine)).await.unwrap();
+    let s = t
+        .state
+        .store
+        .servers_by_ids(std::slice::from_ref(&mine))
+        .await
+        .unwrap();
     assert!(s[0].last_reset.is_none());
     // Single reset and flag: 404.
     let body = json!({"reset-password": {"new_password": GOOD}}).to_string();
     for id in ["nope", foreign.as_str()] {
-        let r = t.call("PUT", &format!("/v1/{}/cloudservers/{id}/os-reset-password", t.project), Some(&body)).await;
+        let r = t
+            .call(
+                "PUT",
+                &format!("/v1/{}/cloudservers/{id}/os-reset-password", t.project),
+                Some(&body),
+            )
+            .await;
         assert_ecs(&r, 404, "Ecs.0114");
-        let r = t.call("GET", &format!("/v1/{}/cloudservers/{id}/os-resetpwd-flag", t.project), None).await;
+        let r = t
+            .call(
+                "GET",
+                &format!("/v1/{}/cloudservers/{id}/os-resetpwd-flag", t.project),
+                None,
+            )
+            .await;
         assert_ecs(&r, 404, "Ecs.0114");
     }
 }
@@ -194,29 +327,67 @@ async fn ecs_0100_plugin_missing_or_state_forbids() {
     let (off, _) = t.server(&t.project, "off", Linux, true).await;
     t.set_status(&err, "ERROR");
     t.set_status(&off, "SHUTOFF");
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some(GOOD), None, &[&bare, &err, &off]))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some(GOOD), None, &[&bare, &err, &off])),
+        )
+        .await;
     assert_ecs(&r, 400, "Ecs.0100");
     let internal = r.body["internalError"].as_array().unwrap();
     assert_eq!(internal.len(), 2, "{}", r.text);
-    assert!(internal[0]["error_message"].as_str().unwrap().contains("plug-in"));
-    assert!(internal[1]["error_message"].as_str().unwrap().contains("ERROR"));
+    assert!(
+        internal[0]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("plug-in")
+    );
+    assert!(
+        internal[1]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("ERROR")
+    );
     // SHUTOFF is accepted.
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some(GOOD), None, &[&off]))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some(GOOD), None, &[&off])),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let body = json!({"reset-password": {"new_password": GOOD}}).to_string();
-    let r = t.call("PUT", &format!("/v1/{}/cloudservers/{bare}/os-reset-password", t.project), Some(&body)).await;
+    let r = t
+        .call(
+            "PUT",
+            &format!("/v1/{}/cloudservers/{bare}/os-reset-password", t.project),
+            Some(&body),
+        )
+        .await;
     assert_ecs(&r, 400, "Ecs.0100");
 }
 
 #[tokio::test]
 async fn ecs_0023_project_mismatch() {
     let t = TestServer::start().await;
-    let other = ecsd::admin::create_project(&t.state, "other").await.unwrap();
+    let other = ecsd::admin::create_project(&t.state, "other")
+        .await
+        .unwrap();
     let path = format!("/v1/{}/cloudservers/os-reset-passwords", other.id);
-    let r = t.call("PUT", &path, Some(&ids_body(Some(GOOD), None, &["x"]))).await;
+    let r = t
+        .call("PUT", &path, Some(&ids_body(Some(GOOD), None, &["x"])))
+        .await;
     assert_ecs(&r, 400, "Ecs.0023");
     // A project that does not exist answers the same.
-    let r = t.call("PUT", "/v1/0000/cloudservers/os-reset-passwords", Some(&ids_body(Some(GOOD), None, &["x"]))).await;
+    let r = t
+        .call(
+            "PUT",
+            "/v1/0000/cloudservers/os-reset-passwords",
+            Some(&ids_body(Some(GOOD), None, &["x"])),
+        )
+        .await;
     assert_ecs(&r, 400, "Ecs.0023");
 }
 
@@ -224,7 +395,9 @@ async fn ecs_0023_project_mismatch() {
 async fn common_0011_unknown_reset_request() {
     let t = TestServer::start().await;
     for id in ["0123456789abcdef0123456789abcdef", "not-an-id"] {
-        let r = t.call("GET", &format!("{}/{id}", t.batch_path()), None).await;
+        let r = t
+            .call("GET", &format!("{}/{id}", t.batch_path()), None)
+            .await;
         assert_ecs(&r, 400, "Common.0011");
     }
 }
@@ -244,11 +417,15 @@ async fn single_reset_answers_204_and_checks_complexity_only_when_asked() {
     let r = t.call("PUT", &path, Some(&body("abcdefgh", None))).await;
     assert_eq!(r.status, 204, "{}", r.text);
     assert!(r.text.is_empty());
-    let r = t.call("PUT", &path, Some(&body("abcdefgh", Some(true)))).await;
+    let r = t
+        .call("PUT", &path, Some(&body("abcdefgh", Some(true))))
+        .await;
     assert_ecs(&r, 400, "Ecs.0011");
     let r = t.call("PUT", &path, Some(&body("abc", Some(false)))).await;
     assert_ecs(&r, 400, "Ecs.0011");
-    let r = t.call("PUT", &path, Some(r#"{"reset-password": {}}"#)).await;
+    let r = t
+        .call("PUT", &path, Some(r#"{"reset-password": {}}"#))
+        .await;
     assert_ecs(&r, 400, "Ecs.0005");
     let s = t.state.store.servers_by_ids(&[a]).await.unwrap();
     assert!(s[0].last_reset.is_some());
@@ -258,7 +435,13 @@ async fn single_reset_answers_204_and_checks_complexity_only_when_asked() {
 async fn resetpwd_flag_is_a_string_and_needs_an_agent_that_reported() {
     let t = TestServer::start().await;
     let (bare, _) = t.server(&t.project, "bare", Linux, false).await;
-    let r = t.call("GET", &format!("/v1/{}/cloudservers/{bare}/os-resetpwd-flag", t.project), None).await;
+    let r = t
+        .call(
+            "GET",
+            &format!("/v1/{}/cloudservers/{bare}/os-resetpwd-flag", t.project),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, json!({"resetpwd_flag": "False"}));
 }
@@ -269,37 +452,105 @@ async fn apigw_0301_authentication_failures() {
     let p = t.batch_path();
     let body = ids_body(Some(GOOD), None, &["x"]);
     // No Authorization at all.
-    let r = t.raw(reqwest::Client::new().put(t.url(&p)).body(body.clone())).await;
+    let r = t
+        .raw(reqwest::Client::new().put(t.url(&p)).body(body.clone()))
+        .await;
     assert_gateway(&r, 401, "APIGW.0301");
     // X-Auth-Token alone is not accepted (token auth is not implemented).
-    let r = t.raw(reqwest::Client::new().put(t.url(&p)).header("X-Auth-Token", "abc").body(body.clone())).await;
+    let r = t
+        .raw(
+            reqwest::Client::new()
+                .put(t.url(&p))
+                .header("X-Auth-Token", "abc")
+                .body(body.clone()),
+        )
+        .await;
     assert_gateway(&r, 401, "APIGW.0301");
     // Wrong secret key.
     let ak = t.ak.clone();
-    let r = t.call_as(&ak, "wrong-secret", "PUT", &p, Some(("application/json", body.clone().into_bytes())), &[]).await;
+    let r = t
+        .call_as(
+            &ak,
+            "wrong-secret",
+            "PUT",
+            &p,
+            Some(("application/json", body.clone().into_bytes())),
+            &[],
+        )
+        .await;
     assert_gateway(&r, 401, "APIGW.0301");
-    assert!(r.body["error_msg"].as_str().unwrap().contains("verify aksk signature fail"));
+    assert!(
+        r.body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("verify aksk signature fail")
+    );
     // Unknown access key.
-    let r = t.call_as("NOSUCHAK", "x", "PUT", &p, Some(("application/json", body.clone().into_bytes())), &[]).await;
+    let r = t
+        .call_as(
+            "NOSUCHAK",
+            "x",
+            "PUT",
+            &p,
+            Some(("application/json", body.clone().into_bytes())),
+            &[],
+        )
+        .await;
     assert_gateway(&r, 401, "APIGW.0301");
     // A signature an hour old.
-    let old = (chrono::Utc::now() - chrono::Duration::hours(1)).format(ecs_sign::DATE_FORMAT).to_string();
+    let old = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .format(ecs_sign::DATE_FORMAT)
+        .to_string();
     let sk = t.sk.clone();
-    let r = t.call_signed_at(&ak, &sk, &old, "PUT", &p, Some(("application/json", body.clone().into_bytes())), &[]).await;
+    let r = t
+        .call_signed_at(
+            &ak,
+            &sk,
+            &old,
+            "PUT",
+            &p,
+            Some(("application/json", body.clone().into_bytes())),
+            &[],
+        )
+        .await;
     assert_gateway(&r, 401, "APIGW.0301");
     // 14 minutes is within the window.
-    let recent = (chrono::Utc::now() - chrono::Duration::minutes(14)).format(ecs_sign::DATE_FORMAT).to_string();
-    let r = t.call_signed_at(&ak, &sk, &recent, "GET", &format!("{p}/0123456789abcdef0123456789abcdef"), None, &[]).await;
+    let recent = (chrono::Utc::now() - chrono::Duration::minutes(14))
+        .format(ecs_sign::DATE_FORMAT)
+        .to_string();
+    let r = t
+        .call_signed_at(
+            &ak,
+            &sk,
+            &recent,
+            "GET",
+            &format!("{p}/0123456789abcdef0123456789abcdef"),
+            None,
+            &[],
+        )
+        .await;
     assert_ecs(&r, 400, "Common.0011");
     // A body changed after signing.
     let auth = {
         let date = chrono::Utc::now().format(ecs_sign::DATE_FORMAT).to_string();
-        let headers = vec![("Host".to_string(), t.host.clone()), ("X-Sdk-Date".to_string(), date.clone())];
-        (ecs_sign::sign(&ak, sk.as_bytes(), "PUT", &p, "", &headers, body.as_bytes()).unwrap(), date)
+        let headers = vec![
+            ("Host".to_string(), t.host.clone()),
+            ("X-Sdk-Date".to_string(), date.clone()),
+        ];
+        (
+            ecs_sign::sign(&ak, sk.as_bytes(), "PUT", &p, "", &headers, body.as_bytes()).unwrap(),
+            date,
+        )
     };
     let r = t
-        .raw(reqwest::Client::new().put(t.url(&p)).header("Authorization", auth.0).header("X-Sdk-Date", auth.1)
-            .header("Content-Type", "application/json").body(ids_body(Some("Hy8@qMr3wS"), None, &["x"])))
+        .raw(
+            reqwest::Client::new()
+                .put(t.url(&p))
+                .header("Authorization", auth.0)
+                .header("X-Sdk-Date", auth.1)
+                .header("Content-Type", "application/json")
+                .body(ids_body(Some("Hy8@qMr3wS"), None, &["x"])),
+        )
         .await;
     assert_gateway(&r, 401, "APIGW.0301");
 }
@@ -308,12 +559,33 @@ async fn apigw_0301_authentication_failures() {
 async fn apigw_0302_read_only_key_cannot_reset() {
     let t = TestServer::start().await;
     let (a, _) = t.server(&t.project, "a", Linux, true).await;
-    let (ak, sk) = ecsd::admin::create_access_key(&t.state, &t.project, ecsd::store::Role::ReadOnly).await.unwrap();
+    let (ak, sk) =
+        ecsd::admin::create_access_key(&t.state, &t.project, ecsd::store::Role::ReadOnly)
+            .await
+            .unwrap();
     let sk = secrecy::ExposeSecret::expose_secret(&sk).to_owned();
     let body = ids_body(Some(GOOD), None, &[&a]).into_bytes();
-    let r = t.call_as(&ak, &sk, "PUT", &t.batch_path(), Some(("application/json", body)), &[]).await;
+    let r = t
+        .call_as(
+            &ak,
+            &sk,
+            "PUT",
+            &t.batch_path(),
+            Some(("application/json", body)),
+            &[],
+        )
+        .await;
     assert_gateway(&r, 403, "APIGW.0302");
-    let r = t.call_as(&ak, &sk, "GET", &format!("/v1/{}/cloudservers/{a}/os-resetpwd-flag", t.project), None, &[]).await;
+    let r = t
+        .call_as(
+            &ak,
+            &sk,
+            "GET",
+            &format!("/v1/{}/cloudservers/{a}/os-resetpwd-flag", t.project),
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(r.status, 200);
 }
 
@@ -337,7 +609,10 @@ async fn apigw_0308_throttled_per_access_key() {
 #[tokio::test]
 async fn apigw_0201_body_too_large() {
     let t = TestServer::start_with(|c| c.max_body_bytes = 64 * 1024).await;
-    let big = format!(r#"{{"new_password": "{GOOD}", "servers": [{{"id": "{}"}}]}}"#, "x".repeat(70 * 1024));
+    let big = format!(
+        r#"{{"new_password": "{GOOD}", "servers": [{{"id": "{}"}}]}}"#,
+        "x".repeat(70 * 1024)
+    );
     let r = t.call("PUT", &t.batch_path(), Some(&big)).await;
     assert_gateway(&r, 413, "APIGW.0201");
 }
@@ -345,9 +620,13 @@ async fn apigw_0201_body_too_large() {
 #[tokio::test]
 async fn apigw_0101_unknown_route_and_method() {
     let t = TestServer::start().await;
-    let r = t.raw(reqwest::Client::new().get(t.url("/v2/nothing/here"))).await;
+    let r = t
+        .raw(reqwest::Client::new().get(t.url("/v2/nothing/here")))
+        .await;
     assert_gateway(&r, 404, "APIGW.0101");
-    let r = t.raw(reqwest::Client::new().delete(t.url(&t.batch_path()))).await;
+    let r = t
+        .raw(reqwest::Client::new().delete(t.url(&t.batch_path())))
+        .await;
     assert_gateway(&r, 404, "APIGW.0101");
 }
 
@@ -363,14 +642,34 @@ async fn every_response_has_a_request_id() {
 async fn audit_records_mutating_calls_without_passwords() {
     let t = TestServer::start().await;
     let (a, _) = t.server(&t.project, "a", Linux, true).await;
-    t.call("PUT", &t.batch_path(), Some(&ids_body(Some(GOOD), None, &[&a]))).await;
-    t.call("PUT", &t.batch_path(), Some(&ids_body(Some("short"), None, &[&a]))).await;
-    t.call("PUT", &t.batch_path(), Some(&ids_body(None, Some(true), &[&a]))).await;
+    t.call(
+        "PUT",
+        &t.batch_path(),
+        Some(&ids_body(Some(GOOD), None, &[&a])),
+    )
+    .await;
+    t.call(
+        "PUT",
+        &t.batch_path(),
+        Some(&ids_body(Some("short"), None, &[&a])),
+    )
+    .await;
+    t.call(
+        "PUT",
+        &t.batch_path(),
+        Some(&ids_body(None, Some(true), &[&a])),
+    )
+    .await;
     let c = rusqlite::Connection::open(t.db_path()).unwrap();
     let rows: Vec<(String, String, String, bool, String)> = c
-        .prepare("SELECT actor, action, servers, dry_run, outcome FROM audit ORDER BY id").unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).unwrap()
-        .map(Result::unwrap).collect();
+        .prepare("SELECT actor, action, servers, dry_run, outcome FROM audit ORDER BY id")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0].0, t.ak);
     assert_eq!(rows[0].1, "batch-reset-password");

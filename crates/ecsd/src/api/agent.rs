@@ -83,7 +83,12 @@ pub async fn issue_enroll_token(
     let expires = Utc::now() + chrono::Duration::seconds(ttl_secs as i64);
     state
         .store
-        .create_enroll_token(project_id, &bearer_hash(token.expose_secret()), expires, uses)
+        .create_enroll_token(
+            project_id,
+            &bearer_hash(token.expose_secret()),
+            expires,
+            uses,
+        )
         .await
         .map_err(|e| ApiError::internal("storing an enrollment token", e))?;
     Ok(proto::EnrollTokenResponse {
@@ -151,7 +156,9 @@ pub async fn heartbeat(
     let server = agent(&state, &headers).await?;
     let req: proto::HeartbeatRequest = parse(&body(&headers, raw).await?)?;
     if req.boot_id.len() > 64 || req.agent_version.len() > 64 {
-        return Err(ApiError::invalid("boot_id and agent_version are at most 64 characters."));
+        return Err(ApiError::invalid(
+            "boot_id and agent_version are at most 64 characters.",
+        ));
     }
     state
         .store
@@ -239,7 +246,13 @@ pub async fn ack(
     let applied = req.outcome == proto::Outcome::Applied;
     let recorded = state
         .store
-        .ack(&server.id, &req.request_id, applied, reason.as_deref(), Utc::now())
+        .ack(
+            &server.id,
+            &req.request_id,
+            applied,
+            reason.as_deref(),
+            Utc::now(),
+        )
         .await
         .map_err(|e| ApiError::internal("recording an outcome", e))?;
     tracing::info!(server_id = %server.id, request_id = %req.request_id, outcome = ?req.outcome, recorded, "reset outcome");

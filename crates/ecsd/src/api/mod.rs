@@ -50,7 +50,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(public)
         .merge(agents)
-        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .fallback(no_such_api)
         .method_not_allowed_fallback(no_such_api)
         .layer(from_fn(request_context))
@@ -74,7 +77,10 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         .map(|c| c.0.to_string())
         .unwrap_or_else(|| "unknown".into());
     req.extensions_mut().insert(Source(source));
-    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await.into_response();
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), next.run(req))
+        .await
+        .into_response();
     resp.headers_mut().insert(
         "x-request-id",
         HeaderValue::from_str(&id).expect("hex is a valid header value"),

@@ -13,7 +13,9 @@ use crate::state::{AppState, Caller, Source};
 use crate::store::{ResetState, fmt_time};
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
 }
 
 fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
@@ -71,7 +73,9 @@ pub async fn resetpwd_flag(
         .map_err(|e| ApiError::internal("looking up a server", e))?
         .ok_or_else(|| ApiError::server_not_found(&server_id))?;
     let ready = server.agent_public_key.is_some() && server.agent_last_seen.is_some();
-    Ok(Json(json!({"resetpwd_flag": if ready { "True" } else { "False" }})))
+    Ok(Json(
+        json!({"resetpwd_flag": if ready { "True" } else { "False" }}),
+    ))
 }
 
 /// `GET /v1/{project_id}/cloudservers/os-reset-passwords/{request_id}` (ours).

@@ -248,8 +248,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Enrolled>>;
     /// The server whose agent holds this credential.
     async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>>;
-    async fn heartbeat(&self, server_id: &str, hb: Heartbeat, now: DateTime<Utc>)
-    -> StoreResult<()>;
+    async fn heartbeat(
+        &self,
+        server_id: &str,
+        hb: Heartbeat,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
     /// The newest open reset for the server; marks it DELIVERED.
     async fn take_work(&self, server_id: &str, now: DateTime<Utc>) -> StoreResult<Option<Work>>;
     /// Records the agent's outcome. Returns false if the reset was no longer

@@ -383,7 +383,9 @@ impl Store for SqliteStore {
     async fn server(&self, project_id: &str, id: &str) -> StoreResult<Option<Server>> {
         let (p, id) = (project_id.to_owned(), id.to_owned());
         self.read(move |c| {
-            let sql = format!("SELECT {SERVER_COLS} FROM servers s WHERE s.id = ?1 AND s.project_id = ?2");
+            let sql = format!(
+                "SELECT {SERVER_COLS} FROM servers s WHERE s.id = ?1 AND s.project_id = ?2"
+            );
             let mut stmt = c.prepare_cached(&sql)?;
             let mut rows = stmt.query(params![id, p])?;
             rows.next()?.map(server_from_row).transpose()
@@ -553,7 +555,8 @@ impl Store for SqliteStore {
     async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>> {
         let h = credential_hash.to_owned();
         self.read(move |c| {
-            let sql = format!("SELECT {SERVER_COLS} FROM servers s WHERE s.agent_credential_hash = ?1");
+            let sql =
+                format!("SELECT {SERVER_COLS} FROM servers s WHERE s.agent_credential_hash = ?1");
             let mut stmt = c.prepare_cached(&sql)?;
             let mut rows = stmt.query([h])?;
             rows.next()?.map(server_from_row).transpose()
@@ -620,7 +623,11 @@ impl Store for SqliteStore {
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let (id, rid, reason) = (server_id.to_owned(), request_id.to_owned(), reason.map(str::to_owned));
+        let (id, rid, reason) = (
+            server_id.to_owned(),
+            request_id.to_owned(),
+            reason.map(str::to_owned),
+        );
         self.write(move |c| {
             let state = if applied { "APPLIED" } else { "FAILED" };
             let n = c

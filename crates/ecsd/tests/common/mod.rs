@@ -101,8 +101,15 @@ impl TestServer {
 
     pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
         let (ak, sk) = (self.ak.clone(), self.sk.clone());
-        self.call_as(&ak, &sk, method, path, body.map(|b| ("application/json;charset=UTF-8", b.as_bytes().to_vec())), &[])
-            .await
+        self.call_as(
+            &ak,
+            &sk,
+            method,
+            path,
+            body.map(|b| ("application/json;charset=UTF-8", b.as_bytes().to_vec())),
+            &[],
+        )
+        .await
     }
 
     /// A signed call. `extra` headers are sent (and signed) too.
@@ -147,7 +154,8 @@ impl TestServer {
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
             headers.push((k.to_string(), v.to_string()));
         }
-        let auth = ecs_sign::sign(ak, sk.as_bytes(), method, path, query, &headers, &bytes).unwrap();
+        let auth =
+            ecs_sign::sign(ak, sk.as_bytes(), method, path, query, &headers, &bytes).unwrap();
         let mut req = reqwest::Client::new().request(
             method.parse().unwrap(),
             format!("{}{}", self.base, path_and_query),
@@ -224,10 +232,19 @@ pub fn secret(s: &str) -> SecretString {
 pub fn assert_ecs(r: &Resp, status: u16, code: &str) {
     assert_eq!(r.status, status, "body: {}", r.text);
     assert_eq!(r.body["error"]["code"], code, "body: {}", r.text);
-    assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     assert!(r.body.get("error_code").is_none());
     let rid = r.request_id.as_deref().expect("X-Request-Id");
-    assert!(rid.len() == 32 && rid.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(
+        rid.len() == 32
+            && rid
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
 }
 
 /// Asserts the gateway error shape with this status and code.
@@ -236,6 +253,11 @@ pub fn assert_gateway(r: &Resp, status: u16, code: &str) {
     assert_eq!(r.status, status, "body: {}", r.text);
     assert_eq!(r.body["error_code"], code, "body: {}", r.text);
     assert!(r.body["error_msg"].as_str().is_some_and(|m| !m.is_empty()));
-    assert_eq!(r.body["request_id"].as_str(), r.request_id.as_deref(), "body: {}", r.text);
+    assert_eq!(
+        r.body["request_id"].as_str(),
+        r.request_id.as_deref(),
+        "body: {}",
+        r.text
+    );
     assert!(r.body.get("error").is_none());
 }

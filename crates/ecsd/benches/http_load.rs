@@ -1,0 +1,155 @@
+//! Sustained batch resets per second over HTTP: a real ecsd on loopback
+//! (its own runtime) and a signing load generator (another runtime), bounded
+//! in time. Prints one line per scenario.
+//!
+//! `cargo bench -p ecsd --bench http_load` (ECSD_LOAD_SECS, default 10)
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ecs_policy::OsType;
+use ecsd::config::Config;
+use ecsd::server::Server;
+use ecsd::store::Role;
+use secrecy::ExposeSecret;
+
+struct Target {
+    base: String,
+    host: String,
+    project: String,
+    ak: String,
+    sk: String,
+    ids: Vec<String>,
+}
+
+fn start_server(dir: &std::path::Path, servers: usize) -> Target {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let config = Config {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                data_dir: dir,
+                master_key: Some(ecsd::secrets::MasterKey::generate_base64()),
+                rate_limit_per_sec: 1_000_000,
+                ..Config::default()
+            };
+            let state = ecsd::server::open_state(config).unwrap();
+            let project = ecsd::admin::create_project(&state, "load").await.unwrap();
+            let (ak, sk) = ecsd::admin::create_access_key(&state, &project.id, Role::Admin).await.unwrap();
+            let mut ids = Vec::new();
+            for i in 0..servers {
+                let (_k, pk) = ecs_seal::generate_keypair();
+                let s = ecsd::admin::register_server(&state, &project.id, &format!("s{i}"), OsType::Linux, Some(&pk.to_base64()))
+                    .await
+                    .unwrap();
+                ids.push(s.id);
+            }
+            let server = Server::bind(state).await.unwrap();
+            let addr = server.local_addr();
+            tx.send(Target {
+                base: format!("http://{addr}"),
+                host: addr.to_string(),
+                project: project.id,
+                ak,
+                sk: sk.expose_secret().to_owned(),
+                ids,
+            })
+            .unwrap();
+            server.run(std::future::pending()).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+async fn one_reset(client: &reqwest::Client, t: &Target, ids: &[String]) -> (u16, Duration) {
+    let path = format!("/v1/{}/cloudservers/os-reset-passwords", t.project);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "new_password": "Gx7!pLq2vR",
+        "servers": ids.iter().map(|i| serde_json::json!({"id": i})).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let date = chrono::Utc::now().format(ecs_sign::DATE_FORMAT).to_string();
+    let headers = vec![
+        ("Content-Type".to_string(), "application/json;charset=UTF-8".to_string()),
+        ("Host".to_string(), t.host.clone()),
+        ("X-Project-Id".to_string(), t.project.clone()),
+        ("X-Sdk-Date".to_string(), date.clone()),
+    ];
+    let auth = ecs_sign::sign(&t.ak, t.sk.as_bytes(), "PUT", &path, "", &headers, &body).unwrap();
+    let started = Instant::now();
+    let resp = client
+        .put(format!("{}{}", t.base, path))
+        .header("Content-Type", "application/json;charset=UTF-8")
+        .header("X-Project-Id", &t.project)
+        .header("X-Sdk-Date", date)
+        .header("Authorization", auth)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let _ = resp.bytes().await;
+    (status, started.elapsed())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else to parse.
+    let secs: u64 = std::env::var("ECSD_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let dir = tempfile::tempdir().unwrap();
+    let target = Arc::new(start_server(dir.path(), 1000));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    println!("| batch size | concurrency | requests | resets/s (requests) | server resets/s | p50 ms | p99 ms | non-200 |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (batch, conc) in [(1usize, 4usize), (100, 4), (1000, 2)] {
+        let (lat, errors) = rt.block_on(async {
+            let client = reqwest::Client::new();
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let mut tasks = Vec::new();
+            for w in 0..conc {
+                let (client, t) = (client.clone(), target.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut errors = 0;
+                    let mut i = 0usize;
+                    while Instant::now() < deadline {
+                        // Disjoint slices per worker when the batch allows.
+                        let start = ((w * 7919 + i * batch) % (t.ids.len() - batch + 1)).min(t.ids.len() - batch);
+                        let (status, d) = one_reset(&client, &t, &t.ids[start..start + batch]).await;
+                        if status != 200 {
+                            errors += 1;
+                        }
+                        lat.push(d);
+                        i += 1;
+                    }
+                    (lat, errors)
+                }));
+            }
+            let mut all = Vec::new();
+            let mut errors = 0;
+            for t in tasks {
+                let (l, e) = t.await.unwrap();
+                all.extend(l);
+                errors += e;
+            }
+            (all, errors)
+        });
+        let mut sorted = lat.clone();
+        sorted.sort();
+        let rps = lat.len() as f64 / secs as f64;
+        println!(
+            "| {batch} | {conc} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {errors} |",
+            lat.len(),
+            rps,
+            rps * batch as f64,
+            percentile(&sorted, 0.5),
+            percentile(&sorted, 0.99)
+        );
+    }
+}
