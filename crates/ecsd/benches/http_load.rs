@@ -2,7 +2,7 @@
 //! (its own runtime) and a signing load generator (another runtime), bounded
 //! in time. Prints one line per scenario.
 //!
-//! `cargo bench -p ecsd --bench http_load` (ECSD_LOAD_SECS, default 10)
+//! `cargo bench -p ecsd --bench http_load` (BENCH_LOAD_SECS, default 10)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,12 +13,11 @@ use ecsd::server::Server;
 use ecsd::store::Role;
 use secrecy::ExposeSecret;
 
+mod support;
+use support::Api;
+
 struct Target {
-    base: String,
-    host: String,
-    project: String,
-    ak: String,
-    sk: String,
+    api: Api,
     ids: Vec<String>,
 }
 
@@ -49,11 +48,13 @@ fn start_server(dir: &std::path::Path, servers: usize) -> Target {
             let server = Server::bind(state).await.unwrap();
             let addr = server.local_addr();
             tx.send(Target {
-                base: format!("http://{addr}"),
-                host: addr.to_string(),
-                project: project.id,
-                ak,
-                sk: sk.expose_secret().to_owned(),
+                api: Api {
+                    base: format!("http://{addr}"),
+                    host: addr.to_string(),
+                    project: project.id,
+                    ak,
+                    sk: sk.expose_secret().to_owned(),
+                },
                 ids,
             })
             .unwrap();
@@ -63,34 +64,10 @@ fn start_server(dir: &std::path::Path, servers: usize) -> Target {
     rx.recv().unwrap()
 }
 
-async fn one_reset(client: &reqwest::Client, t: &Target, ids: &[String]) -> (u16, Duration) {
+async fn one_reset(client: &reqwest::Client, t: &Api, ids: &[String]) -> (u16, Duration) {
     let path = format!("/v1/{}/cloudservers/os-reset-passwords", t.project);
-    let body = serde_json::to_vec(&serde_json::json!({
-        "new_password": "Gx7!pLq2vR",
-        "servers": ids.iter().map(|i| serde_json::json!({"id": i})).collect::<Vec<_>>(),
-    }))
-    .unwrap();
-    let date = chrono::Utc::now().format(ecs_sign::DATE_FORMAT).to_string();
-    let headers = vec![
-        ("Content-Type".to_string(), "application/json;charset=UTF-8".to_string()),
-        ("Host".to_string(), t.host.clone()),
-        ("X-Project-Id".to_string(), t.project.clone()),
-        ("X-Sdk-Date".to_string(), date.clone()),
-    ];
-    let auth = ecs_sign::sign(&t.ak, t.sk.as_bytes(), "PUT", &path, "", &headers, &body).unwrap();
     let started = Instant::now();
-    let resp = client
-        .put(format!("{}{}", t.base, path))
-        .header("Content-Type", "application/json;charset=UTF-8")
-        .header("X-Project-Id", &t.project)
-        .header("X-Sdk-Date", date)
-        .header("Authorization", auth)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let _ = resp.bytes().await;
+    let (status, _, _) = t.call(client, "PUT", &path, Some(Api::reset_body(ids, "Gx7!pLq2vR"))).await;
     (status, started.elapsed())
 }
 
@@ -101,7 +78,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
-    let secs: u64 = std::env::var("ECSD_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let secs: u64 = std::env::var("BENCH_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let dir = tempfile::tempdir().unwrap();
     let target = Arc::new(start_server(dir.path(), 1000));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -121,7 +98,7 @@ fn main() {
                     while Instant::now() < deadline {
                         // Disjoint slices per worker when the batch allows.
                         let start = ((w * 7919 + i * batch) % (t.ids.len() - batch + 1)).min(t.ids.len() - batch);
-                        let (status, d) = one_reset(&client, &t, &t.ids[start..start + batch]).await;
+                        let (status, d) = one_reset(&client, &t.api, &t.ids[start..start + batch]).await;
                         if status != 200 {
                             errors += 1;
                         }

@@ -63,6 +63,21 @@ impl Default for Config {
     }
 }
 
+/// The keys settable as `ECSD_<KEY>`.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database",
+    "master_key",
+    "max_body_bytes",
+    "clock_skew_secs",
+    "rate_limit_per_sec",
+    "log_format",
+    "agent_poll_secs",
+    "agent_stale_secs",
+    "public_endpoint",
+];
+
 impl Config {
     /// Loads defaults, then `file` (if given), then `ECSD_*` variables.
     pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
@@ -70,7 +85,8 @@ impl Config {
         if let Some(path) = file {
             fig = fig.merge(Toml::file_exact(path));
         }
-        fig.merge(Env::prefixed("ECSD_").ignore(&["config"]))
+        // Only our keys: other ECSD_* variables (ECSD_CONFIG, tools' own) are not config.
+        fig.merge(Env::prefixed("ECSD_").only(ENV_KEYS))
             .extract()
             .map_err(Box::new)
     }

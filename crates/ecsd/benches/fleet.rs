@@ -1,0 +1,194 @@
+//! The agent side at fleet scale, with the real `ecsd` binary as a separate
+//! process and the fleet simulator (the same agent code as real servers):
+//!
+//! 1. 1000 simulated servers: a batch reset, then a restart of all of them;
+//!    time until the API shows every server APPLIED.
+//! 2. ecsd's resident memory with 10,000 idle agents long-polling.
+//!
+//! `cargo bench -p ecsd --bench fleet` (BENCH_FLEET_N, BENCH_IDLE_N to change the sizes)
+
+mod support;
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ecs_agent::simulate::{Fleet, FleetSpec};
+use support::Api;
+
+struct Ecsd {
+    child: Child,
+    api: Api,
+    data: std::path::PathBuf,
+}
+
+impl Ecsd {
+    fn start(data: &std::path::Path) -> Ecsd {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
+            .args(["--data-dir", data.to_str().unwrap(), "serve", "--dev", "--dev-linux", "0", "--dev-windows", "0"])
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut cred_path = None;
+        for line in out.lines() {
+            let line = line.unwrap();
+            if let Some(p) = line.strip_prefix("credentials: ") {
+                cred_path = Some(p.to_owned());
+                break;
+            }
+        }
+        let creds: serde_json::Value = serde_json::from_slice(&std::fs::read(cred_path.unwrap()).unwrap()).unwrap();
+        let endpoint = creds["endpoint"].as_str().unwrap().to_owned();
+        Ecsd {
+            child,
+            api: Api {
+                host: endpoint.trim_start_matches("http://").to_owned(),
+                base: endpoint,
+                project: creds["project_id"].as_str().unwrap().to_owned(),
+                ak: creds["ak"].as_str().unwrap().to_owned(),
+                sk: creds["sk"].as_str().unwrap().to_owned(),
+            },
+            data: data.to_owned(),
+        }
+    }
+
+    fn token(&self, uses: usize) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_ecsd"))
+            .args(["--data-dir", self.data.to_str().unwrap(), "admin", "enroll-token-create"])
+            .args(["--project", &self.api.project, "--uses", &uses.to_string()])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb / 1024.0
+    }
+}
+
+impl Drop for Ecsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn own_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap()
+        / 1024.0
+}
+
+async fn summary(client: &reqwest::Client, api: &Api, rid: &str) -> serde_json::Value {
+    let path = format!("/v1/{}/cloudservers/os-reset-passwords/{rid}", api.project);
+    let (status, _, body) = api.call(client, "GET", &path, None).await;
+    assert_eq!(status, 200);
+    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["summary"].clone()
+}
+
+async fn wait_state(client: &reqwest::Client, api: &Api, rid: &str, state: &str, n: u64, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let s = summary(client, api, rid).await;
+        if s[state].as_u64() == Some(n) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "timed out waiting for {n} {state}: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn spec(ecsd: &Ecsd, token: String, root: &std::path::Path, n: usize) -> FleetSpec {
+    FleetSpec {
+        endpoint: ecsd.api.base.clone(),
+        token: Some(token),
+        root_base: root.to_owned(),
+        linux: n,
+        windows: 0,
+        prefix: "b-".into(),
+        poll: Duration::from_secs(25),
+        heartbeat: Duration::from_secs(60),
+    }
+}
+
+fn main() {
+    let n: usize = std::env::var("BENCH_FLEET_N").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let idle: usize = std::env::var("BENCH_IDLE_N").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let client = reqwest::Client::new();
+
+    // 1. Reset then restart N servers.
+    let dir = tempfile::tempdir().unwrap();
+    let ecsd = Ecsd::start(&dir.path().join("data"));
+    let token = ecsd.token(n);
+    rt.block_on(async {
+        let started = Instant::now();
+        let fleet = Fleet::start(spec(&ecsd, token, &dir.path().join("fleet"), n)).await.unwrap();
+        println!("enrolled and started {n} simulated servers in {:.2} s", started.elapsed().as_secs_f64());
+        let ids: Vec<String> = fleet.list().into_iter().map(|s| s.server_id).collect();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let path = format!("/v1/{}/cloudservers/os-reset-passwords", ecsd.api.project);
+        let t0 = Instant::now();
+        let (status, rid, body) = ecsd.api.call(&client, "PUT", &path, Some(Api::reset_body(&ids, "Ns4]kV9=tq"))).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let accepted = t0.elapsed();
+        let delivered = wait_state(&client, &ecsd.api, &rid, "DELIVERED", n as u64, Duration::from_secs(120)).await;
+        let t1 = Instant::now();
+        fleet.restart_all().await.unwrap();
+        let restarted = t1.elapsed();
+        let applied = wait_state(&client, &ecsd.api, &rid, "APPLIED", n as u64, Duration::from_secs(300)).await;
+        println!("batch reset of {n}: accepted in {:.0} ms, all DELIVERED after {:.0} ms", accepted.as_secs_f64() * 1e3, delivered.as_secs_f64() * 1e3);
+        println!(
+            "restart of all {n}: restarts issued in {:.0} ms; all APPLIED {:.2} s after the restart began",
+            restarted.as_secs_f64() * 1e3,
+            (restarted + applied).as_secs_f64()
+        );
+        fleet.stop();
+    });
+    drop(ecsd);
+    drop(dir);
+
+    // 2. Memory with many idle agents.
+    let dir = tempfile::tempdir().unwrap();
+    let ecsd = Ecsd::start(&dir.path().join("data"));
+    let before = ecsd.rss_mib();
+    let token = ecsd.token(idle);
+    rt.block_on(async {
+        let started = Instant::now();
+        let fleet = Fleet::start(spec(&ecsd, token, &dir.path().join("fleet"), idle)).await.unwrap();
+        println!("enrolled and started {idle} simulated servers in {:.1} s", started.elapsed().as_secs_f64());
+        // Let every agent report in and settle into its long poll.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            samples.push(ecsd.rss_mib());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        samples.sort_by(f64::total_cmp);
+        println!(
+            "ecsd RSS: {:.1} MiB before agents, median {:.1} MiB (max {:.1}) with {idle} idle agents long-polling; simulator process {:.1} MiB",
+            before,
+            samples[2],
+            samples[4],
+            own_rss_mib()
+        );
+        fleet.stop();
+    });
+}
