@@ -199,39 +199,42 @@ impl Fleet {
     /// Restarts one virtual server: its agent stops as on power loss, the
     /// server gets a new boot id, and the agent starts again.
     pub async fn restart(&self, name: &str) -> anyhow::Result<()> {
-        let task = {
-            let mut servers = self.servers.lock().expect("fleet lock");
-            let r = servers
-                .get_mut(name)
-                .with_context(|| format!("no simulated server {name}"))?;
-            r.task.take()
-        };
-        if let Some(t) = task {
-            t.abort();
-            let _ = t.await;
-        }
-        let root = self
-            .servers
-            .lock()
-            .expect("fleet lock")
-            .get(name)
-            .map(|r| r.server.root.clone())
-            .context("server vanished")?;
-        std::fs::write(root.join("boot_id"), uuid::Uuid::new_v4().to_string())?;
-        self.start_agent(name)
+        self.restart_many(&[name.to_owned()]).await
     }
 
-    /// Restarts every virtual server.
+    /// Restarts every virtual server at once.
     pub async fn restart_all(&self) -> anyhow::Result<()> {
-        let names: Vec<String> = self
-            .servers
-            .lock()
-            .expect("fleet lock")
-            .keys()
-            .cloned()
-            .collect();
-        for n in names {
-            self.restart(&n).await?;
+        let names: Vec<String> = self.servers.lock().expect("fleet lock").keys().cloned().collect();
+        self.restart_many(&names).await
+    }
+
+    async fn restart_many(&self, names: &[String]) -> anyhow::Result<()> {
+        let mut stopped = Vec::with_capacity(names.len());
+        {
+            let mut servers = self.servers.lock().expect("fleet lock");
+            for name in names {
+                let r = servers
+                    .get_mut(name)
+                    .with_context(|| format!("no simulated server {name}"))?;
+                if let Some(t) = r.task.take() {
+                    t.abort();
+                    stopped.push(t);
+                }
+            }
+        }
+        for t in stopped {
+            let _ = t.await;
+        }
+        for name in names {
+            let root = self
+                .servers
+                .lock()
+                .expect("fleet lock")
+                .get(name)
+                .map(|r| r.server.root.clone())
+                .context("server vanished")?;
+            std::fs::write(root.join("boot_id"), uuid::Uuid::new_v4().to_string())?;
+            self.start_agent(name)?;
         }
         Ok(())
     }

@@ -85,6 +85,14 @@ impl Drop for Ecsd {
     }
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
 fn own_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
@@ -150,6 +158,7 @@ fn main() {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let accepted = t0.elapsed();
         let delivered = wait_state(&client, &ecsd.api, &rid, "DELIVERED", n as u64, Duration::from_secs(120)).await;
+        let (server_cpu0, own_cpu0) = (cpu_secs(&ecsd.child.id().to_string()), cpu_secs("self"));
         let t1 = Instant::now();
         fleet.restart_all().await.unwrap();
         let restarted = t1.elapsed();
@@ -159,6 +168,11 @@ fn main() {
             "restart of all {n}: restarts issued in {:.0} ms; all APPLIED {:.2} s after the restart began",
             restarted.as_secs_f64() * 1e3,
             (restarted + applied).as_secs_f64()
+        );
+        println!(
+            "CPU used meanwhile: ecsd {:.2} s, agents (simulator) {:.2} s",
+            cpu_secs(&ecsd.child.id().to_string()) - server_cpu0,
+            cpu_secs("self") - own_cpu0
         );
         fleet.stop();
     });
@@ -190,5 +204,8 @@ fn main() {
             own_rss_mib()
         );
         fleet.stop();
+        drop(fleet);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        println!("ecsd RSS after the agents disconnected: {:.1} MiB", ecsd.rss_mib());
     });
 }
