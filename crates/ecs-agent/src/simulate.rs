@@ -204,7 +204,13 @@ impl Fleet {
 
     /// Restarts every virtual server at once.
     pub async fn restart_all(&self) -> anyhow::Result<()> {
-        let names: Vec<String> = self.servers.lock().expect("fleet lock").keys().cloned().collect();
+        let names: Vec<String> = self
+            .servers
+            .lock()
+            .expect("fleet lock")
+            .keys()
+            .cloned()
+            .collect();
         self.restart_many(&names).await
     }
 

@@ -108,7 +108,8 @@ fn bench(c: &mut Criterion) {
                     .unwrap();
                 let now = chrono::Utc::now().to_rfc3339();
                 for (i, ((id, _), s)) in f.keys.iter().zip(sealed).enumerate() {
-                    st.execute(rusqlite::params![rid, id, i as i64, s, now]).unwrap();
+                    st.execute(rusqlite::params![rid, id, i as i64, s, now])
+                        .unwrap();
                 }
             }
             tx.commit().unwrap();

@@ -25,7 +25,16 @@ struct Ecsd {
 impl Ecsd {
     fn start(data: &std::path::Path) -> Ecsd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
-            .args(["--data-dir", data.to_str().unwrap(), "serve", "--dev", "--dev-linux", "0", "--dev-windows", "0"])
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "serve",
+                "--dev",
+                "--dev-linux",
+                "0",
+                "--dev-windows",
+                "0",
+            ])
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -41,7 +50,8 @@ impl Ecsd {
                 break;
             }
         }
-        let creds: serde_json::Value = serde_json::from_slice(&std::fs::read(cred_path.unwrap()).unwrap()).unwrap();
+        let creds: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(cred_path.unwrap()).unwrap()).unwrap();
         let endpoint = creds["endpoint"].as_str().unwrap().to_owned();
         Ecsd {
             child,
@@ -58,7 +68,12 @@ impl Ecsd {
 
     fn token(&self, uses: usize) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_ecsd"))
-            .args(["--data-dir", self.data.to_str().unwrap(), "admin", "enroll-token-create"])
+            .args([
+                "--data-dir",
+                self.data.to_str().unwrap(),
+                "admin",
+                "enroll-token-create",
+            ])
             .args(["--project", &self.api.project, "--uses", &uses.to_string()])
             .output()
             .unwrap();
@@ -88,7 +103,12 @@ impl Drop for Ecsd {
 /// CPU seconds (user + system) a process has used.
 fn cpu_secs(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
 }
@@ -111,14 +131,24 @@ async fn summary(client: &reqwest::Client, api: &Api, rid: &str) -> serde_json::
     serde_json::from_slice::<serde_json::Value>(&body).unwrap()["summary"].clone()
 }
 
-async fn wait_state(client: &reqwest::Client, api: &Api, rid: &str, state: &str, n: u64, limit: Duration) -> Duration {
+async fn wait_state(
+    client: &reqwest::Client,
+    api: &Api,
+    rid: &str,
+    state: &str,
+    n: u64,
+    limit: Duration,
+) -> Duration {
     let started = Instant::now();
     loop {
         let s = summary(client, api, rid).await;
         if s[state].as_u64() == Some(n) {
             return started.elapsed();
         }
-        assert!(started.elapsed() < limit, "timed out waiting for {n} {state}: {s}");
+        assert!(
+            started.elapsed() < limit,
+            "timed out waiting for {n} {state}: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -137,9 +167,18 @@ fn spec(ecsd: &Ecsd, token: String, root: &std::path::Path, n: usize) -> FleetSp
 }
 
 fn main() {
-    let n: usize = std::env::var("BENCH_FLEET_N").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let idle: usize = std::env::var("BENCH_IDLE_N").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let n: usize = std::env::var("BENCH_FLEET_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let idle: usize = std::env::var("BENCH_IDLE_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let client = reqwest::Client::new();
 
     // 1. Reset then restart N servers.
@@ -207,5 +246,25 @@ fn main() {
         drop(fleet);
         tokio::time::sleep(Duration::from_secs(3)).await;
         println!("ecsd RSS after the agents disconnected: {:.1} MiB", ecsd.rss_mib());
+    });
+    // The same fleet against a freshly started ecsd (no enrollment burst).
+    drop(ecsd);
+    let ecsd = Ecsd::start(&dir.path().join("data"));
+    rt.block_on(async {
+        let mut s = spec(&ecsd, String::new(), &dir.path().join("fleet"), idle);
+        s.token = None;
+        let fleet = Fleet::start(s).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            samples.push(ecsd.rss_mib());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        samples.sort_by(f64::total_cmp);
+        println!(
+            "ecsd restarted, same {idle} agents reconnected and long-polling: RSS median {:.1} MiB (max {:.1})",
+            samples[2], samples[4]
+        );
+        fleet.stop();
     });
 }

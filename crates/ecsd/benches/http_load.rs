@@ -25,7 +25,10 @@ fn start_server(dir: &std::path::Path, servers: usize) -> Target {
     let (tx, rx) = std::sync::mpsc::channel();
     let dir = dir.to_owned();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let config = Config {
                 listen: "127.0.0.1:0".parse().unwrap(),
@@ -36,13 +39,21 @@ fn start_server(dir: &std::path::Path, servers: usize) -> Target {
             };
             let state = ecsd::server::open_state(config).unwrap();
             let project = ecsd::admin::create_project(&state, "load").await.unwrap();
-            let (ak, sk) = ecsd::admin::create_access_key(&state, &project.id, Role::Admin).await.unwrap();
+            let (ak, sk) = ecsd::admin::create_access_key(&state, &project.id, Role::Admin)
+                .await
+                .unwrap();
             let mut ids = Vec::new();
             for i in 0..servers {
                 let (_k, pk) = ecs_seal::generate_keypair();
-                let s = ecsd::admin::register_server(&state, &project.id, &format!("s{i}"), OsType::Linux, Some(&pk.to_base64()))
-                    .await
-                    .unwrap();
+                let s = ecsd::admin::register_server(
+                    &state,
+                    &project.id,
+                    &format!("s{i}"),
+                    OsType::Linux,
+                    Some(&pk.to_base64()),
+                )
+                .await
+                .unwrap();
                 ids.push(s.id);
             }
             let server = Server::bind(state).await.unwrap();
@@ -67,7 +78,14 @@ fn start_server(dir: &std::path::Path, servers: usize) -> Target {
 async fn one_reset(client: &reqwest::Client, t: &Api, ids: &[String]) -> (u16, Duration) {
     let path = format!("/v1/{}/cloudservers/os-reset-passwords", t.project);
     let started = Instant::now();
-    let (status, _, _) = t.call(client, "PUT", &path, Some(Api::reset_body(ids, "Gx7!pLq2vR"))).await;
+    let (status, _, _) = t
+        .call(
+            client,
+            "PUT",
+            &path,
+            Some(Api::reset_body(ids, "Gx7!pLq2vR")),
+        )
+        .await;
     (status, started.elapsed())
 }
 
@@ -78,11 +96,20 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
-    let secs: u64 = std::env::var("BENCH_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let secs: u64 = std::env::var("BENCH_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let dir = tempfile::tempdir().unwrap();
     let target = Arc::new(start_server(dir.path(), 1000));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    println!("| batch size | concurrency | requests | resets/s (requests) | server resets/s | p50 ms | p99 ms | non-200 |");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "| batch size | concurrency | requests | resets/s (requests) | server resets/s | p50 ms | p99 ms | non-200 |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for (batch, conc) in [(1usize, 4usize), (100, 4), (1000, 2)] {
         let (lat, errors) = rt.block_on(async {
@@ -97,8 +124,10 @@ fn main() {
                     let mut i = 0usize;
                     while Instant::now() < deadline {
                         // Disjoint slices per worker when the batch allows.
-                        let start = ((w * 7919 + i * batch) % (t.ids.len() - batch + 1)).min(t.ids.len() - batch);
-                        let (status, d) = one_reset(&client, &t.api, &t.ids[start..start + batch]).await;
+                        let start = ((w * 7919 + i * batch) % (t.ids.len() - batch + 1))
+                            .min(t.ids.len() - batch);
+                        let (status, d) =
+                            one_reset(&client, &t.api, &t.ids[start..start + batch]).await;
                         if status != 200 {
                             errors += 1;
                         }

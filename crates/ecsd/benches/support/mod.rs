@@ -26,15 +26,32 @@ impl Api {
             ("X-Sdk-Date".to_string(), date.clone()),
         ];
         if body.is_some() {
-            headers.push(("Content-Type".into(), "application/json;charset=UTF-8".into()));
+            headers.push((
+                "Content-Type".into(),
+                "application/json;charset=UTF-8".into(),
+            ));
         }
         let bytes = body.unwrap_or_default();
-        let auth = ecs_sign::sign(&self.ak, self.sk.as_bytes(), method, path, "", &headers, &bytes).unwrap();
+        let auth = ecs_sign::sign(
+            &self.ak,
+            self.sk.as_bytes(),
+            method,
+            path,
+            "",
+            &headers,
+            &bytes,
+        )
+        .unwrap();
         let mut req = client.request(method.parse().unwrap(), format!("{}{}", self.base, path));
         for (k, v) in headers.iter().filter(|(k, _)| k != "Host") {
             req = req.header(k, v);
         }
-        let resp = req.header("Authorization", auth).body(bytes).send().await.unwrap();
+        let resp = req
+            .header("Authorization", auth)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         let rid = resp
             .headers()

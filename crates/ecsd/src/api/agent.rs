@@ -188,11 +188,15 @@ pub async fn work(
     headers: HeaderMap,
     query: Result<Query<WorkQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let server = agent(&state, &headers).await?;
+    // Keep only what the wait needs: an idle long poll should hold little memory.
+    let server_id = {
+        let headers = headers;
+        agent(&state, &headers).await?.id
+    };
     let Query(q) = query.map_err(|_| ApiError::invalid("Invalid query parameters."))?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.config.agent_poll_secs));
     let deadline = tokio::time::Instant::now() + wait;
-    let notify = state.wakers.subscribe(&server.id);
+    let notify = state.wakers.subscribe(&server_id);
     let result = loop {
         let notified = notify.notified();
         tokio::pin!(notified);
@@ -200,14 +204,14 @@ pub async fn work(
         notified.as_mut().enable();
         let found = state
             .store
-            .take_work(&server.id, Utc::now())
+            .take_work(&server_id, Utc::now())
             .await
             .map_err(|e| ApiError::internal("reading agent work", e));
         match found {
             Err(e) => break Err(e),
             Ok(Some(w)) if q.have.as_deref() != Some(w.request_id.as_str()) => {
                 break Ok(Json(proto::Work {
-                    server_id: server.id.clone(),
+                    server_id: server_id.clone(),
                     request_id: w.request_id,
                     sealed: ecs_seal::Sealed::from_bytes(w.sealed)
                         .map(|s| s.to_base64())
@@ -227,7 +231,7 @@ pub async fn work(
             _ = state.wakers.closed() => break Ok(StatusCode::NO_CONTENT.into_response()),
         }
     };
-    state.wakers.release(&server.id, notify);
+    state.wakers.release(&server_id, notify);
     result
 }
 
