@@ -131,10 +131,24 @@ pub fn replace_hash(root: &Path, user: &str, new_hash: &str) -> Result<(), Shado
 
     // Keep the previous file as shadow- (itself written atomically).
     write_atomically(&etc, "shadow-", &old, &meta)?;
+    crash_point(3);
     write_atomically(&etc, "shadow", &new, &meta)?;
+    crash_point(6);
     drop(lock);
     Ok(())
 }
+
+/// Test hook: simulates a crash (the process stops; nothing after runs) at a
+/// numbered step of an update. Compiled into tests only.
+#[cfg(test)]
+fn crash_point(step: usize) {
+    if tests::CRASH_AT.with(|c| c.get()) == step {
+        panic!("simulated crash at step {step}");
+    }
+}
+
+#[cfg(not(test))]
+fn crash_point(_step: usize) {}
 
 /// The shadow file with `user`'s second field replaced; `None` if no entry.
 fn splice(old: &[u8], user: &str, new_hash: &str) -> Option<Vec<u8>> {
@@ -176,13 +190,18 @@ fn write_atomically(
         .mode(meta.mode() & 0o7777)
         .open(&tmp)
         .map_err(io(&tmp))?;
+    let base = if name == "shadow" { 3 } else { 0 };
     let result = (|| {
         std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
             meta.mode() & 0o7777,
         ))?;
-        f.write_all(data)?;
+        let (first, rest) = data.split_at(data.len() / 2);
+        f.write_all(first)?;
+        crash_point(base + 1);
+        f.write_all(rest)?;
         f.sync_all()?;
+        crash_point(base + 2);
         fs::rename(&tmp, &target)?;
         File::open(dir)?.sync_all()
     })();
@@ -203,6 +222,10 @@ pub fn apply(root: &Path, user: &str, password: &SecretString) -> Result<(), Sha
 mod tests {
     use super::*;
     use yescrypt::PasswordVerifier;
+
+    thread_local! {
+        pub static CRASH_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 
     const SHADOW: &str = "root:$6$old$oldhash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\nnobody:!:19000::::::\n";
 
@@ -277,6 +300,50 @@ mod tests {
         apply(d.path(), "root", &pw("Gx7!pLq2vR")).unwrap();
         let text = fs::read_to_string(d.path().join("etc/shadow")).unwrap();
         assert!(text.starts_with("root:$5$rounds=6000$"), "{text}");
+    }
+
+    #[test]
+    fn a_crash_at_any_step_leaves_shadow_old_or_new_and_a_retry_completes() {
+        // Steps: 1 half of shadow- written, 2 shadow- synced, 3 shadow- renamed,
+        // 4 half of shadow written, 5 shadow synced, 6 shadow renamed.
+        for step in 1..=6 {
+            let d = rootfs("ENCRYPT_METHOD SHA512\n");
+            CRASH_AT.with(|c| c.set(step));
+            let crashed = std::panic::catch_unwind(|| apply(d.path(), "root", &pw("Gx7!pLq2vR")));
+            CRASH_AT.with(|c| c.set(0));
+            assert!(crashed.is_err(), "step {step} did not crash");
+            let text = fs::read_to_string(d.path().join("etc/shadow")).unwrap();
+            let root_hash = text
+                .lines()
+                .next()
+                .unwrap()
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .to_owned();
+            if step < 6 {
+                assert_eq!(
+                    text, SHADOW,
+                    "step {step}: shadow must still be the old file"
+                );
+            } else {
+                sha_crypt::ShaCrypt::default()
+                    .verify_password(b"Gx7!pLq2vR", root_hash.as_str())
+                    .unwrap();
+                assert_eq!(text.lines().count(), 3);
+            }
+            // The lock was released by the crash; the retry completes.
+            apply(d.path(), "root", &pw("Gx7!pLq2vR")).unwrap();
+            let text = fs::read_to_string(d.path().join("etc/shadow")).unwrap();
+            let h = text.lines().next().unwrap().split(':').nth(1).unwrap();
+            sha_crypt::ShaCrypt::default()
+                .verify_password(b"Gx7!pLq2vR", h)
+                .unwrap();
+            assert_eq!(
+                text.lines().skip(1).collect::<Vec<_>>(),
+                SHADOW.lines().skip(1).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

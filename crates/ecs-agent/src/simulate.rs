@@ -55,12 +55,21 @@ const PASSWD: &str =
 const SHADOW: &str = "root:!:20000:0:99999:7:::\ndaemon:*:20000:0:99999:7:::\n";
 const LOGIN_DEFS: &str = "# simulated server\nENCRYPT_METHOD SHA512\n";
 
-fn prepare_root(root: &Path) -> anyhow::Result<()> {
+/// A simulated Windows server keeps its Administrator hash in the same kind
+/// of file, so that the same agent code applies and tests can verify it.
+const SHADOW_WINDOWS: &str = "Administrator:!:20000:0:99999:7:::\n";
+
+fn prepare_root(root: &Path, os: &str) -> anyhow::Result<()> {
     let etc = root.join("etc");
     std::fs::create_dir_all(&etc)?;
+    let shadow = if os == "Windows" {
+        SHADOW_WINDOWS
+    } else {
+        SHADOW
+    };
     for (name, content, mode) in [
         ("passwd", PASSWD, 0o644),
-        ("shadow", SHADOW, 0o640),
+        ("shadow", shadow, 0o640),
         ("login.defs", LOGIN_DEFS, 0o644),
     ] {
         let p = etc.join(name);
@@ -99,7 +108,7 @@ impl Fleet {
             jobs.push(tokio::spawn(async move {
                 let _permit = sem.acquire().await.expect("semaphore open");
                 let root = spec.root_base.join(&name);
-                prepare_root(&root)?;
+                prepare_root(&root, os)?;
                 let state_dir = root.join("var/lib/ecs-agent");
                 let state = StateDir(state_dir.clone());
                 let server_id = match state.load_enrollment()? {

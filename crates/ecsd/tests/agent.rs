@@ -1,0 +1,384 @@
+//! The agent side against a real server: enrollment, isolation between
+//! servers, credentials, supersession, apply-once, and the shadow file.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ecs_agent::agent::{Agent, BootSource, Options};
+use ecs_agent::client::Client;
+use ecs_agent::simulate::{Fleet, FleetSpec};
+use secrecy::ExposeSecret;
+
+async fn token(t: &TestServer, uses: u32) -> String {
+    ecsd::api::issue_enroll_token(&t.state, &t.project, uses, 600)
+        .await
+        .unwrap()
+        .token
+}
+
+async fn fleet(t: &TestServer, n: usize) -> std::sync::Arc<Fleet> {
+    Fleet::start(FleetSpec {
+        endpoint: t.base.clone(),
+        token: Some(token(t, n as u32).await),
+        root_base: t.dir.path().join("fleet"),
+        linux: n,
+        windows: 0,
+        prefix: "t-".into(),
+        poll: Duration::from_secs(5),
+        heartbeat: Duration::from_secs(30),
+    })
+    .await
+    .unwrap()
+}
+
+async fn outcome(t: &TestServer, rid: &str) -> serde_json::Value {
+    let r = t
+        .call("GET", &format!("{}/{rid}", t.batch_path()), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body
+}
+
+async fn wait_states(t: &TestServer, rid: &str, want: &[&str]) -> serde_json::Value {
+    for _ in 0..300 {
+        let o = outcome(t, rid).await;
+        let states: Vec<&str> = o["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["state"].as_str().unwrap())
+            .collect();
+        if states == want {
+            return o;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("states never became {want:?}: {}", outcome(t, rid).await);
+}
+
+fn root_hash(root: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
+    text.lines()
+        .next()
+        .unwrap()
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+fn verifies(hash: &str, password: &str) -> bool {
+    use yescrypt::PasswordVerifier;
+    sha_crypt::ShaCrypt::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_applies_only_after_a_restart() {
+    let t = TestServer::start().await;
+    let f = fleet(&t, 2).await;
+    let servers = f.list();
+    let ids: Vec<&str> = servers.iter().map(|s| s.server_id.as_str()).collect();
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Gx7!pLq2vR"), None, &ids)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rid = r.request_id.unwrap();
+    wait_states(&t, &rid, &["DELIVERED", "DELIVERED"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !verifies(&root_hash(&servers[0].root), "Gx7!pLq2vR"),
+        "applied without a restart"
+    );
+    f.restart(&servers[0].name).await.unwrap();
+    let o = wait_states(&t, &rid, &["APPLIED", "DELIVERED"]).await;
+    assert!(o["servers"][0]["reason"].is_null());
+    assert!(verifies(&root_hash(&servers[0].root), "Gx7!pLq2vR"));
+    assert!(!verifies(&root_hash(&servers[1].root), "Gx7!pLq2vR"));
+    // The flag is "True" for enrolled, reporting agents.
+    let flag = t
+        .call(
+            "GET",
+            &format!("/v1/{}/cloudservers/{}/os-resetpwd-flag", t.project, ids[0]),
+            None,
+        )
+        .await;
+    assert_eq!(flag.body["resetpwd_flag"], "True");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_now_applies_without_a_restart() {
+    let t = TestServer::start().await;
+    let f = fleet(&t, 1).await;
+    let s = &f.list()[0];
+    let body = serde_json::json!({"new_password": "Hy8@qMr3wS", "servers": [{"id": s.server_id}], "apply": "now"});
+    let r = t
+        .call("PUT", &t.batch_path(), Some(&body.to_string()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_states(&t, &r.request_id.unwrap(), &["APPLIED"]).await;
+    assert!(verifies(&root_hash(&s.root), "Hy8@qMr3wS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_request_is_never_applied() {
+    let t = TestServer::start().await;
+    let f = fleet(&t, 1).await;
+    let s = &f.list()[0];
+    let first = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Gx7!pLq2vR"), None, &[&s.server_id])),
+        )
+        .await;
+    let r1 = first.request_id.unwrap();
+    wait_states(&t, &r1, &["DELIVERED"]).await;
+    let second = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Hy8@qMr3wS"), None, &[&s.server_id])),
+        )
+        .await;
+    let r2 = second.request_id.unwrap();
+    wait_states(&t, &r2, &["DELIVERED"]).await;
+    f.restart(&s.name).await.unwrap();
+    wait_states(&t, &r2, &["APPLIED"]).await;
+    let o1 = outcome(&t, &r1).await;
+    assert_eq!(o1["servers"][0]["state"], "SUPERSEDED");
+    let h = root_hash(&s.root);
+    assert!(verifies(&h, "Hy8@qMr3wS"));
+    assert!(!verifies(&h, "Gx7!pLq2vR"));
+    // A late acknowledgement of the superseded request is not recorded.
+    let cred = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(s.root.join("var/lib/ecs-agent/agent.json")).unwrap(),
+    )
+    .unwrap()["credential"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let c = Client::new(Client::http(), &t.base, Some(secret(&cred)));
+    let recorded = c
+        .ack(&ecs_agent_proto::AckRequest {
+            request_id: r1.clone(),
+            outcome: ecs_agent_proto::Outcome::Applied,
+            reason: None,
+        })
+        .await
+        .unwrap();
+    assert!(!recorded);
+    assert_eq!(outcome(&t, &r1).await["servers"][0]["state"], "SUPERSEDED");
+    // Restarting again does not apply anything new.
+    f.restart(&s.name).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(root_hash(&s.root), h, "re-applied after a second restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_never_sees_or_opens_another_servers_password() {
+    let t = TestServer::start().await;
+    let tok = token(&t, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let ea = ecs_agent::agent::enroll(Client::http(), &t.base, &tok, &a, "machine-a", "a", "Linux")
+        .await
+        .unwrap();
+    let eb = ecs_agent::agent::enroll(Client::http(), &t.base, &tok, &b, "machine-b", "b", "Linux")
+        .await
+        .unwrap();
+    assert_ne!(ea.server_id, eb.server_id);
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Gx7!pLq2vR"), None, &[&ea.server_id])),
+        )
+        .await;
+    let rid = r.request_id.unwrap();
+    let ca = Client::new(Client::http(), &t.base, Some(secret(&ea.credential)));
+    let cb = Client::new(Client::http(), &t.base, Some(secret(&eb.credential)));
+    assert!(
+        cb.work(None, Duration::ZERO).await.unwrap().is_none(),
+        "B received A's work"
+    );
+    let work = ca
+        .work(None, Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("A's work");
+    assert_eq!(work.request_id, rid);
+    // Even handed A's sealed blob, B's key opens nothing, under either id.
+    let kb = ecs_agent::files::StateDir(b.clone()).load_key().unwrap();
+    let sealed = ecs_seal::Sealed::from_base64(&work.sealed).unwrap();
+    assert!(ecs_seal::open(&kb, &ea.server_id, &rid, &sealed).is_err());
+    assert!(ecs_seal::open(&kb, &eb.server_id, &rid, &sealed).is_err());
+    let ka = ecs_agent::files::StateDir(a.clone()).load_key().unwrap();
+    let pw = ecs_seal::open(&ka, &ea.server_id, &rid, &sealed).unwrap();
+    assert_eq!(pw.expose_secret(), "Gx7!pLq2vR");
+    // B acknowledging A's request changes nothing.
+    let recorded = cb
+        .ack(&ecs_agent_proto::AckRequest {
+            request_id: rid.clone(),
+            outcome: ecs_agent_proto::Outcome::Failed,
+            reason: None,
+        })
+        .await
+        .unwrap();
+    assert!(!recorded);
+    assert_eq!(outcome(&t, &rid).await["servers"][0]["state"], "DELIVERED");
+    // A B agent process pointed at A's work (a forged delivery) refuses it:
+    // it only ever asks for its own server's work, and ecsd answers nothing.
+    let agent_b = Agent::load(
+        Client::http(),
+        Options {
+            root: dir.path().join("rootb"),
+            state_dir: b.clone(),
+            boot: BootSource::File(dir.path().join("nope")),
+            poll: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(30),
+            endpoint: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(agent_b.server_id(), eb.server_id);
+}
+
+#[tokio::test]
+async fn agents_without_a_valid_credential_get_nothing() {
+    let t = TestServer::start().await;
+    let bad = Client::new(
+        Client::http(),
+        &t.base,
+        Some(secret("ecsac_not-a-real-credential")),
+    );
+    assert!(bad.work(None, Duration::ZERO).await.is_err());
+    let none = Client::new(Client::http(), &t.base, None);
+    assert!(none.work(None, Duration::ZERO).await.is_err());
+    let r = t
+        .raw(
+            reqwest::Client::new()
+                .get(t.url("/agent/v1/work"))
+                .bearer_auth("ecsac_x"),
+        )
+        .await;
+    assert_gateway(&r, 401, "APIGW.0301");
+    // An AK/SK of the public API is not an agent credential either.
+    let r = t
+        .raw(
+            reqwest::Client::new()
+                .get(t.url("/agent/v1/work"))
+                .bearer_auth(&t.sk),
+        )
+        .await;
+    assert_gateway(&r, 401, "APIGW.0301");
+}
+
+#[tokio::test]
+async fn enrollment_tokens_expire_run_out_and_reenrolling_keeps_the_server() {
+    let t = TestServer::start().await;
+    let tok = token(&t, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = ecs_agent::agent::enroll(
+        Client::http(),
+        &t.base,
+        &tok,
+        &dir.path().join("1"),
+        "m-1",
+        "h",
+        "Linux",
+    )
+    .await
+    .unwrap();
+    // The same machine again: same server id, new key and credential.
+    let again = ecs_agent::agent::enroll(
+        Client::http(),
+        &t.base,
+        &tok,
+        &dir.path().join("2"),
+        "m-1",
+        "h",
+        "Linux",
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.server_id, again.server_id);
+    assert_ne!(first.credential, again.credential);
+    // Used up.
+    let e = ecs_agent::agent::enroll(
+        Client::http(),
+        &t.base,
+        &tok,
+        &dir.path().join("3"),
+        "m-2",
+        "h",
+        "Linux",
+    )
+    .await;
+    assert!(e.unwrap_err().to_string().contains("401"));
+    // Expired.
+    let expired = ecsd::api::issue_enroll_token(&t.state, &t.project, 5, 1)
+        .await
+        .unwrap()
+        .token;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let e = ecs_agent::agent::enroll(
+        Client::http(),
+        &t.base,
+        &expired,
+        &dir.path().join("4"),
+        "m-3",
+        "h",
+        "Linux",
+    )
+    .await;
+    assert!(e.is_err());
+    // The old credential no longer works.
+    let old = Client::new(Client::http(), &t.base, Some(secret(&first.credential)));
+    assert!(old.work(None, Duration::ZERO).await.is_err());
+    // Only one server exists for the machine.
+    let c = rusqlite::Connection::open(t.db_path()).unwrap();
+    let n: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM servers WHERE machine_id = 'm-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_agent_is_woken_when_work_arrives() {
+    let t = TestServer::start_with(|c| c.agent_poll_secs = 20).await;
+    let tok = token(&t, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let e = ecs_agent::agent::enroll(Client::http(), &t.base, &tok, dir.path(), "m", "h", "Linux")
+        .await
+        .unwrap();
+    let c = Client::new(Client::http(), &t.base, Some(secret(&e.credential)));
+    let started = std::time::Instant::now();
+    let waiting = tokio::spawn(async move { c.work(None, Duration::from_secs(20)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Gx7!pLq2vR"), None, &[&e.server_id])),
+        )
+        .await;
+    let work = waiting.await.unwrap().unwrap().expect("woken with work");
+    assert_eq!(Some(work.request_id), r.request_id);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not woken promptly: {:?}",
+        started.elapsed()
+    );
+}
