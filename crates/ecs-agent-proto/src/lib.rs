@@ -39,10 +39,44 @@ pub struct HeartbeatRequest {
     /// The kernel boot id; a new one means the server restarted.
     pub boot_id: String,
     pub uptime_secs: u64,
+    /// Something beside the agent can power this server on (the simulator's
+    /// virtual BMC); without it, `os-start` of a stopped server fails at once.
+    #[serde(default)]
+    pub power_driver: bool,
 }
 
-/// `GET /agent/v1/work?have=<request_id>&wait=<secs>`: 200 with this body, or
-/// 204 when nothing newer than `have` arrived within `wait` seconds.
+/// `GET /agent/v1/work?have=<request_id>&wait=<secs>[&power_only=true]`: 200
+/// with this body, or 204 when nothing (newer than `have`) arrived within
+/// `wait` seconds. A power action comes before a reset.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Poll {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<Work>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<Power>,
+}
+
+/// A power action to carry out (from `POST /v1/{project_id}/cloudservers/action`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Power {
+    /// The sub-job id; acknowledge with it.
+    pub job_id: String,
+    /// `start`, `stop` or `reboot`.
+    pub action: String,
+    /// HARD (immediate) rather than SOFT (orderly).
+    pub hard: bool,
+}
+
+/// `POST /agent/v1/power-ack`: `ok` = the action is being carried out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PowerAck {
+    pub job_id: String,
+    pub ok: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A sealed password reset.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Work {
     pub server_id: String,

@@ -40,9 +40,32 @@ impl BootSource {
     }
 }
 
+/// Who carries out power actions (reboot, stop, start).
+#[derive(Debug, Clone)]
+pub enum PowerControl {
+    /// Refused: the default for a real server.
+    Disabled,
+    /// `systemctl reboot` / `systemctl poweroff` (`--force` when HARD).
+    System,
+    /// A simulated server: the fleet controller carries them out.
+    Simulated {
+        name: String,
+        events: tokio::sync::mpsc::UnboundedSender<PowerEvent>,
+    },
+}
+
+/// A power action for the fleet simulator to perform on one virtual server.
+#[derive(Debug, Clone)]
+pub struct PowerEvent {
+    pub name: String,
+    pub action: String,
+}
+
 /// How one agent runs.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Who carries out power actions.
+    pub power: PowerControl,
     /// Root file system whose `/etc/shadow` is edited.
     pub root: PathBuf,
     pub state_dir: PathBuf,
@@ -102,6 +125,7 @@ impl Agent {
                 agent_version: VERSION.to_owned(),
                 boot_id: boot_id.to_owned(),
                 uptime_secs: self.started.elapsed().as_secs(),
+                power_driver: matches!(self.opts.power, PowerControl::Simulated { .. }),
             })
             .await
     }
@@ -114,10 +138,17 @@ impl Agent {
         self.flush_ack(&mut journal).await;
 
         if journal.boot_id.as_deref() != Some(boot_id.as_str()) {
-            // The server (re)started: apply the newest pending password, if any.
-            let work = retry("work", || self.client.work(None, Duration::ZERO)).await;
-            if let Some(w) = work {
-                self.apply(w, &mut journal).await?;
+            // The server (re)started: apply the newest pending password, if any
+            // (power actions queued before it are carried out first).
+            for _ in 0..8 {
+                match retry("work", || self.client.work(None, Duration::ZERO, false)).await {
+                    Some(proto::Poll { reset: Some(w), .. }) => {
+                        self.apply(w, &mut journal).await?;
+                        break;
+                    }
+                    Some(proto::Poll { power: Some(p), .. }) => self.power(p).await,
+                    _ => break,
+                }
             }
             journal.boot_id = Some(boot_id.clone());
             self.state.save_journal(&journal)?;
@@ -133,13 +164,16 @@ impl Agent {
                 .poll
                 .min(next_heartbeat.saturating_duration_since(Instant::now()))
                 .max(Duration::from_secs(1));
-            match self.client.work(have.as_deref(), wait).await {
-                Ok(Some(w)) if w.apply_now => self.apply(w, &mut journal).await?,
-                Ok(Some(w)) => {
+            match self.client.work(have.as_deref(), wait, false).await {
+                Ok(Some(proto::Poll { power: Some(p), .. })) => self.power(p).await,
+                Ok(Some(proto::Poll { reset: Some(w), .. })) if w.apply_now => {
+                    self.apply(w, &mut journal).await?
+                }
+                Ok(Some(proto::Poll { reset: Some(w), .. })) => {
                     tracing::info!(request_id = %w.request_id, "reset received; it applies at the next start");
                     have = Some(w.request_id);
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "polling for work failed; retrying");
                     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -151,6 +185,57 @@ impl Agent {
                 }
                 next_heartbeat = Instant::now() + self.opts.heartbeat;
             }
+        }
+    }
+
+    /// Carries out a power action, if this agent's configuration allows it.
+    async fn power(&self, p: proto::Power) {
+        let refuse = match (&self.opts.power, p.action.as_str()) {
+            (PowerControl::Disabled, _) => Some(
+                "power actions are disabled on this server (start the agent with --allow-power-actions)".to_owned(),
+            ),
+            (_, "start") => Some("the server is already running".to_owned()),
+            (_, "reboot" | "stop") => None,
+            (_, other) => Some(format!("unknown power action {other}")),
+        };
+        let ack = proto::PowerAck {
+            job_id: p.job_id.clone(),
+            ok: refuse.is_none(),
+            reason: refuse.clone(),
+        };
+        if let Err(e) = retry_n("power ack", 5, || self.client.power_ack(&ack)).await {
+            tracing::warn!(error = %format!("{e:#}"), "power ack failed");
+            return;
+        }
+        if refuse.is_some() {
+            return;
+        }
+        tracing::info!(action = %p.action, hard = p.hard, "carrying out a power action");
+        match &self.opts.power {
+            PowerControl::System => {
+                let verb = if p.action == "reboot" {
+                    "reboot"
+                } else {
+                    "poweroff"
+                };
+                let mut cmd = std::process::Command::new("systemctl");
+                cmd.arg(verb);
+                if p.hard {
+                    cmd.arg("--force");
+                }
+                if let Err(e) = cmd.status() {
+                    tracing::error!(error = %e, "systemctl {verb} failed");
+                }
+            }
+            PowerControl::Simulated { name, events } => {
+                let _ = events.send(PowerEvent {
+                    name: name.clone(),
+                    action: p.action,
+                });
+                // The controller stops this agent; wait for it.
+                std::future::pending::<()>().await;
+            }
+            PowerControl::Disabled => {}
         }
     }
 
@@ -262,6 +347,26 @@ fn apply_password(
     {
         crate::shadow::apply(root, user, password).map_err(|e| e.to_string())
     }
+}
+
+/// Retries an operation a few times.
+async fn retry_n<T, F, Fut>(what: &str, tries: u32, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut last = None;
+    for i in 0..tries {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "{what} failed (try {})", i + 1);
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(200 << i)).await;
+            }
+        }
+    }
+    Err(last.expect("at least one try"))
 }
 
 /// Retries an operation with capped exponential back-off until it succeeds.

@@ -75,15 +75,20 @@ impl Client {
         Ok(())
     }
 
-    /// Long-polls for work newer than `have`, waiting up to `wait`.
+    /// Long-polls for work (a reset newer than `have`, or a power action),
+    /// waiting up to `wait`. `power_only`: a stopped server's power driver.
     pub async fn work(
         &self,
         have: Option<&str>,
         wait: Duration,
-    ) -> anyhow::Result<Option<proto::Work>> {
+        power_only: bool,
+    ) -> anyhow::Result<Option<proto::Poll>> {
         let mut query = vec![("wait", wait.as_secs().to_string())];
         if let Some(h) = have {
             query.push(("have", h.to_owned()));
+        }
+        if power_only {
+            query.push(("power_only", "true".to_owned()));
         }
         let resp = self
             .auth(self.http.get(format!("{}/work", self.base)))
@@ -97,6 +102,24 @@ impl Client {
             s if s.is_success() => Ok(Some(resp.json().await.context("work body")?)),
             s => bail!("work poll refused: {s}"),
         }
+    }
+
+    pub async fn power_ack(&self, ack: &proto::PowerAck) -> anyhow::Result<bool> {
+        let resp = self
+            .auth(self.http.post(format!("{}/power-ack", self.base)))
+            .timeout(Duration::from_secs(30))
+            .json(ack)
+            .send()
+            .await
+            .context("power ack")?;
+        if !resp.status().is_success() {
+            bail!("power ack refused: {}", resp.status());
+        }
+        Ok(resp
+            .json::<proto::AckResponse>()
+            .await
+            .context("power ack body")?
+            .recorded)
     }
 
     pub async fn ack(&self, ack: &proto::AckRequest) -> anyhow::Result<bool> {

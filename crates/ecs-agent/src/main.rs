@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ecs_agent::agent::{self, Agent, BootSource, Options};
+use ecs_agent::agent::{self, Agent, BootSource, Options, PowerControl};
 use ecs_agent::simulate::{Fleet, FleetSpec};
 use tokio::io::AsyncBufReadExt;
 
@@ -53,6 +53,9 @@ enum Command {
         poll_secs: u64,
         #[arg(long, default_value_t = 30)]
         heartbeat_secs: u64,
+        /// Carry out reboot and stop actions (with systemctl). Off by default.
+        #[arg(long)]
+        allow_power_actions: bool,
     },
     /// Run N simulated servers in one process.
     ///
@@ -147,8 +150,14 @@ async fn main() -> anyhow::Result<()> {
             boot_id_file,
             poll_secs,
             heartbeat_secs,
+            allow_power_actions,
         } => {
             let opts = Options {
+                power: if allow_power_actions {
+                    PowerControl::System
+                } else {
+                    PowerControl::Disabled
+                },
                 root,
                 state_dir,
                 boot: boot_id_file.map_or(BootSource::Kernel, BootSource::File),

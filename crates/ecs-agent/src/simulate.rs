@@ -12,7 +12,8 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use crate::agent::{Agent, BootSource, Options};
+use crate::agent::{Agent, BootSource, Options, PowerControl, PowerEvent};
+use crate::client::Client;
 use crate::files::StateDir;
 
 /// How to build a fleet.
@@ -41,13 +42,18 @@ pub struct SimServer {
 struct Running {
     server: SimServer,
     opts: Options,
+    /// The agent, while the server is on.
     task: Option<JoinHandle<()>>,
+    /// The virtual BMC, while the server is off: it waits for `start`.
+    bmc: Option<JoinHandle<()>>,
 }
 
 /// A running fleet.
 pub struct Fleet {
     http: reqwest::Client,
     servers: Mutex<BTreeMap<String, Running>>,
+    events: tokio::sync::mpsc::UnboundedSender<PowerEvent>,
+    controller: Mutex<Option<JoinHandle<()>>>,
 }
 
 const PASSWD: &str =
@@ -100,11 +106,13 @@ impl Fleet {
         for i in 0..spec.windows {
             names.push((format!("{}windows-{:04}", spec.prefix, i + 1), "Windows"));
         }
+        let (events, mut event_rx) = tokio::sync::mpsc::unbounded_channel::<PowerEvent>();
         // Enroll with bounded concurrency.
         let sem = Arc::new(tokio::sync::Semaphore::new(32));
         let mut jobs = Vec::new();
         for (name, os) in names {
-            let (spec, http, sem) = (spec.clone(), http.clone(), sem.clone());
+            let (spec, http, sem, events) =
+                (spec.clone(), http.clone(), sem.clone(), events.clone());
             jobs.push(tokio::spawn(async move {
                 let _permit = sem.acquire().await.expect("semaphore open");
                 let root = spec.root_base.join(&name);
@@ -134,6 +142,10 @@ impl Fleet {
                     }
                 };
                 let opts = Options {
+                    power: PowerControl::Simulated {
+                        name: name.clone(),
+                        events: events.clone(),
+                    },
                     root: root.clone(),
                     state_dir,
                     boot: BootSource::File(root.join("boot_id")),
@@ -150,6 +162,7 @@ impl Fleet {
                     },
                     opts,
                     task: None,
+                    bmc: None,
                 })
             }));
         }
@@ -161,7 +174,26 @@ impl Fleet {
         let fleet = Arc::new(Fleet {
             http,
             servers: Mutex::new(servers),
+            events,
+            controller: Mutex::new(None),
         });
+        // The "hypervisor": carries out the power actions the agents accepted.
+        let weak = Arc::downgrade(&fleet);
+        let controller = tokio::spawn(async move {
+            while let Some(ev) = event_rx.recv().await {
+                let Some(fleet) = weak.upgrade() else { break };
+                let result = match ev.action.as_str() {
+                    "reboot" => fleet.restart(&ev.name).await,
+                    "stop" => fleet.power_off(&ev.name).await,
+                    "start" => fleet.power_on(&ev.name).await,
+                    _ => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::error!(server = %ev.name, error = %format!("{e:#}"), "simulated power action failed");
+                }
+            }
+        });
+        *fleet.controller.lock().expect("fleet lock") = Some(controller);
         let names: Vec<String> = fleet
             .servers
             .lock()
@@ -254,12 +286,81 @@ impl Fleet {
         Ok(())
     }
 
-    /// Stops every agent.
+    /// Powers a virtual server off: its agent stops and a virtual BMC waits
+    /// for a `start` action with the server's credential.
+    pub async fn power_off(&self, name: &str) -> anyhow::Result<()> {
+        let (task, client) = {
+            let mut servers = self.servers.lock().expect("fleet lock");
+            let r = servers
+                .get_mut(name)
+                .with_context(|| format!("no simulated server {name}"))?;
+            let state = StateDir(r.opts.state_dir.clone());
+            let e = state.load_enrollment()?.context("not enrolled")?;
+            let endpoint = r.opts.endpoint.clone().unwrap_or(e.endpoint);
+            (
+                r.task.take(),
+                Client::new(self.http.clone(), &endpoint, Some(e.credential)),
+            )
+        };
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+        let (events, label) = (self.events.clone(), name.to_owned());
+        let bmc = tokio::spawn(async move {
+            loop {
+                match client.work(None, Duration::from_secs(25), true).await {
+                    Ok(Some(ecs_agent_proto::Poll { power: Some(p), .. })) => {
+                        let start = p.action == "start";
+                        let ack = ecs_agent_proto::PowerAck {
+                            job_id: p.job_id,
+                            ok: start,
+                            reason: (!start).then(|| "the server is powered off".to_owned()),
+                        };
+                        if client.power_ack(&ack).await.is_ok() && start {
+                            let _ = events.send(PowerEvent {
+                                name: label.clone(),
+                                action: "start".into(),
+                            });
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        });
+        let mut servers = self.servers.lock().expect("fleet lock");
+        if let Some(r) = servers.get_mut(name) {
+            r.bmc = Some(bmc);
+        }
+        Ok(())
+    }
+
+    /// Powers a virtual server on: a new boot id and its agent starts.
+    pub async fn power_on(&self, name: &str) -> anyhow::Result<()> {
+        let bmc = {
+            let mut servers = self.servers.lock().expect("fleet lock");
+            let r = servers
+                .get_mut(name)
+                .with_context(|| format!("no simulated server {name}"))?;
+            r.bmc.take()
+        };
+        if let Some(b) = bmc {
+            b.abort();
+        }
+        self.restart_many(&[name.to_owned()]).await
+    }
+
+    /// Stops every agent and virtual BMC.
     pub fn stop(&self) {
         for r in self.servers.lock().expect("fleet lock").values_mut() {
-            if let Some(t) = r.task.take() {
+            for t in [r.task.take(), r.bmc.take()].into_iter().flatten() {
                 t.abort();
             }
+        }
+        if let Some(c) = self.controller.lock().expect("fleet lock").take() {
+            c.abort();
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct Config {
     pub agent_stale_secs: u64,
     /// The public URL agents and clients use; defaults to `http://<listen>`.
     pub public_endpoint: Option<String>,
+    /// A power sub-job not completed within this time fails.
+    pub job_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +61,7 @@ impl Default for Config {
             agent_poll_secs: 25,
             agent_stale_secs: 120,
             public_endpoint: None,
+            job_timeout_secs: 300,
         }
     }
 }
@@ -76,6 +79,7 @@ const ENV_KEYS: &[&str] = &[
     "agent_poll_secs",
     "agent_stale_secs",
     "public_endpoint",
+    "job_timeout_secs",
 ];
 
 impl Config {

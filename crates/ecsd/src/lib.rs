@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! `ecsd`: the Huawei Cloud ECS-compatible API server for fleet-wide password
 //! resets. See `ARCHITECTURE.md` at the repository root for the code map.
 
@@ -7,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod power;
 pub mod reset;
 pub mod secrets;
 pub mod server;

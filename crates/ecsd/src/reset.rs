@@ -69,6 +69,11 @@ fn wipe(body: Bytes) {
     }
 }
 
+/// Checks the content type and parses a JSON body; errors as [`parse_body`].
+pub fn parse_json(content_type: Option<&str>, body: &Bytes) -> Result<serde_json::Value, ApiError> {
+    parse_body(content_type, body)
+}
+
 /// Checks the content type and parses a JSON body into `T`. Error messages
 /// name the offending field's path, never its value.
 fn parse_body<T: for<'de> Deserialize<'de>>(

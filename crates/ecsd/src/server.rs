@@ -63,6 +63,7 @@ impl Server {
         use tower::ServiceExt;
 
         let wakers = self.state.wakers.clone();
+        let sweeper = tokio::spawn(sweep_jobs(self.state.clone()));
         let app = crate::api::router(self.state);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -107,7 +108,24 @@ impl Server {
                 tracing::warn!("connections still open after 30 s; closing them");
             }
         }
+        sweeper.abort();
         Ok(())
+    }
+}
+
+/// Fails power sub-jobs whose agent never completed them (jobs survive
+/// restarts in the database, so this also catches jobs of a previous run).
+async fn sweep_jobs(state: AppState) {
+    let timeout = chrono::Duration::seconds(state.config.job_timeout_secs as i64);
+    let period = std::time::Duration::from_secs(state.config.job_timeout_secs.clamp(1, 5));
+    loop {
+        let now = chrono::Utc::now();
+        match state.store.expire_sub_jobs(now - timeout, now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(sub_jobs = n, "power sub-jobs timed out"),
+            Err(e) => tracing::error!(error = %e, "expiring sub-jobs failed"),
+        }
+        tokio::time::sleep(period).await;
     }
 }
 

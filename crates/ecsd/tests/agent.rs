@@ -206,13 +206,17 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
     let ca = Client::new(Client::http(), &t.base, Some(secret(&ea.credential)));
     let cb = Client::new(Client::http(), &t.base, Some(secret(&eb.credential)));
     assert!(
-        cb.work(None, Duration::ZERO).await.unwrap().is_none(),
+        cb.work(None, Duration::ZERO, false)
+            .await
+            .unwrap()
+            .is_none(),
         "B received A's work"
     );
     let work = ca
-        .work(None, Duration::ZERO)
+        .work(None, Duration::ZERO, false)
         .await
         .unwrap()
+        .and_then(|p| p.reset)
         .expect("A's work");
     assert_eq!(work.request_id, rid);
     // Even handed A's sealed blob, B's key opens nothing, under either id.
@@ -239,6 +243,7 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
     let agent_b = Agent::load(
         Client::http(),
         Options {
+            power: ecs_agent::agent::PowerControl::Disabled,
             root: dir.path().join("rootb"),
             state_dir: b.clone(),
             boot: BootSource::File(dir.path().join("nope")),
@@ -259,9 +264,9 @@ async fn agents_without_a_valid_credential_get_nothing() {
         &t.base,
         Some(secret("ecsac_not-a-real-credential")),
     );
-    assert!(bad.work(None, Duration::ZERO).await.is_err());
+    assert!(bad.work(None, Duration::ZERO, false).await.is_err());
     let none = Client::new(Client::http(), &t.base, None);
-    assert!(none.work(None, Duration::ZERO).await.is_err());
+    assert!(none.work(None, Duration::ZERO, false).await.is_err());
     let r = t
         .raw(
             reqwest::Client::new()
@@ -342,7 +347,7 @@ async fn enrollment_tokens_expire_run_out_and_reenrolling_keeps_the_server() {
     assert!(e.is_err());
     // The old credential no longer works.
     let old = Client::new(Client::http(), &t.base, Some(secret(&first.credential)));
-    assert!(old.work(None, Duration::ZERO).await.is_err());
+    assert!(old.work(None, Duration::ZERO, false).await.is_err());
     // Only one server exists for the machine.
     let c = rusqlite::Connection::open(t.db_path()).unwrap();
     let n: i64 = c
@@ -365,7 +370,7 @@ async fn a_waiting_agent_is_woken_when_work_arrives() {
         .unwrap();
     let c = Client::new(Client::http(), &t.base, Some(secret(&e.credential)));
     let started = std::time::Instant::now();
-    let waiting = tokio::spawn(async move { c.work(None, Duration::from_secs(20)).await });
+    let waiting = tokio::spawn(async move { c.work(None, Duration::from_secs(20), false).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = t
         .call(
@@ -374,7 +379,12 @@ async fn a_waiting_agent_is_woken_when_work_arrives() {
             Some(&ids_body(Some("Gx7!pLq2vR"), None, &[&e.server_id])),
         )
         .await;
-    let work = waiting.await.unwrap().unwrap().expect("woken with work");
+    let work = waiting
+        .await
+        .unwrap()
+        .unwrap()
+        .and_then(|p| p.reset)
+        .expect("woken with work");
     assert_eq!(Some(work.request_id), r.request_id);
     assert!(
         started.elapsed() < Duration::from_secs(5),

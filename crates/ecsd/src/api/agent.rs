@@ -150,6 +150,7 @@ pub async fn enroll(
 /// `POST /agent/v1/heartbeat`.
 pub async fn heartbeat(
     State(state): State<AppState>,
+    Extension(source): Extension<crate::state::Source>,
     headers: HeaderMap,
     raw: axum::body::Body,
 ) -> Result<StatusCode, ApiError> {
@@ -168,6 +169,12 @@ pub async fn heartbeat(
                 agent_version: req.agent_version,
                 boot_id: req.boot_id,
                 uptime_secs: req.uptime_secs,
+                address: source
+                    .0
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+                    .map(|a| a.ip().to_string()),
+                power_driver: req.power_driver,
             },
             Utc::now(),
         )
@@ -180,6 +187,8 @@ pub async fn heartbeat(
 pub struct WorkQuery {
     have: Option<String>,
     wait: Option<u64>,
+    #[serde(default)]
+    power_only: bool,
 }
 
 /// `GET /agent/v1/work`: long poll for the newest open reset.
@@ -202,25 +211,10 @@ pub async fn work(
         tokio::pin!(notified);
         // Subscribe before looking, so work stored in between still wakes us.
         notified.as_mut().enable();
-        let found = state
-            .store
-            .take_work(&server_id, Utc::now())
-            .await
-            .map_err(|e| ApiError::internal("reading agent work", e));
-        match found {
+        match next_work(&state, &server_id, &q).await {
             Err(e) => break Err(e),
-            Ok(Some(w)) if q.have.as_deref() != Some(w.request_id.as_str()) => {
-                break Ok(Json(proto::Work {
-                    server_id: server_id.clone(),
-                    request_id: w.request_id,
-                    sealed: ecs_seal::Sealed::from_bytes(w.sealed)
-                        .map(|s| s.to_base64())
-                        .unwrap_or_default(),
-                    apply_now: w.apply_now,
-                })
-                .into_response());
-            }
-            Ok(_) => {}
+            Ok(Some(poll)) => break Ok(Json(poll).into_response()),
+            Ok(None) => {}
         }
         tokio::select! {
             r = tokio::time::timeout_at(deadline, notified) => {
@@ -233,6 +227,78 @@ pub async fn work(
     };
     state.wakers.release(&server_id, notify);
     result
+}
+
+/// A power action, else (unless `power_only`) a reset newer than `have`.
+async fn next_work(
+    state: &AppState,
+    server_id: &str,
+    q: &WorkQuery,
+) -> Result<Option<proto::Poll>, ApiError> {
+    let now = Utc::now();
+    if let Some(p) = state
+        .store
+        .take_power(server_id, now)
+        .await
+        .map_err(|e| ApiError::internal("reading power actions", e))?
+    {
+        return Ok(Some(proto::Poll {
+            reset: None,
+            power: Some(proto::Power {
+                job_id: p.sub_job_id,
+                action: p.kind.as_str().to_owned(),
+                hard: p.hard,
+            }),
+        }));
+    }
+    if q.power_only {
+        return Ok(None);
+    }
+    let work = state
+        .store
+        .take_work(server_id, now)
+        .await
+        .map_err(|e| ApiError::internal("reading agent work", e))?;
+    Ok(work
+        .filter(|w| q.have.as_deref() != Some(w.request_id.as_str()))
+        .map(|w| proto::Poll {
+            reset: Some(proto::Work {
+                server_id: server_id.to_owned(),
+                request_id: w.request_id,
+                sealed: ecs_seal::Sealed::from_bytes(w.sealed)
+                    .map(|s| s.to_base64())
+                    .unwrap_or_default(),
+                apply_now: w.apply_now,
+            }),
+            power: None,
+        }))
+}
+
+/// `POST /agent/v1/power-ack`.
+pub async fn power_ack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    raw: axum::body::Body,
+) -> Result<Json<proto::AckResponse>, ApiError> {
+    let server = agent(&state, &headers).await?;
+    let req: proto::PowerAck = parse(&body(&headers, raw).await?)?;
+    let reason = req
+        .reason
+        .as_deref()
+        .map(|r| r.chars().take(500).collect::<String>());
+    let recorded = state
+        .store
+        .power_ack(
+            &server.id,
+            &req.job_id,
+            req.ok,
+            reason.as_deref(),
+            Utc::now(),
+        )
+        .await
+        .map_err(|e| ApiError::internal("recording a power outcome", e))?;
+    tracing::info!(server_id = %server.id, sub_job = %req.job_id, ok = req.ok, recorded, "power action acknowledged");
+    Ok(Json(proto::AckResponse { recorded }))
 }
 
 /// `POST /agent/v1/ack`.

@@ -4,6 +4,7 @@
 mod agent;
 pub use agent::issue_enroll_token;
 mod resets;
+mod servers;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -37,6 +38,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/{project_id}/cloudservers/{server_id}/os-resetpwd-flag",
             get(resets::resetpwd_flag),
         )
+        .route("/v1/{project_id}/cloudservers/detail", get(servers::list))
+        .route(
+            "/v1/{project_id}/cloudservers/action",
+            post(servers::action),
+        )
+        .route(
+            "/v1/{project_id}/cloudservers/{server_id}",
+            get(servers::show),
+        )
+        .route("/v1/{project_id}/jobs/{job_id}", get(servers::job))
         .route(
             "/v1/{project_id}/enroll-tokens",
             post(agent::create_enroll_token),
@@ -46,7 +57,8 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/v1/enroll", post(agent::enroll))
         .route("/agent/v1/heartbeat", post(agent::heartbeat))
         .route("/agent/v1/work", get(agent::work))
-        .route("/agent/v1/ack", post(agent::ack));
+        .route("/agent/v1/ack", post(agent::ack))
+        .route("/agent/v1/power-ack", post(agent::power_ack));
     Router::new()
         .merge(public)
         .merge(agents)

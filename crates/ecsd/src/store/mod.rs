@@ -115,6 +115,13 @@ pub struct Server {
     pub updated: DateTime<Utc>,
     /// The last reset request that targeted this server and its state there.
     pub last_reset: Option<(String, ResetState)>,
+    /// Huawei task state (`rebooting`, `powering-off`, ...), if any.
+    pub task_state: Option<String>,
+    /// IP addresses the agent reported from.
+    pub addresses: Vec<String>,
+    pub tags: Vec<String>,
+    /// Something can power this server on (see `Heartbeat::power_driver`).
+    pub power_driver: bool,
 }
 
 /// A new server registered by an operator (`ecsd admin server register`).
@@ -202,6 +209,104 @@ pub struct Heartbeat {
     pub agent_version: String,
     pub boot_id: String,
     pub uptime_secs: u64,
+    /// The address the heartbeat came from (shown in `addresses`).
+    pub address: Option<String>,
+    /// The sender can start this server when it is off (a simulator's BMC).
+    pub power_driver: bool,
+}
+
+/// A power action (contract: Huawei `cloudservers/action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerKind {
+    Start,
+    Stop,
+    Reboot,
+}
+
+impl PowerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerKind::Start => "start",
+            PowerKind::Stop => "stop",
+            PowerKind::Reboot => "reboot",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "start" => PowerKind::Start,
+            "stop" => PowerKind::Stop,
+            "reboot" => PowerKind::Reboot,
+            _ => return None,
+        })
+    }
+    /// Huawei-style job type names (not documented by Huawei for these operations).
+    pub fn job_type(self) -> &'static str {
+        match self {
+            PowerKind::Start => "batchStartServers",
+            PowerKind::Stop => "batchStopServers",
+            PowerKind::Reboot => "batchRebootServers",
+        }
+    }
+    pub fn sub_job_type(self) -> &'static str {
+        match self {
+            PowerKind::Start => "startServer",
+            PowerKind::Stop => "stopServer",
+            PowerKind::Reboot => "rebootServer",
+        }
+    }
+}
+
+/// A new batch power job: one sub-job per server.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub job_id: String,
+    pub project_id: String,
+    pub kind: PowerKind,
+    pub hard: bool,
+    pub created: DateTime<Utc>,
+    /// (sub-job id, server id, failed at once with this reason).
+    pub subs: Vec<(String, String, Option<String>)>,
+    pub audit: AuditEntry,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubJob {
+    pub sub_job_id: String,
+    pub server_id: String,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub fail_reason: Option<String>,
+    pub begin: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub job_id: String,
+    pub kind: PowerKind,
+    pub begin: DateTime<Utc>,
+    pub subs: Vec<SubJob>,
+}
+
+/// A power action for an agent to carry out.
+#[derive(Debug, Clone)]
+pub struct PowerWork {
+    pub sub_job_id: String,
+    pub kind: PowerKind,
+    pub hard: bool,
+}
+
+/// Filters of `GET /cloudservers/detail`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub name: Option<String>,
+    pub status: Option<String>,
+    pub ip: Option<String>,
+    pub ip_eq: Option<String>,
+    pub tags: Option<String>,
+    pub not_tags: Option<String>,
+    /// Overrides every other filter.
+    pub server_ids: Option<Vec<String>>,
 }
 
 #[async_trait::async_trait]
@@ -237,6 +342,26 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_reset_id(&self, project_id: &str) -> StoreResult<Option<String>>;
     async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()>;
 
+    /// One page of the project's servers (newest first) and the total count.
+    /// `marker`: the id of the last server of the previous page.
+    async fn list_servers(
+        &self,
+        project_id: &str,
+        filter: ListFilter,
+        limit: u32,
+        page: u32,
+        marker: Option<String>,
+    ) -> StoreResult<(Vec<Server>, u64)>;
+    /// Stores a power job; refuses (Conflict) if a server has an open sub-job.
+    async fn create_job(&self, job: NewJob) -> StoreResult<()>;
+    async fn job(&self, project_id: &str, job_id: &str) -> StoreResult<Option<Job>>;
+    /// Fails sub-jobs open for longer than `older_than`; returns how many.
+    async fn expire_sub_jobs(
+        &self,
+        older_than: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<usize>;
+
     // --- agents ---
     /// Consumes one use of a valid enrollment token and registers (or
     /// re-keys) the machine. `Ok(None)`: the token is unknown, expired or used up.
@@ -254,6 +379,22 @@ pub trait Store: Send + Sync + 'static {
         hb: Heartbeat,
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// The oldest undelivered power action for the server; marks it RUNNING
+    /// and the server's status (REBOOT, HARD_REBOOT) accordingly.
+    async fn take_power(
+        &self,
+        server_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<PowerWork>>;
+    /// The agent's word on a power action: `ok` = it is being carried out.
+    async fn power_ack(
+        &self,
+        server_id: &str,
+        sub_job_id: &str,
+        ok: bool,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
     /// The newest open reset for the server; marks it DELIVERED.
     async fn take_work(&self, server_id: &str, now: DateTime<Utc>) -> StoreResult<Option<Work>>;
     /// Records the agent's outcome. Returns false if the reset was no longer

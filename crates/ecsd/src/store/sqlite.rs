@@ -89,6 +89,36 @@ const MIGRATIONS: &[&str] = &[
         source TEXT NOT NULL
     );
     "#,
+    // 2: server details, power jobs
+    r#"
+    ALTER TABLE servers ADD COLUMN task_state TEXT;
+    ALTER TABLE servers ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE servers ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE servers ADD COLUMN power_driver INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX servers_project_created ON servers(project_id, created_at DESC, id DESC);
+    CREATE INDEX servers_project_status ON servers(project_id, status, created_at DESC, id DESC);
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        kind TEXT NOT NULL,
+        hard INTEGER NOT NULL,
+        begin_time TEXT NOT NULL
+    );
+    CREATE TABLE sub_jobs (
+        sub_job_id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        server_id TEXT NOT NULL REFERENCES servers(id),
+        position INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        error_code TEXT,
+        fail_reason TEXT,
+        boot_id_at_start TEXT,
+        begin_time TEXT NOT NULL,
+        end_time TEXT
+    );
+    CREATE INDEX sub_jobs_job ON sub_jobs(job_id, position);
+    CREATE INDEX sub_jobs_open ON sub_jobs(server_id, begin_time) WHERE status IN ('INIT', 'RUNNING');
+    "#,
 ];
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -172,7 +202,8 @@ impl SqliteStore {
 
 const SERVER_COLS: &str = "s.id, s.project_id, s.name, s.os_type, s.status, s.agent_public_key, \
     s.agent_version, s.agent_last_seen, s.boot_id, s.hostname, s.created_at, s.updated_at, \
-    s.last_reset_id, (SELECT t.state FROM reset_targets t WHERE t.request_id = s.last_reset_id AND t.server_id = s.id)";
+    s.last_reset_id, (SELECT t.state FROM reset_targets t WHERE t.request_id = s.last_reset_id AND t.server_id = s.id), \
+    s.task_state, s.addresses, s.tags, s.power_driver";
 
 fn opt_time(v: Option<String>) -> StoreResult<Option<DateTime<Utc>>> {
     v.as_deref().map(parse_time).transpose()
@@ -199,7 +230,26 @@ fn server_from_row(r: &Row<'_>) -> StoreResult<Server> {
             (Some(id), Some(state)) => Some((id, state)),
             _ => None,
         },
+        task_state: r.get(14)?,
+        addresses: serde_json::from_str(&r.get::<_, String>(15)?).map_err(backend)?,
+        tags: serde_json::from_str(&r.get::<_, String>(16)?).map_err(backend)?,
+        power_driver: r.get(17)?,
     })
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+fn fail_code(kind: &str) -> &'static str {
+    match kind {
+        "start" => "Ecs.0226",
+        "reboot" => "Ecs.0227",
+        _ => "Ecs.0611",
+    }
 }
 
 fn project_from_row(r: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
@@ -572,11 +622,318 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         let id = server_id.to_owned();
         self.write(move |c| {
-            c.prepare_cached(
-                "UPDATE servers SET agent_version = ?2, boot_id = ?3, uptime_secs = ?4, agent_last_seen = ?5 WHERE id = ?1",
+            let tx = c.transaction()?;
+            let nows = fmt_time(now);
+            let (status, old_boot): (String, Option<String>) = tx.query_row(
+                "SELECT status, boot_id FROM servers WHERE id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let new_boot = old_boot.as_deref() != Some(hb.boot_id.as_str());
+            // A running agent means a running server: a stopped server has started,
+            // a rebooting one is back once its boot id changed.
+            let back = status == "SHUTOFF" || (matches!(status.as_str(), "REBOOT" | "HARD_REBOOT") && new_boot);
+            let addresses = match &hb.address {
+                Some(a) => serde_json::to_string(&[a]).map_err(backend)?,
+                None => "[]".to_owned(),
+            };
+            tx.prepare_cached(
+                "UPDATE servers SET agent_version = ?2, boot_id = ?3, uptime_secs = ?4, agent_last_seen = ?5, \
+                 addresses = ?6, power_driver = ?7, \
+                 status = CASE WHEN ?8 THEN 'ACTIVE' ELSE status END, \
+                 task_state = CASE WHEN ?8 THEN NULL ELSE task_state END, \
+                 updated_at = CASE WHEN ?8 THEN ?5 ELSE updated_at END WHERE id = ?1",
             )?
-            .execute(params![id, hb.agent_version, hb.boot_id, hb.uptime_secs as i64, fmt_time(now)])?;
+            .execute(params![id, hb.agent_version, hb.boot_id, hb.uptime_secs as i64, nows, addresses, hb.power_driver, back])?;
+            if back {
+                tx.prepare_cached(
+                    "UPDATE sub_jobs SET status = 'SUCCESS', end_time = ?2 WHERE server_id = ?1 AND status = 'RUNNING' \
+                     AND job_id IN (SELECT job_id FROM jobs WHERE kind IN ('start', 'reboot')) \
+                     AND (boot_id_at_start IS NULL OR boot_id_at_start != ?3)",
+                )?
+                .execute(params![id, nows, hb.boot_id])?;
+            }
+            tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn list_servers(
+        &self,
+        project_id: &str,
+        f: ListFilter,
+        limit: u32,
+        page: u32,
+        marker: Option<String>,
+    ) -> StoreResult<(Vec<Server>, u64)> {
+        let project = project_id.to_owned();
+        self.read(move |c| {
+            let mut clauses = vec!["s.project_id = ?".to_owned()];
+            let mut args: Vec<rusqlite::types::Value> = vec![project.clone().into()];
+            if let Some(ids) = &f.server_ids {
+                let marks = vec!["?"; ids.len()].join(",");
+                clauses.push(format!("s.id IN ({marks})"));
+                args.extend(ids.iter().map(|i| i.clone().into()));
+            } else {
+                if let Some(n) = &f.name {
+                    clauses.push("s.name LIKE ? ESCAPE '\\'".into());
+                    args.push(format!("%{}%", like_escape(n)).into());
+                }
+                if let Some(st) = &f.status {
+                    clauses.push("s.status = ?".into());
+                    args.push(st.clone().into());
+                }
+                if let Some(ip) = &f.ip {
+                    clauses.push("s.addresses LIKE ? ESCAPE '\\'".into());
+                    args.push(format!("%{}%", like_escape(ip)).into());
+                }
+                if let Some(ip) = &f.ip_eq {
+                    clauses.push("s.addresses LIKE ? ESCAPE '\\'".into());
+                    args.push(format!("%\"{}\"%", like_escape(ip)).into());
+                }
+                if let Some(t) = &f.tags {
+                    clauses.push("s.tags LIKE ? ESCAPE '\\'".into());
+                    args.push(format!("%\"{}\"%", like_escape(t)).into());
+                }
+                if let Some(t) = &f.not_tags {
+                    clauses.push("s.tags NOT LIKE ? ESCAPE '\\'".into());
+                    args.push(format!("%\"{}\"%", like_escape(t)).into());
+                }
+            }
+            let filter_sql = clauses.join(" AND ");
+            let count: i64 = c
+                .prepare_cached(&format!("SELECT COUNT(*) FROM servers s WHERE {filter_sql}"))?
+                .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?;
+            let mut page_clauses = clauses.clone();
+            let mut page_args = args.clone();
+            let mut offset = u64::from(page.max(1) - 1) * u64::from(limit);
+            if let Some(m) = &marker {
+                let created: Option<String> = c
+                    .query_row("SELECT created_at FROM servers WHERE id = ?1 AND project_id = ?2", params![m, project], |r| r.get(0))
+                    .optional()?;
+                let created = created.ok_or(StoreError::NotFound("marker"))?;
+                page_clauses.push("(s.created_at, s.id) < (?, ?)".into());
+                page_args.push(created.into());
+                page_args.push(m.clone().into());
+                offset = 0;
+            }
+            page_args.push(i64::from(limit).into());
+            page_args.push((offset as i64).into());
+            let sql = format!(
+                "SELECT {SERVER_COLS} FROM servers s WHERE {} ORDER BY s.created_at DESC, s.id DESC LIMIT ? OFFSET ?",
+                page_clauses.join(" AND ")
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(page_args.iter()))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(server_from_row(r)?);
+            }
+            Ok((out, count as u64))
+        })
+        .await
+    }
+
+    async fn create_job(&self, job: NewJob) -> StoreResult<()> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut busy = tx.prepare_cached(
+                    "SELECT 1 FROM sub_jobs WHERE server_id = ?1 AND status IN ('INIT', 'RUNNING') LIMIT 1",
+                )?;
+                let mut busy_ids = Vec::new();
+                for (_, server, _) in &job.subs {
+                    if busy.exists([server])? {
+                        busy_ids.push(server.clone());
+                    }
+                }
+                if !busy_ids.is_empty() {
+                    return Err(StoreError::Conflict(busy_ids.join(",")));
+                }
+            }
+            let now = fmt_time(job.created);
+            tx.execute(
+                "INSERT INTO jobs (job_id, project_id, kind, hard, begin_time) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![job.job_id, job.project_id, job.kind.as_str(), job.hard, now],
+            )?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO sub_jobs (sub_job_id, job_id, server_id, position, status, error_code, fail_reason, begin_time, end_time) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
+                for (pos, (sub, server, failed)) in job.subs.iter().enumerate() {
+                    let (status, code, end) = match failed {
+                        Some(_) => ("FAIL", Some(fail_code(job.kind.as_str())), Some(now.clone())),
+                        None => ("INIT", None, None),
+                    };
+                    insert.execute(params![sub, job.job_id, server, pos as i64, status, code, failed, now, end])?;
+                }
+            }
+            insert_audit(&tx, &job.audit)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn job(&self, project_id: &str, job_id: &str) -> StoreResult<Option<Job>> {
+        let (p, jid) = (project_id.to_owned(), job_id.to_owned());
+        self.read(move |c| {
+            let head = c
+                .query_row(
+                    "SELECT kind, begin_time FROM jobs WHERE job_id = ?1 AND project_id = ?2",
+                    params![jid, p],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                )
+                .optional()?;
+            let Some((kind, begin)) = head else {
+                return Ok(None);
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT sub_job_id, server_id, status, error_code, fail_reason, begin_time, end_time \
+                 FROM sub_jobs WHERE job_id = ?1 ORDER BY position",
+            )?;
+            let mut rows = stmt.query([&jid])?;
+            let mut subs = Vec::new();
+            while let Some(r) = rows.next()? {
+                subs.push(SubJob {
+                    sub_job_id: r.get(0)?,
+                    server_id: r.get(1)?,
+                    status: r.get(2)?,
+                    error_code: r.get(3)?,
+                    fail_reason: r.get(4)?,
+                    begin: parse_time(&r.get::<_, String>(5)?)?,
+                    end: opt_time(r.get(6)?)?,
+                });
+            }
+            Ok(Some(Job {
+                job_id: jid,
+                kind: PowerKind::parse(&kind).ok_or_else(|| backend("bad job kind"))?,
+                begin: parse_time(&begin)?,
+                subs,
+            }))
+        })
+        .await
+    }
+
+    async fn expire_sub_jobs(
+        &self,
+        older_than: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<usize> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let nows = fmt_time(now);
+            let cutoff = fmt_time(older_than);
+            // Servers stuck mid-action return to a plain state.
+            tx.execute(
+                "UPDATE servers SET task_state = NULL, status = CASE WHEN status IN ('REBOOT', 'HARD_REBOOT') THEN 'ACTIVE' ELSE status END, \
+                 updated_at = ?2 WHERE id IN (SELECT server_id FROM sub_jobs WHERE status IN ('INIT', 'RUNNING') AND begin_time < ?1)",
+                params![cutoff, nows],
+            )?;
+            let n = tx.execute(
+                "UPDATE sub_jobs SET status = 'FAIL', end_time = ?2, \
+                 error_code = CASE (SELECT kind FROM jobs WHERE jobs.job_id = sub_jobs.job_id) \
+                   WHEN 'start' THEN 'Ecs.0226' WHEN 'reboot' THEN 'Ecs.0227' ELSE 'Ecs.0611' END, \
+                 fail_reason = 'timed out: the server\'s agent did not complete the action in time' \
+                 WHERE status IN ('INIT', 'RUNNING') AND begin_time < ?1",
+                params![cutoff, nows],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn take_power(
+        &self,
+        server_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<PowerWork>> {
+        let id = server_id.to_owned();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let found = tx
+                .prepare_cached(
+                    "SELECT s.sub_job_id, j.kind, j.hard FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
+                     WHERE s.server_id = ?1 AND s.status = 'INIT' ORDER BY s.begin_time LIMIT 1",
+                )?
+                .query_row([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?)))
+                .optional()?;
+            let Some((sub, kind, hard)) = found else {
+                return Ok(None);
+            };
+            let kind = PowerKind::parse(&kind).ok_or_else(|| backend("bad job kind"))?;
+            let nows = fmt_time(now);
+            tx.execute(
+                "UPDATE sub_jobs SET status = 'RUNNING', boot_id_at_start = (SELECT boot_id FROM servers WHERE id = ?2) \
+                 WHERE sub_job_id = ?1",
+                params![sub, id],
+            )?;
+            let (status, task) = match (kind, hard) {
+                (PowerKind::Reboot, false) => (Some("REBOOT"), "rebooting"),
+                (PowerKind::Reboot, true) => (Some("HARD_REBOOT"), "rebooting_hard"),
+                (PowerKind::Stop, _) => (None, "powering-off"),
+                (PowerKind::Start, _) => (None, "powering-on"),
+            };
+            tx.execute(
+                "UPDATE servers SET status = COALESCE(?2, status), task_state = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, status, task, nows],
+            )?;
+            tx.commit()?;
+            Ok(Some(PowerWork { sub_job_id: sub, kind, hard }))
+        })
+        .await
+    }
+
+    async fn power_ack(
+        &self,
+        server_id: &str,
+        sub_job_id: &str,
+        ok: bool,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let (id, sub, reason) = (
+            server_id.to_owned(),
+            sub_job_id.to_owned(),
+            reason.map(str::to_owned),
+        );
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let kind: Option<String> = tx
+                .query_row(
+                    "SELECT j.kind FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
+                     WHERE s.sub_job_id = ?1 AND s.server_id = ?2 AND s.status = 'RUNNING'",
+                    params![sub, id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(kind) = kind else {
+                return Ok(false);
+            };
+            let nows = fmt_time(now);
+            if !ok {
+                tx.execute(
+                    "UPDATE sub_jobs SET status = 'FAIL', error_code = ?2, fail_reason = ?3, end_time = ?4 WHERE sub_job_id = ?1",
+                    params![sub, fail_code(&kind), reason.unwrap_or_else(|| "the agent refused the action".into()), nows],
+                )?;
+                tx.execute(
+                    "UPDATE servers SET task_state = NULL, status = CASE WHEN status IN ('REBOOT', 'HARD_REBOOT') THEN 'ACTIVE' ELSE status END, \
+                     updated_at = ?2 WHERE id = ?1",
+                    params![id, nows],
+                )?;
+            } else if kind == "stop" {
+                tx.execute("UPDATE sub_jobs SET status = 'SUCCESS', end_time = ?2 WHERE sub_job_id = ?1", params![sub, nows])?;
+                tx.execute(
+                    "UPDATE servers SET status = 'SHUTOFF', task_state = NULL, updated_at = ?2 WHERE id = ?1",
+                    params![id, nows],
+                )?;
+            }
+            // reboot and start complete when the server reports a new boot.
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }

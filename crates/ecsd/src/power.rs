@@ -1,0 +1,348 @@
+//! Batch start, stop and reboot (`POST /v1/{project_id}/cloudservers/action`)
+//! and the jobs that track them. The actions run on the servers through their
+//! agents; a stopped server can be started only where something can power it
+//! on (the simulator's virtual BMC) — real machines would need an out-of-band
+//! power driver that ecsd does not have, and such sub-jobs fail at once.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, InternalError, display_id};
+use crate::reset::{CallContext, MAX_BATCH, MAX_ID_LEN};
+use crate::state::AppState;
+use crate::store::{Job, NewJob, PowerKind, Server, StoreError, fmt_time};
+
+/// Reason given when `os-start` targets a server nothing can power on.
+pub const NO_POWER_DRIVER: &str = "no out-of-band power driver: ecsd cannot power on a stopped machine; \
+start it by hand (or through its BMC) and its agent reports it ACTIVE";
+
+struct Action {
+    kind: PowerKind,
+    hard: bool,
+    ids: Vec<String>,
+}
+
+fn parse_action(content_type: Option<&str>, body: &Bytes) -> Result<Action, ApiError> {
+    let v: Value = crate::reset::parse_json(content_type, body)?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::invalid("Invalid request body: expected a JSON object."))?;
+    if obj.len() != 1 {
+        return Err(ApiError::invalid(
+            "Invalid request body: exactly one of os-start, os-stop or reboot is required.",
+        ));
+    }
+    let (key, inner) = obj.iter().next().expect("one key");
+    let kind = match key.as_str() {
+        "os-start" => PowerKind::Start,
+        "os-stop" => PowerKind::Stop,
+        "reboot" => PowerKind::Reboot,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "Invalid request body: unknown action {}.",
+                display_id(other)
+            )));
+        }
+    };
+    let inner = inner.as_object().ok_or_else(|| {
+        ApiError::invalid(format!("Invalid request body: {key} must be an object."))
+    })?;
+    let hard = match (kind, inner.get("type")) {
+        (PowerKind::Start, None) => false,
+        (PowerKind::Start, Some(_)) => {
+            return Err(ApiError::invalid(
+                "Invalid request body: os-start takes no type.",
+            ));
+        }
+        (PowerKind::Stop, None) => false,
+        (PowerKind::Reboot, None) => {
+            return Err(ApiError::invalid(
+                "Invalid request body: reboot.type is required (SOFT or HARD).",
+            ));
+        }
+        (_, Some(t)) => match t.as_str() {
+            Some("SOFT") => false,
+            Some("HARD") => true,
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "Invalid request body: {key}.type must be SOFT or HARD."
+                )));
+            }
+        },
+    };
+    let servers = inner
+        .get("servers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "Invalid request body: {key}.servers must be a list."
+            ))
+        })?;
+    if servers.is_empty() {
+        return Err(ApiError::invalid(
+            "Invalid request body: servers must list at least one server.",
+        ));
+    }
+    if servers.len() > MAX_BATCH {
+        return Err(ApiError::ecs(
+            StatusCode::BAD_REQUEST,
+            "Ecs.0118",
+            format!(
+                "The number of servers ({}) exceeds the limit of {MAX_BATCH} in one request.",
+                servers.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut ids = Vec::with_capacity(servers.len());
+    for (i, s) in servers.iter().enumerate() {
+        let id = s
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty() && id.len() <= MAX_ID_LEN)
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "Invalid request body: {key}.servers[{i}].id must be a non-empty string."
+                ))
+            })?;
+        if !seen.insert(id) {
+            return Err(ApiError::invalid(format!(
+                "Invalid request body: server {} is listed more than once.",
+                display_id(id)
+            )));
+        }
+        ids.push(id.to_owned());
+    }
+    Ok(Action { kind, hard, ids })
+}
+
+fn state_allows(kind: PowerKind, status: &str) -> bool {
+    match kind {
+        PowerKind::Start => status == "SHUTOFF",
+        PowerKind::Stop | PowerKind::Reboot => status == "ACTIVE",
+    }
+}
+
+fn batch_error(code: &'static str, failures: Vec<InternalError>, total: usize) -> ApiError {
+    let named: Vec<String> = failures
+        .iter()
+        .take(10)
+        .map(|f| format!("{} ({})", display_id(&f.id), f.error_code))
+        .collect();
+    let mut message = format!(
+        "{} of {} servers cannot take the action; nothing was done: {}",
+        failures.len(),
+        total,
+        named.join(", ")
+    );
+    if failures.len() > 10 {
+        message.push_str(&format!(" and {} more", failures.len() - 10));
+    }
+    message.push('.');
+    ApiError::Ecs {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message,
+        internal: Some(failures),
+    }
+}
+
+/// `POST /v1/{project_id}/cloudservers/action`: validates all servers, then
+/// stores one job with a sub-job per server; agents pick them up.
+pub async fn batch_action(
+    state: &AppState,
+    ctx: &CallContext<'_>,
+    content_type: Option<&str>,
+    body: Bytes,
+) -> Result<String, ApiError> {
+    let action = parse_action(content_type, &body)?;
+    let found = state
+        .store
+        .servers_by_ids(&action.ids)
+        .await
+        .map_err(|e| ApiError::internal("looking up servers", e))?;
+    let by_id: HashMap<&str, &Server> = found
+        .iter()
+        .filter(|s| s.project_id == ctx.caller.project_id)
+        .map(|s| (s.id.as_str(), s))
+        .collect();
+    let mut failures = Vec::new();
+    for id in &action.ids {
+        let entry = |code: &'static str, msg: String| InternalError {
+            id: id.clone(),
+            error_code: code,
+            error_message: msg,
+        };
+        match by_id.get(id.as_str()) {
+            None => failures.push(entry(
+                "Ecs.0114",
+                format!("Instance[{}] could not be found.", display_id(id)),
+            )),
+            Some(s) if s.agent_public_key.is_none() => failures.push(entry(
+                "Ecs.0100",
+                "The agent (plug-in) is not installed on this server.".into(),
+            )),
+            Some(s) if !state_allows(action.kind, &s.status) => failures.push(entry(
+                "Ecs.0100",
+                format!(
+                    "The server status {} does not allow {}.",
+                    s.status,
+                    action.kind.as_str()
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    let action_name = format!("{}-servers", action.kind.as_str());
+    if !failures.is_empty() {
+        let code = failures[0].error_code;
+        let err = batch_error(code, failures, action.ids.len());
+        record_rejection(state, ctx, &action_name, &action.ids, &err).await;
+        return Err(err);
+    }
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let subs = action
+        .ids
+        .iter()
+        .map(|id| {
+            let fail = (action.kind == PowerKind::Start && !by_id[id.as_str()].power_driver)
+                .then(|| NO_POWER_DRIVER.to_owned());
+            (uuid::Uuid::new_v4().to_string(), id.clone(), fail)
+        })
+        .collect();
+    let job = NewJob {
+        job_id: job_id.clone(),
+        project_id: ctx.caller.project_id.clone(),
+        kind: action.kind,
+        hard: action.hard,
+        created: Utc::now(),
+        subs,
+        audit: crate::store::AuditEntry {
+            at: Utc::now(),
+            request_id: ctx.request_id.to_owned(),
+            project_id: ctx.caller.project_id.clone(),
+            actor: ctx.caller.access_key.clone(),
+            action: action_name.clone(),
+            servers: action.ids.clone(),
+            dry_run: false,
+            outcome: format!("accepted job {job_id}"),
+            source: ctx.source.to_owned(),
+        },
+    };
+    match state.store.create_job(job).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(busy)) => {
+            let failures = busy
+                .split(',')
+                .map(|id| InternalError {
+                    id: id.to_owned(),
+                    error_code: "Ecs.0603",
+                    error_message:
+                        "Another operation is in progress on this server; retry when it ends."
+                            .into(),
+                })
+                .collect();
+            let err = batch_error("Ecs.0603", failures, action.ids.len());
+            record_rejection(state, ctx, &action_name, &action.ids, &err).await;
+            return Err(err);
+        }
+        Err(e) => return Err(ApiError::internal("storing a job", e)),
+    }
+    state.wakers.wake(action.ids.iter().map(String::as_str));
+    tracing::info!(job_id = %job_id, action = action.kind.as_str(), servers = action.ids.len(), "power job accepted");
+    Ok(job_id)
+}
+
+async fn record_rejection(
+    state: &AppState,
+    ctx: &CallContext<'_>,
+    action: &str,
+    ids: &[String],
+    err: &ApiError,
+) {
+    let entry = crate::store::AuditEntry {
+        at: Utc::now(),
+        request_id: ctx.request_id.to_owned(),
+        project_id: ctx.caller.project_id.clone(),
+        actor: ctx.caller.access_key.clone(),
+        action: action.to_owned(),
+        servers: ids.to_vec(),
+        dry_run: false,
+        outcome: format!("rejected {}", err.code()),
+        source: ctx.source.to_owned(),
+    };
+    if let Err(e) = state.store.record_audit(entry).await {
+        tracing::error!(error = %e, "writing the audit record failed");
+    }
+}
+
+/// The Huawei `ShowJob` body of a job.
+pub fn job_json(job: &Job) -> Value {
+    let open = job
+        .subs
+        .iter()
+        .filter(|s| matches!(s.status.as_str(), "INIT" | "RUNNING"))
+        .count();
+    let failed: Vec<_> = job.subs.iter().filter(|s| s.status == "FAIL").collect();
+    let status = if open > 0 {
+        if job.subs.iter().all(|s| s.status == "INIT") {
+            "INIT"
+        } else {
+            "RUNNING"
+        }
+    } else if failed.is_empty() {
+        "SUCCESS"
+    } else {
+        "FAIL"
+    };
+    let end = (open == 0)
+        .then(|| job.subs.iter().filter_map(|s| s.end).max())
+        .flatten()
+        .map(fmt_time)
+        .unwrap_or_default();
+    let (error_code, fail_reason) = if status == "FAIL" {
+        let first = failed[0];
+        (
+            json!(first.error_code),
+            json!(format!(
+                "{} of {} servers failed; first: {}: {}",
+                failed.len(),
+                job.subs.len(),
+                first.server_id,
+                first.fail_reason.as_deref().unwrap_or("failed")
+            )),
+        )
+    } else {
+        (Value::Null, Value::Null)
+    };
+    let subs: Vec<Value> = job
+        .subs
+        .iter()
+        .map(|s| {
+            json!({
+                "status": s.status,
+                "job_id": s.sub_job_id,
+                "job_type": job.kind.sub_job_type(),
+                "begin_time": fmt_time(s.begin),
+                "end_time": s.end.map(fmt_time).unwrap_or_default(),
+                "error_code": s.error_code,
+                "fail_reason": s.fail_reason,
+                "entities": {"server_id": s.server_id},
+            })
+        })
+        .collect();
+    json!({
+        "status": status,
+        "job_id": job.job_id,
+        "job_type": job.kind.job_type(),
+        "begin_time": fmt_time(job.begin),
+        "end_time": end,
+        "error_code": error_code,
+        "fail_reason": fail_reason,
+        "entities": {"sub_jobs_total": job.subs.len(), "sub_jobs": subs},
+    })
+}
