@@ -836,7 +836,7 @@ impl Store for SqliteStore {
                 "UPDATE sub_jobs SET status = 'FAIL', end_time = ?2, \
                  error_code = CASE (SELECT kind FROM jobs WHERE jobs.job_id = sub_jobs.job_id) \
                    WHEN 'start' THEN 'Ecs.0226' WHEN 'reboot' THEN 'Ecs.0227' ELSE 'Ecs.0611' END, \
-                 fail_reason = 'timed out: the server\'s agent did not complete the action in time' \
+                 fail_reason = 'timed out: the server''s agent did not complete the action in time' \
                  WHERE status IN ('INIT', 'RUNNING') AND begin_time < ?1",
                 params![cutoff, nows],
             )?;
