@@ -61,11 +61,13 @@ class Ecsd:
     def signed_get(self, path):
         """GET one of our extension endpoints, signed by the SDK's own signer."""
         host = self.endpoint.split("://", 1)[1]
+        path, _, query = path.partition("?")
+        params = [tuple(kv.split("=", 1)) for kv in query.split("&") if kv]
         req = SdkRequest(method="GET", schema="http", host=host, resource_path=path, uri=path,
-                         query_params=[], header_params={"Content-Type": "application/json",
-                                                         "X-Project-Id": self.project_id}, body="")
+                         query_params=params, header_params={"Content-Type": "application/json",
+                                                             "X-Project-Id": self.project_id}, body="")
         signed = Signer(BasicCredentials(self.creds["ak"], self.creds["sk"], self.project_id)).sign(req)
-        return requests.get(self.endpoint + path, headers=signed.header_params, timeout=30)
+        return requests.get(self.endpoint + path, params=params, headers=signed.header_params, timeout=30)
 
     def reset_outcome(self, request_id):
         r = self.signed_get(f"/v1/{self.project_id}/cloudservers/os-reset-passwords/{request_id}")

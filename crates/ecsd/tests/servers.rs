@@ -11,7 +11,10 @@ use ecs_policy::OsType::Linux;
 use serde_json::{Value, json};
 
 async fn fleet(t: &TestServer, n: usize) -> std::sync::Arc<Fleet> {
-    let token = ecsd::api::issue_enroll_token(&t.state, &t.project, n as u32, 600).await.unwrap().token;
+    let token = ecsd::api::issue_enroll_token(&t.state, &t.project, n as u32, 600)
+        .await
+        .unwrap()
+        .token;
     let f = Fleet::start(FleetSpec {
         endpoint: t.base.clone(),
         token: Some(token),
@@ -26,8 +29,19 @@ async fn fleet(t: &TestServer, n: usize) -> std::sync::Arc<Fleet> {
     .unwrap();
     // Until every agent has reported in.
     for _ in 0..100 {
-        let r = t.call("GET", &format!("/v1/{}/cloudservers/detail?limit=1000", t.project), None).await;
-        if r.body["servers"].as_array().unwrap().iter().all(|s| s["host_status"] == "UP") {
+        let r = t
+            .call(
+                "GET",
+                &format!("/v1/{}/cloudservers/detail?limit=1000", t.project),
+                None,
+            )
+            .await;
+        if r.body["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["host_status"] == "UP")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -45,7 +59,9 @@ fn action(kind: &str, ids: &[&str], typ: Option<&str>) -> String {
 
 async fn wait_job(t: &TestServer, job: &str) -> Value {
     for _ in 0..400 {
-        let r = t.call("GET", &format!("/v1/{}/jobs/{job}", t.project), None).await;
+        let r = t
+            .call("GET", &format!("/v1/{}/jobs/{job}", t.project), None)
+            .await;
         assert_eq!(r.status, 200, "{}", r.text);
         if matches!(r.body["status"].as_str(), Some("SUCCESS" | "FAIL")) {
             return r.body;
@@ -56,7 +72,9 @@ async fn wait_job(t: &TestServer, job: &str) -> Value {
 }
 
 async fn show(t: &TestServer, id: &str) -> Value {
-    let r = t.call("GET", &format!("/v1/{}/cloudservers/{id}", t.project), None).await;
+    let r = t
+        .call("GET", &format!("/v1/{}/cloudservers/{id}", t.project), None)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.body["server"].clone()
 }
@@ -66,28 +84,43 @@ async fn list_pages_filters_and_counts() {
     let t = TestServer::start().await;
     let mut ids = Vec::new();
     for i in 0..30 {
-        let (id, _) = t.server(&t.project, &format!("web-{i:02}"), Linux, true).await;
+        let (id, _) = t
+            .server(&t.project, &format!("web-{i:02}"), Linux, true)
+            .await;
         ids.push(id);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let (db, _) = t.server(&t.project, "db_1", Linux, false).await;
-    let other = ecsd::admin::create_project(&t.state, "other").await.unwrap();
+    let other = ecsd::admin::create_project(&t.state, "other")
+        .await
+        .unwrap();
     t.server(&other.id, "web-foreign", Linux, true).await;
     let base = format!("/v1/{}/cloudservers/detail", t.project);
     // Default page size 25, count is the total, newest first.
     let r = t.call("GET", &base, None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["count"], 31);
-    let page1: Vec<&str> = r.body["servers"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    let page1: Vec<&str> = r.body["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
     assert_eq!(page1.len(), 25);
     assert_eq!(page1[0], db);
     // offset is a page number; 0 means 1.
-    let r0 = t.call("GET", &format!("{base}?offset=0&limit=10"), None).await;
-    let r2 = t.call("GET", &format!("{base}?offset=2&limit=10"), None).await;
+    let r0 = t
+        .call("GET", &format!("{base}?offset=0&limit=10"), None)
+        .await;
+    let r2 = t
+        .call("GET", &format!("{base}?offset=2&limit=10"), None)
+        .await;
     assert_eq!(r0.body["servers"][0]["id"], db);
     assert_eq!(r2.body["servers"][0]["id"].as_str(), Some(page1[10]));
     // marker: the page after a given server.
-    let m = t.call("GET", &format!("{base}?limit=5&marker={}", page1[4]), None).await;
+    let m = t
+        .call("GET", &format!("{base}?limit=5&marker={}", page1[4]), None)
+        .await;
     assert_eq!(m.body["servers"][0]["id"].as_str(), Some(page1[5]));
     assert_eq!(m.body["count"], 31);
     // Filters: fuzzy name (with LIKE characters taken literally), status, server_id.
@@ -99,13 +132,28 @@ async fn list_pages_filters_and_counts() {
     assert_eq!(r.body["count"], 0);
     let r = t.call("GET", &format!("{base}?status=SHUTOFF"), None).await;
     assert_eq!(r.body["count"], 0);
-    let r = t.call("GET", &format!("{base}?server_id={},{},nope&name=zzz", ids[0], ids[1]), None).await;
+    let r = t
+        .call(
+            "GET",
+            &format!("{base}?server_id={},{},nope&name=zzz", ids[0], ids[1]),
+            None,
+        )
+        .await;
     assert_eq!(r.body["count"], 2);
     let servers = r.body["servers"].as_array().unwrap();
     assert_eq!(servers.len(), 3);
-    assert_eq!(servers[2], json!({"id": "nope", "fault": {"code": 404, "message": "Instance could not be found."}}));
+    assert_eq!(
+        servers[2],
+        json!({"id": "nope", "fault": {"code": 404, "message": "Instance could not be found."}})
+    );
     // Bad paging parameters.
-    for q in ["limit=0", "limit=1001", "limit=x", "offset=-1", "marker=nope"] {
+    for q in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "offset=-1",
+        "marker=nope",
+    ] {
         let r = t.call("GET", &format!("{base}?{q}"), None).await;
         assert_ecs(&r, 400, "Ecs.0005");
     }
@@ -117,10 +165,24 @@ async fn show_has_the_required_fields_with_their_types() {
     let (id, _) = t.server(&t.project, "one", Linux, true).await;
     let s = show(&t, &id).await;
     for (k, kind) in [
-        ("id", "s"), ("name", "s"), ("status", "s"), ("tenant_id", "s"), ("created", "s"), ("updated", "s"),
-        ("host_status", "s"), ("locked", "b"), ("OS-EXT-STS:power_state", "n"), ("OS-EXT-STS:task_state", "s"),
-        ("OS-EXT-SRV-ATTR:launch_index", "n"), ("addresses", "o"), ("metadata", "o"), ("flavor", "o"),
-        ("image", "o"), ("security_groups", "a"), ("os-extended-volumes:volumes_attached", "a"), ("auto_terminate_time", "s"),
+        ("id", "s"),
+        ("name", "s"),
+        ("status", "s"),
+        ("tenant_id", "s"),
+        ("created", "s"),
+        ("updated", "s"),
+        ("host_status", "s"),
+        ("locked", "b"),
+        ("OS-EXT-STS:power_state", "n"),
+        ("OS-EXT-STS:task_state", "s"),
+        ("OS-EXT-SRV-ATTR:launch_index", "n"),
+        ("addresses", "o"),
+        ("metadata", "o"),
+        ("flavor", "o"),
+        ("image", "o"),
+        ("security_groups", "a"),
+        ("os-extended-volumes:volumes_attached", "a"),
+        ("auto_terminate_time", "s"),
     ] {
         let v = &s[k];
         let ok = match kind {
@@ -136,7 +198,9 @@ async fn show_has_the_required_fields_with_their_types() {
     assert_eq!(s["tenant_id"], t.project);
     // Registered but never reported: UNKNOWN.
     assert_eq!(s["host_status"], "UNKNOWN");
-    let r = t.call("GET", &format!("/v1/{}/cloudservers/nope", t.project), None).await;
+    let r = t
+        .call("GET", &format!("/v1/{}/cloudservers/nope", t.project), None)
+        .await;
     assert_ecs(&r, 404, "Ecs.0114");
 }
 
@@ -165,18 +229,36 @@ async fn actions_reject_bad_bodies_and_states() {
     assert_ecs(&r, 400, "Common.0002");
     let many: Vec<String> = (0..1001).map(|i| format!("s{i}")).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
-    let r = t.call("POST", &p, Some(&action("os-stop", &refs, None))).await;
+    let r = t
+        .call("POST", &p, Some(&action("os-stop", &refs, None)))
+        .await;
     assert_ecs(&r, 400, "Ecs.0118");
-    let r = t.call("POST", &p, Some(&action("reboot", &[&a, "nope"], Some("SOFT")))).await;
+    let r = t
+        .call(
+            "POST",
+            &p,
+            Some(&action("reboot", &[&a, "nope"], Some("SOFT"))),
+        )
+        .await;
     assert_ecs(&r, 400, "Ecs.0114");
     assert_eq!(r.body["internalError"][0]["id"], "nope");
-    let r = t.call("POST", &p, Some(&action("reboot", &[&bare], Some("SOFT")))).await;
+    let r = t
+        .call("POST", &p, Some(&action("reboot", &[&bare], Some("SOFT"))))
+        .await;
     assert_ecs(&r, 400, "Ecs.0100");
     // Starting a running server is not allowed.
-    let r = t.call("POST", &p, Some(&action("os-start", &[&a], None))).await;
+    let r = t
+        .call("POST", &p, Some(&action("os-start", &[&a], None)))
+        .await;
     assert_ecs(&r, 400, "Ecs.0100");
-    for j in ["nope", "0123456789abcdef0123456789abcdef", "6f1c0d3e-9a7b-4c2d-8e6f-5a4b3c2d1e0f"] {
-        let r = t.call("GET", &format!("/v1/{}/jobs/{j}", t.project), None).await;
+    for j in [
+        "nope",
+        "0123456789abcdef0123456789abcdef",
+        "6f1c0d3e-9a7b-4c2d-8e6f-5a4b3c2d1e0f",
+    ] {
+        let r = t
+            .call("GET", &format!("/v1/{}/jobs/{j}", t.project), None)
+            .await;
         assert_ecs(&r, 400, "Common.0011");
     }
 }
@@ -187,9 +269,21 @@ async fn reset_then_reboot_applies_and_the_job_succeeds() {
     let f = fleet(&t, 3).await;
     let servers = f.list();
     let ids: Vec<&str> = servers.iter().map(|s| s.server_id.as_str()).collect();
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some("Gx7!pLq2vR"), None, &ids))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Gx7!pLq2vR"), None, &ids)),
+        )
+        .await;
     let rid = r.request_id.unwrap();
-    let r = t.call("POST", &format!("/v1/{}/cloudservers/action", t.project), Some(&action("reboot", &ids, Some("SOFT")))).await;
+    let r = t
+        .call(
+            "POST",
+            &format!("/v1/{}/cloudservers/action", t.project),
+            Some(&action("reboot", &ids, Some("SOFT"))),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let job = wait_job(&t, r.body["job_id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "SUCCESS", "{job}");
@@ -202,7 +296,9 @@ async fn reset_then_reboot_applies_and_the_job_succeeds() {
         assert!(ids.contains(&sub["entities"]["server_id"].as_str().unwrap()));
     }
     for _ in 0..100 {
-        let o = t.call("GET", &format!("{}/{rid}", t.batch_path()), None).await;
+        let o = t
+            .call("GET", &format!("{}/{rid}", t.batch_path()), None)
+            .await;
         if o.body["summary"]["APPLIED"] == 3 {
             break;
         }
@@ -222,25 +318,44 @@ async fn a_stopped_server_keeps_its_reset_pending_until_it_starts() {
     let f = fleet(&t, 1).await;
     let id = f.list()[0].server_id.clone();
     let p = format!("/v1/{}/cloudservers/action", t.project);
-    let r = t.call("POST", &p, Some(&action("os-stop", &[&id], None))).await;
+    let r = t
+        .call("POST", &p, Some(&action("os-stop", &[&id], None)))
+        .await;
     let job = wait_job(&t, r.body["job_id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "SUCCESS", "{job}");
     assert_eq!(show(&t, &id).await["status"], "SHUTOFF");
     assert_eq!(show(&t, &id).await["OS-EXT-STS:power_state"], 4);
-    let r = t.call("PUT", &t.batch_path(), Some(&ids_body(Some("Gx7!pLq2vR"), None, &[&id]))).await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Gx7!pLq2vR"), None, &[&id])),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let rid = r.request_id.unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let o = t.call("GET", &format!("{}/{rid}", t.batch_path()), None).await;
-    assert_eq!(o.body["servers"][0]["state"], "PENDING", "a stopped server took the reset");
+    let o = t
+        .call("GET", &format!("{}/{rid}", t.batch_path()), None)
+        .await;
+    assert_eq!(
+        o.body["servers"][0]["state"], "PENDING",
+        "a stopped server took the reset"
+    );
     // Reboot and stop are refused while it is off; start works (the simulator's BMC).
-    let r = t.call("POST", &p, Some(&action("reboot", &[&id], Some("HARD")))).await;
+    let r = t
+        .call("POST", &p, Some(&action("reboot", &[&id], Some("HARD"))))
+        .await;
     assert_ecs(&r, 400, "Ecs.0100");
-    let r = t.call("POST", &p, Some(&action("os-start", &[&id], None))).await;
+    let r = t
+        .call("POST", &p, Some(&action("os-start", &[&id], None)))
+        .await;
     let job = wait_job(&t, r.body["job_id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "SUCCESS", "{job}");
     for _ in 0..100 {
-        let o = t.call("GET", &format!("{}/{rid}", t.batch_path()), None).await;
+        let o = t
+            .call("GET", &format!("{}/{rid}", t.batch_path()), None)
+            .await;
         if o.body["servers"][0]["state"] == "APPLIED" {
             break;
         }
@@ -257,11 +372,25 @@ async fn a_second_action_on_a_busy_server_is_refused_with_ecs_0603() {
     let t = TestServer::start().await;
     let (a, _) = t.server(&t.project, "a", Linux, true).await;
     let p = format!("/v1/{}/cloudservers/action", t.project);
-    let r = t.call("POST", &p, Some(&action("reboot", &[&a], Some("SOFT")))).await;
+    let r = t
+        .call("POST", &p, Some(&action("reboot", &[&a], Some("SOFT"))))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let job = t.call("GET", &format!("/v1/{}/jobs/{}", t.project, r.body["job_id"].as_str().unwrap()), None).await;
+    let job = t
+        .call(
+            "GET",
+            &format!(
+                "/v1/{}/jobs/{}",
+                t.project,
+                r.body["job_id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
     assert_eq!(job.body["status"], "INIT");
-    let r2 = t.call("POST", &p, Some(&action("os-stop", &[&a], Some("HARD")))).await;
+    let r2 = t
+        .call("POST", &p, Some(&action("os-stop", &[&a], Some("HARD"))))
+        .await;
     assert_ecs(&r2, 400, "Ecs.0603");
     assert_eq!(r2.body["internalError"][0]["id"], a);
     assert_eq!(show(&t, &a).await["status"], "ACTIVE");
@@ -271,14 +400,28 @@ async fn a_second_action_on_a_busy_server_is_refused_with_ecs_0603() {
 async fn jobs_time_out_when_no_agent_answers_and_survive_a_restart() {
     let t = TestServer::start_with(|c| c.job_timeout_secs = 1).await;
     let (a, _) = t.server(&t.project, "a", Linux, true).await;
-    let r = t.call("POST", &format!("/v1/{}/cloudservers/action", t.project), Some(&action("reboot", &[&a], Some("HARD")))).await;
+    let r = t
+        .call(
+            "POST",
+            &format!("/v1/{}/cloudservers/action", t.project),
+            Some(&action("reboot", &[&a], Some("HARD"))),
+        )
+        .await;
     let job_id = r.body["job_id"].as_str().unwrap().to_owned();
     let job = wait_job(&t, &job_id).await;
     assert_eq!(job["status"], "FAIL");
     assert_eq!(job["error_code"], "Ecs.0227");
-    assert!(job["entities"]["sub_jobs"][0]["fail_reason"].as_str().unwrap().contains("timed out"));
+    assert!(
+        job["entities"]["sub_jobs"][0]["fail_reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out")
+    );
     // A second ecsd on the same database sees the same job.
-    let cfg = ecsd::config::Config { listen: "127.0.0.1:0".parse().unwrap(), ..(*t.state.config).clone() };
+    let cfg = ecsd::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..(*t.state.config).clone()
+    };
     let again = ecsd::server::open_state(cfg).unwrap();
     let stored = again.store.job(&t.project, &job_id).await.unwrap().unwrap();
     assert_eq!(ecsd::power::job_json(&stored)["status"], "FAIL");
@@ -289,10 +432,21 @@ async fn starting_a_machine_without_a_power_driver_fails_with_a_reason() {
     let t = TestServer::start().await;
     let (a, _) = t.server(&t.project, "real", Linux, true).await;
     t.set_status(&a, "SHUTOFF");
-    let r = t.call("POST", &format!("/v1/{}/cloudservers/action", t.project), Some(&action("os-start", &[&a], None))).await;
+    let r = t
+        .call(
+            "POST",
+            &format!("/v1/{}/cloudservers/action", t.project),
+            Some(&action("os-start", &[&a], None)),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let job = wait_job(&t, r.body["job_id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "FAIL");
     assert_eq!(job["error_code"], "Ecs.0226");
-    assert!(job["fail_reason"].as_str().unwrap().contains("power driver"));
+    assert!(
+        job["fail_reason"]
+            .as_str()
+            .unwrap()
+            .contains("power driver")
+    );
 }
