@@ -3,8 +3,9 @@
 
 mod agent;
 pub use agent::issue_enroll_token;
+pub use servers::server_detail;
 mod resets;
-mod servers;
+pub mod servers;
 
 use std::net::SocketAddr;
 use std::time::Instant;
