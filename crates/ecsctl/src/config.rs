@@ -1,0 +1,135 @@
+//! Where ecsctl finds its endpoint and credentials, strongest first: flags,
+//! `ECS_*` environment variables, a `--dev-credentials` file (what
+//! `ecsd serve --dev` writes), then a profile in the config file
+//! (`$XDG_CONFIG_HOME/ecsctl/config.toml`, written 0600 by `ecsctl configure`).
+//! The secret key never comes from a flag.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Profile {
+    pub endpoint: Option<String>,
+    pub project_id: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// Everything needed to call the API.
+pub struct Resolved {
+    pub endpoint: String,
+    pub project_id: String,
+    pub access_key: String,
+    pub secret_key: SecretString,
+}
+
+pub fn config_path() -> PathBuf {
+    if let Ok(p) = std::env::var("ECSCTL_CONFIG") {
+        return PathBuf::from(p);
+    }
+    dirs::config_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("ecsctl")
+        .join("config.toml")
+}
+
+pub fn load_file(path: &Path) -> anyhow::Result<ConfigFile> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => toml::from_str(&t).with_context(|| format!("{} is not valid", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes the config file with mode 0600 (atomically).
+pub fn save_file(path: &Path, cfg: &ConfigFile) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(".config.toml.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(toml::to_string(cfg)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Reads `ecsd serve --dev`'s credentials file.
+pub fn dev_profile(path: &Path) -> anyhow::Result<Profile> {
+    #[derive(Deserialize)]
+    struct Dev {
+        endpoint: String,
+        project_id: String,
+        ak: String,
+        sk: String,
+    }
+    let d: Dev = serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not a dev credentials file", path.display()))?;
+    Ok(Profile {
+        endpoint: Some(d.endpoint),
+        project_id: Some(d.project_id),
+        access_key: Some(d.ak),
+        secret_key: Some(d.sk),
+    })
+}
+
+pub struct Overrides {
+    pub profile: String,
+    pub endpoint: Option<String>,
+    pub project_id: Option<String>,
+    pub access_key: Option<String>,
+    pub dev_credentials: Option<PathBuf>,
+}
+
+pub fn resolve(o: &Overrides) -> anyhow::Result<Resolved> {
+    let file = load_file(&config_path())?;
+    let mut p = file.profiles.get(&o.profile).cloned().unwrap_or_default();
+    if let Some(dev) = &o.dev_credentials {
+        let d = dev_profile(dev)?;
+        p = Profile {
+            endpoint: d.endpoint,
+            project_id: d.project_id,
+            access_key: d.access_key,
+            secret_key: d.secret_key,
+        };
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let pick = |flag: &Option<String>, var: &str, file: Option<String>| {
+        flag.clone().or_else(|| env(var)).or(file)
+    };
+    let endpoint = pick(&o.endpoint, "ECS_ENDPOINT", p.endpoint);
+    let project_id = pick(&o.project_id, "ECS_PROJECT_ID", p.project_id);
+    let access_key = pick(&o.access_key, "ECS_ACCESS_KEY", p.access_key);
+    let secret_key = env("ECS_SECRET_KEY").or(p.secret_key);
+    let (Some(endpoint), Some(project_id), Some(access_key), Some(secret_key)) =
+        (endpoint, project_id, access_key, secret_key)
+    else {
+        bail!(
+            "no credentials: run `ecsctl configure`, pass --dev-credentials FILE, or set ECS_ENDPOINT, ECS_PROJECT_ID, ECS_ACCESS_KEY and ECS_SECRET_KEY"
+        );
+    };
+    Ok(Resolved {
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        project_id,
+        access_key,
+        secret_key: SecretString::from(secret_key),
+    })
+}

@@ -1,0 +1,886 @@
+//! `ecsctl`: the operator's command line for ecsd. It speaks only the public
+//! API (Huawei-compatible plus our extensions), signed with AK/SK.
+//!
+//! Exit codes: 0 success; 1 an error (network, configuration); 2 bad usage;
+//! 3 rejected (by the local password check or by the API); 4 partly failed
+//! (some servers FAILED or were superseded); 5 timed out waiting.
+
+mod api;
+mod config;
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use api::{Api, ApiError};
+
+/// `println!` that treats a closed pipe (`ecsctl ... | head`) as success.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+const REJECTED: u8 = 3;
+const PARTIAL: u8 = 4;
+const TIMED_OUT: u8 = 5;
+
+#[derive(Parser)]
+#[command(
+    name = "ecsctl",
+    version,
+    about = "Reset the passwords of a whole fleet, and manage its servers",
+    after_help = "Examples:\n  ecsctl --dev-credentials ecsd-data/dev-credentials.json servers list\n  ecsctl reset-password --all --reboot --wait\n  echo \"$NEWPW\" | ecsctl reset-password --name 'web-*' --password-stdin --wait"
+)]
+struct Cli {
+    /// Profile in the config file.
+    #[arg(long, global = true, env = "ECS_PROFILE", default_value = "default")]
+    profile: String,
+    /// API endpoint (overrides ECS_ENDPOINT and the profile).
+    #[arg(long, global = true)]
+    endpoint: Option<String>,
+    /// Project id (overrides ECS_PROJECT_ID and the profile).
+    #[arg(long, global = true)]
+    project_id: Option<String>,
+    /// Access key (overrides ECS_ACCESS_KEY); the secret key is never a flag.
+    #[arg(long, global = true)]
+    access_key: Option<String>,
+    /// Use the credentials file written by `ecsd serve --dev`.
+    #[arg(long, global = true, env = "ECS_DEV_CREDENTIALS")]
+    dev_credentials: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value = "table")]
+    output: Format,
+    /// Print each call's request id to standard error.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a profile to the config file (mode 0600).
+    ///
+    /// Example: ecsctl configure --from-dev ecsd-data/dev-credentials.json
+    Configure {
+        /// Take everything from `ecsd serve --dev`'s credentials file.
+        #[arg(long)]
+        from_dev: Option<PathBuf>,
+    },
+    /// List, show, start, stop and reboot servers.
+    Servers {
+        #[command(subcommand)]
+        command: Servers,
+    },
+    /// Reset the root/Administrator password of servers.
+    ///
+    /// The password is asked twice without echo, or read from standard input
+    /// with --password-stdin; never from an argument. It is checked locally
+    /// with the service's own rules before anything is sent.
+    ///
+    /// Examples:
+    ///   ecsctl reset-password --all --dry-run
+    ///   ecsctl reset-password --name 'db-*' --reboot --wait
+    ///   printf '%s\n' "$PW" | ecsctl reset-password --from-file hosts.txt --password-stdin --apply-now --wait
+    ResetPassword {
+        #[command(flatten)]
+        targets: Targets,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Check everything and show each server's readiness; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Ask running agents to apply at once instead of at the next start.
+        #[arg(long)]
+        apply_now: bool,
+        /// Reboot the targets after the reset is accepted (so it applies).
+        #[arg(long)]
+        reboot: bool,
+        /// Wait until every server applied (or failed), with progress.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Enrollment tokens for onboarding servers.
+    EnrollToken {
+        #[command(subcommand)]
+        command: EnrollToken,
+    },
+    /// The per-server outcome of a reset request.
+    Resets {
+        #[command(subcommand)]
+        command: Resets,
+    },
+    /// Print shell completions: ecsctl completions bash > /etc/bash_completion.d/ecsctl
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Args, Clone)]
+struct Targets {
+    /// Server ids.
+    ids: Vec<String>,
+    /// Servers whose name matches this pattern (`*` and `?` wildcards).
+    #[arg(long)]
+    name: Option<String>,
+    /// Every server of the project.
+    #[arg(long)]
+    all: bool,
+    /// A file with one server id or name per line.
+    #[arg(long)]
+    from_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Servers {
+    /// List servers: ecsctl servers list --status ACTIVE --os Linux
+    List {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        os: Option<String>,
+    },
+    /// Show one server: ecsctl servers show ID
+    Show { id: String },
+    /// Reboot servers: ecsctl servers reboot --name 'web-*' [--hard]
+    Reboot(PowerArgs),
+    /// Start stopped servers: ecsctl servers start ID...
+    Start(PowerArgs),
+    /// Stop servers: ecsctl servers stop --all [--hard]
+    Stop(PowerArgs),
+}
+
+#[derive(Args)]
+struct PowerArgs {
+    #[command(flatten)]
+    targets: Targets,
+    /// HARD instead of SOFT.
+    #[arg(long)]
+    hard: bool,
+    /// Return once the job is accepted.
+    #[arg(long)]
+    no_wait: bool,
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum EnrollToken {
+    /// ecsctl enroll-token create --uses 50 --ttl-secs 86400
+    Create {
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum Resets {
+    /// ecsctl resets show REQUEST_ID   (or `latest`)
+    Show { request_id: String },
+}
+
+/// How to print: JSON for scripts, tables for people; colours and bars only
+/// on a terminal and without NO_COLOR.
+struct Out {
+    json: bool,
+    fancy: bool,
+}
+
+impl Out {
+    fn table(&self, headers: &[&str], rows: Vec<Vec<String>>) {
+        let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+        for r in &rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |cells: Vec<String>| {
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_owned()
+        };
+        let head = line(headers.iter().map(|h| h.to_string()).collect());
+        if self.fancy {
+            say!("\x1b[1m{head}\x1b[0m");
+        } else {
+            say!("{head}");
+        }
+        for r in rows {
+            say!("{}", line(r));
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Out {
+        json: cli.output == Format::Json,
+        fancy: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    match run(cli, &out).await {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let Some(api) = e.downcast_ref::<ApiError>() {
+                eprintln!("error: {api}");
+                for item in api.internal.iter().take(20) {
+                    eprintln!(
+                        "  {}  {}  {}",
+                        item["id"].as_str().unwrap_or_default(),
+                        item["error_code"].as_str().unwrap_or_default(),
+                        item["error_message"].as_str().unwrap_or_default()
+                    );
+                }
+                ExitCode::from(if api.status < 500 { REJECTED } else { 1 })
+            } else if let Some(Rejected(msg)) = e.downcast_ref::<Rejected>() {
+                eprintln!("error: {msg}");
+                ExitCode::from(REJECTED)
+            } else {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// A refusal decided locally (exit code 3).
+#[derive(Debug)]
+struct Rejected(String);
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
+    let overrides = config::Overrides {
+        profile: cli.profile.clone(),
+        endpoint: cli.endpoint.clone(),
+        project_id: cli.project_id.clone(),
+        access_key: cli.access_key.clone(),
+        dev_credentials: cli.dev_credentials.clone(),
+    };
+    let api = || -> anyhow::Result<Api> { Ok(Api::new(config::resolve(&overrides)?, cli.verbose)) };
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ecsctl", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Configure { from_dev } => configure(&cli.profile, from_dev),
+        Command::Servers { command } => servers(&api()?, command, out).await,
+        Command::EnrollToken {
+            command: EnrollToken::Create { uses, ttl_secs },
+        } => {
+            let r = api()?
+                .call(
+                    "POST",
+                    "/enroll-tokens",
+                    &[],
+                    Some(&json!({"uses": uses, "ttl_secs": ttl_secs})),
+                )
+                .await?;
+            if out.json {
+                say!("{}", r.body);
+            } else {
+                say!("token:   {}", r.body["token"].as_str().unwrap_or_default());
+                say!("uses:    {}", r.body["uses"]);
+                say!(
+                    "expires: {}",
+                    r.body["expires"].as_str().unwrap_or_default()
+                );
+                say!(
+                    "enroll a server with: ECS_AGENT_TOKEN=<token> ecs-agent enroll --endpoint <endpoint>"
+                );
+            }
+            Ok(0)
+        }
+        Command::Resets {
+            command: Resets::Show { request_id },
+        } => {
+            let api = api()?;
+            let o = outcome(&api, &request_id).await?;
+            print_outcome(&o, out);
+            Ok(exit_for_outcome(&o))
+        }
+        Command::ResetPassword {
+            targets,
+            password_stdin,
+            dry_run,
+            apply_now,
+            reboot,
+            wait,
+            timeout,
+        } => {
+            let opts = ResetOpts {
+                password_stdin,
+                dry_run,
+                apply_now,
+                reboot,
+                wait,
+                timeout: Duration::from_secs(timeout),
+            };
+            reset_password(&api()?, &targets, &opts, out).await
+        }
+    }
+}
+
+fn configure(profile: &str, from_dev: Option<PathBuf>) -> anyhow::Result<u8> {
+    let path = config::config_path();
+    let mut file = config::load_file(&path)?;
+    let p = match from_dev {
+        Some(dev) => config::dev_profile(&dev)?,
+        None => {
+            let ask = |q: &str| -> anyhow::Result<String> {
+                eprint!("{q}: ");
+                let mut s = String::new();
+                std::io::stdin().lock().read_line(&mut s)?;
+                Ok(s.trim().to_owned())
+            };
+            let endpoint = ask("Endpoint (e.g. https://ecsd.example.internal)")?;
+            let project = ask("Project id")?;
+            let ak = ask("Access key")?;
+            let sk = if std::io::stdin().is_terminal() {
+                rpassword::prompt_password("Secret key (not echoed): ")?
+            } else {
+                ask("Secret key")?
+            };
+            config::Profile {
+                endpoint: Some(endpoint),
+                project_id: Some(project),
+                access_key: Some(ak),
+                secret_key: Some(sk),
+            }
+        }
+    };
+    file.profiles.insert(profile.to_owned(), p);
+    config::save_file(&path, &file)?;
+    eprintln!(
+        "profile {profile} written to {} (mode 0600)",
+        path.display()
+    );
+    Ok(0)
+}
+
+fn server_row(s: &Value) -> Vec<String> {
+    let st = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    vec![
+        st(&s["id"]),
+        st(&s["name"]),
+        st(&s["status"]),
+        st(&s["metadata"]["os_type"]),
+        st(&s["host_status"]),
+        s["x-ecsd"]["last_reset"]["state"]
+            .as_str()
+            .unwrap_or("-")
+            .to_owned(),
+    ]
+}
+
+async fn servers(api: &Api, cmd: Servers, out: &Out) -> anyhow::Result<u8> {
+    match cmd {
+        Servers::List { name, status, os } => {
+            let mut all = api.all_servers().await?;
+            all.retain(|s| {
+                name.as_ref()
+                    .is_none_or(|n| s["name"].as_str().unwrap_or_default().contains(n.as_str()))
+                    && status
+                        .as_ref()
+                        .is_none_or(|st| s["status"].as_str() == Some(st.as_str()))
+                    && os.as_ref().is_none_or(|o| {
+                        s["metadata"]["os_type"]
+                            .as_str()
+                            .is_some_and(|v| v.eq_ignore_ascii_case(o))
+                    })
+            });
+            if out.json {
+                say!("{}", json!({"count": all.len(), "servers": all}));
+            } else {
+                out.table(
+                    &["ID", "NAME", "STATUS", "OS", "AGENT", "LAST RESET"],
+                    all.iter().map(server_row).collect(),
+                );
+            }
+            Ok(0)
+        }
+        Servers::Show { id } => {
+            let r = api
+                .call("GET", &format!("/cloudservers/{id}"), &[], None)
+                .await?;
+            if out.json {
+                say!("{}", r.body["server"]);
+            } else {
+                out.table(
+                    &["ID", "NAME", "STATUS", "OS", "AGENT", "LAST RESET"],
+                    vec![server_row(&r.body["server"])],
+                );
+            }
+            Ok(0)
+        }
+        Servers::Reboot(a) => power(api, "reboot", a, out).await,
+        Servers::Start(a) => power(api, "os-start", a, out).await,
+        Servers::Stop(a) => power(api, "os-stop", a, out).await,
+    }
+}
+
+struct Target {
+    id: String,
+    name: String,
+    os: String,
+}
+
+/// Resolves ids, a name pattern, `--all` or a file to servers of the project.
+async fn resolve_targets(api: &Api, t: &Targets) -> anyhow::Result<Vec<Target>> {
+    let modes = [
+        !t.ids.is_empty(),
+        t.name.is_some(),
+        t.all,
+        t.from_file.is_some(),
+    ];
+    if modes.iter().filter(|m| **m).count() != 1 {
+        bail!(Rejected(
+            "name the targets one way: server ids, --name PATTERN, --all or --from-file FILE"
+                .into()
+        ));
+    }
+    let all = api.all_servers().await?;
+    let to_target = |s: &Value| Target {
+        id: s["id"].as_str().unwrap_or_default().to_owned(),
+        name: s["name"].as_str().unwrap_or_default().to_owned(),
+        os: s["metadata"]["os_type"]
+            .as_str()
+            .unwrap_or("Linux")
+            .to_owned(),
+    };
+    let wanted: Option<Vec<String>> = if let Some(f) = &t.from_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        Some(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect(),
+        )
+    } else if !t.ids.is_empty() {
+        Some(t.ids.clone())
+    } else {
+        None
+    };
+    let targets: Vec<Target> = if let Some(wanted) = wanted {
+        let mut out = Vec::new();
+        for w in wanted {
+            match all.iter().find(|s| {
+                s["id"].as_str() == Some(w.as_str()) || s["name"].as_str() == Some(w.as_str())
+            }) {
+                Some(s) => out.push(to_target(s)),
+                // Unknown ids go to the API as they are: it names them (Ecs.0114).
+                None => out.push(Target {
+                    id: w.clone(),
+                    name: String::new(),
+                    os: "Linux".into(),
+                }),
+            }
+        }
+        out
+    } else if let Some(p) = &t.name {
+        let pat =
+            glob::Pattern::new(p).map_err(|e| Rejected(format!("bad --name pattern: {e}")))?;
+        all.iter()
+            .filter(|s| pat.matches(s["name"].as_str().unwrap_or_default()))
+            .map(to_target)
+            .collect()
+    } else {
+        all.iter().map(to_target).collect()
+    };
+    if targets.is_empty() {
+        bail!(Rejected("no server matches".into()));
+    }
+    Ok(targets)
+}
+
+async fn power(api: &Api, action: &str, a: PowerArgs, out: &Out) -> anyhow::Result<u8> {
+    let targets = resolve_targets(api, &a.targets).await?;
+    let job = start_power(api, action, &targets, a.hard).await?;
+    if a.no_wait {
+        if out.json {
+            say!("{}", json!({"job_id": job}));
+        } else {
+            say!("job {job} accepted for {} servers", targets.len());
+        }
+        return Ok(0);
+    }
+    let (code, body) = wait_job(api, &job, Duration::from_secs(a.timeout), out).await?;
+    if out.json {
+        say!("{body}");
+    } else {
+        let failed: Vec<Vec<String>> = body["entities"]["sub_jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["status"] != "SUCCESS")
+            .map(|s| {
+                vec![
+                    s["entities"]["server_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    s["status"].as_str().unwrap_or_default().to_owned(),
+                    s["fail_reason"].as_str().unwrap_or_default().to_owned(),
+                ]
+            })
+            .collect();
+        say!("job {job}: {}", body["status"].as_str().unwrap_or("?"));
+        if !failed.is_empty() {
+            out.table(&["SERVER", "STATUS", "REASON"], failed);
+        }
+    }
+    Ok(code)
+}
+
+async fn start_power(
+    api: &Api,
+    action: &str,
+    targets: &[Target],
+    hard: bool,
+) -> anyhow::Result<String> {
+    let servers: Vec<Value> = targets.iter().map(|t| json!({"id": t.id})).collect();
+    let mut inner = json!({"servers": servers});
+    if action != "os-start" {
+        inner["type"] = json!(if hard { "HARD" } else { "SOFT" });
+    }
+    let r = api
+        .call(
+            "POST",
+            "/cloudservers/action",
+            &[],
+            Some(&json!({ action: inner })),
+        )
+        .await?;
+    Ok(r.body["job_id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Polls a job to its end with a progress bar; exit code and the last body.
+async fn wait_job(
+    api: &Api,
+    job: &str,
+    timeout: Duration,
+    out: &Out,
+) -> anyhow::Result<(u8, Value)> {
+    let started = Instant::now();
+    let bar = out
+        .fancy
+        .then(|| indicatif::ProgressBar::new(0).with_message(format!("job {job}")));
+    loop {
+        let r = api.call("GET", &format!("/jobs/{job}"), &[], None).await?;
+        let subs = r.body["entities"]["sub_jobs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let done = subs
+            .iter()
+            .filter(|s| matches!(s["status"].as_str(), Some("SUCCESS" | "FAIL")))
+            .count();
+        if let Some(b) = &bar {
+            b.set_length(subs.len() as u64);
+            b.set_position(done as u64);
+        }
+        match r.body["status"].as_str() {
+            Some("SUCCESS") => {
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                return Ok((0, r.body));
+            }
+            Some("FAIL") => {
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                let any_ok = subs.iter().any(|s| s["status"] == "SUCCESS");
+                return Ok((if any_ok { PARTIAL } else { REJECTED }, r.body));
+            }
+            _ if started.elapsed() > timeout => {
+                if let Some(b) = bar {
+                    b.abandon();
+                }
+                eprintln!(
+                    "timed out after {}s waiting for job {job}",
+                    timeout.as_secs()
+                );
+                return Ok((TIMED_OUT, r.body));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+struct ResetOpts {
+    password_stdin: bool,
+    dry_run: bool,
+    apply_now: bool,
+    reboot: bool,
+    wait: bool,
+    timeout: Duration,
+}
+
+/// The new password: from a prompt (twice, not echoed) or standard input.
+fn read_password(from_stdin: bool, needed: bool) -> anyhow::Result<Option<SecretString>> {
+    if from_stdin {
+        let mut line = zeroize::Zeroizing::new(String::new());
+        std::io::stdin().lock().read_line(&mut line)?;
+        let pw = line.trim_end_matches(['\r', '\n']).to_owned();
+        return Ok(Some(SecretString::from(pw)));
+    }
+    if !std::io::stdin().is_terminal() {
+        if needed {
+            bail!(Rejected("standard input is not a terminal: pass --password-stdin and write the password to it".into()));
+        }
+        return Ok(None);
+    }
+    let first = SecretString::from(rpassword::prompt_password("New password: ")?);
+    let second = SecretString::from(rpassword::prompt_password("Again: ")?);
+    if first.expose_secret() != second.expose_secret() {
+        bail!(Rejected("the two passwords differ".into()));
+    }
+    Ok(Some(first))
+}
+
+async fn reset_password(api: &Api, t: &Targets, o: &ResetOpts, out: &Out) -> anyhow::Result<u8> {
+    let targets = resolve_targets(api, t).await?;
+    let password = read_password(o.password_stdin, !o.dry_run)?;
+    if let Some(pw) = &password {
+        // The service's own rules, per OS among the targets: instant feedback.
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &targets {
+            let os = ecs_policy::OsType::parse(&t.os).unwrap_or(ecs_policy::OsType::Linux);
+            if seen.insert(os.as_str())
+                && let Err(v) =
+                    ecs_policy::check(pw.expose_secret(), os, ecs_policy::Strictness::Full)
+            {
+                bail!(Rejected(format!(
+                    "the password is refused for {} servers (checked locally; nothing was sent): {v}",
+                    os.as_str()
+                )));
+            }
+        }
+    }
+    let mut body = json!({
+        "servers": targets.iter().map(|t| json!({"id": t.id})).collect::<Vec<_>>(),
+        "dry_run": o.dry_run,
+    });
+    if let Some(pw) = &password {
+        body["new_password"] = json!(pw.expose_secret());
+    }
+    if o.apply_now {
+        body["apply"] = json!("now");
+    }
+    let result = api
+        .call("PUT", "/cloudservers/os-reset-passwords", &[], Some(&body))
+        .await;
+    // Wipe the serialized password from this process's JSON value.
+    if let Some(Value::String(s)) = body.get_mut("new_password") {
+        zeroize::Zeroize::zeroize(s);
+    }
+    let r = result?;
+    if o.dry_run {
+        let rows: Vec<Value> = r.body["readiness"].as_array().cloned().unwrap_or_default();
+        if out.json {
+            say!("{}", json!({"dry_run": true, "servers": rows}));
+        } else {
+            say!(
+                "dry run passed for {} servers; nothing was changed",
+                targets.len()
+            );
+            out.table(
+                &["ID", "NAME", "PLUG-IN", "STATUS", "AGENT", "LAST SEEN"],
+                rows.iter()
+                    .map(|x| {
+                        let id = x["id"].as_str().unwrap_or_default();
+                        vec![
+                            id.to_owned(),
+                            targets
+                                .iter()
+                                .find(|t| t.id == id)
+                                .map(|t| t.name.clone())
+                                .unwrap_or_default(),
+                            if x["plugin_installed"] == true {
+                                "installed".into()
+                            } else {
+                                "missing".into()
+                            },
+                            x["status"].as_str().unwrap_or_default().to_owned(),
+                            x["agent_version"].as_str().unwrap_or("-").to_owned(),
+                            x["agent_last_seen"].as_str().unwrap_or("never").to_owned(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        return Ok(0);
+    }
+    let request_id = r.request_id.clone();
+    if !out.json {
+        say!("reset {request_id} accepted for {} servers", targets.len());
+    }
+    if o.reboot {
+        let job = start_power(api, "reboot", &targets, false).await?;
+        if !out.json {
+            say!("reboot job {job} started");
+        }
+    }
+    if !o.wait {
+        if out.json {
+            say!(
+                "{}",
+                json!({"request_id": request_id, "servers": targets.len()})
+            );
+        } else if !o.reboot && !o.apply_now {
+            say!("the new password applies when each server starts or restarts");
+        }
+        return Ok(0);
+    }
+    let (code, last) = wait_outcome(api, &request_id, o.timeout, out).await?;
+    print_outcome(&last, out);
+    Ok(code)
+}
+
+async fn outcome(api: &Api, request_id: &str) -> anyhow::Result<Value> {
+    Ok(api
+        .call(
+            "GET",
+            &format!("/cloudservers/os-reset-passwords/{request_id}"),
+            &[],
+            None,
+        )
+        .await?
+        .body)
+}
+
+fn exit_for_outcome(o: &Value) -> u8 {
+    let s = &o["summary"];
+    if s["FAILED"].as_u64().unwrap_or(0) + s["SUPERSEDED"].as_u64().unwrap_or(0) > 0 {
+        PARTIAL
+    } else if o["complete"] == true {
+        0
+    } else {
+        TIMED_OUT
+    }
+}
+
+/// Polls the outcome with a bar per state until every server is final.
+async fn wait_outcome(
+    api: &Api,
+    request_id: &str,
+    timeout: Duration,
+    out: &Out,
+) -> anyhow::Result<(u8, Value)> {
+    let started = Instant::now();
+    let states = ["PENDING", "DELIVERED", "APPLIED", "FAILED"];
+    let bars = out.fancy.then(|| {
+        let multi = indicatif::MultiProgress::new();
+        let style = indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len}")
+            .expect("valid template")
+            .progress_chars("=> ");
+        let bars: Vec<_> = states
+            .iter()
+            .map(|s| {
+                let b = multi.add(indicatif::ProgressBar::new(0));
+                b.set_style(style.clone());
+                b.set_prefix(s.to_lowercase());
+                b
+            })
+            .collect();
+        (multi, bars)
+    });
+    loop {
+        let o = outcome(api, request_id).await?;
+        let total = o["servers"].as_array().map_or(0, Vec::len) as u64;
+        if let Some((_, bars)) = &bars {
+            for (b, s) in bars.iter().zip(states) {
+                b.set_length(total);
+                b.set_position(o["summary"][s].as_u64().unwrap_or(0));
+            }
+        }
+        let finished = o["complete"] == true;
+        if finished || started.elapsed() > timeout {
+            if let Some((_, bars)) = bars {
+                for b in bars {
+                    b.finish();
+                }
+            }
+            if !finished {
+                eprintln!(
+                    "timed out after {}s; not every server has applied the new password",
+                    timeout.as_secs()
+                );
+                return Ok((TIMED_OUT, o));
+            }
+            return Ok((exit_for_outcome(&o), o));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_outcome(o: &Value, out: &Out) {
+    if out.json {
+        say!("{o}");
+        return;
+    }
+    let s = &o["summary"];
+    say!(
+        "reset {}: {} applied, {} failed, {} superseded, {} delivered, {} pending",
+        o["request_id"].as_str().unwrap_or_default(),
+        s["APPLIED"],
+        s["FAILED"],
+        s["SUPERSEDED"],
+        s["DELIVERED"],
+        s["PENDING"]
+    );
+    let not_applied: Vec<Vec<String>> = o["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x["state"] != "APPLIED")
+        .map(|x| {
+            vec![
+                x["id"].as_str().unwrap_or_default().to_owned(),
+                x["state"].as_str().unwrap_or_default().to_owned(),
+                x["reason"].as_str().unwrap_or_default().to_owned(),
+            ]
+        })
+        .collect();
+    if !not_applied.is_empty() {
+        out.table(&["SERVER", "STATE", "REASON"], not_applied);
+    }
+}
