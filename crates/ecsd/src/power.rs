@@ -4,15 +4,14 @@
 //! on (the simulator's virtual BMC) — real machines would need an out-of-band
 //! power driver that ecsd does not have, and such sub-jobs fail at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use axum::http::StatusCode;
 use bytes::Bytes;
 use chrono::Utc;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, InternalError, display_id};
-use crate::reset::{CallContext, MAX_BATCH, MAX_ID_LEN};
+use crate::reset::{CallContext, ServerRef, audit_rejection, batch_failure, validate_ids};
 use crate::state::AppState;
 use crate::store::{Job, NewJob, PowerKind, Server, StoreError, fmt_time};
 
@@ -74,49 +73,15 @@ fn parse_action(content_type: Option<&str>, body: &Bytes) -> Result<Action, ApiE
             }
         },
     };
-    let servers = inner
-        .get("servers")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
+    let servers: Option<Vec<ServerRef>> = match inner.get("servers") {
+        None => None,
+        Some(v) => Some(serde_json::from_value(v.clone()).map_err(|_| {
             ApiError::invalid(format!(
-                "Invalid request body: {key}.servers must be a list."
+                "Invalid request body: {key}.servers must be a list of {{\"id\": string}}."
             ))
-        })?;
-    if servers.is_empty() {
-        return Err(ApiError::invalid(
-            "Invalid request body: servers must list at least one server.",
-        ));
-    }
-    if servers.len() > MAX_BATCH {
-        return Err(ApiError::ecs(
-            StatusCode::BAD_REQUEST,
-            "Ecs.0118",
-            format!(
-                "The number of servers ({}) exceeds the limit of {MAX_BATCH} in one request.",
-                servers.len()
-            ),
-        ));
-    }
-    let mut seen = HashSet::new();
-    let mut ids = Vec::with_capacity(servers.len());
-    for (i, s) in servers.iter().enumerate() {
-        let id = s
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|id| !id.is_empty() && id.len() <= MAX_ID_LEN)
-            .ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "Invalid request body: {key}.servers[{i}].id must be a non-empty string."
-                ))
-            })?;
-        if !seen.insert(id) {
-            return Err(ApiError::invalid(format!(
-                "Invalid request body: server {} is listed more than once.",
-                display_id(id)
-            )));
-        }
-        ids.push(id.to_owned());
-    }
+        })?),
+    };
+    let ids = validate_ids(servers, &format!("{key}.servers"))?;
     Ok(Action { kind, hard, ids })
 }
 
@@ -124,30 +89,6 @@ fn state_allows(kind: PowerKind, status: &str) -> bool {
     match kind {
         PowerKind::Start => status == "SHUTOFF",
         PowerKind::Stop | PowerKind::Reboot => status == "ACTIVE",
-    }
-}
-
-fn batch_error(code: &'static str, failures: Vec<InternalError>, total: usize) -> ApiError {
-    let named: Vec<String> = failures
-        .iter()
-        .take(10)
-        .map(|f| format!("{} ({})", display_id(&f.id), f.error_code))
-        .collect();
-    let mut message = format!(
-        "{} of {} servers cannot take the action; nothing was done: {}",
-        failures.len(),
-        total,
-        named.join(", ")
-    );
-    if failures.len() > 10 {
-        message.push_str(&format!(" and {} more", failures.len() - 10));
-    }
-    message.push('.');
-    ApiError::Ecs {
-        status: StatusCode::BAD_REQUEST,
-        code,
-        message,
-        internal: Some(failures),
     }
 }
 
@@ -200,8 +141,8 @@ pub async fn batch_action(
     let action_name = format!("{}-servers", action.kind.as_str());
     if !failures.is_empty() {
         let code = failures[0].error_code;
-        let err = batch_error(code, failures, action.ids.len());
-        record_rejection(state, ctx, &action_name, &action.ids, &err).await;
+        let err = batch_failure(failures, action.ids.len(), code);
+        audit_rejection(state, ctx, &action_name, action.ids.clone(), false, &err).await;
         return Err(err);
     }
     let job_id = uuid::Uuid::new_v4().to_string();
@@ -221,17 +162,12 @@ pub async fn batch_action(
         hard: action.hard,
         created: Utc::now(),
         subs,
-        audit: crate::store::AuditEntry {
-            at: Utc::now(),
-            request_id: ctx.request_id.to_owned(),
-            project_id: ctx.caller.project_id.clone(),
-            actor: ctx.caller.access_key.clone(),
-            action: action_name.clone(),
-            servers: action.ids.clone(),
-            dry_run: false,
-            outcome: format!("accepted job {job_id}"),
-            source: ctx.source.to_owned(),
-        },
+        audit: ctx.audit(
+            &action_name,
+            action.ids.clone(),
+            false,
+            format!("accepted job {job_id}"),
+        ),
     };
     match state.store.create_job(job).await {
         Ok(()) => {}
@@ -246,8 +182,8 @@ pub async fn batch_action(
                             .into(),
                 })
                 .collect();
-            let err = batch_error("Ecs.0603", failures, action.ids.len());
-            record_rejection(state, ctx, &action_name, &action.ids, &err).await;
+            let err = batch_failure(failures, action.ids.len(), "Ecs.0603");
+            audit_rejection(state, ctx, &action_name, action.ids.clone(), false, &err).await;
             return Err(err);
         }
         Err(e) => return Err(ApiError::internal("storing a job", e)),
@@ -255,29 +191,6 @@ pub async fn batch_action(
     state.wakers.wake(action.ids.iter().map(String::as_str));
     tracing::info!(job_id = %job_id, action = action.kind.as_str(), servers = action.ids.len(), "power job accepted");
     Ok(job_id)
-}
-
-async fn record_rejection(
-    state: &AppState,
-    ctx: &CallContext<'_>,
-    action: &str,
-    ids: &[String],
-    err: &ApiError,
-) {
-    let entry = crate::store::AuditEntry {
-        at: Utc::now(),
-        request_id: ctx.request_id.to_owned(),
-        project_id: ctx.caller.project_id.clone(),
-        actor: ctx.caller.access_key.clone(),
-        action: action.to_owned(),
-        servers: ids.to_vec(),
-        dry_run: false,
-        outcome: format!("rejected {}", err.code()),
-        source: ctx.source.to_owned(),
-    };
-    if let Err(e) = state.store.record_audit(entry).await {
-        tracing::error!(error = %e, "writing the audit record failed");
-    }
 }
 
 /// The Huawei `ShowJob` body of a job.

@@ -35,8 +35,9 @@ impl<'de> Deserialize<'de> for Password {
     }
 }
 
+/// `{"id": "..."}` in a server list.
 #[derive(Deserialize)]
-struct ServerRef {
+pub(crate) struct ServerRef {
     id: String,
 }
 
@@ -123,14 +124,19 @@ struct BatchRequest {
     ids: Vec<String>,
 }
 
-fn validate_batch_shape(body: BatchResetBody) -> Result<BatchRequest, ApiError> {
-    let servers = body
-        .servers
-        .ok_or_else(|| ApiError::invalid("Invalid request body: servers is required."))?;
+/// The server list of a batch (reset or power action): 1..=1000 entries,
+/// ids non-empty, at most [`MAX_ID_LEN`], no id twice. `path` names the list
+/// in messages (`servers`, `reboot.servers`).
+pub(crate) fn validate_ids(
+    servers: Option<Vec<ServerRef>>,
+    path: &str,
+) -> Result<Vec<String>, ApiError> {
+    let servers = servers
+        .ok_or_else(|| ApiError::invalid(format!("Invalid request body: {path} is required.")))?;
     if servers.is_empty() {
-        return Err(ApiError::invalid(
-            "Invalid request body: servers must list at least one server.",
-        ));
+        return Err(ApiError::invalid(format!(
+            "Invalid request body: {path} must list at least one server."
+        )));
     }
     if servers.len() > MAX_BATCH {
         return Err(ApiError::ecs(
@@ -147,12 +153,12 @@ fn validate_batch_shape(body: BatchResetBody) -> Result<BatchRequest, ApiError> 
     for (i, s) in servers.into_iter().enumerate() {
         if s.id.is_empty() {
             return Err(ApiError::invalid(format!(
-                "Invalid request body: servers[{i}].id is empty."
+                "Invalid request body: {path}[{i}].id is empty."
             )));
         }
         if s.id.len() > MAX_ID_LEN {
             return Err(ApiError::invalid(format!(
-                "Invalid request body: servers[{i}].id is longer than {MAX_ID_LEN} characters."
+                "Invalid request body: {path}[{i}].id is longer than {MAX_ID_LEN} characters."
             )));
         }
         if !seen.insert(s.id.clone()) {
@@ -163,6 +169,11 @@ fn validate_batch_shape(body: BatchResetBody) -> Result<BatchRequest, ApiError> 
         }
         ids.push(s.id);
     }
+    Ok(ids)
+}
+
+fn validate_batch_shape(body: BatchResetBody) -> Result<BatchRequest, ApiError> {
+    let ids = validate_ids(body.servers, "servers")?;
     let dry_run = body.dry_run.unwrap_or(false);
     let password = body.new_password.map(|p| p.0);
     if password.is_none() && !dry_run {
@@ -229,7 +240,14 @@ fn server_problem(
         .map(|v| entry("Ecs.0011", v.to_string()))
 }
 
-fn batch_failure(failures: Vec<InternalError>, total: usize) -> ApiError {
+/// A rejected batch: the code of the first failing server, a message that
+/// counts and names the failing servers (the SDKs show only code and
+/// message), and one `internalError` entry per failing server.
+pub(crate) fn batch_failure(
+    failures: Vec<InternalError>,
+    total: usize,
+    code: &'static str,
+) -> ApiError {
     let named: Vec<String> = failures
         .iter()
         .take(10)
@@ -237,7 +255,7 @@ fn batch_failure(failures: Vec<InternalError>, total: usize) -> ApiError {
         .collect();
     let more = failures.len().saturating_sub(10);
     let mut message = format!(
-        "{} of {} servers failed validation; nothing was reset: {}",
+        "{} of {} servers failed validation; nothing was done: {}",
         failures.len(),
         total,
         named.join(", ")
@@ -246,9 +264,8 @@ fn batch_failure(failures: Vec<InternalError>, total: usize) -> ApiError {
         message.push_str(&format!(" and {more} more"));
     }
     message.push('.');
-    let (status, code) = (StatusCode::BAD_REQUEST, failures[0].error_code);
     ApiError::Ecs {
-        status,
+        status: StatusCode::BAD_REQUEST,
         code,
         message,
         internal: Some(failures),
@@ -319,7 +336,7 @@ pub struct CallContext<'a> {
 }
 
 impl CallContext<'_> {
-    fn audit(
+    pub(crate) fn audit(
         &self,
         action: &str,
         servers: Vec<String>,
@@ -375,7 +392,7 @@ pub async fn batch_reset(
     }
 }
 
-async fn audit_rejection(
+pub(crate) async fn audit_rejection(
     state: &AppState,
     ctx: &CallContext<'_>,
     action: &str,
@@ -436,7 +453,8 @@ async fn plan_and_store(
         return Err(password_error(v));
     }
     if !failures.is_empty() {
-        return Err(batch_failure(failures, req.ids.len()));
+        let code = failures[0].error_code;
+        return Err(batch_failure(failures, req.ids.len(), code));
     }
     let response = req
         .ids
