@@ -252,6 +252,22 @@ impl Agent {
             Ok(password) => {
                 let root = self.opts.root.clone();
                 let user = self.user;
+                // Interrupted while applying this very request? If the new
+                // password is already in place, do not apply it a second time.
+                #[cfg(not(windows))]
+                if journal.applying.as_deref() == Some(rid.as_str())
+                    && crate::shadow::verifies(&root, user, &password).unwrap_or(false)
+                {
+                    tracing::info!(request_id = %rid, "found applied before an interruption");
+                    journal.applied.push(rid.clone());
+                    journal.applying = None;
+                    journal.unacked = Some((rid, true, None));
+                    self.state.save_journal(journal)?;
+                    self.flush_ack(journal).await;
+                    return Ok(());
+                }
+                journal.applying = Some(rid.clone());
+                self.state.save_journal(journal)?;
                 let result =
                     tokio::task::spawn_blocking(move || apply_password(&root, user, &password))
                         .await
@@ -275,6 +291,7 @@ impl Agent {
                 (false, Some(e))
             }
         };
+        journal.applying = None;
         journal.unacked = Some((rid, outcome.0, outcome.1));
         self.state.save_journal(journal)?;
         self.flush_ack(journal).await;

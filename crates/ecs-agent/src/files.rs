@@ -65,6 +65,10 @@ pub struct Journal {
     pub applied: Vec<String>,
     /// An outcome not yet acknowledged by the server: (request id, applied, reason).
     pub unacked: Option<(String, bool, Option<String>)>,
+    /// A reset being applied; if the agent dies before recording the outcome,
+    /// the next run checks whether the shadow file already holds it.
+    #[serde(default)]
+    pub applying: Option<String>,
 }
 
 /// Paths of an agent's state directory.

@@ -181,7 +181,9 @@ fn write_atomically(
     data: &[u8],
     meta: &fs::Metadata,
 ) -> Result<(), ShadowError> {
-    let tmp = dir.join(format!(".{name}.ecs-agent.{}", std::process::id()));
+    // One fixed name: the password-file lock makes us the only writer, and a
+    // temporary file left by a crash is simply replaced.
+    let tmp = dir.join(format!(".{name}.ecs-agent.tmp"));
     let target = dir.join(name);
     let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
@@ -209,6 +211,34 @@ fn write_atomically(
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(io(&target))
+}
+
+/// True if `user`'s current hash in `<root>/etc/shadow` verifies `password`
+/// (used after a crash to tell whether an interrupted apply completed).
+pub fn verifies(root: &Path, user: &str, password: &SecretString) -> Result<bool, ShadowError> {
+    use yescrypt::PasswordVerifier;
+    let path = root.join("etc/shadow");
+    let text = Zeroizing::new(fs::read_to_string(&path).map_err(io(&path))?);
+    let prefix = format!("{user}:");
+    let Some(hash) = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(':').next())
+    else {
+        return Err(ShadowError::NoEntry(user.to_owned()));
+    };
+    let pw = password.expose_secret().as_bytes();
+    Ok(if hash.starts_with("$y$") {
+        yescrypt::Yescrypt::default()
+            .verify_password(pw, hash)
+            .is_ok()
+    } else if hash.starts_with("$6$") || hash.starts_with("$5$") {
+        sha_crypt::ShaCrypt::default()
+            .verify_password(pw, hash)
+            .is_ok()
+    } else {
+        false
+    })
 }
 
 /// Hashes `password` as `login.defs` says and sets it for `user`.
@@ -344,6 +374,20 @@ mod tests {
                 SHADOW.lines().skip(1).collect::<Vec<_>>()
             );
         }
+    }
+
+    #[test]
+    fn verifies_tells_whether_the_password_is_in_place() {
+        let d = rootfs("ENCRYPT_METHOD YESCRYPT\n");
+        assert!(!verifies(d.path(), "root", &pw("Gx7!pLq2vR")).unwrap());
+        apply(d.path(), "root", &pw("Gx7!pLq2vR")).unwrap();
+        assert!(verifies(d.path(), "root", &pw("Gx7!pLq2vR")).unwrap());
+        assert!(!verifies(d.path(), "root", &pw("Hy8@qMr3wS")).unwrap());
+        assert!(verifies(d.path(), "nobody", &pw("x")).is_ok_and(|v| !v));
+        assert!(matches!(
+            verifies(d.path(), "admin", &pw("x")),
+            Err(ShadowError::NoEntry(_))
+        ));
     }
 
     #[test]

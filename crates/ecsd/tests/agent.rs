@@ -392,3 +392,111 @@ async fn a_waiting_agent_is_woken_when_work_arrives() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_agent_process_at_any_moment_never_damages_shadow_and_the_reset_still_applies()
+{
+    let t = TestServer::start().await;
+    let agent_bin = std::path::Path::new(env!("CARGO_BIN_EXE_ecsd")).with_file_name("ecs-agent");
+    assert!(
+        agent_bin.exists(),
+        "build the workspace binaries first (cargo build --workspace --bins)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (root, state, boot) = (
+        dir.path().join("root"),
+        dir.path().join("state"),
+        dir.path().join("boot_id"),
+    );
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    let other = "bin:*:20000:0:99999:7:::\n";
+    std::fs::write(
+        root.join("etc/shadow"),
+        format!("root:!:20000:0:99999:7:::\n{other}"),
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/login.defs"), "ENCRYPT_METHOD SHA512\n").unwrap();
+    let tok = token(&t, 1).await;
+    let e = ecs_agent::agent::enroll(
+        Client::http(),
+        &t.base,
+        &tok,
+        &state,
+        "kill-m",
+        "kill",
+        "Linux",
+    )
+    .await
+    .unwrap();
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Gx7!pLq2vR"), None, &[&e.server_id])),
+        )
+        .await;
+    let rid = r.request_id.unwrap();
+    let run = |boot_id: String| {
+        std::fs::write(&boot, boot_id).unwrap();
+        std::process::Command::new(&agent_bin)
+            .args(["run", "--poll-secs", "1", "--state-dir"])
+            .arg(&state)
+            .arg("--root")
+            .arg(&root)
+            .arg("--boot-id-file")
+            .arg(&boot)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut saw_old = false;
+    for i in 0..20u64 {
+        let mut child = run(format!("boot-{i}"));
+        std::thread::sleep(Duration::from_millis((i * 37) % 160));
+        child.kill().unwrap(); // SIGKILL: no chance to clean up
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "damaged after kill {i}: {text:?}");
+        assert_eq!(
+            format!("{}\n", lines[1]),
+            other,
+            "another entry changed after kill {i}"
+        );
+        let hash = lines[0]
+            .strip_prefix("root:")
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap();
+        if hash == "!" {
+            saw_old = true;
+        } else {
+            assert!(
+                verifies(hash, "Gx7!pLq2vR"),
+                "neither old nor new after kill {i}: {hash}"
+            );
+        }
+    }
+    assert!(
+        saw_old,
+        "no kill landed before the apply; the test proved nothing"
+    );
+    // Left alone, the agent completes and the API says APPLIED.
+    let mut child = run("boot-final".into());
+    let o = wait_states(&t, &rid, &["APPLIED"]).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(o["servers"][0]["reason"].is_null());
+    let hash = root_hash(&root);
+    assert!(verifies(&hash, "Gx7!pLq2vR"));
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("etc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("ecs-agent"))
+        .collect();
+    assert!(
+        leftovers.len() <= 2,
+        "temporary files pile up: {leftovers:?}"
+    );
+}

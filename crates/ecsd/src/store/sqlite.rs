@@ -1016,3 +1016,35 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid_and_reopening_is_idempotent() {
+        SqliteStore::migrations()
+            .validate()
+            .expect("migrations are valid");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            store.schema_version().unwrap(),
+            SqliteStore::latest_schema_version()
+        );
+        drop(store);
+        let again = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            again.schema_version().unwrap(),
+            SqliteStore::latest_schema_version()
+        );
+        let mode: String = again
+            .writer
+            .lock()
+            .unwrap()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}
