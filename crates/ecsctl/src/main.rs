@@ -835,8 +835,9 @@ async fn wait_outcome(
         let finished = o["complete"] == true;
         if finished || started.elapsed() > timeout {
             if let Some((_, bars)) = bars {
+                // Keep the counts as they are (finish() would fill every bar).
                 for b in bars {
-                    b.finish();
+                    b.abandon();
                 }
             }
             if !finished {

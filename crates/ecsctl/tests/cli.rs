@@ -341,3 +341,56 @@ fn waiting_without_a_restart_times_out_with_exit_code_5() {
     let o = dev.run(&["completions", "bash"], None);
     assert!(String::from_utf8_lossy(&o.stdout).contains("ecsctl"));
 }
+
+/// The README's quick start exactly as a person types it: on a terminal
+/// (a pseudo-terminal from `script`), the password asked twice without echo.
+#[test]
+fn the_readme_quick_start_on_a_terminal() {
+    if !Path::new("/usr/bin/script").exists() {
+        panic!("util-linux `script` is needed to give ecsctl a terminal");
+    }
+    let dev = Dev::start();
+    let cmd = format!(
+        "{} reset-password --all --reboot --wait --timeout 60",
+        env!("CARGO_BIN_EXE_ecsctl")
+    );
+    let mut child = Command::new("/usr/bin/script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("ECS_DEV_CREDENTIALS", &dev.creds)
+        .env("ECSCTL_CONFIG", dev.dir.path().join("config.toml"))
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Answer the two prompts, then keep the terminal open until ecsctl ends.
+    let feeder = std::thread::spawn(move || {
+        for _ in 0..2 {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            let _ = stdin.write_all(format!("{PASSWORD}\n").as_bytes());
+            let _ = stdin.flush();
+        }
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
+    let o = child.wait_with_output().unwrap();
+    drop(feeder);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("New password:") && out.contains("Again:"),
+        "{out}"
+    );
+    assert!(out.contains("4 applied, 0 failed"), "{out}");
+    assert!(!out.contains(PASSWORD), "the password was echoed");
+    use yescrypt::PasswordVerifier;
+    for root in dev.fleet_roots() {
+        let h = first_hash(&root);
+        assert!(
+            sha_crypt::ShaCrypt::default()
+                .verify_password(PASSWORD.as_bytes(), h.as_str())
+                .is_ok()
+        );
+    }
+}
