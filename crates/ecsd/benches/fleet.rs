@@ -82,15 +82,33 @@ impl Ecsd {
     }
 
     fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kb: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        kb / 1024.0
+        rss_mib(&self.child.id().to_string())
     }
+}
+
+/// Resident memory of a process (`self` or a pid), in MiB.
+fn rss_mib(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// Lets every agent report in and settle into its long poll, then samples
+/// ecsd's RSS five times a second apart: (median, max).
+async fn settled_rss(ecsd: &Ecsd) -> (f64, f64) {
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        samples.push(ecsd.rss_mib());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    samples.sort_by(f64::total_cmp);
+    (samples[2], samples[4])
 }
 
 impl Drop for Ecsd {
@@ -111,17 +129,6 @@ fn cpu_secs(pid: &str) -> f64 {
         .collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
-}
-
-fn own_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap()
-        / 1024.0
 }
 
 async fn summary(client: &reqwest::Client, api: &Api, rid: &str) -> serde_json::Value {
@@ -227,20 +234,10 @@ fn main() {
         let started = Instant::now();
         let fleet = Fleet::start(spec(&ecsd, token, &dir.path().join("fleet"), idle)).await.unwrap();
         println!("enrolled and started {idle} simulated servers in {:.1} s", started.elapsed().as_secs_f64());
-        // Let every agent report in and settle into its long poll.
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        let mut samples = Vec::new();
-        for _ in 0..5 {
-            samples.push(ecsd.rss_mib());
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        samples.sort_by(f64::total_cmp);
+        let (median, max) = settled_rss(&ecsd).await;
         println!(
-            "ecsd RSS: {:.1} MiB before agents, median {:.1} MiB (max {:.1}) with {idle} idle agents long-polling; simulator process {:.1} MiB",
-            before,
-            samples[2],
-            samples[4],
-            own_rss_mib()
+            "ecsd RSS: {before:.1} MiB before agents, median {median:.1} MiB (max {max:.1}) with {idle} idle agents long-polling; simulator process {:.1} MiB",
+            rss_mib("self")
         );
         fleet.stop();
         drop(fleet);
@@ -254,16 +251,9 @@ fn main() {
         let mut s = spec(&ecsd, String::new(), &dir.path().join("fleet"), idle);
         s.token = None;
         let fleet = Fleet::start(s).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        let mut samples = Vec::new();
-        for _ in 0..5 {
-            samples.push(ecsd.rss_mib());
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        samples.sort_by(f64::total_cmp);
+        let (median, max) = settled_rss(&ecsd).await;
         println!(
-            "ecsd restarted, same {idle} agents reconnected and long-polling: RSS median {:.1} MiB (max {:.1})",
-            samples[2], samples[4]
+            "ecsd restarted, same {idle} agents reconnected and long-polling: RSS median {median:.1} MiB (max {max:.1})"
         );
         fleet.stop();
     });
