@@ -45,8 +45,9 @@ impl BootSource {
 pub enum PowerControl {
     /// Refused: the default for a real server.
     Disabled,
-    /// `systemctl reboot` / `systemctl poweroff` (`--force` when HARD).
-    System,
+    /// `systemctl reboot` / `systemctl poweroff` (`--force` when HARD),
+    /// with this `systemctl`.
+    System { systemctl: PathBuf },
     /// A simulated server: the fleet controller carries them out.
     Simulated {
         name: String,
@@ -212,19 +213,38 @@ impl Agent {
         }
         tracing::info!(action = %p.action, hard = p.hard, "carrying out a power action");
         match &self.opts.power {
-            PowerControl::System => {
+            PowerControl::System { systemctl } => {
                 let verb = if p.action == "reboot" {
                     "reboot"
                 } else {
                     "poweroff"
                 };
-                let mut cmd = std::process::Command::new("systemctl");
+                let mut cmd = std::process::Command::new(systemctl);
                 cmd.arg(verb);
                 if p.hard {
                     cmd.arg("--force");
                 }
-                if let Err(e) = cmd.status() {
-                    tracing::error!(error = %e, "systemctl {verb} failed");
+                match cmd.status() {
+                    Ok(st) if st.success() => {
+                        // Going down: no more heartbeats, which would say
+                        // the server is still running.
+                        std::future::pending::<()>().await;
+                    }
+                    failed => {
+                        // Still running: say so (a reboot's sub-job is still
+                        // open); the next heartbeat shows the server ACTIVE.
+                        let reason = match failed {
+                            Ok(st) => format!("systemctl {verb} failed: {st}"),
+                            Err(e) => format!("systemctl {verb} could not run: {e}"),
+                        };
+                        tracing::error!("{reason}");
+                        let ack = proto::PowerAck {
+                            job_id: p.job_id,
+                            ok: false,
+                            reason: Some(reason),
+                        };
+                        let _ = self.client.power_ack(&ack).await;
+                    }
                 }
             }
             PowerControl::Simulated { name, events } => {

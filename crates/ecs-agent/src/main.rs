@@ -56,6 +56,9 @@ enum Command {
         /// Carry out reboot and stop actions (with systemctl). Off by default.
         #[arg(long)]
         allow_power_actions: bool,
+        /// The systemctl to run for power actions.
+        #[arg(long, default_value = "systemctl")]
+        systemctl: PathBuf,
     },
     /// Run N simulated servers in one process.
     ///
@@ -151,10 +154,11 @@ async fn main() -> anyhow::Result<()> {
             poll_secs,
             heartbeat_secs,
             allow_power_actions,
+            systemctl,
         } => {
             let opts = Options {
                 power: if allow_power_actions {
-                    PowerControl::System
+                    PowerControl::System { systemctl }
                 } else {
                     PowerControl::Disabled
                 },

@@ -500,3 +500,180 @@ async fn killing_the_agent_process_at_any_moment_never_damages_shadow_and_the_re
         "temporary files pile up: {leftovers:?}"
     );
 }
+
+/// Starts a real `ecs-agent run` for a fresh enrollment; returns (server id, child).
+async fn real_agent(
+    t: &TestServer,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+) -> (String, std::process::Child) {
+    let agent_bin = std::path::Path::new(env!("CARGO_BIN_EXE_ecsd")).with_file_name("ecs-agent");
+    assert!(
+        agent_bin.exists(),
+        "build the workspace binaries first (cargo build --workspace --bins)"
+    );
+    let (root, state, boot) = (
+        dir.join(name).join("root"),
+        dir.join(name).join("state"),
+        dir.join(name).join("boot_id"),
+    );
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/shadow"), "root:!:20000:0:99999:7:::\n").unwrap();
+    std::fs::write(&boot, "boot-1").unwrap();
+    let tok = token(t, 1).await;
+    let e = ecs_agent::agent::enroll(Client::http(), &t.base, &tok, &state, name, name, "Linux")
+        .await
+        .unwrap();
+    let child = std::process::Command::new(&agent_bin)
+        .args(["run", "--poll-secs", "2", "--state-dir"])
+        .arg(&state)
+        .arg("--root")
+        .arg(&root)
+        .arg("--boot-id-file")
+        .arg(&boot)
+        .args(extra)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        let flag = t
+            .call(
+                "GET",
+                &format!(
+                    "/v1/{}/cloudservers/{}/os-resetpwd-flag",
+                    t.project, e.server_id
+                ),
+                None,
+            )
+            .await;
+        if flag.body["resetpwd_flag"] == "True" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (e.server_id, child)
+}
+
+async fn job_of(t: &TestServer, body: serde_json::Value) -> serde_json::Value {
+    let r = t
+        .call(
+            "POST",
+            &format!("/v1/{}/cloudservers/action", t.project),
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let job = r.body["job_id"].as_str().unwrap().to_owned();
+    for _ in 0..200 {
+        let j = t
+            .call("GET", &format!("/v1/{}/jobs/{job}", t.project), None)
+            .await;
+        if matches!(j.body["status"].as_str(), Some("SUCCESS" | "FAIL")) {
+            return j.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {job} never finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_agent_runs_power_actions_only_when_allowed_and_reports_systemctl_failures() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A stand-in for systemctl that records its arguments (never the real one in a test).
+    let record = dir.path().join("systemctl.log");
+    let fake = dir.path().join("systemctl");
+    let script = |code: u8| {
+        format!(
+            "#!/bin/sh\necho \"$@\" >> '{}'\nexit {code}\n",
+            record.display()
+        )
+    };
+    std::fs::write(&fake, script(1)).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let (locked, mut c1) = real_agent(&t, dir.path(), "locked", &[]).await;
+    let (allowed, mut c2) = real_agent(
+        &t,
+        dir.path(),
+        "allowed",
+        &[
+            "--allow-power-actions",
+            "--systemctl",
+            fake.to_str().unwrap(),
+        ],
+    )
+    .await;
+
+    let j = job_of(
+        &t,
+        serde_json::json!({"reboot": {"servers": [{"id": locked}], "type": "SOFT"}}),
+    )
+    .await;
+    assert_eq!(j["status"], "FAIL", "{j}");
+    assert!(
+        j["entities"]["sub_jobs"][0]["fail_reason"]
+            .as_str()
+            .unwrap()
+            .contains("disabled"),
+        "{j}"
+    );
+    assert!(
+        !record.exists(),
+        "systemctl ran for an agent that does not allow power actions"
+    );
+
+    let j = job_of(
+        &t,
+        serde_json::json!({"reboot": {"servers": [{"id": allowed}], "type": "HARD"}}),
+    )
+    .await;
+    assert_eq!(j["status"], "FAIL", "{j}");
+    assert_eq!(j["error_code"], "Ecs.0227");
+    assert!(
+        j["entities"]["sub_jobs"][0]["fail_reason"]
+            .as_str()
+            .unwrap()
+            .contains("systemctl reboot failed"),
+        "{j}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        "reboot --force\n"
+    );
+    let s = t
+        .call(
+            "GET",
+            &format!("/v1/{}/cloudservers/{allowed}", t.project),
+            None,
+        )
+        .await;
+    assert_eq!(s.body["server"]["status"], "ACTIVE");
+
+    // A working systemctl: the stop succeeds and the server is SHUTOFF.
+    std::fs::write(&fake, script(0)).unwrap();
+    let j = job_of(
+        &t,
+        serde_json::json!({"os-stop": {"servers": [{"id": allowed}]}}),
+    )
+    .await;
+    assert_eq!(j["status"], "SUCCESS", "{j}");
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        "reboot --force\npoweroff\n"
+    );
+    let s = t
+        .call(
+            "GET",
+            &format!("/v1/{}/cloudservers/{allowed}", t.project),
+            None,
+        )
+        .await;
+    assert_eq!(s.body["server"]["status"], "SHUTOFF");
+    for c in [&mut c1, &mut c2] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
