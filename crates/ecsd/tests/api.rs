@@ -678,3 +678,18 @@ async fn audit_records_mutating_calls_without_passwords() {
     assert_eq!(rows[1].4, "rejected Ecs.0011");
     assert!(rows[2].3);
 }
+
+#[tokio::test]
+async fn a_panicking_handler_answers_a_json_500_with_a_request_id() {
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+    let app =
+        ecsd::api::with_common_layers(axum::Router::new().route("/boom", axum::routing::get(boom)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let r = send(reqwest::Client::new().get(format!("http://{addr}/boom"))).await;
+    assert_ecs(&r, 500, "Common.0001");
+    assert!(!r.text.contains("boom"));
+}

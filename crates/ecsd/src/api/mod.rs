@@ -60,7 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/v1/work", get(agent::work))
         .route("/agent/v1/ack", post(agent::ack))
         .route("/agent/v1/power-ack", post(agent::power_ack));
-    Router::new()
+    let app = Router::new()
         .merge(public)
         .merge(agents)
         .route(
@@ -69,8 +69,21 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(no_such_api)
         .method_not_allowed_fallback(no_such_api)
-        .layer(from_fn(request_context))
-        .with_state(state)
+        .with_state(state);
+    with_common_layers(app)
+}
+
+/// The layers every route has: a request id and access log (outermost), and
+/// a panic in a handler answered as a JSON 500 `Common.0001` instead of a
+/// dropped connection (the panic's message goes to no one).
+pub fn with_common_layers(app: Router) -> Router {
+    app.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |_payload: Box<dyn std::any::Any + Send>| {
+            ApiError::internal("a request handler panicked", "see the panic message above")
+                .into_response()
+        },
+    ))
+    .layer(from_fn(request_context))
 }
 
 async fn no_such_api() -> ApiError {
