@@ -8,30 +8,7 @@ use std::time::Duration;
 use common::*;
 use ecs_agent::agent::{Agent, BootSource, Options};
 use ecs_agent::client::Client;
-use ecs_agent::simulate::{Fleet, FleetSpec};
 use secrecy::ExposeSecret;
-
-async fn token(t: &TestServer, uses: u32) -> String {
-    ecsd::api::issue_enroll_token(&t.state, &t.project, uses, 600)
-        .await
-        .unwrap()
-        .token
-}
-
-async fn fleet(t: &TestServer, n: usize) -> std::sync::Arc<Fleet> {
-    Fleet::start(FleetSpec {
-        endpoint: t.base.clone(),
-        token: Some(token(t, n as u32).await),
-        root_base: t.dir.path().join("fleet"),
-        linux: n,
-        windows: 0,
-        prefix: "t-".into(),
-        poll: Duration::from_secs(5),
-        heartbeat: Duration::from_secs(30),
-    })
-    .await
-    .unwrap()
-}
 
 async fn outcome(t: &TestServer, rid: &str) -> serde_json::Value {
     let r = t
@@ -564,17 +541,7 @@ async fn job_of(t: &TestServer, body: serde_json::Value) -> serde_json::Value {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let job = r.body["job_id"].as_str().unwrap().to_owned();
-    for _ in 0..200 {
-        let j = t
-            .call("GET", &format!("/v1/{}/jobs/{job}", t.project), None)
-            .await;
-        if matches!(j.body["status"].as_str(), Some("SUCCESS" | "FAIL")) {
-            return j.body;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("job {job} never finished");
+    wait_job(t, r.body["job_id"].as_str().unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

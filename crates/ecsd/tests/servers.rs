@@ -6,48 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ecs_agent::simulate::{Fleet, FleetSpec};
 use ecs_policy::OsType::Linux;
 use serde_json::{Value, json};
-
-async fn fleet(t: &TestServer, n: usize) -> std::sync::Arc<Fleet> {
-    let token = ecsd::api::issue_enroll_token(&t.state, &t.project, n as u32, 600)
-        .await
-        .unwrap()
-        .token;
-    let f = Fleet::start(FleetSpec {
-        endpoint: t.base.clone(),
-        token: Some(token),
-        root_base: t.dir.path().join("fleet"),
-        linux: n,
-        windows: 0,
-        prefix: "p-".into(),
-        poll: Duration::from_secs(5),
-        heartbeat: Duration::from_secs(30),
-    })
-    .await
-    .unwrap();
-    // Until every agent has reported in.
-    for _ in 0..100 {
-        let r = t
-            .call(
-                "GET",
-                &format!("/v1/{}/cloudservers/detail?limit=1000", t.project),
-                None,
-            )
-            .await;
-        if r.body["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["host_status"] == "UP")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f
-}
 
 fn action(kind: &str, ids: &[&str], typ: Option<&str>) -> String {
     let mut inner = json!({"servers": ids.iter().map(|i| json!({"id": i})).collect::<Vec<_>>()});
@@ -55,20 +15,6 @@ fn action(kind: &str, ids: &[&str], typ: Option<&str>) -> String {
         inner["type"] = t.into();
     }
     json!({ kind: inner }).to_string()
-}
-
-async fn wait_job(t: &TestServer, job: &str) -> Value {
-    for _ in 0..400 {
-        let r = t
-            .call("GET", &format!("/v1/{}/jobs/{job}", t.project), None)
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        if matches!(r.body["status"].as_str(), Some("SUCCESS" | "FAIL")) {
-            return r.body;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("job {job} never finished");
 }
 
 async fn show(t: &TestServer, id: &str) -> Value {

@@ -3,6 +3,10 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ecs_agent::simulate::{Fleet, FleetSpec};
 
 use ecs_policy::OsType;
 use ecsd::config::Config;
@@ -260,4 +264,63 @@ pub fn assert_gateway(r: &Resp, status: u16, code: &str) {
         r.text
     );
     assert!(r.body.get("error").is_none());
+}
+
+/// A one-time enrollment token for the test project.
+pub async fn token(t: &TestServer, uses: u32) -> String {
+    ecsd::api::issue_enroll_token(&t.state, &t.project, uses, 600)
+        .await
+        .unwrap()
+        .token
+}
+
+/// `n` simulated Linux servers enrolled in the test project, running the real
+/// agent code; returns once every agent has reported in.
+pub async fn fleet(t: &TestServer, n: usize) -> Arc<Fleet> {
+    let f = Fleet::start(FleetSpec {
+        endpoint: t.base.clone(),
+        token: Some(token(t, n as u32).await),
+        root_base: t.dir.path().join("fleet"),
+        linux: n,
+        windows: 0,
+        prefix: "sim-".into(),
+        poll: Duration::from_secs(5),
+        heartbeat: Duration::from_secs(30),
+    })
+    .await
+    .unwrap();
+    for _ in 0..100 {
+        let r = t
+            .call(
+                "GET",
+                &format!("/v1/{}/cloudservers/detail?limit=1000", t.project),
+                None,
+            )
+            .await;
+        if r.body["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["host_status"] == "UP")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f
+}
+
+/// Polls a job until it is SUCCESS or FAIL; returns its body.
+pub async fn wait_job(t: &TestServer, job: &str) -> serde_json::Value {
+    for _ in 0..400 {
+        let r = t
+            .call("GET", &format!("/v1/{}/jobs/{job}", t.project), None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        if matches!(r.body["status"].as_str(), Some("SUCCESS" | "FAIL")) {
+            return r.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {job} never finished");
 }
