@@ -194,14 +194,7 @@ impl Fleet {
             }
         });
         *fleet.controller.lock().expect("fleet lock") = Some(controller);
-        let names: Vec<String> = fleet
-            .servers
-            .lock()
-            .expect("fleet lock")
-            .keys()
-            .cloned()
-            .collect();
-        for n in &names {
+        for n in &fleet.names() {
             fleet.start_agent(n)?;
         }
         let list = fleet.list();
@@ -212,19 +205,39 @@ impl Fleet {
         Ok(fleet)
     }
 
-    fn start_agent(&self, name: &str) -> anyhow::Result<()> {
+    /// Runs `f` on one server's entry, under the fleet lock.
+    fn with_server<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Running) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
         let mut servers = self.servers.lock().expect("fleet lock");
         let r = servers
             .get_mut(name)
             .with_context(|| format!("no simulated server {name}"))?;
-        let agent = Agent::load(self.http.clone(), r.opts.clone())?;
-        let label = name.to_owned();
-        r.task = Some(tokio::spawn(async move {
-            if let Err(e) = agent.run().await {
-                tracing::error!(server = %label, error = %format!("{e:#}"), "simulated agent stopped");
-            }
-        }));
-        Ok(())
+        f(r)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.servers
+            .lock()
+            .expect("fleet lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn start_agent(&self, name: &str) -> anyhow::Result<()> {
+        self.with_server(name, |r| {
+            let agent = Agent::load(self.http.clone(), r.opts.clone())?;
+            let label = name.to_owned();
+            r.task = Some(tokio::spawn(async move {
+                if let Err(e) = agent.run().await {
+                    tracing::error!(server = %label, error = %format!("{e:#}"), "simulated agent stopped");
+                }
+            }));
+            Ok(())
+        })
     }
 
     /// The servers, by name.
@@ -245,41 +258,22 @@ impl Fleet {
 
     /// Restarts every virtual server at once.
     pub async fn restart_all(&self) -> anyhow::Result<()> {
-        let names: Vec<String> = self
-            .servers
-            .lock()
-            .expect("fleet lock")
-            .keys()
-            .cloned()
-            .collect();
-        self.restart_many(&names).await
+        self.restart_many(&self.names()).await
     }
 
     async fn restart_many(&self, names: &[String]) -> anyhow::Result<()> {
         let mut stopped = Vec::with_capacity(names.len());
-        {
-            let mut servers = self.servers.lock().expect("fleet lock");
-            for name in names {
-                let r = servers
-                    .get_mut(name)
-                    .with_context(|| format!("no simulated server {name}"))?;
-                if let Some(t) = r.task.take() {
-                    t.abort();
-                    stopped.push(t);
-                }
+        for name in names {
+            if let Some(t) = self.with_server(name, |r| Ok(r.task.take()))? {
+                t.abort();
+                stopped.push(t);
             }
         }
         for t in stopped {
             let _ = t.await;
         }
         for name in names {
-            let root = self
-                .servers
-                .lock()
-                .expect("fleet lock")
-                .get(name)
-                .map(|r| r.server.root.clone())
-                .context("server vanished")?;
+            let root = self.with_server(name, |r| Ok(r.server.root.clone()))?;
             std::fs::write(root.join("boot_id"), uuid::Uuid::new_v4().to_string())?;
             self.start_agent(name)?;
         }
@@ -289,19 +283,15 @@ impl Fleet {
     /// Powers a virtual server off: its agent stops and a virtual BMC waits
     /// for a `start` action with the server's credential.
     pub async fn power_off(&self, name: &str) -> anyhow::Result<()> {
-        let (task, client) = {
-            let mut servers = self.servers.lock().expect("fleet lock");
-            let r = servers
-                .get_mut(name)
-                .with_context(|| format!("no simulated server {name}"))?;
+        let (task, client) = self.with_server(name, |r| {
             let state = StateDir(r.opts.state_dir.clone());
             let e = state.load_enrollment()?.context("not enrolled")?;
             let endpoint = r.opts.endpoint.clone().unwrap_or(e.endpoint);
-            (
+            Ok((
                 r.task.take(),
                 Client::new(self.http.clone(), &endpoint, Some(e.credential)),
-            )
-        };
+            ))
+        })?;
         if let Some(t) = task {
             t.abort();
             let _ = t.await;
@@ -330,23 +320,15 @@ impl Fleet {
                 }
             }
         });
-        let mut servers = self.servers.lock().expect("fleet lock");
-        if let Some(r) = servers.get_mut(name) {
+        self.with_server(name, |r| {
             r.bmc = Some(bmc);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Powers a virtual server on: a new boot id and its agent starts.
     pub async fn power_on(&self, name: &str) -> anyhow::Result<()> {
-        let bmc = {
-            let mut servers = self.servers.lock().expect("fleet lock");
-            let r = servers
-                .get_mut(name)
-                .with_context(|| format!("no simulated server {name}"))?;
-            r.bmc.take()
-        };
-        if let Some(b) = bmc {
+        if let Some(b) = self.with_server(name, |r| Ok(r.bmc.take()))? {
             b.abort();
         }
         self.restart_many(&[name.to_owned()]).await

@@ -12,7 +12,7 @@ use crate::reset::{self, CallContext};
 use crate::state::{AppState, Caller, Source};
 use crate::store::{ResetState, fmt_time};
 
-fn content_type(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -224,10 +224,9 @@ pub async fn action(
         request_id: &request_id,
         source: &source.0,
     };
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let job_id = crate::power::batch_action(&state, &ctx, ct, body).await?;
+    let job_id =
+        crate::power::batch_action(&state, &ctx, super::resets::content_type(&headers), body)
+            .await?;
     Ok(Json(json!({"job_id": job_id})))
 }
 
