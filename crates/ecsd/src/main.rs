@@ -173,13 +173,17 @@ async fn serve(mut config: Config, dev: Option<ecsd::dev::DevFleet>) -> anyhow::
     let fleet = match dev {
         Some(size) => {
             let (fleet, path) = ecsd::dev::bootstrap(&state, &endpoint, size).await?;
-            println!("ecsd --dev is ready at {endpoint}");
-            println!("credentials: {}", path.display());
-            println!("try it with the official Huawei Python SDK:");
-            println!(
-                "  .venv/bin/python examples/reset_fleet.py {}",
-                path.display()
+            // A reader that stops reading (a closed pipe) must not stop the
+            // server: these lines are information, so write errors are ignored.
+            let banner = format!(
+                "ecsd --dev is ready at {endpoint}\ncredentials: {path}\n\
+                 try it with the official Huawei Python SDK:\n  \
+                 .venv/bin/python examples/reset_fleet.py {path}\n",
+                path = path.display()
             );
+            let mut stdout = std::io::stdout().lock();
+            let _ = std::io::Write::write_all(&mut stdout, banner.as_bytes())
+                .and_then(|()| std::io::Write::flush(&mut stdout));
             Some(fleet)
         }
         None => None,
