@@ -9,12 +9,17 @@ use serde::{Deserialize, Serialize};
 pub const PREFIX: &str = "/agent/v1";
 
 /// `POST /agent/v1/enroll`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// Three ways in (contract §6, identity): a project enrollment token (a new
+/// server, always), a re-key token made for one server, or proof of the old
+/// agent key (`rekey`, answering a challenge sealed to that key).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct EnrollRequest {
-    /// One-time enrollment token from `ecsd admin enroll-token create`.
+    /// Enrollment token (`ecsd admin enroll-token-create`) or re-key token
+    /// (`ecsd admin rekey-token-create`); empty with `rekey`.
+    #[serde(default)]
     pub token: String,
-    /// A stable id of the machine (`/etc/machine-id`); re-enrolling the same
-    /// machine keeps its server id.
+    /// A stable id of the machine (`/etc/machine-id`).
     pub machine_id: String,
     pub hostname: String,
     /// `Linux` or `Windows`.
@@ -22,14 +27,69 @@ pub struct EnrollRequest {
     /// The agent's X25519 public key, base64.
     pub public_key: String,
     pub agent_version: String,
+    /// Proof of possession of the old agent key, to re-key an enrolled server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekey: Option<RekeyProof>,
 }
 
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token", &"<redacted>")
+            .field("machine_id", &self.machine_id)
+            .field("hostname", &self.hostname)
+            .field("os_type", &self.os_type)
+            .field("public_key", &self.public_key)
+            .field("agent_version", &self.agent_version)
+            .field("rekey", &self.rekey.as_ref().map(|r| &r.server_id))
+            .finish()
+    }
+}
+
+/// The answer to a re-key challenge: the challenge's plaintext, which only
+/// the holder of the server's current agent key can open.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RekeyProof {
+    pub server_id: String,
+    pub challenge_id: String,
+    /// Base64 of the opened challenge.
+    pub response: String,
+}
+
+/// `POST /agent/v1/rekey-challenge`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RekeyChallengeRequest {
+    pub server_id: String,
+}
+
+/// A random challenge sealed (HPKE, as a password is) to the server's current
+/// agent key, bound to the server id and `challenge_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RekeyChallenge {
+    pub challenge_id: String,
+    pub sealed: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
 pub struct EnrollResponse {
     pub server_id: String,
     pub project_id: String,
     /// The agent's bearer credential; shown once.
     pub credential: String,
+    /// The work-signing keys, oldest first: the agent trusts the last one.
+    #[serde(default)]
+    pub work_keys: Vec<KeyEndorsement>,
+}
+
+impl std::fmt::Debug for EnrollResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollResponse")
+            .field("server_id", &self.server_id)
+            .field("project_id", &self.project_id)
+            .field("credential", &"<redacted>")
+            .field("work_keys", &self.work_keys)
+            .finish()
+    }
 }
 
 /// `POST /agent/v1/heartbeat`.
@@ -65,6 +125,76 @@ pub struct Power {
     pub action: String,
     /// HARD (immediate) rather than SOFT (orderly).
     pub hard: bool,
+    /// ecsd's signature over this item (contract §6); an agent refuses work without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<SignedEnvelope>,
+    /// The work-signing keys, oldest first, each endorsed by the one before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyEndorsement>,
+}
+
+/// What kind of work an envelope carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkKind {
+    Reset,
+    Start,
+    Stop,
+    Reboot,
+}
+
+/// When a work item takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyMode {
+    /// At the next start of the server (resets, by default).
+    Boot,
+    /// At once (power actions, `"apply": "now"` resets).
+    Now,
+}
+
+/// The signed statement about one work item (contract §6). Serialized to
+/// JSON, it is the `payload` of a [`SignedEnvelope`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub server_id: String,
+    /// The reset's request id or the power action's sub-job id.
+    pub id: String,
+    /// Per server, grows with every work item stored for it.
+    pub seq: u64,
+    pub kind: WorkKind,
+    pub apply: ApplyMode,
+    /// HARD power action.
+    pub hard: bool,
+    /// SHA-256 (hex) of the sealed password bytes; resets only.
+    #[serde(default)]
+    pub sealed_sha256: Option<String>,
+    /// RFC 3339 time the envelope was signed.
+    pub issued_at: String,
+}
+
+/// An [`Envelope`] as signed by ecsd's work-signing key: Ed25519 over
+/// `"ecs-work-envelope-v1\0" || payload bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedEnvelope {
+    /// Base64 of the envelope's JSON bytes (the exact bytes signed).
+    pub payload: String,
+    /// Base64 Ed25519 signature.
+    pub signature: String,
+    /// Base64 public key of the signer.
+    pub key: String,
+}
+
+/// One work-signing key; `signature` is the previous key's Ed25519
+/// signature over `"ecs-work-key-rotation-v1\0" || public key bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEndorsement {
+    pub public_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endorsed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// `POST /agent/v1/power-ack`: `ok` = the action is being carried out.
@@ -85,6 +215,12 @@ pub struct Work {
     pub sealed: String,
     /// Apply at once instead of at the next boot (contract §3.4).
     pub apply_now: bool,
+    /// ecsd's signature over this item (contract §6); an agent refuses work without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<SignedEnvelope>,
+    /// The work-signing keys, oldest first, each endorsed by the one before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyEndorsement>,
 }
 
 /// Outcome of applying a reset.
@@ -119,10 +255,71 @@ pub struct EnrollTokenRequest {
     pub ttl_secs: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct EnrollTokenResponse {
     pub token: String,
     pub project_id: String,
     pub uses: u32,
     pub expires: String,
+    /// `sha256:<hex>` of the control plane CA's public key (SubjectPublicKeyInfo),
+    /// as kubeadm's `--discovery-token-ca-cert-hash`; absent on plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_hash: Option<String>,
+    /// What to hand to a new server: the token and the CA pin in one string
+    /// (`<token>.<hex>`), for `ecs-agent enroll --token-file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    /// Set for a re-key token: the one server it may re-key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+}
+
+impl std::fmt::Debug for EnrollTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollTokenResponse")
+            .field("token", &"<redacted>")
+            .field("project_id", &self.project_id)
+            .field("uses", &self.uses)
+            .field("expires", &self.expires)
+            .field("ca_cert_hash", &self.ca_cert_hash)
+            .field("server_id", &self.server_id)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_tokens_or_credentials() {
+        let req = EnrollRequest {
+            token: "ecset_secret-token".into(),
+            machine_id: "m".into(),
+            hostname: "h".into(),
+            os_type: "Linux".into(),
+            public_key: "pk".into(),
+            agent_version: "1".into(),
+            rekey: None,
+        };
+        let resp = EnrollResponse {
+            server_id: "s".into(),
+            project_id: "p".into(),
+            credential: "ecsac_secret-credential".into(),
+            work_keys: vec![],
+        };
+        let tok = EnrollTokenResponse {
+            token: "ecset_secret-token".into(),
+            project_id: "p".into(),
+            uses: 1,
+            expires: "t".into(),
+            ca_cert_hash: None,
+            join_token: Some("ecset_secret-token.abc".into()),
+            server_id: None,
+        };
+        for printed in [format!("{req:?}"), format!("{resp:?}"), format!("{tok:?}")] {
+            assert!(!printed.contains("secret"), "{printed}");
+            assert!(printed.contains("<redacted>"), "{printed}");
+        }
+    }
 }
