@@ -82,6 +82,8 @@ pub struct Options {
 pub struct Agent {
     client: Client,
     server_id: String,
+    /// The work-signing key this agent trusts (follows endorsed rotations).
+    verifier: std::sync::Mutex<ecs_trust::WorkVerifier>,
     user: &'static str,
     key: ecs_seal::PrivateKey,
     state: StateDir,
@@ -90,7 +92,18 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Loads an enrolled agent from its state directory.
+    /// Loads an enrolled agent, with an HTTP client trusting only the CA
+    /// recorded at enrollment.
+    pub fn load_own(opts: Options) -> anyhow::Result<Agent> {
+        let enrollment = StateDir(opts.state_dir.clone())
+            .load_enrollment()?
+            .context("this agent is not enrolled: run `ecs-agent enroll` first")?;
+        let http = Client::http_for_ca(enrollment.ca_pem.as_deref())?;
+        Self::load(http, opts)
+    }
+
+    /// Loads an enrolled agent from its state directory, with this client
+    /// (the fleet simulator shares one between its agents).
     pub fn load(http: reqwest::Client, opts: Options) -> anyhow::Result<Agent> {
         let state = StateDir(opts.state_dir.clone());
         let enrollment = state
@@ -106,6 +119,10 @@ impl Agent {
                 http,
                 opts.endpoint.as_deref().unwrap_or(&enrollment.endpoint),
                 Some(enrollment.credential),
+            ),
+            verifier: std::sync::Mutex::new(
+                ecs_trust::WorkVerifier::from_base64(&enrollment.work_key)
+                    .map_err(|e| anyhow::anyhow!("agent.json: the work key: {e}"))?,
             ),
             server_id: enrollment.server_id,
             user,
@@ -147,7 +164,7 @@ impl Agent {
                         self.apply(w, &mut journal).await?;
                         break;
                     }
-                    Some(proto::Poll { power: Some(p), .. }) => self.power(p).await,
+                    Some(proto::Poll { power: Some(p), .. }) => self.power(p, &mut journal).await,
                     _ => break,
                 }
             }
@@ -166,7 +183,7 @@ impl Agent {
                 .min(next_heartbeat.saturating_duration_since(Instant::now()))
                 .max(Duration::from_secs(1));
             match self.client.work(have.as_deref(), wait, false).await {
-                Ok(Some(proto::Poll { power: Some(p), .. })) => self.power(p).await,
+                Ok(Some(proto::Poll { power: Some(p), .. })) => self.power(p, &mut journal).await,
                 Ok(Some(proto::Poll { reset: Some(w), .. })) if w.apply_now => {
                     self.apply(w, &mut journal).await?
                 }
@@ -189,15 +206,68 @@ impl Agent {
         }
     }
 
-    /// Carries out a power action, if this agent's configuration allows it.
-    async fn power(&self, p: proto::Power) {
-        let refuse = match (&self.opts.power, p.action.as_str()) {
-            (PowerControl::Disabled, _) => Some(
+    /// Verifies a work item's envelope: signed by the trusted key (after
+    /// following endorsed rotations), addressed to this server, newer than
+    /// `last_seq`. The refusal's text is reported to ecsd.
+    fn verify(
+        &self,
+        envelope: Option<&proto::SignedEnvelope>,
+        keys: &[proto::KeyEndorsement],
+        last_seq: u64,
+    ) -> Result<proto::Envelope, ecs_trust::WorkError> {
+        let verifier = {
+            let mut v = self.verifier.lock().expect("verifier lock");
+            let next = v.follow(keys)?;
+            if next != *v {
+                tracing::info!(work_key = %next.public(), "following an endorsed work-signing key rotation");
+                if let Err(e) = self.state.save_work_key(&next.public()) {
+                    tracing::error!(error = %format!("{e:#}"), "recording the new work-signing key failed");
+                }
+                *v = next;
+            }
+            v.clone()
+        };
+        let env = verifier.open(envelope)?;
+        ecs_trust::work::check_order(&env, &self.server_id, last_seq)?;
+        Ok(env)
+    }
+
+    /// Checks a power action against its signed envelope and records its
+    /// sequence number (so a replay is refused), before anything is done.
+    fn accept_power(&self, p: &proto::Power, journal: &mut Journal) -> Result<(), String> {
+        let env = self
+            .verify(p.envelope.as_ref(), &p.keys, journal.last_power_seq)
+            .map_err(|e| e.to_string())?;
+        let kind = match p.action.as_str() {
+            "start" => Some(proto::WorkKind::Start),
+            "stop" => Some(proto::WorkKind::Stop),
+            "reboot" => Some(proto::WorkKind::Reboot),
+            _ => None,
+        };
+        if Some(env.kind) != kind || env.id != p.job_id || env.hard != p.hard {
+            return Err(ecs_trust::WorkError::Mismatch("power action").to_string());
+        }
+        journal.last_power_seq = env.seq;
+        self.state
+            .save_journal(journal)
+            .map_err(|e| format!("recording the power action failed: {e:#}"))
+    }
+
+    /// Carries out a power action, if this agent's configuration allows it
+    /// and ecsd signed it.
+    async fn power(&self, p: proto::Power, journal: &mut Journal) {
+        let verified = self.accept_power(&p, journal);
+        if let Err(why) = &verified {
+            tracing::error!(sub_job = %p.job_id, reason = %why, "refusing a power action");
+        }
+        let refuse = match (&verified, &self.opts.power, p.action.as_str()) {
+            (Err(why), _, _) => Some(why.clone()),
+            (_, PowerControl::Disabled, _) => Some(
                 "power actions are disabled on this server (start the agent with --allow-power-actions)".to_owned(),
             ),
-            (_, "start") => Some("the server is already running".to_owned()),
-            (_, "reboot" | "stop") => None,
-            (_, other) => Some(format!("unknown power action {other}")),
+            (_, _, "start") => Some("the server is already running".to_owned()),
+            (_, _, "reboot" | "stop") => None,
+            (_, _, other) => Some(format!("unknown power action {other}")),
         };
         let ack = proto::PowerAck {
             job_id: p.job_id.clone(),
@@ -268,6 +338,19 @@ impl Agent {
             self.flush_ack(journal).await;
             return Ok(());
         }
+        let checked = self
+            .verify(work.envelope.as_ref(), &work.keys, journal.last_reset_seq)
+            .and_then(|env| check_reset(&env, &work).map(|()| env));
+        let env = match checked {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::error!(request_id = %rid, reason = %e, "refusing a reset");
+                journal.unacked = Some((rid, false, Some(e.to_string())));
+                self.state.save_journal(journal)?;
+                self.flush_ack(journal).await;
+                return Ok(());
+            }
+        };
         let outcome = match self.open(&work) {
             Ok(password) => {
                 let root = self.opts.root.clone();
@@ -280,6 +363,7 @@ impl Agent {
                 {
                     tracing::info!(request_id = %rid, "found applied before an interruption");
                     journal.applied.push(rid.clone());
+                    journal.last_reset_seq = journal.last_reset_seq.max(env.seq);
                     journal.applying = None;
                     journal.unacked = Some((rid, true, None));
                     self.state.save_journal(journal)?;
@@ -295,6 +379,7 @@ impl Agent {
                 match result {
                     Ok(()) => {
                         journal.applied.push(rid.clone());
+                        journal.last_reset_seq = journal.last_reset_seq.max(env.seq);
                         let len = journal.applied.len();
                         journal.applied.drain(..len.saturating_sub(32));
                         tracing::info!(request_id = %rid, "new password applied");
@@ -354,6 +439,26 @@ impl Agent {
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "acknowledging failed; will retry"),
         }
     }
+}
+
+/// A reset must be what its envelope says: same request, same sealed bytes,
+/// same apply mode.
+fn check_reset(env: &proto::Envelope, work: &proto::Work) -> Result<(), ecs_trust::WorkError> {
+    use ecs_trust::WorkError::Mismatch;
+    if env.kind != proto::WorkKind::Reset || env.id != work.request_id {
+        return Err(Mismatch("request"));
+    }
+    let sealed =
+        ecs_seal::Sealed::from_base64(&work.sealed).map_err(|_| Mismatch("sealed password"))?;
+    if env.sealed_sha256.as_deref()
+        != Some(ecs_trust::work::sealed_hash(sealed.as_bytes()).as_str())
+    {
+        return Err(Mismatch("sealed password"));
+    }
+    if (env.apply == proto::ApplyMode::Now) != work.apply_now {
+        return Err(Mismatch("apply mode"));
+    }
+    Ok(())
 }
 
 enum Os {
@@ -425,40 +530,163 @@ where
     }
 }
 
+/// Whom the agent trusts while enrolling (contract §6, pinned enrollment).
+#[derive(Debug, Clone)]
+pub enum EnrollTrust {
+    /// The SHA-256 of the control plane CA's public key (from a join token or
+    /// `--ca-cert-hash`): nothing is sent to a server whose chain does not
+    /// contain that CA and verify against it, even if the system trusts it.
+    Pin(ecs_trust::CaPin),
+    /// CA certificates the operator put on this server (`--ca-file`).
+    CaCerts(Vec<ecs_trust::tls::CertDer>),
+    /// Plain HTTP, allowed only to a loopback endpoint (tests, a local proxy).
+    PlainLoopback,
+}
+
+impl EnrollTrust {
+    /// Chooses from the endpoint and what the operator gave.
+    pub fn choose(
+        endpoint: &str,
+        pin: Option<ecs_trust::CaPin>,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<EnrollTrust> {
+        if endpoint.starts_with("http://") {
+            anyhow::ensure!(
+                ecs_trust::tls::is_loopback_http(endpoint),
+                "refusing plain HTTP to {endpoint}: use https:// (plain HTTP only to a loopback address)"
+            );
+            return Ok(EnrollTrust::PlainLoopback);
+        }
+        anyhow::ensure!(
+            endpoint.starts_with("https://"),
+            "the endpoint must be an https:// URL"
+        );
+        match (pin, ca_file) {
+            (Some(p), _) => Ok(EnrollTrust::Pin(p)),
+            (None, Some(f)) => Ok(EnrollTrust::CaCerts(ecs_trust::tls::certs_from_file(f)?)),
+            (None, None) => anyhow::bail!(
+                "give the control plane's CA pin (a join token `<token>.<hash>`, or --ca-cert-hash sha256:...) or its CA file (--ca-file)"
+            ),
+        }
+    }
+}
+
+/// Splits a join token `<token>.<hex of the CA pin>` into its parts.
+pub fn split_join_token(join: &str) -> anyhow::Result<(SecretString, Option<ecs_trust::CaPin>)> {
+    let join = join.trim();
+    match join.rsplit_once('.') {
+        Some((token, pin)) => Ok((
+            SecretString::from(token.to_owned()),
+            Some(ecs_trust::CaPin::parse(pin).context("the join token's CA pin is malformed")?),
+        )),
+        None => Ok((SecretString::from(join.to_owned()), None)),
+    }
+}
+
+/// What enrolling needs.
+pub struct EnrollParams<'a> {
+    pub endpoint: &'a str,
+    /// Enrollment or re-key token; may be empty when re-keying with the old key.
+    pub token: &'a SecretString,
+    pub trust: EnrollTrust,
+    pub state_dir: &'a std::path::Path,
+    pub machine_id: &'a str,
+    pub hostname: &'a str,
+    pub os_type: &'a str,
+}
+
 /// Enrolls this machine: generates the key pair locally (the private key
-/// never leaves the state directory), registers, stores the credential.
-pub async fn enroll(
-    http: reqwest::Client,
-    endpoint: &str,
-    token: &str,
-    state_dir: &std::path::Path,
-    machine_id: &str,
-    hostname: &str,
-    os_type: &str,
-) -> anyhow::Result<proto::EnrollResponse> {
-    let state = StateDir(state_dir.to_owned());
+/// never leaves the state directory), registers, stores the credential, the
+/// CA it will trust from now on and the work-signing key. A machine already
+/// enrolled proves possession of its old key to keep its server id.
+pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<proto::EnrollResponse> {
+    use secrecy::ExposeSecret;
+    let state = StateDir(p.state_dir.to_owned());
+    let pinned = match &p.trust {
+        EnrollTrust::Pin(pin) => Some(ecs_trust::tls::PinnedVerifier::new(*pin)),
+        _ => None,
+    };
+    let tls = match (&p.trust, &pinned) {
+        (EnrollTrust::Pin(_), Some(v)) => Some(v.client_config()?),
+        (EnrollTrust::CaCerts(certs), _) => Some(ecs_trust::tls::client_config(
+            &ecs_trust::tls::Roots::Only(certs.clone()),
+        )?),
+        _ => None,
+    };
+    let client = Client::new(Client::http(tls)?, p.endpoint, None);
+
+    // Re-enrolling: prove possession of the old key to keep the server.
+    let mut rekey = None;
+    if let (Some(old), Ok(old_key)) = (state.load_enrollment().ok().flatten(), state.load_key()) {
+        match client.rekey_challenge(&old.server_id).await {
+            Ok(ch) => {
+                let sealed = ecs_seal::Sealed::from_base64(&ch.sealed)
+                    .map_err(|e| anyhow::anyhow!("the challenge is malformed: {e}"))?;
+                let answer = ecs_seal::open(
+                    &old_key,
+                    &old.server_id,
+                    &format!("rekey-challenge:{}", ch.challenge_id),
+                    &sealed,
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!("the challenge does not open with the old key: {e}")
+                })?;
+                rekey = Some(proto::RekeyProof {
+                    server_id: old.server_id.clone(),
+                    challenge_id: ch.challenge_id,
+                    response: answer.expose_secret().to_owned(),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), server_id = %old.server_id, "the old enrollment cannot be proven; enrolling with the token");
+            }
+        }
+    }
+    anyhow::ensure!(
+        rekey.is_some() || !p.token.expose_secret().is_empty(),
+        "an enrollment token is needed"
+    );
+
     let (sk, pk) = ecs_seal::generate_keypair();
-    let client = Client::new(http, endpoint, None);
     let resp = client
         .enroll(&proto::EnrollRequest {
-            token: token.to_owned(),
-            machine_id: machine_id.to_owned(),
-            hostname: hostname.to_owned(),
-            os_type: os_type.to_owned(),
+            token: p.token.expose_secret().to_owned(),
+            machine_id: p.machine_id.to_owned(),
+            hostname: p.hostname.to_owned(),
+            os_type: p.os_type.to_owned(),
             public_key: pk.to_base64(),
             agent_version: VERSION.to_owned(),
+            rekey,
         })
         .await?;
+    let ca_pem = match (&p.trust, &pinned) {
+        (EnrollTrust::Pin(_), Some(v)) => Some(ecs_trust::tls::certs_to_pem(&[v
+            .matched_ca()
+            .context("the pinned CA was not seen")?])),
+        (EnrollTrust::CaCerts(certs), _) => Some(ecs_trust::tls::certs_to_pem(certs)),
+        _ => None,
+    };
+    let work_key = resp
+        .work_keys
+        .last()
+        .context("the server sent no work-signing key")?
+        .public_key
+        .clone();
+    ecs_trust::WorkVerifier::from_base64(&work_key)
+        .map_err(|e| anyhow::anyhow!("the work-signing key is malformed: {e}"))?;
     state.save_key(&sk)?;
     state.save_enrollment(&crate::files::Enrollment {
-        endpoint: endpoint.to_owned(),
+        endpoint: p.endpoint.to_owned(),
         server_id: resp.server_id.clone(),
         project_id: resp.project_id.clone(),
-        os_type: os_type.to_owned(),
-        machine_id: machine_id.to_owned(),
+        os_type: p.os_type.to_owned(),
+        machine_id: p.machine_id.to_owned(),
         credential: SecretString::from(resp.credential.clone()),
+        ca_pem,
+        work_key,
     })?;
-    // A new key: older journal entries refer to resets sealed to the old one.
+    // A new key and a new credential: older journal entries refer to resets
+    // sealed to the old key.
     state.save_journal(&Journal::default())?;
     Ok(resp)
 }

@@ -23,13 +23,49 @@ impl Client {
         }
     }
 
-    /// A client with the timeouts agents use.
-    pub fn http() -> reqwest::Client {
-        reqwest::Client::builder()
+    /// A client with the timeouts agents use, trusting only `tls` (the
+    /// control plane's CA, or a pinned verifier at enrollment). Without `tls`
+    /// it can speak plain HTTP only (to a loopback endpoint).
+    pub fn http(tls: Option<rustls::ClientConfig>) -> anyhow::Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .expect("HTTP client builds")
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(tls) = tls {
+            b = b.use_preconfigured_tls(tls);
+        }
+        b.build().context("building the HTTP client")
+    }
+
+    /// A client trusting only this CA (PEM), or plain HTTP when `None`.
+    pub fn http_for_ca(ca_pem: Option<&str>) -> anyhow::Result<reqwest::Client> {
+        let tls = match ca_pem {
+            Some(pem) => Some(ecs_trust::tls::client_config(
+                &ecs_trust::tls::Roots::Only(ecs_trust::tls::certs_from_pem(
+                    pem.as_bytes(),
+                    "the stored CA",
+                )?),
+            )?),
+            None => None,
+        };
+        Self::http(tls)
+    }
+
+    pub async fn rekey_challenge(&self, server_id: &str) -> anyhow::Result<proto::RekeyChallenge> {
+        let resp = self
+            .http
+            .post(format!("{}/rekey-challenge", self.base))
+            .timeout(Duration::from_secs(30))
+            .json(&proto::RekeyChallengeRequest {
+                server_id: server_id.to_owned(),
+            })
+            .send()
+            .await
+            .context("re-key challenge request")?;
+        if !resp.status().is_success() {
+            bail!("re-key challenge refused: {}", resp.status());
+        }
+        resp.json().await.context("re-key challenge response")
     }
 
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

@@ -42,6 +42,12 @@ pub struct Enrollment {
     /// The agent's bearer credential.
     #[serde(with = "secret_string")]
     pub credential: SecretString,
+    /// PEM of the control plane's CA: after enrollment the agent trusts only
+    /// it. `None` only for a plain-HTTP loopback endpoint (tests).
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// Base64 Ed25519 key whose signature work items must carry (contract §6).
+    pub work_key: String,
 }
 
 mod secret_string {
@@ -69,6 +75,13 @@ pub struct Journal {
     /// the next run checks whether the shadow file already holds it.
     #[serde(default)]
     pub applying: Option<String>,
+    /// The highest work sequence number of an applied reset: an older (or
+    /// replayed) one is refused.
+    #[serde(default)]
+    pub last_reset_seq: u64,
+    /// The highest work sequence number of an accepted power action.
+    #[serde(default)]
+    pub last_power_seq: u64,
 }
 
 /// Paths of an agent's state directory.
@@ -84,6 +97,9 @@ impl StateDir {
     }
     pub fn journal(&self) -> PathBuf {
         self.0.join("journal.json")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.0.join("ca.pem")
     }
 
     pub fn load_key(&self) -> anyhow::Result<ecs_seal::PrivateKey> {
@@ -112,12 +128,27 @@ impl StateDir {
         write_private(&self.enrollment(), &data).context("writing agent.json")
     }
 
+    /// Reads the journal. An unreadable journal is an error, never an empty
+    /// one: starting afresh would forget which work was applied, and a
+    /// replayed older reset would then be accepted (fail closed).
+    /// Records a new (endorsed) work-signing key in `agent.json`.
+    pub fn save_work_key(&self, key: &str) -> anyhow::Result<()> {
+        let mut e = self
+            .load_enrollment()?
+            .context("this agent is not enrolled")?;
+        e.work_key = key.to_owned();
+        self.save_enrollment(&e)
+    }
+
     pub fn load_journal(&self) -> anyhow::Result<Journal> {
         match fs::read(self.journal()) {
-            Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "journal unreadable; starting afresh");
-                Journal::default()
-            })),
+            Ok(b) => serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "{} is corrupt: refusing to run without knowing what was applied \
+                     (restore it, or re-enroll this server)",
+                    self.journal().display()
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Journal::default()),
             Err(e) => Err(e).context("reading the journal"),
         }

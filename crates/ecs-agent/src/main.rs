@@ -20,13 +20,22 @@ struct Cli {
 enum Command {
     /// Enroll this server with ecsd (generates the key pair locally).
     ///
-    /// Example: ecs-agent enroll --endpoint http://ecsd:8080 --token ecset_...
+    /// The token is read from a file or standard input, never from the
+    /// command line. A join token (`<token>.<CA hash>`, the `join_token` of
+    /// `ecsd admin enroll-token-create`) pins the control plane's CA: nothing
+    /// is sent to a server that does not chain to it. An enrolled machine
+    /// re-enrolling proves possession of its old key and keeps its server id.
+    ///
+    /// Example: ecs-agent enroll --endpoint https://ecsd:8443 --token-file /root/join-token
     Enroll {
         #[arg(long, env = "ECS_AGENT_ENDPOINT")]
         endpoint: String,
-        /// One-time enrollment token (`ecsd admin enroll-token create`).
-        #[arg(long, env = "ECS_AGENT_TOKEN", hide_env_values = true)]
-        token: String,
+        /// File holding the join token, enrollment token or re-key token
+        /// (`-` for standard input).
+        #[arg(long)]
+        token_file: PathBuf,
+        #[command(flatten)]
+        trust: TrustArgs,
         #[arg(long, default_value = "/var/lib/ecs-agent")]
         state_dir: PathBuf,
         /// Root file system of the server (default `/`).
@@ -63,12 +72,15 @@ enum Command {
     /// Run N simulated servers in one process.
     ///
     /// Reads commands on standard input: `restart all`, `restart NAME`, `list`.
-    /// Example: ecs-agent simulate --endpoint http://127.0.0.1:8080 --token ecset_... --count 100 --root-base /tmp/fleet
+    /// Example: ecs-agent simulate --endpoint https://127.0.0.1:8443 --token-file join-token --count 100 --root-base /tmp/fleet
     Simulate {
         #[arg(long)]
         endpoint: String,
-        #[arg(long, env = "ECS_AGENT_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        /// File holding the (join) token for servers not yet enrolled (`-`: standard input).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        trust: TrustArgs,
         /// Number of Linux servers.
         #[arg(long)]
         count: usize,
@@ -84,6 +96,41 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         heartbeat_secs: u64,
     },
+}
+
+/// Whom to trust while enrolling, besides a join token's pin.
+#[derive(clap::Args)]
+struct TrustArgs {
+    /// The control plane CA's public key hash (`sha256:<hex>`), if the token
+    /// does not carry it.
+    #[arg(long)]
+    ca_cert_hash: Option<String>,
+    /// Trust this CA file instead of a pin.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+/// Reads a token from a file or standard input (`-`), and splits off the
+/// CA pin of a join token.
+fn read_token(
+    path: &Path,
+    trust: &TrustArgs,
+    endpoint: &str,
+) -> anyhow::Result<(secrecy::SecretString, agent::EnrollTrust)> {
+    let text = zeroize::Zeroizing::new(if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading the token from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    });
+    let (token, mut pin) = agent::split_join_token(&text)?;
+    if let Some(p) = &trust.ca_cert_hash {
+        pin = Some(ecs_trust::CaPin::parse(p).context("--ca-cert-hash")?);
+    }
+    let trust = agent::EnrollTrust::choose(endpoint, pin, trust.ca_file.as_deref())?;
+    Ok((token, trust))
 }
 
 fn machine_id(root: &Path, state_dir: &Path) -> anyhow::Result<String> {
@@ -123,23 +170,25 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Enroll {
             endpoint,
-            token,
+            token_file,
+            trust,
             state_dir,
             root,
             os_type,
             hostname: host,
         } => {
+            let (token, trust) = read_token(&token_file, &trust, &endpoint)?;
             let mid = machine_id(&root, &state_dir)?;
             let host = host.unwrap_or_else(|| hostname(&root));
-            let resp = agent::enroll(
-                ecs_agent::client::Client::http(),
-                &endpoint,
-                &token,
-                &state_dir,
-                &mid,
-                &host,
-                &os_type,
-            )
+            let resp = agent::enroll(agent::EnrollParams {
+                endpoint: &endpoint,
+                token: &token,
+                trust,
+                state_dir: &state_dir,
+                machine_id: &mid,
+                hostname: &host,
+                os_type: &os_type,
+            })
             .await?;
             println!(
                 "{}",
@@ -169,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
                 heartbeat: Duration::from_secs(heartbeat_secs),
                 endpoint: None,
             };
-            let agent = Agent::load(ecs_agent::client::Client::http(), opts)?;
+            let agent = Agent::load_own(opts)?;
             tracing::info!(server_id = agent.server_id(), "ecs-agent running");
             tokio::select! {
                 r = agent.run() => r,
@@ -178,7 +227,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Simulate {
             endpoint,
-            token,
+            token_file,
+            trust,
             count,
             windows,
             root_base,
@@ -186,9 +236,19 @@ async fn main() -> anyhow::Result<()> {
             poll_secs,
             heartbeat_secs,
         } => {
+            let (token, trust) = match &token_file {
+                Some(f) => {
+                    let (t, trust) = read_token(f, &trust, &endpoint)?;
+                    (Some(t), trust)
+                }
+                // Every server is enrolled already (else enrolling fails for
+                // want of a token): the trust recorded at enrollment is used.
+                None => (None, agent::EnrollTrust::CaCerts(Vec::new())),
+            };
             let fleet = Fleet::start(FleetSpec {
                 endpoint,
                 token,
+                trust,
                 root_base: root_base.clone(),
                 linux: count,
                 windows,

@@ -21,7 +21,9 @@ use crate::files::StateDir;
 pub struct FleetSpec {
     pub endpoint: String,
     /// Needed only for servers not yet enrolled.
-    pub token: Option<String>,
+    pub token: Option<secrecy::SecretString>,
+    /// Whom to trust while enrolling (the CA pin, a CA file, or plain loopback HTTP).
+    pub trust: crate::agent::EnrollTrust,
     pub root_base: PathBuf,
     pub linux: usize,
     pub windows: usize,
@@ -98,7 +100,6 @@ fn prepare_root(root: &Path, os: &str) -> anyhow::Result<()> {
 impl Fleet {
     /// Prepares, enrolls (where needed) and starts every virtual server.
     pub async fn start(spec: FleetSpec) -> anyhow::Result<Arc<Fleet>> {
-        let http = crate::client::Client::http();
         let mut names = Vec::new();
         for i in 0..spec.linux {
             names.push((format!("{}linux-{:04}", spec.prefix, i + 1), "Linux"));
@@ -111,8 +112,7 @@ impl Fleet {
         let sem = Arc::new(tokio::sync::Semaphore::new(32));
         let mut jobs = Vec::new();
         for (name, os) in names {
-            let (spec, http, sem, events) =
-                (spec.clone(), http.clone(), sem.clone(), events.clone());
+            let (spec, sem, events) = (spec.clone(), sem.clone(), events.clone());
             jobs.push(tokio::spawn(async move {
                 let _permit = sem.acquire().await.expect("semaphore open");
                 let root = spec.root_base.join(&name);
@@ -124,18 +124,18 @@ impl Fleet {
                     None => {
                         let token = spec
                             .token
-                            .as_deref()
+                            .as_ref()
                             .context("an enrollment token is needed")?;
                         let machine_id = std::fs::read_to_string(root.join("etc/machine-id"))?;
-                        crate::agent::enroll(
-                            http,
-                            &spec.endpoint,
+                        crate::agent::enroll(crate::agent::EnrollParams {
+                            endpoint: &spec.endpoint,
                             token,
-                            &state_dir,
-                            machine_id.trim(),
-                            &name,
-                            os,
-                        )
+                            trust: spec.trust.clone(),
+                            state_dir: &state_dir,
+                            machine_id: machine_id.trim(),
+                            hostname: &name,
+                            os_type: os,
+                        })
                         .await
                         .with_context(|| format!("enrolling {name}"))?
                         .server_id
@@ -171,6 +171,15 @@ impl Fleet {
             let r = j.await.context("enrollment task")??;
             servers.insert(r.server.name.clone(), r);
         }
+        // Every simulated server enrolled with the same control plane: one
+        // client trusting its CA serves them all.
+        let ca_pem = match servers.values().next() {
+            Some(r) => StateDir(r.opts.state_dir.clone())
+                .load_enrollment()?
+                .and_then(|e| e.ca_pem),
+            None => None,
+        };
+        let http = crate::client::Client::http_for_ca(ca_pem.as_deref())?;
         let fleet = Arc::new(Fleet {
             http,
             servers: Mutex::new(servers),

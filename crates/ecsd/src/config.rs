@@ -38,6 +38,33 @@ pub struct Config {
     pub public_endpoint: Option<String>,
     /// A power sub-job not completed within this time fails.
     pub job_timeout_secs: u64,
+    /// PEM certificate chain served over HTTPS: the server certificate first,
+    /// then intermediates, then the CA agents pin (reloaded on SIGHUP).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate whose public key enrollment tokens pin; defaults
+    /// to the last certificate of `tls_cert`.
+    pub tls_ca: Option<PathBuf>,
+    /// Serve plain HTTP without TLS (only on a loopback address unless
+    /// `insecure_http_non_loopback` is also set).
+    pub insecure_http: bool,
+    /// Allow plain HTTP on a non-loopback address (something else must
+    /// encrypt the hop, e.g. a TLS-terminating proxy on the same host).
+    pub insecure_http_non_loopback: bool,
+    /// What enrolling with a machine id that an existing server already has
+    /// (and no proof of its key) does: `new-server` or `refuse`.
+    pub duplicate_machine_id: DuplicateMachineId,
+}
+
+/// See [`Config::duplicate_machine_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DuplicateMachineId {
+    /// The second machine becomes a new server (cloned images work).
+    NewServer,
+    /// Enrollment is refused.
+    Refuse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +89,12 @@ impl Default for Config {
             agent_stale_secs: 120,
             public_endpoint: None,
             job_timeout_secs: 300,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            insecure_http: false,
+            insecure_http_non_loopback: false,
+            duplicate_machine_id: DuplicateMachineId::NewServer,
         }
     }
 }
@@ -80,6 +113,12 @@ const ENV_KEYS: &[&str] = &[
     "agent_stale_secs",
     "public_endpoint",
     "job_timeout_secs",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "insecure_http",
+    "insecure_http_non_loopback",
+    "duplicate_machine_id",
 ];
 
 impl Config {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ecs_agent::agent::EnrollTrust;
 use ecs_agent::simulate::{Fleet, FleetSpec};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,10 @@ pub struct DevCredentials {
     pub servers: Vec<DevServer>,
     /// Where each simulated server's root file system lives (ours).
     pub fleet_dir: PathBuf,
+    /// The dev CA (PEM) to trust for `endpoint` (Python SDK:
+    /// `HttpConfig.ssl_ca_cert`; ecsctl: `--from-dev`); absent on plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Writes a file readable by its owner only, atomically.
@@ -56,6 +61,7 @@ pub async fn bootstrap(
     state: &AppState,
     endpoint: &str,
     fleet_size: DevFleet,
+    ca_file: Option<&Path>,
 ) -> anyhow::Result<(Arc<Fleet>, PathBuf)> {
     let data_dir = state.config.data_dir.clone();
     let cred_path = credentials_path(&data_dir);
@@ -78,9 +84,15 @@ pub async fn bootstrap(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let fleet_dir = data_dir.join("fleet");
+    // The dev agents enroll as real ones do: pinned to the CA's public key.
+    let trust = match state.ca_pin.get() {
+        Some(pin) => EnrollTrust::Pin(*pin),
+        None => EnrollTrust::PlainLoopback,
+    };
     let fleet = Fleet::start(FleetSpec {
         endpoint: endpoint.to_owned(),
-        token: Some(token.token),
+        token: Some(SecretString::from(token.token.clone())),
+        trust,
         root_base: fleet_dir.clone(),
         linux: fleet_size.linux,
         windows: fleet_size.windows,
@@ -119,6 +131,7 @@ pub async fn bootstrap(
             })
             .collect(),
         fleet_dir,
+        ca_file: ca_file.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_owned())),
     };
     let data = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&creds)?);
     write_private(&cred_path, &data)?;

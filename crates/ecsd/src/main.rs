@@ -46,6 +46,19 @@ enum Command {
         /// Windows servers in the dev fleet.
         #[arg(long, default_value_t = 1)]
         dev_windows: usize,
+        /// PEM certificate chain to serve (server certificate first, the CA last).
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP (no TLS); refused on a non-loopback address
+        /// unless --insecure-http-non-loopback is also given.
+        #[arg(long)]
+        insecure_http: bool,
+        /// Allow --insecure-http on a non-loopback address.
+        #[arg(long, requires = "insecure_http")]
+        insecure_http_non_loopback: bool,
     },
     /// Administer projects, keys, servers and enrollment tokens.
     Admin {
@@ -80,6 +93,17 @@ enum Admin {
         #[arg(long)]
         public_key: Option<String>,
     },
+    /// Create a one-use token that re-keys one server (its agent lost its key):
+    /// ecsd admin rekey-token-create --server ID
+    RekeyTokenCreate {
+        #[arg(long)]
+        server: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+    /// Make a new work-signing key endorsed by the current one (agents follow
+    /// it); restart the replicas afterwards: ecsd admin work-key-rotate
+    WorkKeyRotate,
     /// Create an enrollment token for `ecs-agent enroll`.
     EnrollTokenCreate {
         #[arg(long)]
@@ -127,10 +151,20 @@ async fn run() -> anyhow::Result<()> {
             dev,
             dev_linux,
             dev_windows,
+            tls_cert,
+            tls_key,
+            insecure_http,
+            insecure_http_non_loopback,
         } => {
             if let Some(l) = listen {
                 config.listen = l;
             }
+            if tls_cert.is_some() || tls_key.is_some() {
+                config.tls_cert = tls_cert;
+                config.tls_key = tls_key;
+            }
+            config.insecure_http |= insecure_http;
+            config.insecure_http_non_loopback |= insecure_http_non_loopback;
             serve(
                 config,
                 dev.then_some(ecsd::dev::DevFleet {
@@ -154,8 +188,18 @@ async fn run() -> anyhow::Result<()> {
 }
 
 async fn serve(mut config: Config, dev: Option<ecsd::dev::DevFleet>) -> anyhow::Result<()> {
-    if dev.is_some() && config.master_key.is_none() {
-        config.master_key = Some(ecsd::server::dev_master_key(&config.data_dir)?);
+    let mut dev_ca = None;
+    if dev.is_some() {
+        if config.master_key.is_none() {
+            config.master_key = Some(ecsd::server::dev_master_key(&config.data_dir)?);
+        }
+        // HTTPS with a dev CA, unless a certificate or plain HTTP was asked for.
+        if config.tls_cert.is_none() && !config.insecure_http {
+            let pki = ecsd::tls::dev_pki(&config.data_dir).context("making the dev CA")?;
+            config.tls_cert = Some(pki.cert);
+            config.tls_key = Some(pki.key);
+            dev_ca = Some(pki.ca);
+        }
     }
     let state = open_state(config)?;
     let server = Server::bind(state.clone()).await?;
@@ -164,7 +208,7 @@ async fn serve(mut config: Config, dev: Option<ecsd::dev::DevFleet>) -> anyhow::
         .config
         .public_endpoint
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{}://{addr}", server.scheme()));
     tracing::info!(%addr, db = %state.config.database_path().display(), "ecsd listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut serving = tokio::spawn(server.run(async {
@@ -172,7 +216,8 @@ async fn serve(mut config: Config, dev: Option<ecsd::dev::DevFleet>) -> anyhow::
     }));
     let fleet = match dev {
         Some(size) => {
-            let (fleet, path) = ecsd::dev::bootstrap(&state, &endpoint, size).await?;
+            let (fleet, path) =
+                ecsd::dev::bootstrap(&state, &endpoint, size, dev_ca.as_deref()).await?;
             // A reader that stops reading (a closed pipe) must not stop the
             // server: these lines are information, so write errors are ignored.
             let banner = format!(
@@ -198,6 +243,24 @@ async fn serve(mut config: Config, dev: Option<ecsd::dev::DevFleet>) -> anyhow::
     let _ = stop_tx.send(());
     serving.await.context("server task")??;
     tracing::info!("ecsd stopped");
+    Ok(())
+}
+
+/// The CA pin for tokens made by `ecsd admin`: from the configured
+/// certificate, or the dev CA of this data directory.
+fn load_tls_pin(state: &ecsd::state::AppState) -> anyhow::Result<()> {
+    let c = &state.config;
+    let dev = (
+        c.data_dir.join("dev-server.pem"),
+        c.data_dir.join("dev-server.key"),
+    );
+    let (cert, key) = match (&c.tls_cert, &c.tls_key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ if dev.0.exists() => dev,
+        _ => return Ok(()),
+    };
+    let tls = ecsd::tls::Tls::load(&cert, &key, c.tls_ca.as_deref())?;
+    let _ = state.ca_pin.set(tls.ca_pin);
     Ok(())
 }
 
@@ -229,6 +292,18 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
                     .await?;
             serde_json::json!({"id": s.id, "name": s.name, "os_type": s.os_type.as_str()})
         }
+        Admin::RekeyTokenCreate { server, ttl_secs } => {
+            load_tls_pin(&state)?;
+            let t = ecsd::api::issue_rekey_token(&state, &server, ttl_secs)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .with_context(|| format!("no server {server}"))?;
+            serde_json::to_value(t)?
+        }
+        Admin::WorkKeyRotate => {
+            let public = ecsd::work::WorkKeys::rotate(&*state.store, &state.master).await?;
+            serde_json::json!({"work_key": public, "note": "restart every ecsd replica to sign with it"})
+        }
         Admin::EnrollTokenCreate {
             project,
             uses,
@@ -239,6 +314,7 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
                 .project(&project)
                 .await?
                 .with_context(|| format!("no project {project}"))?;
+            load_tls_pin(&state)?;
             let t = ecsd::api::issue_enroll_token(&state, &project, uses, ttl_secs)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;

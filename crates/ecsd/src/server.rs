@@ -28,15 +28,34 @@ pub fn open_state(config: Config) -> anyhow::Result<AppState> {
 pub struct Server {
     listener: TcpListener,
     state: AppState,
+    tls: Option<crate::tls::Tls>,
 }
 
+/// How long a client has to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Server {
+    /// Loads TLS (or checks that plain HTTP is allowed) and binds the listener.
     pub async fn bind(state: AppState) -> anyhow::Result<Server> {
+        let tls = crate::tls::from_config(&state.config)?;
+        if let Some(t) = &tls {
+            let _ = state.ca_pin.set(t.ca_pin);
+            crate::tls::reload_on_sighup(t.cert.clone());
+        }
         let addr = state.config.listen;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        Ok(Server { listener, state })
+        Ok(Server {
+            listener,
+            state,
+            tls,
+        })
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -92,13 +111,46 @@ impl Server {
                         .insert(axum::extract::ConnectInfo(peer));
                     req
                 });
-            let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
+            let svc = TowerToHyperService::new(svc);
+            match &self.tls {
+                None => {
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
                 }
-            });
+                Some(tls) => {
+                    // The handshake runs in the connection's task, bounded in time,
+                    // so a slow client never holds up the accept loop.
+                    let acceptor = tls.acceptor.clone();
+                    let http = http.clone();
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let stream = match tokio::time::timeout(
+                            TLS_HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), svc));
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+            }
         }
         // Long polls answer "no work" at once instead of holding shutdown.
         wakers.close();
@@ -153,7 +205,11 @@ pub fn dev_master_key(data_dir: &std::path::Path) -> anyhow::Result<SecretString
     if let Ok(s) = std::fs::read_to_string(&path) {
         return Ok(SecretString::from(s.trim().to_owned()));
     }
-    std::fs::create_dir_all(data_dir)?;
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(data_dir)?;
     let key = MasterKey::generate_base64();
     crate::dev::write_private(&path, secrecy::ExposeSecret::expose_secret(&key).as_bytes())?;
     Ok(key)

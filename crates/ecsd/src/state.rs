@@ -18,6 +18,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
     pub wakers: Arc<Wakers>,
+    /// The pin of the CA agents enroll against; set when serving HTTPS.
+    pub ca_pin: Arc<std::sync::OnceLock<ecs_trust::CaPin>>,
+    /// The work-signing keys, loaded (or made) on first use.
+    pub work_keys: Arc<tokio::sync::OnceCell<crate::work::WorkKeys>>,
 }
 
 impl AppState {
@@ -29,7 +33,16 @@ impl AppState {
             limiter: Arc::new(RateLimiter::keyed(Quota::per_second(rate))),
             config: Arc::new(config),
             wakers: Arc::new(Wakers::default()),
+            ca_pin: Arc::default(),
+            work_keys: Arc::default(),
         }
+    }
+
+    /// The work-signing keys (made on first use).
+    pub async fn work_keys(&self) -> Result<&crate::work::WorkKeys, crate::work::WorkKeyError> {
+        self.work_keys
+            .get_or_try_init(|| crate::work::WorkKeys::load_or_create(&*self.store, &self.master))
+            .await
     }
 }
 

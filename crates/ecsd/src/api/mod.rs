@@ -2,7 +2,7 @@
 //! API under `/agent/v1`, and the layers every request passes through.
 
 mod agent;
-pub use agent::issue_enroll_token;
+pub use agent::{issue_enroll_token, issue_rekey_token};
 pub use servers::server_detail;
 mod resets;
 pub mod servers;
@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
     let agents = Router::new()
         .route("/agent/v1/enroll", post(agent::enroll))
+        .route("/agent/v1/rekey-challenge", post(agent::rekey_challenge))
         .route("/agent/v1/heartbeat", post(agent::heartbeat))
         .route("/agent/v1/work", get(agent::work))
         .route("/agent/v1/ack", post(agent::ack))

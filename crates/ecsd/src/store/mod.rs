@@ -7,6 +7,8 @@ pub mod sqlite;
 use chrono::{DateTime, Utc};
 use ecs_policy::OsType;
 
+pub use crate::config::DuplicateMachineId;
+
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +204,8 @@ pub struct Work {
     pub request_id: String,
     pub sealed: Vec<u8>,
     pub apply_now: bool,
+    /// The server's work sequence number of this item.
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +298,30 @@ pub struct PowerWork {
     pub sub_job_id: String,
     pub kind: PowerKind,
     pub hard: bool,
+    /// The server's work sequence number of this item.
+    pub seq: u64,
+}
+
+/// What an enrollment did.
+#[derive(Debug, Clone)]
+pub enum EnrollResult {
+    Enrolled(Enrolled),
+    /// Unknown, expired or used-up token.
+    BadToken,
+    /// The machine id is already a server's and duplicates are refused.
+    DuplicateMachine {
+        server_id: String,
+    },
+}
+
+/// A work-signing key as stored: the secret sealed under the master key.
+#[derive(Debug, Clone)]
+pub struct StoredWorkKey {
+    pub public_key: String,
+    pub secret_sealed: Vec<u8>,
+    pub endorsed_by: Option<String>,
+    pub signature: Option<String>,
+    pub created: DateTime<Utc>,
 }
 
 /// Filters of `GET /cloudservers/detail`.
@@ -363,14 +391,50 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<usize>;
 
     // --- agents ---
-    /// Consumes one use of a valid enrollment token and registers (or
-    /// re-keys) the machine. `Ok(None)`: the token is unknown, expired or used up.
+    /// Consumes one use of a valid token: an enrollment token registers a
+    /// new server (a machine id already known in the project becomes a new
+    /// server, or is refused, per `duplicate`); a re-key token re-keys its
+    /// one server. Nothing is written unless the result is `Enrolled`.
     async fn enroll(
         &self,
         token_hash: &str,
         enrollment: Enrollment,
         now: DateTime<Utc>,
+        duplicate: DuplicateMachineId,
+    ) -> StoreResult<EnrollResult>;
+    /// Re-keys a server whose agent proved possession of its current key.
+    async fn rekey(
+        &self,
+        server_id: &str,
+        enrollment: Enrollment,
+        now: DateTime<Utc>,
     ) -> StoreResult<Option<Enrolled>>;
+    /// A one-use token that re-keys this one server; returns its project,
+    /// or `None` if the server does not exist.
+    async fn create_rekey_token(
+        &self,
+        server_id: &str,
+        token_hash: &str,
+        expires: DateTime<Utc>,
+    ) -> StoreResult<Option<String>>;
+    async fn create_rekey_challenge(
+        &self,
+        challenge_id: &str,
+        server_id: &str,
+        answer_hash: &str,
+        expires: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Removes and returns an unexpired challenge: (server id, answer hash).
+    async fn take_rekey_challenge(
+        &self,
+        challenge_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<(String, String)>>;
+    /// The work-signing keys, oldest first.
+    async fn work_keys(&self) -> StoreResult<Vec<StoredWorkKey>>;
+    /// Adds a work-signing key; with `first`, only if there is none yet
+    /// (returns false then).
+    async fn add_work_key(&self, key: StoredWorkKey, first: bool) -> StoreResult<bool>;
     /// The server whose agent holds this credential.
     async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>>;
     async fn heartbeat(

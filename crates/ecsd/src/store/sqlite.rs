@@ -130,6 +130,31 @@ const MIGRATIONS: &[&str] = &[
         UPDATE projects SET server_count = server_count - 1 WHERE id = OLD.project_id;
     END;
     "#,
+    // 4: trust on the wire: per-server work sequence numbers, work-signing
+    // keys, re-key tokens and challenges; a machine id no longer names one
+    // server (a clone with another key becomes a new server).
+    r#"
+    ALTER TABLE servers ADD COLUMN work_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE reset_targets ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sub_jobs ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE enroll_tokens ADD COLUMN server_id TEXT REFERENCES servers(id);
+    DROP INDEX servers_project_machine;
+    CREATE INDEX servers_project_machine ON servers(project_id, machine_id) WHERE machine_id IS NOT NULL;
+    CREATE TABLE work_keys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        public_key TEXT NOT NULL UNIQUE,
+        secret_sealed BLOB NOT NULL,
+        endorsed_by TEXT,
+        signature TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE rekey_challenges (
+        challenge_id TEXT PRIMARY KEY,
+        server_id TEXT NOT NULL REFERENCES servers(id),
+        answer_hash TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    "#,
 ];
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -140,6 +165,37 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         backend(e)
     }
+}
+
+/// Gives an enrolled server a new agent key and credential. Open resets were
+/// sealed to the old key: they can never be opened now, so they fail.
+fn rekey_server_tx(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    e: &Enrollment,
+    nows: &str,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE servers SET agent_public_key = ?2, agent_credential_hash = ?3, hostname = ?4, \
+         os_type = ?5, agent_version = ?6, machine_id = ?7, updated_at = ?8 WHERE id = ?1",
+        params![
+            id,
+            e.public_key,
+            e.credential_hash,
+            e.hostname,
+            e.os_type.as_str(),
+            e.agent_version,
+            e.machine_id,
+            nows
+        ],
+    )?;
+    tx.execute(
+        "UPDATE reset_targets SET state = 'FAILED', sealed = NULL, updated_at = ?2, \
+         reason = 'the agent re-enrolled with a new key before applying' \
+         WHERE server_id = ?1 AND state IN ('PENDING', 'DELIVERED')",
+        params![id, nows],
+    )?;
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -159,8 +215,24 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and migrates it to the
     /// latest schema version.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(backend)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            // A directory ecsd creates is its own: 0700.
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+            b.create(dir).map_err(backend)?;
+        }
+        if !path.exists() {
+            // Created readable by its owner only (and so are its -wal and
+            // -shm files, which SQLite creates with the database's mode).
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            o.open(path).map_err(backend)?;
         }
         let mut writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
@@ -469,16 +541,19 @@ impl Store for SqliteStore {
                      WHERE server_id = ?1 AND state IN ('PENDING', 'DELIVERED')",
                 )?;
                 let mut insert = tx.prepare_cached(
-                    "INSERT INTO reset_targets (request_id, server_id, position, state, sealed, updated_at) \
-                     VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5)",
+                    "INSERT INTO reset_targets (request_id, server_id, position, state, sealed, updated_at, seq) \
+                     VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6)",
                 )?;
+                // The server's work sequence grows with every item stored for it.
                 let mut point = tx.prepare_cached(
-                    "UPDATE servers SET last_reset_id = ?1, updated_at = ?3 WHERE id = ?2",
+                    "UPDATE servers SET last_reset_id = ?1, updated_at = ?3, work_seq = work_seq + 1 \
+                     WHERE id = ?2 RETURNING work_seq",
                 )?;
                 for (pos, (server_id, sealed)) in reset.targets.iter().enumerate() {
                     supersede.execute(params![server_id, now])?;
-                    insert.execute(params![reset.request_id, server_id, pos as i64, sealed, now])?;
-                    point.execute(params![reset.request_id, server_id, now])?;
+                    let seq: i64 =
+                        point.query_row(params![reset.request_id, server_id, now], |r| r.get(0))?;
+                    insert.execute(params![reset.request_id, server_id, pos as i64, sealed, now, seq])?;
                 }
             }
             insert_audit(&tx, &reset.audit)?;
@@ -552,46 +627,43 @@ impl Store for SqliteStore {
         token_hash: &str,
         e: Enrollment,
         now: DateTime<Utc>,
-    ) -> StoreResult<Option<Enrolled>> {
+        duplicate: DuplicateMachineId,
+    ) -> StoreResult<EnrollResult> {
         let token_hash = token_hash.to_owned();
         self.write(move |c| {
             let tx = c.transaction()?;
             let nows = fmt_time(now);
-            let project: Option<String> = tx
+            let token: Option<(String, Option<String>)> = tx
                 .query_row(
                     "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
-                     WHERE token_hash = ?1 AND uses_left > 0 AND expires_at > ?2 RETURNING project_id",
+                     WHERE token_hash = ?1 AND uses_left > 0 AND expires_at > ?2 RETURNING project_id, server_id",
                     params![token_hash, nows],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            let Some(project_id) = project else {
-                return Ok(None);
+            let Some((project_id, rekey_server)) = token else {
+                return Ok(EnrollResult::BadToken);
             };
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM servers WHERE project_id = ?1 AND machine_id = ?2",
-                    params![project_id, e.machine_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let (server_id, re_enrolled) = match existing {
+            let (server_id, re_enrolled) = match rekey_server {
+                // A re-key token made by an admin for this one server.
                 Some(id) => {
-                    tx.execute(
-                        "UPDATE servers SET agent_public_key = ?2, agent_credential_hash = ?3, hostname = ?4, \
-                         os_type = ?5, agent_version = ?6, updated_at = ?7 WHERE id = ?1",
-                        params![id, e.public_key, e.credential_hash, e.hostname, e.os_type.as_str(), e.agent_version, nows],
-                    )?;
-                    // Open resets were sealed to the old key: they can never be opened now.
-                    tx.execute(
-                        "UPDATE reset_targets SET state = 'FAILED', sealed = NULL, updated_at = ?2, \
-                         reason = 'the agent re-enrolled with a new key before applying' \
-                         WHERE server_id = ?1 AND state IN ('PENDING', 'DELIVERED')",
-                        params![id, nows],
-                    )?;
+                    rekey_server_tx(&tx, &id, &e, &nows)?;
                     (id, true)
                 }
                 None => {
+                    let existing: Option<String> = tx
+                        .query_row(
+                            "SELECT id FROM servers WHERE project_id = ?1 AND machine_id = ?2 LIMIT 1",
+                            params![project_id, e.machine_id],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if let (Some(server_id), DuplicateMachineId::Refuse) = (&existing, duplicate) {
+                        // Nothing is written: the token keeps its use.
+                        return Ok(EnrollResult::DuplicateMachine {
+                            server_id: server_id.clone(),
+                        });
+                    }
                     let id = uuid::Uuid::new_v4().to_string();
                     tx.execute(
                         "INSERT INTO servers (id, project_id, name, os_type, status, agent_public_key, \
@@ -604,11 +676,150 @@ impl Store for SqliteStore {
                 }
             };
             tx.commit()?;
-            Ok(Some(Enrolled {
+            Ok(EnrollResult::Enrolled(Enrolled {
                 server_id,
                 project_id,
                 re_enrolled,
             }))
+        })
+        .await
+    }
+
+    async fn rekey(
+        &self,
+        server_id: &str,
+        e: Enrollment,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Enrolled>> {
+        let id = server_id.to_owned();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let project_id: Option<String> = tx
+                .query_row("SELECT project_id FROM servers WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(project_id) = project_id else {
+                return Ok(None);
+            };
+            rekey_server_tx(&tx, &id, &e, &fmt_time(now))?;
+            tx.commit()?;
+            Ok(Some(Enrolled {
+                server_id: id,
+                project_id,
+                re_enrolled: true,
+            }))
+        })
+        .await
+    }
+
+    async fn create_rekey_token(
+        &self,
+        server_id: &str,
+        token_hash: &str,
+        expires: DateTime<Utc>,
+    ) -> StoreResult<Option<String>> {
+        let (id, h) = (server_id.to_owned(), token_hash.to_owned());
+        self.write(move |c| {
+            let project: Option<String> = c
+                .query_row("SELECT project_id FROM servers WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()?;
+            let Some(project) = project else {
+                return Ok(None);
+            };
+            c.execute(
+                "INSERT INTO enroll_tokens (token_hash, project_id, expires_at, uses_left, server_id) \
+                 VALUES (?1, ?2, ?3, 1, ?4)",
+                params![h, project, fmt_time(expires), id],
+            )?;
+            Ok(Some(project))
+        })
+        .await
+    }
+
+    async fn create_rekey_challenge(
+        &self,
+        challenge_id: &str,
+        server_id: &str,
+        answer_hash: &str,
+        expires: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (cid, sid, h) = (
+            challenge_id.to_owned(),
+            server_id.to_owned(),
+            answer_hash.to_owned(),
+        );
+        self.write(move |c| {
+            // Expired challenges go as new ones come.
+            c.execute(
+                "DELETE FROM rekey_challenges WHERE expires_at <= ?1",
+                [fmt_time(Utc::now())],
+            )?;
+            c.execute(
+                "INSERT INTO rekey_challenges (challenge_id, server_id, answer_hash, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![cid, sid, h, fmt_time(expires)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_rekey_challenge(
+        &self,
+        challenge_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<(String, String)>> {
+        let cid = challenge_id.to_owned();
+        self.write(move |c| {
+            Ok(c.query_row(
+                "DELETE FROM rekey_challenges WHERE challenge_id = ?1 AND expires_at > ?2 \
+                 RETURNING server_id, answer_hash",
+                params![cid, fmt_time(now)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn work_keys(&self) -> StoreResult<Vec<StoredWorkKey>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT public_key, secret_sealed, endorsed_by, signature, created_at FROM work_keys ORDER BY id",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(StoredWorkKey {
+                    public_key: r.get(0)?,
+                    secret_sealed: r.get(1)?,
+                    endorsed_by: r.get(2)?,
+                    signature: r.get(3)?,
+                    created: parse_time(&r.get::<_, String>(4)?)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn add_work_key(&self, key: StoredWorkKey, first: bool) -> StoreResult<bool> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            if first {
+                // Replicas starting together: only one first key.
+                let n: i64 = tx.query_row("SELECT COUNT(*) FROM work_keys", [], |r| r.get(0))?;
+                if n > 0 {
+                    return Ok(false);
+                }
+            }
+            tx.execute(
+                "INSERT INTO work_keys (public_key, secret_sealed, endorsed_by, signature, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key.public_key, key.secret_sealed, key.endorsed_by, key.signature, fmt_time(key.created)],
+            )?;
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }
@@ -777,15 +988,18 @@ impl Store for SqliteStore {
             )?;
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT INTO sub_jobs (sub_job_id, job_id, server_id, position, status, error_code, fail_reason, begin_time, end_time) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT INTO sub_jobs (sub_job_id, job_id, server_id, position, status, error_code, fail_reason, begin_time, end_time, seq) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                let mut next_seq = tx.prepare_cached(
+                    "UPDATE servers SET work_seq = work_seq + 1 WHERE id = ?1 RETURNING work_seq",
                 )?;
                 for (pos, (sub, server, failed)) in job.subs.iter().enumerate() {
-                    let (status, code, end) = match failed {
-                        Some(_) => ("FAIL", Some(fail_code(job.kind.as_str())), Some(now.clone())),
-                        None => ("INIT", None, None),
+                    let (status, code, end, seq) = match failed {
+                        Some(_) => ("FAIL", Some(fail_code(job.kind.as_str())), Some(now.clone()), 0),
+                        None => ("INIT", None, None, next_seq.query_row([server], |r| r.get::<_, i64>(0))?),
                     };
-                    insert.execute(params![sub, job.job_id, server, pos as i64, status, code, failed, now, end])?;
+                    insert.execute(params![sub, job.job_id, server, pos as i64, status, code, failed, now, end, seq])?;
                 }
             }
             insert_audit(&tx, &job.audit)?;
@@ -874,12 +1088,14 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             let found = tx
                 .prepare_cached(
-                    "SELECT s.sub_job_id, j.kind, j.hard FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
+                    "SELECT s.sub_job_id, j.kind, j.hard, s.seq FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
                      WHERE s.server_id = ?1 AND s.status = 'INIT' ORDER BY s.begin_time LIMIT 1",
                 )?
-                .query_row([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?)))
+                .query_row([&id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, i64>(3)?))
+                })
                 .optional()?;
-            let Some((sub, kind, hard)) = found else {
+            let Some((sub, kind, hard, seq)) = found else {
                 return Ok(None);
             };
             let kind = PowerKind::parse(&kind).ok_or_else(|| backend("bad job kind"))?;
@@ -900,7 +1116,7 @@ impl Store for SqliteStore {
                 params![id, status, task, nows],
             )?;
             tx.commit()?;
-            Ok(Some(PowerWork { sub_job_id: sub, kind, hard }))
+            Ok(Some(PowerWork { sub_job_id: sub, kind, hard, seq: seq as u64 }))
         })
         .await
     }
@@ -962,16 +1178,22 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             let work = tx
                 .prepare_cached(
-                    "SELECT t.request_id, t.sealed, r.apply_now, t.state FROM reset_targets t \
+                    "SELECT t.request_id, t.sealed, r.apply_now, t.state, t.seq FROM reset_targets t \
                      JOIN resets r ON r.request_id = t.request_id \
                      WHERE t.server_id = ?1 AND t.state IN ('PENDING', 'DELIVERED') AND t.sealed IS NOT NULL \
                      ORDER BY r.created_at DESC, t.rowid DESC LIMIT 1",
                 )?
                 .query_row([&id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, bool>(2)?, r.get::<_, String>(3)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, bool>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
                 })
                 .optional()?;
-            let Some((request_id, sealed, apply_now, state)) = work else {
+            let Some((request_id, sealed, apply_now, state, seq)) = work else {
                 return Ok(None);
             };
             if state == "PENDING" {
@@ -985,6 +1207,7 @@ impl Store for SqliteStore {
                 request_id,
                 sealed,
                 apply_now,
+                seq: seq as u64,
             }))
         })
         .await
