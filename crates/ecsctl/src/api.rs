@@ -42,12 +42,27 @@ pub struct Reply {
 }
 
 impl Api {
-    pub fn new(cfg: Resolved, verbose: bool) -> Self {
+    /// A client verifying the server against the system's roots plus the
+    /// configured CA file. Plain HTTP only to a loopback address.
+    pub fn new(cfg: Resolved, verbose: bool) -> anyhow::Result<Self> {
+        if cfg.endpoint.starts_with("http://") {
+            anyhow::ensure!(
+                ecs_trust::tls::is_loopback_http(&cfg.endpoint),
+                "refusing plain HTTP to {}: passwords would cross the network in the clear (use https://)",
+                cfg.endpoint
+            );
+        }
+        let extra = match &cfg.ca_file {
+            Some(f) => ecs_trust::tls::certs_from_file(f)?,
+            None => Vec::new(),
+        };
+        let tls = ecs_trust::tls::client_config(&ecs_trust::tls::Roots::SystemAnd(extra))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            .use_preconfigured_tls(tls)
             .build()
-            .expect("HTTP client builds");
-        Api { http, cfg, verbose }
+            .context("building the HTTP client")?;
+        Ok(Api { http, cfg, verbose })
     }
 
     /// A signed call. `path` is relative to `/v1/{project_id}`.
@@ -117,12 +132,14 @@ impl Api {
         if self.verbose {
             eprintln!("{method} {} -> {status} (request {request_id})", url.path());
         }
-        let text = resp.text().await.unwrap_or_default();
-        let body: Value = if text.is_empty() {
+        // Server-supplied text reaches the terminal: no control characters.
+        let text = strip_controls(&resp.text().await.unwrap_or_default());
+        let mut body: Value = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::Null)
         };
+        sanitize(&mut body);
         if status >= 400 {
             let (code, message) = match (&body["error_code"], &body["error_msg"], &body["error"]) {
                 (Value::String(c), Value::String(m), _) => (c.clone(), m.clone()),
@@ -163,5 +180,54 @@ impl Api {
                 return Ok(out);
             }
         }
+    }
+}
+
+/// Replaces terminal control characters (ESC, BEL, CR, C1 controls...) in
+/// server-supplied text, so that a hostile server name or reason cannot
+/// rewrite the operator's terminal.
+pub fn strip_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Strips control characters from every string in a JSON value.
+pub fn sanitize(v: &mut Value) {
+    match v {
+        Value::String(s) if s.chars().any(char::is_control) => {
+            *s = strip_controls(s).replace('\n', "\u{fffd}")
+        }
+        Value::Array(a) => a.iter_mut().for_each(sanitize),
+        Value::Object(o) => o.values_mut().for_each(sanitize),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let mut v = serde_json::json!({
+            "servers": [{"name": "web\u{1b}[2J\u{1b}]0;pwned\u{7}", "reason": "a\rb\u{9b}c"}],
+            "n": 3
+        });
+        sanitize(&mut v);
+        let name = v["servers"][0]["name"].as_str().unwrap();
+        let reason = v["servers"][0]["reason"].as_str().unwrap();
+        assert!(!name.chars().any(char::is_control), "{name:?}");
+        assert!(!reason.chars().any(char::is_control), "{reason:?}");
+        assert!(name.starts_with("web"));
+        assert_eq!(v["n"], 3);
+        // JSON text itself: escapes are decoded first, then stripped.
+        assert_eq!(strip_controls("ok\u{1b}[31m"), "ok\u{fffd}[31m");
     }
 }

@@ -19,6 +19,9 @@ pub struct Profile {
     pub project_id: Option<String>,
     pub access_key: Option<String>,
     pub secret_key: Option<String>,
+    /// A CA certificate (PEM) to trust besides the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -33,6 +36,7 @@ pub struct Resolved {
     pub project_id: String,
     pub access_key: String,
     pub secret_key: SecretString,
+    pub ca_file: Option<PathBuf>,
 }
 
 pub fn config_path() -> PathBuf {
@@ -78,6 +82,8 @@ pub fn dev_profile(path: &Path) -> anyhow::Result<Profile> {
         project_id: String,
         ak: String,
         sk: String,
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
     }
     let d: Dev = serde_json::from_slice(
         &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
@@ -88,6 +94,7 @@ pub fn dev_profile(path: &Path) -> anyhow::Result<Profile> {
         project_id: Some(d.project_id),
         access_key: Some(d.ak),
         secret_key: Some(d.sk),
+        ca_file: d.ca_file,
     })
 }
 
@@ -97,6 +104,7 @@ pub struct Overrides {
     pub project_id: Option<String>,
     pub access_key: Option<String>,
     pub dev_credentials: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
 }
 
 pub fn resolve(o: &Overrides) -> anyhow::Result<Resolved> {
@@ -104,12 +112,7 @@ pub fn resolve(o: &Overrides) -> anyhow::Result<Resolved> {
     let mut p = file.profiles.get(&o.profile).cloned().unwrap_or_default();
     if let Some(dev) = &o.dev_credentials {
         let d = dev_profile(dev)?;
-        p = Profile {
-            endpoint: d.endpoint,
-            project_id: d.project_id,
-            access_key: d.access_key,
-            secret_key: d.secret_key,
-        };
+        p = d;
     }
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let pick = |flag: &Option<String>, var: &str, file: Option<String>| {
@@ -119,6 +122,11 @@ pub fn resolve(o: &Overrides) -> anyhow::Result<Resolved> {
     let project_id = pick(&o.project_id, "ECS_PROJECT_ID", p.project_id);
     let access_key = pick(&o.access_key, "ECS_ACCESS_KEY", p.access_key);
     let secret_key = env("ECS_SECRET_KEY").or(p.secret_key);
+    let ca_file = o
+        .ca_file
+        .clone()
+        .or_else(|| env("ECS_CA_FILE").map(PathBuf::from))
+        .or(p.ca_file);
     let (Some(endpoint), Some(project_id), Some(access_key), Some(secret_key)) =
         (endpoint, project_id, access_key, secret_key)
     else {
@@ -131,5 +139,6 @@ pub fn resolve(o: &Overrides) -> anyhow::Result<Resolved> {
         project_id,
         access_key,
         secret_key: SecretString::from(secret_key),
+        ca_file,
     })
 }

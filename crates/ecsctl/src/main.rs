@@ -56,6 +56,9 @@ struct Cli {
     /// Access key (overrides ECS_ACCESS_KEY); the secret key is never a flag.
     #[arg(long, global = true)]
     access_key: Option<String>,
+    /// A CA certificate (PEM) to trust besides the system's roots (ECS_CA_FILE).
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
     /// Use the credentials file written by `ecsd serve --dev`.
     #[arg(long, global = true, env = "ECS_DEV_CREDENTIALS")]
     dev_credentials: Option<PathBuf>,
@@ -291,8 +294,9 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
         project_id: cli.project_id.clone(),
         access_key: cli.access_key.clone(),
         dev_credentials: cli.dev_credentials.clone(),
+        ca_file: cli.ca_file.clone(),
     };
-    let api = || -> anyhow::Result<Api> { Ok(Api::new(config::resolve(&overrides)?, cli.verbose)) };
+    let api = || -> anyhow::Result<Api> { Api::new(config::resolve(&overrides)?, cli.verbose) };
     match cli.command {
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ecsctl", &mut std::io::stdout());
@@ -371,6 +375,7 @@ fn configure(profile: &str, from_dev: Option<PathBuf>) -> anyhow::Result<u8> {
             let endpoint = ask("Endpoint (e.g. https://ecsd.example.internal)")?;
             let project = ask("Project id")?;
             let ak = ask("Access key")?;
+            let ca = ask("CA file to trust besides the system's (empty: none)")?;
             let sk = if std::io::stdin().is_terminal() {
                 rpassword::prompt_password("Secret key (not echoed): ")?
             } else {
@@ -381,6 +386,7 @@ fn configure(profile: &str, from_dev: Option<PathBuf>) -> anyhow::Result<u8> {
                 project_id: Some(project),
                 access_key: Some(ak),
                 secret_key: Some(sk),
+                ca_file: (!ca.is_empty()).then(|| PathBuf::from(ca)),
             }
         }
     };

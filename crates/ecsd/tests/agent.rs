@@ -142,7 +142,7 @@ async fn a_superseded_request_is_never_applied() {
         .as_str()
         .unwrap()
         .to_owned();
-    let c = Client::new(Client::http(), &t.base, Some(secret(&cred)));
+    let c = Client::new(common::http(), &t.base, Some(secret(&cred)));
     let recorded = c
         .ack(&ecs_agent_proto::AckRequest {
             request_id: r1.clone(),
@@ -165,10 +165,10 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
     let tok = token(&t, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let ea = ecs_agent::agent::enroll(Client::http(), &t.base, &tok, &a, "machine-a", "a", "Linux")
+    let ea = common::enroll(&t.base, &tok, &a, "machine-a", "a", "Linux")
         .await
         .unwrap();
-    let eb = ecs_agent::agent::enroll(Client::http(), &t.base, &tok, &b, "machine-b", "b", "Linux")
+    let eb = common::enroll(&t.base, &tok, &b, "machine-b", "b", "Linux")
         .await
         .unwrap();
     assert_ne!(ea.server_id, eb.server_id);
@@ -180,8 +180,8 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
         )
         .await;
     let rid = r.request_id.unwrap();
-    let ca = Client::new(Client::http(), &t.base, Some(secret(&ea.credential)));
-    let cb = Client::new(Client::http(), &t.base, Some(secret(&eb.credential)));
+    let ca = Client::new(common::http(), &t.base, Some(secret(&ea.credential)));
+    let cb = Client::new(common::http(), &t.base, Some(secret(&eb.credential)));
     assert!(
         cb.work(None, Duration::ZERO, false)
             .await
@@ -218,7 +218,7 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
     // A B agent process pointed at A's work (a forged delivery) refuses it:
     // it only ever asks for its own server's work, and ecsd answers nothing.
     let agent_b = Agent::load(
-        Client::http(),
+        common::http(),
         Options {
             power: ecs_agent::agent::PowerControl::Disabled,
             root: dir.path().join("rootb"),
@@ -237,12 +237,12 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
 async fn agents_without_a_valid_credential_get_nothing() {
     let t = TestServer::start().await;
     let bad = Client::new(
-        Client::http(),
+        common::http(),
         &t.base,
         Some(secret("ecsac_not-a-real-credential")),
     );
     assert!(bad.work(None, Duration::ZERO, false).await.is_err());
-    let none = Client::new(Client::http(), &t.base, None);
+    let none = Client::new(common::http(), &t.base, None);
     assert!(none.work(None, Duration::ZERO, false).await.is_err());
     let r = t
         .raw(
@@ -264,55 +264,40 @@ async fn agents_without_a_valid_credential_get_nothing() {
 }
 
 #[tokio::test]
-async fn enrollment_tokens_expire_run_out_and_reenrolling_keeps_the_server() {
+async fn enrollment_tokens_expire_run_out_and_only_the_old_key_keeps_the_server() {
     let t = TestServer::start().await;
     let tok = token(&t, 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let first = ecs_agent::agent::enroll(
-        Client::http(),
-        &t.base,
-        &tok,
-        &dir.path().join("1"),
-        "m-1",
-        "h",
-        "Linux",
-    )
-    .await
-    .unwrap();
-    // The same machine again: same server id, new key and credential.
-    let again = ecs_agent::agent::enroll(
-        Client::http(),
-        &t.base,
-        &tok,
-        &dir.path().join("2"),
-        "m-1",
-        "h",
-        "Linux",
-    )
-    .await
-    .unwrap();
+    let first = common::enroll(&t.base, &tok, &dir.path().join("1"), "m-1", "h", "Linux")
+        .await
+        .unwrap();
+    // The same machine again, from its own state directory: it proves the old
+    // key, keeps its server id, gets a new key and credential, and uses no token.
+    let again = common::enroll(&t.base, "", &dir.path().join("1"), "m-1", "h", "Linux")
+        .await
+        .unwrap();
     assert_eq!(first.server_id, again.server_id);
     assert_ne!(first.credential, again.credential);
-    // Used up.
-    let e = ecs_agent::agent::enroll(
-        Client::http(),
-        &t.base,
-        &tok,
-        &dir.path().join("3"),
-        "m-2",
-        "h",
-        "Linux",
-    )
-    .await;
-    assert!(e.unwrap_err().to_string().contains("401"));
+    // Another machine presenting the same machine id with another key is a
+    // new server, never the old one.
+    let clone = common::enroll(&t.base, &tok, &dir.path().join("2"), "m-1", "h", "Linux")
+        .await
+        .unwrap();
+    assert_ne!(clone.server_id, first.server_id);
+    // Used up (two uses: the first enrollment and the clone).
+    let e = common::enroll(&t.base, &tok, &dir.path().join("3"), "m-2", "h", "Linux").await;
+    let msg = format!("{:#}", e.unwrap_err());
+    assert!(
+        msg.contains("401") && msg.contains("invalid, expired or used up"),
+        "{msg}"
+    );
     // Expired.
     let expired = ecsd::api::issue_enroll_token(&t.state, &t.project, 5, 1)
         .await
         .unwrap()
         .token;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let e = ecs_agent::agent::enroll(
-        Client::http(),
+    let e = common::enroll(
         &t.base,
         &expired,
         &dir.path().join("4"),
@@ -321,11 +306,14 @@ async fn enrollment_tokens_expire_run_out_and_reenrolling_keeps_the_server() {
         "Linux",
     )
     .await;
-    assert!(e.is_err());
+    let msg = format!("{:#}", e.unwrap_err());
+    assert!(
+        msg.contains("401") && msg.contains("invalid, expired or used up"),
+        "{msg}"
+    );
     // The old credential no longer works.
-    let old = Client::new(Client::http(), &t.base, Some(secret(&first.credential)));
+    let old = Client::new(common::http(), &t.base, Some(secret(&first.credential)));
     assert!(old.work(None, Duration::ZERO, false).await.is_err());
-    // Only one server exists for the machine.
     let c = rusqlite::Connection::open(t.db_path()).unwrap();
     let n: i64 = c
         .query_row(
@@ -334,7 +322,7 @@ async fn enrollment_tokens_expire_run_out_and_reenrolling_keeps_the_server() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,10 +330,10 @@ async fn a_waiting_agent_is_woken_when_work_arrives() {
     let t = TestServer::start_with(|c| c.agent_poll_secs = 20).await;
     let tok = token(&t, 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let e = ecs_agent::agent::enroll(Client::http(), &t.base, &tok, dir.path(), "m", "h", "Linux")
+    let e = common::enroll(&t.base, &tok, dir.path(), "m", "h", "Linux")
         .await
         .unwrap();
-    let c = Client::new(Client::http(), &t.base, Some(secret(&e.credential)));
+    let c = Client::new(common::http(), &t.base, Some(secret(&e.credential)));
     let started = std::time::Instant::now();
     let waiting = tokio::spawn(async move { c.work(None, Duration::from_secs(20), false).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -394,17 +382,9 @@ async fn killing_the_agent_process_at_any_moment_never_damages_shadow_and_the_re
     .unwrap();
     std::fs::write(root.join("etc/login.defs"), "ENCRYPT_METHOD SHA512\n").unwrap();
     let tok = token(&t, 1).await;
-    let e = ecs_agent::agent::enroll(
-        Client::http(),
-        &t.base,
-        &tok,
-        &state,
-        "kill-m",
-        "kill",
-        "Linux",
-    )
-    .await
-    .unwrap();
+    let e = common::enroll(&t.base, &tok, &state, "kill-m", "kill", "Linux")
+        .await
+        .unwrap();
     let r = t
         .call(
             "PUT",
@@ -499,7 +479,7 @@ async fn real_agent(
     std::fs::write(root.join("etc/shadow"), "root:!:20000:0:99999:7:::\n").unwrap();
     std::fs::write(&boot, "boot-1").unwrap();
     let tok = token(t, 1).await;
-    let e = ecs_agent::agent::enroll(Client::http(), &t.base, &tok, &state, name, name, "Linux")
+    let e = common::enroll(&t.base, &tok, &state, name, name, "Linux")
         .await
         .unwrap();
     let child = std::process::Command::new(&agent_bin)

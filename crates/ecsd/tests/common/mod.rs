@@ -44,6 +44,8 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_owned(),
             master_key: Some(ecsd::secrets::MasterKey::generate_base64()),
+            // Plain HTTP on loopback; tests/trust.rs serves HTTPS.
+            insecure_http: true,
             ..Config::default()
         };
         f(&mut config);
@@ -266,6 +268,32 @@ pub fn assert_gateway(r: &Resp, status: u16, code: &str) {
     assert!(r.body.get("error").is_none());
 }
 
+/// Enrolls an agent state directory over plain loopback HTTP.
+pub async fn enroll(
+    base: &str,
+    token: &str,
+    state_dir: &std::path::Path,
+    machine_id: &str,
+    hostname: &str,
+    os_type: &str,
+) -> anyhow::Result<ecs_agent_proto::EnrollResponse> {
+    ecs_agent::agent::enroll(ecs_agent::agent::EnrollParams {
+        endpoint: base,
+        token: &SecretString::from(token.to_owned()),
+        trust: ecs_agent::agent::EnrollTrust::PlainLoopback,
+        state_dir,
+        machine_id,
+        hostname,
+        os_type,
+    })
+    .await
+}
+
+/// An HTTP client for plain loopback HTTP.
+pub fn http() -> reqwest::Client {
+    ecs_agent::client::Client::http(None).unwrap()
+}
+
 /// A one-time enrollment token for the test project.
 pub async fn token(t: &TestServer, uses: u32) -> String {
     ecsd::api::issue_enroll_token(&t.state, &t.project, uses, 600)
@@ -279,7 +307,8 @@ pub async fn token(t: &TestServer, uses: u32) -> String {
 pub async fn fleet(t: &TestServer, n: usize) -> Arc<Fleet> {
     let f = Fleet::start(FleetSpec {
         endpoint: t.base.clone(),
-        token: Some(token(t, n as u32).await),
+        token: Some(SecretString::from(token(t, n as u32).await)),
+        trust: ecs_agent::agent::EnrollTrust::PlainLoopback,
         root_base: t.dir.path().join("fleet"),
         linux: n,
         windows: 0,
