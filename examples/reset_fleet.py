@@ -13,6 +13,7 @@ import json
 import sys
 
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkecs.v2 import (
     BatchResetServersPasswordRequest,
@@ -30,8 +31,13 @@ def main():
             sys.exit("The passwords differ.")
     else:
         password = sys.stdin.readline().rstrip("\n")
+    # `ecsd serve --dev` serves HTTPS with its own CA, named in the credentials file.
+    http_config = HttpConfig.get_default_config()
+    if creds.get("ca_file"):
+        http_config.ssl_ca_cert = creds["ca_file"]
     client = (EcsClient.new_builder()
               .with_credentials(BasicCredentials(creds["ak"], creds["sk"], creds["project_id"]))
+              .with_http_config(http_config)
               .with_endpoints([creds["endpoint"]])
               .build())
     servers = [ServerId(id=s["id"]) for s in creds["servers"]]

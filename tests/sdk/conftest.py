@@ -11,6 +11,7 @@ import time
 import pytest
 import requests
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkcore.sdk_request import SdkRequest
 from huaweicloudsdkcore.signer.signer import Signer
 from huaweicloudsdkecs.v2 import EcsClient
@@ -48,10 +49,20 @@ class Ecsd:
         self.creds = json.loads(pathlib.Path(cred_path).read_text())
         self.endpoint = self.creds["endpoint"]
         self.project_id = self.creds["project_id"]
+        # --dev serves HTTPS with its own CA; every client here verifies it.
+        assert self.endpoint.startswith("https://"), self.endpoint
+        self.ca_file = self.creds["ca_file"]
 
     def client(self, ak=None, sk=None, project_id=None):
         cred = BasicCredentials(ak or self.creds["ak"], sk or self.creds["sk"], project_id or self.project_id)
-        return EcsClient.new_builder().with_credentials(cred).with_endpoints([self.endpoint]).build()
+        config = HttpConfig.get_default_config()
+        config.ssl_ca_cert = self.ca_file
+        return (EcsClient.new_builder().with_credentials(cred).with_http_config(config)
+                .with_endpoints([self.endpoint]).build())
+
+    def join_token(self):
+        """A pinned enrollment token (`<token>.<CA hash>`) for a real agent."""
+        return self.admin("enroll-token-create", "--project", self.project_id)["join_token"]
 
     def admin(self, *args):
         out = subprocess.run([ECSD, "--data-dir", str(self.data_dir), "admin", *args],
@@ -63,11 +74,12 @@ class Ecsd:
         host = self.endpoint.split("://", 1)[1]
         path, _, query = path.partition("?")
         params = [tuple(kv.split("=", 1)) for kv in query.split("&") if kv]
-        req = SdkRequest(method="GET", schema="http", host=host, resource_path=path, uri=path,
+        req = SdkRequest(method="GET", schema="https", host=host, resource_path=path, uri=path,
                          query_params=params, header_params={"Content-Type": "application/json",
                                                              "X-Project-Id": self.project_id}, body="")
         signed = Signer(BasicCredentials(self.creds["ak"], self.creds["sk"], self.project_id)).sign(req)
-        return requests.get(self.endpoint + path, params=params, headers=signed.header_params, timeout=30)
+        return requests.get(self.endpoint + path, params=params, headers=signed.header_params, timeout=30,
+                            verify=self.ca_file)
 
     def reset_outcome(self, request_id):
         r = self.signed_get(f"/v1/{self.project_id}/cloudservers/os-reset-passwords/{request_id}")
@@ -87,11 +99,14 @@ class Simulator:
     """`ecs-agent simulate`: N virtual servers with stdin commands."""
 
     def __init__(self, ecsd, root_base, count, token):
+        """`token`: a join token (the CA pin travels in it), handed over in a 0600 file."""
+        token_file = pathlib.Path(str(root_base) + ".token")
+        token_file.touch(mode=0o600)
+        token_file.write_text(token)
         self.proc = subprocess.Popen(
             [AGENT, "simulate", "--endpoint", ecsd.endpoint, "--count", str(count),
-             "--root-base", str(root_base), "--poll-secs", "5"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(str(root_base) + ".log", "wb"),
-            env=dict(os.environ, ECS_AGENT_TOKEN=token))
+             "--root-base", str(root_base), "--poll-secs", "5", "--token-file", str(token_file)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(str(root_base) + ".log", "wb"))
         ready = json.loads(self.proc.stdout.readline())
         assert ready["ready"] == count, ready
         self.servers = json.loads(pathlib.Path(ready["fleet"]).read_text())

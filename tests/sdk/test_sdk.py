@@ -129,7 +129,7 @@ def test_reset_restart_applied_with_simulated_fleet(tmp_path):
     server = Ecsd(tmp_path / "data", linux=0, windows=0)
     sim = None
     try:
-        token = server.admin("enroll-token-create", "--project", server.project_id, "--uses", "20")["token"]
+        token = server.admin("enroll-token-create", "--project", server.project_id, "--uses", "20")["join_token"]
         sim = Simulator(server, tmp_path / "fleet", 20, token)
         ids = [s["server_id"] for s in sim.servers]
         wait_for(lambda: all(
@@ -170,10 +170,10 @@ def test_real_agent_process_applies_at_next_boot(tmp_path):
         boot = tmp_path / "boot_id"
         boot.write_text("boot-1\n")
         state = tmp_path / "state"
-        token = server.admin("enroll-token-create", "--project", server.project_id)["token"]
+        # The pinned join token goes in on standard input, never in argv.
         out = subprocess.run([AGENT, "enroll", "--endpoint", server.endpoint, "--state-dir", str(state),
-                              "--root", str(root), "--hostname", "real-1"],
-                             env={"ECS_AGENT_TOKEN": token, "PATH": "/usr/bin:/bin"},
+                              "--root", str(root), "--hostname", "real-1", "--token-file", "-"],
+                             input=server.join_token().encode(), env={"PATH": "/usr/bin:/bin"},
                              capture_output=True, check=True)
         sid = __import__("json").loads(out.stdout)["server_id"]
         assert (state / "agent.key").stat().st_mode & 0o777 == 0o600

@@ -48,11 +48,12 @@ def test_plaintext_never_reaches_disk_or_logs(tmp_path):
         path = f"/v1/{server.project_id}/cloudservers/os-reset-passwords"
         payload = json.dumps({"new_password": SECRET, "servers": [{"id": i} for i in ids], "apply": "now"})
         host = server.endpoint.split("://", 1)[1]
-        req = SdkRequest(method="PUT", schema="http", host=host, resource_path=path, uri=path, query_params=[],
+        req = SdkRequest(method="PUT", schema="https", host=host, resource_path=path, uri=path, query_params=[],
                          header_params={"Content-Type": "application/json;charset=UTF-8",
                                         "X-Project-Id": server.project_id}, body=payload)
         signed = Signer(BasicCredentials(server.creds["ak"], server.creds["sk"], server.project_id)).sign(req)
-        r = requests.put(server.endpoint + path, headers=signed.header_params, data=signed.body, timeout=30)
+        r = requests.put(server.endpoint + path, headers=signed.header_params, data=signed.body, timeout=30,
+                         verify=server.ca_file)
         assert r.status_code == 200, r.text
         rid = r.headers["X-Request-Id"]
         wait_for(lambda: server.reset_outcome(rid)["summary"]["APPLIED"] == len(ids))
