@@ -728,9 +728,9 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             c.execute(
-                "INSERT INTO enroll_tokens (token_hash, project_id, expires_at, uses_left, server_id) \
-                 VALUES (?1, ?2, ?3, 1, ?4)",
-                params![h, project, fmt_time(expires), id],
+                "INSERT INTO enroll_tokens (token_hash, project_id, expires_at, uses_left, server_id, created_at) \
+                 VALUES (?1, ?2, ?3, 1, ?4, ?5)",
+                params![h, project, fmt_time(expires), id, fmt_time(Utc::now())],
             )?;
             Ok(Some(project))
         })
