@@ -5,7 +5,11 @@
 //!    time until the API shows every server APPLIED.
 //! 2. ecsd's resident memory with 10,000 idle agents long-polling.
 //!
-//! `cargo bench -p ecsd --bench fleet` (BENCH_FLEET_N, BENCH_IDLE_N to change the sizes)
+//! Both over HTTPS (what `--dev` serves, agents pinned to its CA) and over
+//! plain HTTP (`--insecure-http`), one after the other in the same run.
+//!
+//! `cargo bench -p ecsd --bench fleet` (BENCH_FLEET_N, BENCH_IDLE_N to change
+//! the sizes; BENCH_TRANSPORT=https or http for one of them)
 
 mod support;
 
@@ -20,10 +24,12 @@ struct Ecsd {
     child: Child,
     api: Api,
     data: std::path::PathBuf,
+    tls: bool,
+    client: reqwest::Client,
 }
 
 impl Ecsd {
-    fn start(data: &std::path::Path) -> Ecsd {
+    fn start(data: &std::path::Path, tls: bool) -> Ecsd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
             .args([
                 "--data-dir",
@@ -36,6 +42,11 @@ impl Ecsd {
                 "0",
             ])
             .args(["--listen", "127.0.0.1:0"])
+            .args(if tls {
+                &[][..]
+            } else {
+                &["--insecure-http"][..]
+            })
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -53,10 +64,27 @@ impl Ecsd {
         let creds: serde_json::Value =
             serde_json::from_slice(&std::fs::read(cred_path.unwrap()).unwrap()).unwrap();
         let endpoint = creds["endpoint"].as_str().unwrap().to_owned();
+        let client = match creds["ca_file"].as_str() {
+            Some(ca) => reqwest::Client::builder()
+                .use_preconfigured_tls(
+                    ecs_trust::tls::client_config(&ecs_trust::tls::Roots::Only(
+                        ecs_trust::tls::certs_from_file(std::path::Path::new(ca)).unwrap(),
+                    ))
+                    .unwrap(),
+                )
+                .build()
+                .unwrap(),
+            None => reqwest::Client::new(),
+        };
         Ecsd {
             child,
+            tls,
+            client,
             api: Api {
-                host: endpoint.trim_start_matches("http://").to_owned(),
+                host: endpoint
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://")
+                    .to_owned(),
                 base: endpoint,
                 project: creds["project_id"].as_str().unwrap().to_owned(),
                 ak: creds["ak"].as_str().unwrap().to_owned(),
@@ -78,7 +106,9 @@ impl Ecsd {
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["token"].as_str().unwrap().to_owned()
+        // Over HTTPS, the join token carries the CA pin.
+        let field = if self.tls { "join_token" } else { "token" };
+        v[field].as_str().unwrap().to_owned()
     }
 
     fn rss_mib(&self) -> f64 {
@@ -161,9 +191,14 @@ async fn wait_state(
 }
 
 fn spec(ecsd: &Ecsd, token: String, root: &std::path::Path, n: usize) -> FleetSpec {
+    let (token, pin) = ecs_agent::agent::split_join_token(&token).unwrap();
     FleetSpec {
         endpoint: ecsd.api.base.clone(),
         token: Some(token),
+        trust: match pin {
+            Some(p) => ecs_agent::agent::EnrollTrust::Pin(p),
+            None => ecs_agent::agent::EnrollTrust::PlainLoopback,
+        },
         root_base: root.to_owned(),
         linux: n,
         windows: 0,
@@ -186,11 +221,29 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let client = reqwest::Client::new();
+    let transports: Vec<bool> = match std::env::var("BENCH_TRANSPORT").as_deref() {
+        Ok("https") => vec![true],
+        Ok("http") => vec![false],
+        _ => vec![true, false],
+    };
+    for tls in transports {
+        println!(
+            "=== {} ===",
+            if tls {
+                "HTTPS (TLS 1.3, pinned agents)"
+            } else {
+                "plain HTTP (--insecure-http)"
+            }
+        );
+        run(&rt, tls, n, idle);
+    }
+}
 
+fn run(rt: &tokio::runtime::Runtime, tls: bool, n: usize, idle: usize) {
     // 1. Reset then restart N servers.
     let dir = tempfile::tempdir().unwrap();
-    let ecsd = Ecsd::start(&dir.path().join("data"));
+    let ecsd = Ecsd::start(&dir.path().join("data"), tls);
+    let client = ecsd.client.clone();
     let token = ecsd.token(n);
     rt.block_on(async {
         let started = Instant::now();
@@ -227,7 +280,7 @@ fn main() {
 
     // 2. Memory with many idle agents.
     let dir = tempfile::tempdir().unwrap();
-    let ecsd = Ecsd::start(&dir.path().join("data"));
+    let ecsd = Ecsd::start(&dir.path().join("data"), tls);
     let before = ecsd.rss_mib();
     let token = ecsd.token(idle);
     rt.block_on(async {
@@ -246,7 +299,7 @@ fn main() {
     });
     // The same fleet against a freshly started ecsd (no enrollment burst).
     drop(ecsd);
-    let ecsd = Ecsd::start(&dir.path().join("data"));
+    let ecsd = Ecsd::start(&dir.path().join("data"), tls);
     rt.block_on(async {
         let mut s = spec(&ecsd, String::new(), &dir.path().join("fleet"), idle);
         s.token = None;

@@ -1,6 +1,7 @@
-//! Sustained batch resets per second over HTTP: a real ecsd on loopback
-//! (its own runtime) and a signing load generator (another runtime), bounded
-//! in time. Prints one line per scenario.
+//! Sustained batch resets per second over HTTPS and over plain HTTP, in the
+//! same run: a real ecsd on loopback (its own runtime) and a signing load
+//! generator (another runtime, keep-alive connections), bounded in time.
+//! Prints one line per scenario.
 //!
 //! `cargo bench -p ecsd --bench http_load` (BENCH_LOAD_SECS, default 10)
 
@@ -19,9 +20,10 @@ use support::Api;
 struct Target {
     api: Api,
     ids: Vec<String>,
+    client: reqwest::Client,
 }
 
-fn start_server(dir: &std::path::Path, servers: usize) -> Target {
+fn start_server(dir: &std::path::Path, servers: usize, tls: bool) -> Target {
     let (tx, rx) = std::sync::mpsc::channel();
     let dir = dir.to_owned();
     std::thread::spawn(move || {
@@ -30,11 +32,28 @@ fn start_server(dir: &std::path::Path, servers: usize) -> Target {
             .build()
             .unwrap();
         rt.block_on(async move {
+            let pki = ecsd::tls::dev_pki(&dir).unwrap();
+            let client = if tls {
+                reqwest::Client::builder()
+                    .use_preconfigured_tls(
+                        ecs_trust::tls::client_config(&ecs_trust::tls::Roots::Only(
+                            ecs_trust::tls::certs_from_file(&pki.ca).unwrap(),
+                        ))
+                        .unwrap(),
+                    )
+                    .build()
+                    .unwrap()
+            } else {
+                reqwest::Client::new()
+            };
             let config = Config {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 data_dir: dir,
                 master_key: Some(ecsd::secrets::MasterKey::generate_base64()),
                 rate_limit_per_sec: 1_000_000,
+                tls_cert: tls.then_some(pki.cert),
+                tls_key: tls.then_some(pki.key),
+                insecure_http: !tls,
                 ..Config::default()
             };
             let state = ecsd::server::open_state(config).unwrap();
@@ -59,8 +78,9 @@ fn start_server(dir: &std::path::Path, servers: usize) -> Target {
             let server = Server::bind(state).await.unwrap();
             let addr = server.local_addr();
             tx.send(Target {
+                client,
                 api: Api {
-                    base: format!("http://{addr}"),
+                    base: format!("{}://{addr}", server.scheme()),
                     host: addr.to_string(),
                     project: project.id,
                     ak,
@@ -100,20 +120,32 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let dir = tempfile::tempdir().unwrap();
-    let target = Arc::new(start_server(dir.path(), 1000));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     println!(
-        "| batch size | concurrency | requests | resets/s (requests) | server resets/s | p50 ms | p99 ms | non-200 |"
+        "| transport | batch size | concurrency | requests | resets/s (requests) | server resets/s | p50 ms | p99 ms | non-200 |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (batch, conc) in [(1usize, 4usize), (100, 4), (1000, 2)] {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let dir = tempfile::tempdir().unwrap();
+    let targets = [
+        (
+            "HTTPS",
+            Arc::new(start_server(&dir.path().join("tls"), 1000, true)),
+        ),
+        (
+            "HTTP",
+            Arc::new(start_server(&dir.path().join("plain"), 1000, false)),
+        ),
+    ];
+    for ((batch, conc), (transport, target)) in [(1usize, 4usize), (100, 4), (1000, 2)]
+        .into_iter()
+        .flat_map(|b| targets.iter().map(move |t| (b, t)))
+    {
         let (lat, errors) = rt.block_on(async {
-            let client = reqwest::Client::new();
+            let client = target.client.clone();
             let deadline = Instant::now() + Duration::from_secs(secs);
             let mut tasks = Vec::new();
             for w in 0..conc {
@@ -150,7 +182,7 @@ fn main() {
         sorted.sort();
         let rps = lat.len() as f64 / secs as f64;
         println!(
-            "| {batch} | {conc} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {errors} |",
+            "| {transport} | {batch} | {conc} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {errors} |",
             lat.len(),
             rps,
             rps * batch as f64,
