@@ -102,7 +102,7 @@ enum Admin {
         ttl_secs: u64,
     },
     /// Make a new work-signing key endorsed by the current one (agents follow
-    /// it); restart the replicas afterwards: ecsd admin work-key-rotate
+    /// it); then SIGHUP every replica: ecsd admin work-key-rotate
     WorkKeyRotate,
     /// Create an enrollment token for `ecs-agent enroll`.
     EnrollTokenCreate {
@@ -302,7 +302,7 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
         }
         Admin::WorkKeyRotate => {
             let public = ecsd::work::WorkKeys::rotate(&*state.store, &state.master).await?;
-            serde_json::json!({"work_key": public, "note": "restart every ecsd replica to sign with it"})
+            serde_json::json!({"work_key": public, "note": "send SIGHUP to (or restart) every ecsd replica to sign with it"})
         }
         Admin::EnrollTokenCreate {
             project,

@@ -40,8 +40,8 @@ impl Server {
         let tls = crate::tls::from_config(&state.config)?;
         if let Some(t) = &tls {
             let _ = state.ca_pin.set(t.ca_pin);
-            crate::tls::reload_on_sighup(t.cert.clone());
         }
+        crate::tls::reload_on_sighup(tls.as_ref().map(|t| t.cert.clone()), state.clone());
         let addr = state.config.listen;
         let listener = TcpListener::bind(addr)
             .await

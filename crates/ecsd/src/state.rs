@@ -20,8 +20,9 @@ pub struct AppState {
     pub wakers: Arc<Wakers>,
     /// The pin of the CA agents enroll against; set when serving HTTPS.
     pub ca_pin: Arc<std::sync::OnceLock<ecs_trust::CaPin>>,
-    /// The work-signing keys, loaded (or made) on first use.
-    pub work_keys: Arc<tokio::sync::OnceCell<crate::work::WorkKeys>>,
+    /// The work-signing keys, loaded (or made) on first use, reloaded on
+    /// SIGHUP (after `ecsd admin work-key-rotate`).
+    pub work_keys: Arc<std::sync::RwLock<Option<Arc<crate::work::WorkKeys>>>>,
 }
 
 impl AppState {
@@ -39,10 +40,22 @@ impl AppState {
     }
 
     /// The work-signing keys (made on first use).
-    pub async fn work_keys(&self) -> Result<&crate::work::WorkKeys, crate::work::WorkKeyError> {
-        self.work_keys
-            .get_or_try_init(|| crate::work::WorkKeys::load_or_create(&*self.store, &self.master))
-            .await
+    pub async fn work_keys(&self) -> Result<Arc<crate::work::WorkKeys>, crate::work::WorkKeyError> {
+        if let Some(k) = self.work_keys.read().expect("work keys lock").clone() {
+            return Ok(k);
+        }
+        self.reload_work_keys().await
+    }
+
+    /// Reads the work-signing keys from the store again (a rotation made by
+    /// `ecsd admin work-key-rotate`, possibly on another replica).
+    pub async fn reload_work_keys(
+        &self,
+    ) -> Result<Arc<crate::work::WorkKeys>, crate::work::WorkKeyError> {
+        let keys =
+            Arc::new(crate::work::WorkKeys::load_or_create(&*self.store, &self.master).await?);
+        *self.work_keys.write().expect("work keys lock") = Some(keys.clone());
+        Ok(keys)
     }
 }
 

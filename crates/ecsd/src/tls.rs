@@ -121,8 +121,9 @@ pub fn from_config(config: &Config) -> anyhow::Result<Option<Tls>> {
     }
 }
 
-/// Reloads the certificate on every SIGHUP.
-pub fn reload_on_sighup(cert: Arc<ReloadingCert>) {
+/// On every SIGHUP: reloads the certificate (if serving HTTPS) and the
+/// work-signing keys. Open connections are not touched.
+pub fn reload_on_sighup(cert: Option<Arc<ReloadingCert>>, state: crate::state::AppState) {
     #[cfg(unix)]
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -130,16 +131,22 @@ pub fn reload_on_sighup(cert: Arc<ReloadingCert>) {
             return;
         };
         while hup.recv().await.is_some() {
-            match cert.reload() {
-                Ok(()) => tracing::info!("TLS certificate reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "TLS certificate reload failed; keeping the current one")
+            if let Some(cert) = &cert {
+                match cert.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "TLS certificate reload failed; keeping the current one")
+                    }
                 }
+            }
+            match state.reload_work_keys().await {
+                Ok(k) => tracing::info!(work_key = %k.public(), "work-signing keys reloaded"),
+                Err(e) => tracing::error!(error = %e, "work-signing key reload failed"),
             }
         }
     });
     #[cfg(not(unix))]
-    let _ = cert;
+    let _ = (cert, state);
 }
 
 /// The dev PKI's files, beside `dev-credentials.json`.

@@ -804,3 +804,162 @@ async fn the_api_over_https_answers_only_clients_that_trust_its_ca() {
         .await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_follow_an_endorsed_work_key_rotation() {
+    let t = TestServer::start().await;
+    let a = RealAgent::enroll(&t).await;
+    let before = ecsd::work::WorkKeys::load_or_create(&*t.state.store, &t.state.master)
+        .await
+        .unwrap()
+        .public();
+    let enrolled: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.state.join("agent.json")).unwrap()).unwrap();
+    assert_eq!(enrolled["work_key"], before.as_str());
+    // `ecsd admin work-key-rotate`, then what SIGHUP does.
+    let after = ecsd::work::WorkKeys::rotate(&*t.state.store, &t.state.master)
+        .await
+        .unwrap();
+    t.state.reload_work_keys().await.unwrap();
+    assert_ne!(after, before);
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Rt6=kLm2wX"), None, &[&a.server_id])),
+        )
+        .await;
+    let rid = r.request_id.unwrap();
+    // The real agent, against the real ecsd, after a restart.
+    let mut child = a.start(&t.base, "boot-after-rotation", &[]);
+    let mut state = String::new();
+    for _ in 0..300 {
+        let o = t
+            .call("GET", &format!("{}/{rid}", t.batch_path()), None)
+            .await;
+        state = o.body["servers"][0]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if state == "APPLIED" || state == "FAILED" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(state, "APPLIED");
+    let now: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.state.join("agent.json")).unwrap()).unwrap();
+    assert_eq!(
+        now["work_key"],
+        after.as_str(),
+        "the agent recorded the new key"
+    );
+}
+
+#[test]
+fn ecsd_creates_its_data_directory_and_database_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("new-data");
+    let config = ecsd::config::Config {
+        data_dir: data.clone(),
+        master_key: Some(ecsd::secrets::MasterKey::generate_base64()),
+        ..Default::default()
+    };
+    let _state = ecsd::server::open_state(config).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("ecsd.db")), 0o600);
+}
+
+/// The certificate a TLS connection to `addr` presents, and the connection.
+async fn connect(
+    addr: &str,
+    ca: &Path,
+) -> (
+    Vec<u8>,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) {
+    let cfg = ecs_trust::tls::client_config(&ecs_trust::tls::Roots::Only(
+        ecs_trust::tls::certs_from_file(ca).unwrap(),
+    ))
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    (leaf, tls)
+}
+
+async fn health(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tls.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pki = ecsd::tls::dev_pki(&data).unwrap();
+    let key = ecsd::secrets::MasterKey::generate_base64();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["serve", "--listen", &addr, "--tls-cert"])
+        .arg(&pki.cert)
+        .arg("--tls-key")
+        .arg(&pki.key)
+        .env("ECSD_MASTER_KEY", key.expose_secret())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "ecsd did not start");
+    let (first, mut old_conn) = connect(&addr, &pki.ca).await;
+    assert!(health(&mut old_conn).await.starts_with("HTTP/1.1 200"));
+    // Re-issue the server certificate (same CA, new key), then SIGHUP.
+    std::fs::remove_file(&pki.cert).unwrap();
+    ecsd::tls::dev_pki(&data).unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut second = first.clone();
+    for _ in 0..100 {
+        second = connect(&addr, &pki.ca).await.0;
+        if second != first {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(second, first, "new connections get the new certificate");
+    // The connection opened before the reload still works.
+    let again = health(&mut old_conn).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+}
