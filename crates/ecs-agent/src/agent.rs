@@ -121,8 +121,12 @@ impl Agent {
                 Some(enrollment.credential),
             ),
             verifier: std::sync::Mutex::new(
-                ecs_trust::WorkVerifier::from_base64(&enrollment.work_key)
-                    .map_err(|e| anyhow::anyhow!("agent.json: the work key: {e}"))?,
+                ecs_trust::WorkVerifier::from_base64(&enrollment.work_key).map_err(|_| {
+                    anyhow::anyhow!(
+                        "agent.json holds no valid work-signing key (enrolled before signed work?): \
+                         run `ecs-agent enroll` again; it proves the old key and keeps the server id"
+                    )
+                })?,
             ),
             server_id: enrollment.server_id,
             user,

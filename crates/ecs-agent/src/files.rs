@@ -47,6 +47,9 @@ pub struct Enrollment {
     #[serde(default)]
     pub ca_pem: Option<String>,
     /// Base64 Ed25519 key whose signature work items must carry (contract §6).
+    /// Empty in a state directory enrolled before signed work existed: such
+    /// an agent must enroll again (proving its old key) before it runs.
+    #[serde(default)]
     pub work_key: String,
 }
 

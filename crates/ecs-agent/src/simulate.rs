@@ -120,8 +120,9 @@ impl Fleet {
                 let state_dir = root.join("var/lib/ecs-agent");
                 let state = StateDir(state_dir.clone());
                 let server_id = match state.load_enrollment()? {
-                    Some(e) => e.server_id,
-                    None => {
+                    // Enrolled before signed work: enroll again (proving the old key).
+                    Some(e) if !e.work_key.is_empty() => e.server_id,
+                    _ => {
                         let token = spec
                             .token
                             .as_ref()

@@ -759,6 +759,12 @@ impl Store for SqliteStore {
                 "INSERT INTO rekey_challenges (challenge_id, server_id, answer_hash, expires_at) VALUES (?1, ?2, ?3, ?4)",
                 params![cid, sid, h, fmt_time(expires)],
             )?;
+            // Unauthenticated callers can ask: keep at most 4 open per server.
+            c.execute(
+                "DELETE FROM rekey_challenges WHERE server_id = ?1 AND challenge_id NOT IN \
+                 (SELECT challenge_id FROM rekey_challenges WHERE server_id = ?1 ORDER BY rowid DESC LIMIT 4)",
+                [&sid],
+            )?;
             Ok(())
         })
         .await
