@@ -98,7 +98,7 @@ impl Agent {
         let enrollment = StateDir(opts.state_dir.clone())
             .load_enrollment()?
             .context("this agent is not enrolled: run `ecs-agent enroll` first")?;
-        let http = Client::http_for_ca(enrollment.ca_pem.as_deref())?;
+        let http = Client::http_for(&enrollment)?;
         Self::load(http, opts)
     }
 
@@ -541,8 +541,10 @@ pub enum EnrollTrust {
     /// `--ca-cert-hash`): nothing is sent to a server whose chain does not
     /// contain that CA and verify against it, even if the system trusts it.
     Pin(ecs_trust::CaPin),
-    /// CA certificates the operator put on this server (`--ca-file`).
-    CaCerts(Vec<ecs_trust::tls::CertDer>),
+    /// No pin: the system's roots plus the CA certificates the operator put
+    /// on this server (`--ca-file`, may be empty), now and afterwards. For a
+    /// control plane with a publicly trusted certificate; a pin is stronger.
+    SystemAnd(Vec<ecs_trust::tls::CertDer>),
     /// Plain HTTP, allowed only to a loopback endpoint (tests, a local proxy).
     PlainLoopback,
 }
@@ -567,10 +569,13 @@ impl EnrollTrust {
         );
         match (pin, ca_file) {
             (Some(p), _) => Ok(EnrollTrust::Pin(p)),
-            (None, Some(f)) => Ok(EnrollTrust::CaCerts(ecs_trust::tls::certs_from_file(f)?)),
-            (None, None) => anyhow::bail!(
-                "give the control plane's CA pin (a join token `<token>.<hash>`, or --ca-cert-hash sha256:...) or its CA file (--ca-file)"
-            ),
+            (None, Some(f)) => Ok(EnrollTrust::SystemAnd(ecs_trust::tls::certs_from_file(f)?)),
+            (None, None) => {
+                tracing::warn!(
+                    "no CA pin given: trusting the system's roots (a join token pins the control plane's CA)"
+                );
+                Ok(EnrollTrust::SystemAnd(Vec::new()))
+            }
         }
     }
 }
@@ -612,8 +617,8 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<proto::EnrollResponse
     };
     let tls = match (&p.trust, &pinned) {
         (EnrollTrust::Pin(_), Some(v)) => Some(v.client_config()?),
-        (EnrollTrust::CaCerts(certs), _) => Some(ecs_trust::tls::client_config(
-            &ecs_trust::tls::Roots::Only(certs.clone()),
+        (EnrollTrust::SystemAnd(certs), _) => Some(ecs_trust::tls::client_config(
+            &ecs_trust::tls::Roots::SystemAnd(certs.clone()),
         )?),
         _ => None,
     };
@@ -663,12 +668,18 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<proto::EnrollResponse
             rekey,
         })
         .await?;
-    let ca_pem = match (&p.trust, &pinned) {
-        (EnrollTrust::Pin(_), Some(v)) => Some(ecs_trust::tls::certs_to_pem(&[v
-            .matched_ca()
-            .context("the pinned CA was not seen")?])),
-        (EnrollTrust::CaCerts(certs), _) => Some(ecs_trust::tls::certs_to_pem(certs)),
-        _ => None,
+    let (ca_pem, system_roots) = match (&p.trust, &pinned) {
+        (EnrollTrust::Pin(_), Some(v)) => (
+            Some(ecs_trust::tls::certs_to_pem(&[v
+                .matched_ca()
+                .context("the pinned CA was not seen")?])),
+            false,
+        ),
+        (EnrollTrust::SystemAnd(certs), _) => (
+            (!certs.is_empty()).then(|| ecs_trust::tls::certs_to_pem(certs)),
+            true,
+        ),
+        _ => (None, false),
     };
     let work_key = resp
         .work_keys
@@ -687,6 +698,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<proto::EnrollResponse
         machine_id: p.machine_id.to_owned(),
         credential: SecretString::from(resp.credential.clone()),
         ca_pem,
+        system_roots,
         work_key,
     })?;
     // A new key and a new credential: older journal entries refer to resets

@@ -37,16 +37,23 @@ impl Client {
         b.build().context("building the HTTP client")
     }
 
-    /// A client trusting only this CA (PEM), or plain HTTP when `None`.
-    pub fn http_for_ca(ca_pem: Option<&str>) -> anyhow::Result<reqwest::Client> {
-        let tls = match ca_pem {
-            Some(pem) => Some(ecs_trust::tls::client_config(
-                &ecs_trust::tls::Roots::Only(ecs_trust::tls::certs_from_pem(
-                    pem.as_bytes(),
-                    "the stored CA",
-                )?),
-            )?),
-            None => None,
+    /// A client trusting what enrollment recorded: the pinned CA only, or
+    /// the system's roots plus a CA file; plain HTTP (loopback) otherwise.
+    pub fn http_for(e: &crate::files::Enrollment) -> anyhow::Result<reqwest::Client> {
+        let stored = match &e.ca_pem {
+            Some(pem) => ecs_trust::tls::certs_from_pem(pem.as_bytes(), "the stored CA")?,
+            None => Vec::new(),
+        };
+        let tls = if e.system_roots {
+            Some(ecs_trust::tls::client_config(
+                &ecs_trust::tls::Roots::SystemAnd(stored),
+            )?)
+        } else if !stored.is_empty() {
+            Some(ecs_trust::tls::client_config(
+                &ecs_trust::tls::Roots::Only(stored),
+            )?)
+        } else {
+            None
         };
         Self::http(tls)
     }

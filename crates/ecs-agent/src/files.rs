@@ -46,6 +46,9 @@ pub struct Enrollment {
     /// it. `None` only for a plain-HTTP loopback endpoint (tests).
     #[serde(default)]
     pub ca_pem: Option<String>,
+    /// Enrolled without a pin: the system's roots are trusted too.
+    #[serde(default)]
+    pub system_roots: bool,
     /// Base64 Ed25519 key whose signature work items must carry (contract §6).
     /// Empty in a state directory enrolled before signed work existed: such
     /// an agent must enroll again (proving its old key) before it runs.

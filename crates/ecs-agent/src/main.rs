@@ -105,7 +105,7 @@ struct TrustArgs {
     /// does not carry it.
     #[arg(long)]
     ca_cert_hash: Option<String>,
-    /// Trust this CA file instead of a pin.
+    /// Without a pin: trust this CA file besides the system's roots.
     #[arg(long)]
     ca_file: Option<PathBuf>,
 }
@@ -243,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 // Every server is enrolled already (else enrolling fails for
                 // want of a token): the trust recorded at enrollment is used.
-                None => (None, agent::EnrollTrust::CaCerts(Vec::new())),
+                None => (None, agent::EnrollTrust::SystemAnd(Vec::new())),
             };
             let fleet = Fleet::start(FleetSpec {
                 endpoint,

@@ -174,13 +174,14 @@ impl Fleet {
         }
         // Every simulated server enrolled with the same control plane: one
         // client trusting its CA serves them all.
-        let ca_pem = match servers.values().next() {
-            Some(r) => StateDir(r.opts.state_dir.clone())
-                .load_enrollment()?
-                .and_then(|e| e.ca_pem),
-            None => None,
+        let http = match servers.values().next() {
+            Some(r) => crate::client::Client::http_for(
+                &StateDir(r.opts.state_dir.clone())
+                    .load_enrollment()?
+                    .context("a simulated server's enrollment is gone")?,
+            )?,
+            None => crate::client::Client::http(None)?,
         };
-        let http = crate::client::Client::http_for_ca(ca_pem.as_deref())?;
         let fleet = Arc::new(Fleet {
             http,
             servers: Mutex::new(servers),
