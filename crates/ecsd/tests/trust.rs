@@ -380,15 +380,24 @@ fn hashed(shadow: &str) -> String {
         .to_owned()
 }
 
-/// Waits (with a deadline that fails the test) for the next acknowledgement.
-async fn next_ack(f: &Forger, seen: usize) -> proto::AckRequest {
+/// Waits (with a deadline that fails the test) for an acknowledgement of
+/// `rid` after the first `seen` ones. (A killed agent may acknowledge its
+/// previous outcome again when it starts: that one is skipped.)
+async fn next_ack(f: &Forger, seen: usize, rid: &str) -> proto::AckRequest {
     for _ in 0..300 {
-        if let Some(a) = f.acks.lock().unwrap().get(seen) {
+        if let Some(a) = f.acks.lock().unwrap()[seen..]
+            .iter()
+            .find(|a| a.request_id == rid)
+        {
             return a.clone();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the agent acknowledged nothing within 15 s");
+    panic!("the agent did not acknowledge {rid} within 15 s");
+}
+
+fn acks_so_far(f: &Forger) -> usize {
+    f.acks.lock().unwrap().len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,7 +433,10 @@ async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
     };
     // 2. The same, signed by a key that is not ecsd's.
     let rogue = ecs_trust::WorkSigner::generate();
+    // (Each case has its own request id: a killed agent may acknowledge the
+    // previous case again when it starts.)
     let mut rogue_signed = unsigned.clone();
+    rogue_signed.request_id = "e".repeat(32);
     rogue_signed.envelope = Some(rogue.sign(&proto::Envelope {
         server_id: a.server_id.clone(),
         id: forged_rid.clone(),
@@ -439,6 +451,7 @@ async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
     }));
     // 3. A rogue key "endorsed" by itself in a fake rotation chain.
     let mut rogue_rotation = rogue_signed.clone();
+    rogue_rotation.request_id = "d".repeat(32);
     rogue_rotation.keys = vec![rogue.endorse(&rogue.public()).unwrap()];
     // 4. ecsd's genuine envelope, but the attacker's sealed password.
     let mut swapped = genuine.clone();
@@ -457,16 +470,15 @@ async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
         ("rogue rotation", rogue_rotation, "rotation"),
         ("swapped sealed blob", swapped, "does not match"),
     ];
-    let mut seen = 0;
     for (i, (case, work, reason)) in cases.into_iter().enumerate() {
         let rid = work.request_id.clone();
+        let seen = acks_so_far(&f);
         f.work.lock().unwrap().push(proto::Poll {
             reset: Some(work),
             power: None,
         });
         let mut child = a.start(&fake, &format!("boot-forged-{i}"), &[]);
-        let ack = next_ack(&f, seen).await;
-        seen += 1;
+        let ack = next_ack(&f, seen, &rid).await;
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(ack.request_id, rid, "{case}");
@@ -477,13 +489,13 @@ async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
     }
 
     // A genuine item applies (the agent is not simply refusing everything)...
+    let seen = acks_so_far(&f);
     f.work.lock().unwrap().push(proto::Poll {
         reset: Some(genuine.clone()),
         power: None,
     });
     let mut child = a.start(&fake, "boot-genuine-1", &[]);
-    let ack = next_ack(&f, seen).await;
-    seen += 1;
+    let ack = next_ack(&f, seen, &genuine.request_id).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(ack.outcome, proto::Outcome::Applied, "{:?}", ack.reason);
@@ -492,13 +504,13 @@ async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
 
     // ...then a newer one...
     let newer = a.genuine(&t, "Hk5=rNp8wQ").await;
+    let (seen, newer_rid) = (acks_so_far(&f), newer.request_id.clone());
     f.work.lock().unwrap().push(proto::Poll {
         reset: Some(newer),
         power: None,
     });
     let mut child = a.start(&fake, "boot-genuine-2", &[]);
-    let ack = next_ack(&f, seen).await;
-    seen += 1;
+    let ack = next_ack(&f, seen, &newer_rid).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(ack.outcome, proto::Outcome::Applied, "{:?}", ack.reason);
@@ -519,8 +531,9 @@ async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
     let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&jp).unwrap()).unwrap();
     j["applied"] = serde_json::json!([]);
     std::fs::write(&jp, serde_json::to_vec(&j).unwrap()).unwrap();
+    let seen = acks_so_far(&f);
     let mut child = a.start(&fake, "boot-replay", &[]);
-    let ack = next_ack(&f, seen).await;
+    let ack = next_ack(&f, seen, &genuine.request_id).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(ack.outcome, proto::Outcome::Failed);
