@@ -307,7 +307,7 @@ mod tests {
         const ALLOWED: &str =
             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!@%-_=+[]:./?";
         let n = p.chars().count();
-        if n < 8 || n > 26 {
+        if !(8..=26).contains(&n) {
             return Err(Violation::Length);
         }
         if p.chars().any(|c| !ALLOWED.contains(c)) {

@@ -446,7 +446,7 @@ mod tests {
             ),
             format!("SDK-HMAC-SHA256 Access=AK1, Access=AK2, SignedHeaders=host, Signature={sig}"),
             format!("SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host, Signature={sig}, Extra=1"),
-            format!("SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host, Signature"),
+            "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host, Signature".to_owned(),
             format!("SDK-HMAC-SHA256 SignedHeaders=host, Signature={sig}"),
         ] {
             assert_eq!(
