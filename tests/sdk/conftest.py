@@ -1,6 +1,8 @@
 """Fixtures: a real ecsd (and real ecs-agent processes) driven by the official
 Huawei Python SDK (huaweicloudsdkecs, pinned in requirements.txt)."""
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -143,3 +145,17 @@ def wait_for(predicate, timeout=30.0, interval=0.1):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+# crypt(3) from libxcrypt (libcrypt.so.1, part of every Debian/Ubuntu base system): Python's
+# `crypt` module is gone in 3.13. libxcrypt knows every method the agent writes (SHA-512
+# `$6$`, SHA-256 `$5$`, yescrypt `$y$`).
+_libcrypt = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+_libcrypt.crypt.restype = ctypes.c_char_p
+_libcrypt.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+
+
+def crypt_verify(password, hashed):
+    """True if `password` hashes to `hashed` (a crypt(3) string from /etc/shadow)."""
+    out = _libcrypt.crypt(password.encode(), hashed.encode())
+    return out is not None and not out.startswith(b"*") and out.decode() == hashed

@@ -1,6 +1,5 @@
 """The public API through the official Huawei Python SDK, unmodified."""
 
-import crypt
 import pathlib
 import subprocess
 
@@ -16,7 +15,7 @@ from huaweicloudsdkecs.v2 import (
     ShowResetPasswordFlagRequest,
 )
 
-from conftest import AGENT, Ecsd, Simulator, wait_for
+from conftest import AGENT, Ecsd, Simulator, crypt_verify, wait_for
 
 GOOD = "Gx7!pLq2vR"
 
@@ -51,16 +50,32 @@ def test_dry_run_accepts_without_a_password(ecsd, client):
 
 def test_policy_violation_names_the_rule(ecsd, client):
     ids = [s["id"] for s in ecsd.creds["servers"]]
-    e = expect_error(lambda: client.batch_reset_servers_password(batch(ids, password="password")), 400, "Ecs.0011")
-    assert "password" not in e.error_msg.replace("The password", "").replace("weak password", "")
+    for password, rule in [
+        ("qwertzuiop", "The password must contain at least three of: uppercase letters, lowercase letters, "
+                       "digits and special characters."),
+        ("Gx7!pL", "The password length must range from 8 to 26 characters."),
+        ("Gx7!pLq2v#", "The password may contain only letters, digits and the special characters"),
+        ("Welcome@123", "The password is a well-known weak password."),
+    ]:
+        e = expect_error(lambda: client.batch_reset_servers_password(batch(ids, password=password)), 400, "Ecs.0011")
+        assert rule in e.error_msg, (password, e.error_msg)
+        assert password not in e.error_msg
 
 
 def test_windows_rule_fails_only_windows_servers(ecsd, client):
     ids = [s["id"] for s in ecsd.creds["servers"]]
     windows = [s["id"] for s in ecsd.creds["servers"] if s["os_type"] == "Windows"]
+    linux = [s["id"] for s in ecsd.creds["servers"] if s["os_type"] == "Linux"]
+    assert windows and linux
     e = expect_error(lambda: client.batch_reset_servers_password(batch(ids, password="Qmin7!pLx2")), 400, "Ecs.0011")
+    assert f"{len(windows)} of {len(ids)}" in e.error_msg, e.error_msg
     for w in windows:
         assert w in e.error_msg
+    for i in linux:
+        assert i not in e.error_msg, e.error_msg
+    # The same password for the Linux servers alone is accepted (dry run: nothing changes).
+    resp = client.batch_reset_servers_password(batch(linux, password="Qmin7!pLx2", dry_run=True))
+    assert [r.id for r in resp.response] == linux
 
 
 def test_unknown_server_is_named(ecsd, client):
@@ -121,7 +136,17 @@ def verify_root(root, password):
     line = (pathlib.Path(root) / "etc/shadow").read_text().splitlines()[0]
     user, hashed = line.split(":")[:2]
     assert user == "root"
-    return hashed.startswith("$6$") and crypt.crypt(password, hashed) == hashed
+    return hashed.startswith("$6$") and crypt_verify(password, hashed)
+
+
+def test_crypt_verifier_knows_the_agents_methods():
+    """The helper above checks SHA-512 (vector from `openssl passwd -6`) and yescrypt."""
+    sha512 = "$6$saltsalt$4NK.zhh.QMjNZ7KTJO9/kt3xiNbLi1qFjhnd/3hHimuodgmev0dhij5zsjnNowZibx/i2QJanGFc/MP9WZAvA/"
+    yescrypt = "$y$j9T$saltsaltsaltsalt$Ccl/PeUFDbbMa6PLSjz7C2W0/TeAoYlK7NttJb5cY86"
+    for hashed in (sha512, yescrypt):
+        assert crypt_verify(GOOD, hashed), hashed
+        assert not crypt_verify(GOOD + "x", hashed), hashed
+    assert not crypt_verify(GOOD, "!")
 
 
 def test_reset_restart_applied_with_simulated_fleet(tmp_path):

@@ -6,8 +6,10 @@ nowhere in the server's debug-level log."""
 import json
 import pathlib
 
+import pytest
 import requests
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkcore.sdk_request import SdkRequest
 from huaweicloudsdkcore.signer.signer import Signer
 from huaweicloudsdkecs.v2 import (
@@ -40,10 +42,10 @@ def test_plaintext_never_reaches_disk_or_logs(tmp_path):
         client.reset_server_password(ResetServerPasswordRequest(server_id=ids[0], body=single))
         # A rejected one too (the message must not echo it).
         bad = BatchResetServersPasswordRequestBody(new_password=SECRET + "#", servers=[ServerId(id=ids[0])])
-        try:
+        with pytest.raises(ClientRequestException) as rejected:
             client.batch_reset_servers_password(BatchResetServersPasswordRequest(body=bad))
-        except Exception as e:  # noqa: BLE001 - the SDK's exception type
-            assert SECRET not in str(e)
+        assert rejected.value.error_code == "Ecs.0011", rejected.value.error_msg
+        assert SECRET not in str(rejected.value) and SECRET not in rejected.value.error_msg
         # Apply at once on the dev fleet (our extension), signed by the SDK's signer.
         path = f"/v1/{server.project_id}/cloudservers/os-reset-passwords"
         payload = json.dumps({"new_password": SECRET, "servers": [{"id": i} for i in ids], "apply": "now"})

@@ -244,11 +244,50 @@ mod tests {
     }
 
     #[test]
-    fn messages_never_contain_the_password() {
-        let p = "root!Root1";
-        let err = full(p, LINUX).unwrap_err();
-        assert!(!err.to_string().contains(p));
+    fn os_type_names_parse_and_print() {
+        assert_eq!(OsType::parse("linux"), Some(LINUX));
+        assert_eq!(OsType::parse("LINUX"), Some(LINUX));
+        assert_eq!(OsType::parse("Windows"), Some(WIN));
+        assert_eq!(OsType::parse("wINDOWS"), Some(WIN));
+        assert_eq!(OsType::parse("macos"), None);
+        assert_eq!(OsType::parse(""), None);
+        for os in [LINUX, WIN] {
+            assert_eq!(OsType::parse(os.as_str()), Some(os));
+        }
+        assert_eq!(LINUX.as_str(), "Linux");
+        assert_eq!(WIN.as_str(), "Windows");
+        assert_eq!(LINUX.username(), "root");
+        assert_eq!(WIN.username(), "Administrator");
     }
+
+    #[test]
+    fn the_blocklist_holds_every_listed_word_and_no_comment() {
+        let text = include_str!("../data/weak-passwords.txt");
+        let (comments, words): (Vec<&str>, Vec<&str>) =
+            text.lines().partition(|l| l.starts_with('#'));
+        assert!(!comments.is_empty() && words.len() > 50);
+        for c in &comments {
+            assert!(!is_blocklisted(c), "a comment is on the blocklist: {c}");
+        }
+        assert!(!is_blocklisted(""));
+        for w in &words {
+            assert!(is_blocklisted(w), "{w}");
+            assert!(is_blocklisted(&w.to_ascii_uppercase()), "{w}");
+        }
+        assert_eq!(blocklist().len(), words.len());
+    }
+
+    /// The messages a client may see: one fixed text per rule.
+    const MESSAGES: [&str; 8] = [
+        "The password length must range from 8 to 26 characters.",
+        "The password may contain only letters, digits and the special characters !@%-_=+[]:./?.",
+        "The password must contain at least three of: uppercase letters, lowercase letters, digits and special characters.",
+        "The password must not contain the username root or the username reversed.",
+        "The password must not contain the username Administrator or the username reversed.",
+        "The password must not contain three consecutive characters of Administrator.",
+        "The password of a Windows server must not start with /.",
+        "The password is a well-known weak password.",
+    ];
 
     fn classes(p: &str) -> usize {
         [
@@ -262,9 +301,183 @@ mod tests {
         .count()
     }
 
+    /// The contract's rules (§2.4) read independently of `check`, in the
+    /// contract's order: the oracle of the property tests below.
+    fn reference(p: &str, os: OsType, strictness: Strictness) -> Result<(), Violation> {
+        const ALLOWED: &str =
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!@%-_=+[]:./?";
+        let n = p.chars().count();
+        if !(8..=26).contains(&n) {
+            return Err(Violation::Length);
+        }
+        if p.chars().any(|c| !ALLOWED.contains(c)) {
+            return Err(Violation::Charset);
+        }
+        if strictness == Strictness::Basic {
+            return Ok(());
+        }
+        if classes(p) < 3 {
+            return Err(Violation::Complexity);
+        }
+        let l = p.to_lowercase();
+        let (user, resu) = match os {
+            OsType::Linux => ("root", "toor"),
+            OsType::Windows => ("administrator", "rotartsinimda"),
+        };
+        if l.contains(user) || l.contains(resu) {
+            return Err(Violation::ContainsUsername(os.username()));
+        }
+        if os == OsType::Windows {
+            let admin: Vec<char> = "administrator".chars().collect();
+            let lc: Vec<char> = l.chars().collect();
+            for i in 0..admin.len() - 2 {
+                for j in 0..lc.len().saturating_sub(2) {
+                    if lc[j..j + 3] == admin[i..i + 3] {
+                        return Err(Violation::AdministratorRun);
+                    }
+                }
+            }
+            if p.starts_with('/') {
+                return Err(Violation::LeadingSlash);
+            }
+        }
+        let weak = include_str!("../data/weak-passwords.txt")
+            .lines()
+            .filter(|w| !w.starts_with('#'))
+            .any(|w| w.eq_ignore_ascii_case(p));
+        if weak {
+            return Err(Violation::Weak);
+        }
+        Ok(())
+    }
+
+    const ALPHABET: &str =
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!@%-_=+[]:./?";
+
+    fn pick(set: &'static str) -> impl Strategy<Value = char> {
+        prop::sample::select(set.chars().collect::<Vec<_>>())
+    }
+
+    /// A password with all four classes, from the allowed alphabet only, with
+    /// `filler` more characters: almost always accepted.
+    fn well_formed(filler: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = String> {
+        (
+            pick("ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+            pick("abcdefghijklmnopqrstuvwxyz"),
+            pick("0123456789"),
+            pick(SPECIALS),
+            prop::collection::vec(pick(ALPHABET), filler),
+        )
+            .prop_map(|(u, l, d, s, mut rest)| {
+                rest.extend([u, l, d, s]);
+                rest
+            })
+            .prop_shuffle()
+            .prop_map(|v| v.into_iter().collect())
+    }
+
+    /// Inserts `token` at a position chosen by `at`.
+    fn inject(p: String, token: &str, at: prop::sample::Index) -> String {
+        let mut chars: Vec<char> = p.chars().collect();
+        let i = at.index(chars.len() + 1);
+        chars.splice(i..i, token.chars());
+        chars.into_iter().collect()
+    }
+
+    /// Accepted passwords and near misses of every rule, in about equal parts.
+    fn candidate() -> impl Strategy<Value = String> {
+        let usernames = [
+            "root",
+            "ROOT",
+            "RoOt",
+            "toor",
+            "tOOr",
+            "Administrator",
+            "ROTARTSINIMDA",
+            "adm",
+            "MIN",
+            "nIs",
+            "str",
+            "tor",
+            "ato",
+        ];
+        let weak: Vec<&'static str> = include_str!("../data/weak-passwords.txt")
+            .lines()
+            .filter(|w| !w.starts_with('#'))
+            .collect();
+        prop_oneof![
+            3 => well_formed(4..=22),
+            // Contains a username, its reverse or an Administrator run, any case.
+            3 => (well_formed(4..=9), prop::sample::select(usernames.to_vec()), any::<prop::sample::Index>())
+                .prop_map(|(p, t, at)| inject(p, t, at)),
+            // A leading slash.
+            1 => well_formed(3..=21).prop_map(|p| format!("/{p}")),
+            // Weak, in random case.
+            1 => (prop::sample::select(weak), prop::collection::vec(any::<bool>(), 26))
+                .prop_map(|(w, flips)| w.chars().zip(flips).map(|(c, f)| if f { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() }).collect()),
+            // One character outside the set.
+            1 => (well_formed(4..=21), pick("~`#&^,{}*();\"'<>|\\ $é€\u{0}\t"), any::<prop::sample::Index>())
+                .prop_map(|(p, c, at)| inject(p, &c.to_string(), at)),
+            // One character too short or too long.
+            1 => prop_oneof![well_formed(3..=3), well_formed(23..=23)],
+            // Only one or two classes.
+            1 => prop_oneof![
+                prop::collection::vec(pick("abcdefghijklmnopqrstuvwxyz0123456789"), 8..=26),
+                prop::collection::vec(pick("ABCDEFGHIJKLMNOPQRSTUVWXYZ!@%-_=+[]:./?"), 8..=26),
+                prop::collection::vec(pick("abcdefghijklmnopqrstuvwxyz"), 8..=26),
+            ].prop_map(|v| v.into_iter().collect()),
+        ]
+    }
+
+    /// The generator reaches every branch often: the properties below are not
+    /// vacuous (counted over a fixed sample).
+    #[test]
+    fn the_generator_reaches_every_rule_and_acceptance() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+        let mut runner = TestRunner::deterministic();
+        let strategy = candidate();
+        let n = 3000;
+        let mut seen = std::collections::HashMap::<String, usize>::new();
+        let mut root_only = 0;
+        for _ in 0..n {
+            let p = strategy.new_tree(&mut runner).unwrap().current();
+            for os in [LINUX, WIN] {
+                let key = match full(&p, os) {
+                    Ok(()) => format!("{os:?} ok"),
+                    Err(v) => format!("{os:?} {v:?}"),
+                };
+                *seen.entry(key).or_default() += 1;
+            }
+            if full(&p, WIN).is_ok() && full(&p, LINUX).is_err() {
+                root_only += 1;
+            }
+        }
+        for key in [
+            "Linux ok",
+            "Windows ok",
+            "Linux Length",
+            "Linux Charset",
+            "Linux Complexity",
+            "Linux ContainsUsername(\"root\")",
+            "Windows ContainsUsername(\"Administrator\")",
+            "Windows AdministratorRun",
+            "Windows LeadingSlash",
+            "Linux Weak",
+            "Windows Weak",
+        ] {
+            let count = seen.get(key).copied().unwrap_or(0);
+            assert!(count * 50 >= n, "{key}: {count} of {n}; {seen:?}");
+        }
+        assert!(seen["Linux ok"] * 4 >= n, "{seen:?}");
+        assert!(root_only * 50 >= n, "Windows-only acceptances: {root_only}");
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
         #[test]
-        fn any_accepted_password_satisfies_every_rule(p in "[A-Za-z0-9!@%_=+:./?\\[\\]-]{0,30}") {
+        fn any_accepted_password_satisfies_every_rule(p in candidate()) {
             if full(&p, WIN).is_ok() {
                 prop_assert!((MIN_LEN..=MAX_LEN).contains(&p.len()));
                 prop_assert!(classes(&p) >= 3);
@@ -276,12 +489,24 @@ mod tests {
             }
             if full(&p, LINUX).is_ok() {
                 let l = p.to_ascii_lowercase();
+                prop_assert!((MIN_LEN..=MAX_LEN).contains(&p.len()));
+                prop_assert!(classes(&p) >= 3);
                 prop_assert!(!l.contains("root") && !l.contains("toor"));
+                prop_assert!(!is_blocklisted(&p));
             }
         }
 
         #[test]
-        fn windows_is_never_laxer_than_linux(p in "[A-Za-z0-9!@%_=+:./?-]{6,28}") {
+        fn check_agrees_with_an_independent_reading_of_the_rules(p in candidate()) {
+            for os in [LINUX, WIN] {
+                for strictness in [Strictness::Basic, Strictness::Full] {
+                    prop_assert_eq!(check(&p, os, strictness), reference(&p, os, strictness), "{:?} {:?}", os, strictness);
+                }
+            }
+        }
+
+        #[test]
+        fn windows_is_never_laxer_than_linux(p in candidate()) {
             // Windows' username check differs, so compare only passwords free of "root".
             prop_assume!(!p.to_ascii_lowercase().contains("root") && !p.to_ascii_lowercase().contains("toor"));
             if full(&p, WIN).is_ok() {
@@ -290,10 +515,29 @@ mod tests {
         }
 
         #[test]
-        fn full_is_never_laxer_than_basic(p in "\\PC{0,30}", win in any::<bool>()) {
+        fn full_is_never_laxer_than_basic(
+            p in prop_oneof![4 => candidate(), 1 => "\\PC{0,30}"],
+            win in any::<bool>(),
+        ) {
             let os = if win { WIN } else { LINUX };
-            if check(&p, os, Strictness::Full).is_ok() {
-                prop_assert_eq!(check(&p, os, Strictness::Basic), Ok(()));
+            match check(&p, os, Strictness::Basic) {
+                // What Basic refuses, Full refuses for the same rule.
+                Err(v) => prop_assert_eq!(check(&p, os, Strictness::Full), Err(v)),
+                // What Basic accepts, Full accepts or refuses for a rule Basic does not check.
+                Ok(()) => prop_assert!(!matches!(
+                    check(&p, os, Strictness::Full),
+                    Err(Violation::Length | Violation::Charset)
+                )),
+            }
+        }
+
+        #[test]
+        fn every_message_is_a_fixed_rule_text_without_the_input(p in candidate(), win in any::<bool>()) {
+            let os = if win { WIN } else { LINUX };
+            if let Err(v) = full(&p, os) {
+                let msg = v.to_string();
+                prop_assert!(MESSAGES.contains(&msg.as_str()), "{}", msg);
+                prop_assert!(!msg.contains(&p), "{}", msg);
             }
         }
 

@@ -254,4 +254,72 @@ mod tests {
         assert_eq!(PublicKey::from_base64(&pk.to_base64()).unwrap(), pk);
         assert!(PublicKey::from_base64("short").is_err());
     }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let (sk, pk) = generate_keypair();
+        assert_eq!(format!("{pk:?}"), format!("PublicKey({})", pk.to_base64()));
+        assert_eq!(format!("{sk:?}"), "PrivateKey(..)");
+        let s = seal(&pk, "s", "r", &pw("Gx7!pLq2vR")).unwrap();
+        assert_eq!(
+            format!("{s:?}"),
+            format!("Sealed({} bytes)", KEY_LEN + 10 + 16)
+        );
+    }
+
+    #[test]
+    fn sealed_blobs_round_trip_and_short_ones_are_refused() {
+        let (sk, pk) = generate_keypair();
+        assert_eq!(pk.to_bytes().len(), KEY_LEN);
+        assert_eq!(PublicKey::from_bytes(&pk.to_bytes()).unwrap(), pk);
+        assert!(PublicKey::from_bytes(&[0; KEY_LEN - 1]).is_err());
+        assert!(PrivateKey::from_bytes(&[1; KEY_LEN + 1]).is_err());
+        let s = seal(&pk, "s", "r", &pw("Gx7!pLq2vR")).unwrap();
+        // Encapsulated key, ciphertext of the 10 bytes, 16-byte tag.
+        assert_eq!(s.as_bytes().len(), KEY_LEN + 10 + 16);
+        assert_eq!(s.as_bytes(), s.clone().into_bytes().as_slice());
+        let b64 = s.to_base64();
+        assert_eq!(B64.decode(&b64).unwrap(), s.as_bytes());
+        let back = Sealed::from_base64(&b64).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(
+            open(&sk, "s", "r", &back).unwrap().expose_secret(),
+            "Gx7!pLq2vR"
+        );
+        assert!(matches!(Sealed::from_base64("%%%"), Err(SealError::Blob)));
+        // The shortest blob: a key and a tag (an empty password).
+        assert!(Sealed::from_bytes(vec![0; KEY_LEN + 16]).is_ok());
+        assert!(matches!(
+            Sealed::from_bytes(vec![0; KEY_LEN + 15]),
+            Err(SealError::Blob)
+        ));
+        let empty = seal(&pk, "s", "r", &pw("")).unwrap();
+        assert_eq!(empty.as_bytes().len(), KEY_LEN + 16);
+        assert_eq!(open(&sk, "s", "r", &empty).unwrap().expose_secret(), "");
+    }
+
+    #[test]
+    fn a_blob_that_opens_to_non_utf8_is_refused() {
+        let (sk, pk) = generate_keypair();
+        let (encapped, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem, _>(
+            &OpModeS::Base,
+            &pk.0,
+            &info("s", "r"),
+            &[0xff, 0xfe, 0x41],
+            b"",
+            &mut rand::rng(),
+        )
+        .unwrap();
+        let mut bytes = encapped.to_bytes().to_vec();
+        bytes.extend_from_slice(&ct);
+        let sealed = Sealed::from_bytes(bytes).unwrap();
+        assert!(matches!(open(&sk, "s", "r", &sealed), Err(SealError::Open)));
+    }
+
+    #[test]
+    fn info_is_the_label_and_length_prefixed_ids() {
+        let mut want = b"ecs-reset-password/v1".to_vec();
+        want.extend_from_slice(&[0, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0, 1, b'c']);
+        assert_eq!(info("ab", "c"), want);
+    }
 }

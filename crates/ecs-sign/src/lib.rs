@@ -418,4 +418,109 @@ mod tests {
         assert!(parse_date("20250101T000000Z").is_some());
         assert!(parse_date("2025-01-01T00:00:00Z").is_none());
     }
+
+    #[test]
+    fn authorization_rejects_each_malformed_part() {
+        let sig = "379e5dace9d9a15635598cf0f797d658b009679c28f35b45a1dbd533030a0524";
+        let ok = format!(
+            "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=Host;X-Sdk-Date, Signature={}",
+            sig.to_uppercase()
+        );
+        let a = Authorization::parse(&ok).unwrap();
+        assert_eq!(a.signed_headers, vec!["host", "x-sdk-date"]);
+        assert_eq!(a.signature, sig, "the signature is kept in lower case");
+        assert_eq!(Authorization::parse(&a.header_value()), Ok(a.clone()));
+        for bad in [
+            format!("SDK-HMAC-SHA256Access=AK1, SignedHeaders=host, Signature={sig}"),
+            format!("SDK-HMAC-SHA256 Access=, SignedHeaders=host, Signature={sig}"),
+            format!("SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host;;x-sdk-date, Signature={sig}"),
+            format!("SDK-HMAC-SHA256 Access=AK1, SignedHeaders=, Signature={sig}"),
+            format!(
+                "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host, Signature={}",
+                &sig[1..]
+            ),
+            format!("SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host, Signature={sig}0"),
+            format!(
+                "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host, Signature=g{}",
+                &sig[1..]
+            ),
+            format!("SDK-HMAC-SHA256 Access=AK1, Access=AK2, SignedHeaders=host, Signature={sig}"),
+            format!("SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host, Signature={sig}, Extra=1"),
+            "SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host, Signature".to_owned(),
+            format!("SDK-HMAC-SHA256 SignedHeaders=host, Signature={sig}"),
+        ] {
+            assert_eq!(
+                Authorization::parse(&bad),
+                Err(AuthHeaderError::Malformed),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn canonical_request_needs_every_signed_header_and_trims_values() {
+        let signed = vec!["host".to_string(), "x-sdk-date".to_string()];
+        let present = |name: &str| match name {
+            "host" => Some(&b"  example.com "[..]),
+            "x-sdk-date" => Some(&b"20250101T000000Z"[..]),
+            _ => None,
+        };
+        let creq =
+            canonical_request("get", "/a", "b=1&a=2", &signed, present, EMPTY_SHA256).unwrap();
+        assert_eq!(
+            String::from_utf8(creq).unwrap(),
+            format!(
+                "GET\n/a/\na=2&b=1\nhost:example.com\nx-sdk-date:20250101T000000Z\n\nhost;x-sdk-date\n{EMPTY_SHA256}"
+            )
+        );
+        let missing = |name: &str| (name == "host").then_some(&b"example.com"[..]);
+        assert_eq!(
+            canonical_request("GET", "/a", "", &signed, missing, EMPTY_SHA256),
+            None
+        );
+        assert_eq!(
+            string_to_sign("20250101T000000Z", b"x"),
+            format!("SDK-HMAC-SHA256\n20250101T000000Z\n{}", sha256_hex(b"x"))
+        );
+    }
+
+    #[test]
+    fn canonical_query_skips_empty_pairs() {
+        assert_eq!(canonical_query("a=1&&b=2&"), "a=1&b=2");
+        assert_eq!(canonical_query("&"), "");
+    }
+
+    #[test]
+    fn sign_needs_a_date_and_signs_what_verify_accepts() {
+        let headers = h(&[("Host", "h"), ("X-Sdk-Date", "20250101T000000Z")]);
+        let auth = sign("AK", b"SK", "PUT", "/p", "", &headers, b"{}").unwrap();
+        let a = Authorization::parse(&auth).unwrap();
+        let lookup = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_bytes())
+        };
+        let creq = canonical_request(
+            "PUT",
+            "/p",
+            "",
+            &a.signed_headers,
+            lookup,
+            &sha256_hex(b"{}"),
+        )
+        .unwrap();
+        assert!(verify(
+            b"SK",
+            &string_to_sign("20250101T000000Z", &creq),
+            &a.signature
+        ));
+        // The body is part of the signature.
+        let other = sign("AK", b"SK", "PUT", "/p", "", &headers, b"{ }").unwrap();
+        assert_ne!(auth, other);
+        assert_eq!(
+            sign("AK", b"SK", "PUT", "/p", "", &h(&[("Host", "h")]), b""),
+            None
+        );
+    }
 }

@@ -15,6 +15,12 @@ struct Dev {
 
 impl Dev {
     fn start() -> Dev {
+        Dev::start_with_env(&[])
+    }
+
+    /// `ecsd --dev` with these environment variables; its standard error goes
+    /// to `ecsd.log` in the test directory.
+    fn start_with_env(env: &[(&str, &str)]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         let ecsd = Path::new(env!("CARGO_BIN_EXE_ecsctl")).with_file_name("ecsd");
         assert!(
@@ -30,8 +36,9 @@ impl Dev {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("ecsd.log")).unwrap())
             .spawn()
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
@@ -109,7 +116,7 @@ fn first_hash(root: &Path) -> String {
 
 #[test]
 fn reset_reboot_wait_applies_on_every_server_and_leaks_nothing() {
-    let dev = Dev::start();
+    let dev = Dev::start_with_env(&[("RUST_LOG", "debug")]);
     // Watch the process list while the command runs.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen_in_argv = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -183,6 +190,49 @@ fn reset_reboot_wait_applies_on_every_server_and_leaks_nothing() {
     // The profile alone is enough.
     let o = dev.run(&["servers", "list"], None);
     assert_eq!(o.status.code(), Some(0));
+    // No file ecsd or the fleet wrote (database, WAL, agent state, shadow
+    // files, the profile) and not ecsd's debug log holds the password.
+    let mut files = Vec::new();
+    let mut dirs = vec![dev.dir.path().to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "ecsd.db",
+        "ecsd.db-wal",
+        "ecsd.log",
+        "shadow",
+        "config.toml",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    assert!(
+        std::fs::metadata(dev.dir.path().join("ecsd.log"))
+            .unwrap()
+            .len()
+            > 10_000,
+        "ecsd's debug log is suspiciously short"
+    );
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            !bytes
+                .windows(PASSWORD.len())
+                .any(|w| w == PASSWORD.as_bytes()),
+            "the password is in {f:?}"
+        );
+    }
 }
 
 #[test]

@@ -70,6 +70,16 @@ pub async fn authenticate(
     Ok(next.run(Request::from_parts(parts, Body::from(body))).await)
 }
 
+/// The configured clock-skew window in words: "15 minutes", "1 minute", "90 seconds".
+fn skew_window(secs: u64) -> String {
+    match (secs / 60, secs % 60) {
+        (1, 0) => "1 minute".to_owned(),
+        (m, 0) if m > 0 => format!("{m} minutes"),
+        _ if secs == 1 => "1 second".to_owned(),
+        _ => format!("{secs} seconds"),
+    }
+}
+
 fn auth_fail(reason: &str, ak: Option<&str>) -> ApiError {
     tracing::warn!(access_key = ak, reason, "authentication failed");
     ApiError::unauthenticated(reason)
@@ -131,7 +141,10 @@ async fn verify(
     let skew = (Utc::now() - date).num_seconds().unsigned_abs();
     if skew > state.config.clock_skew_secs {
         return Err(auth_fail(
-            "verify aksk signature fail: the request time differs from the server time by more than 15 minutes",
+            &format!(
+                "verify aksk signature fail: the request time differs from the server time by more than {}",
+                skew_window(state.config.clock_skew_secs)
+            ),
             Some(ak),
         ));
     }
@@ -185,4 +198,16 @@ async fn verify(
         project_id: key.project_id,
         role: key.role,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_skew_window_is_said_in_the_largest_whole_unit() {
+        assert_eq!(super::skew_window(15 * 60), "15 minutes");
+        assert_eq!(super::skew_window(60), "1 minute");
+        assert_eq!(super::skew_window(90), "90 seconds");
+        assert_eq!(super::skew_window(1), "1 second");
+        assert_eq!(super::skew_window(0), "0 seconds");
+    }
 }

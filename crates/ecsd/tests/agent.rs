@@ -53,6 +53,18 @@ fn verifies(hash: &str, password: &str) -> bool {
         .is_ok()
 }
 
+/// Waits until `cond` holds; fails the test after 30 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_applies_only_after_a_restart() {
     let t = TestServer::start().await;
@@ -69,9 +81,18 @@ async fn reset_applies_only_after_a_restart() {
     assert_eq!(r.status, 200, "{}", r.text);
     let rid = r.request_id.unwrap();
     wait_states(&t, &rid, &["DELIVERED", "DELIVERED"]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both running agents have the work. The second one is then stopped through
+    // the API: its agent polls for the stop only after it has handled the reset,
+    // and takes nothing more once the stop succeeds, so its shadow now shows
+    // what a running server did with the reset.
+    let stop = job_of(
+        &t,
+        serde_json::json!({"os-stop": {"servers": [{"id": ids[1]}]}}),
+    )
+    .await;
+    assert_eq!(stop["status"], "SUCCESS", "{stop}");
     assert!(
-        !verifies(&root_hash(&servers[0].root), "Gx7!pLq2vR"),
+        !verifies(&root_hash(&servers[1].root), "Gx7!pLq2vR"),
         "applied without a restart"
     );
     f.restart(&servers[0].name).await.unwrap();
@@ -153,9 +174,16 @@ async fn a_superseded_request_is_never_applied() {
         .unwrap();
     assert!(!recorded);
     assert_eq!(outcome(&t, &r1).await["servers"][0]["state"], "SUPERSEDED");
-    // Restarting again does not apply anything new.
+    // Restarting again does not apply anything new: once the agent's journal
+    // holds the new boot id, its start-up check (the only place a restart
+    // applies anything) is done.
     f.restart(&s.name).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let boot = std::fs::read_to_string(s.root.join("boot_id")).unwrap();
+    let state = ecs_agent::files::StateDir(s.root.join("var/lib/ecs-agent"));
+    eventually("the agent finished its start-up check", || {
+        state.load_journal().unwrap().boot_id.as_deref() == Some(boot.trim())
+    })
+    .await;
     assert_eq!(root_hash(&s.root), h, "re-applied after a second restart");
 }
 
@@ -215,22 +243,145 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
         .unwrap();
     assert!(!recorded);
     assert_eq!(outcome(&t, &rid).await["servers"][0]["state"], "DELIVERED");
-    // A B agent process pointed at A's work (a forged delivery) refuses it:
-    // it only ever asks for its own server's work, and ecsd answers nothing.
+    // A forged delivery: a stand-in for ecsd hands B's running agent A's
+    // work, as it is and relabelled for B (both to apply now), then work
+    // genuinely sealed to B. B refuses both forgeries and applies only its own.
+    let poll: serde_json::Value = reqwest::Client::new()
+        .get(t.url("/agent/v1/work?wait=0"))
+        .bearer_auth(&ea.credential)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(poll["reset"]["request_id"], rid.as_str(), "{poll}");
+    let mut as_is = poll.clone();
+    as_is["reset"]["apply_now"] = true.into();
+    let mut relabelled = as_is.clone();
+    relabelled["reset"]["server_id"] = eb.server_id.clone().into();
+    // B's own work: a genuine reset for B from ecsd (apply now), signed there.
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(
+                &serde_json::json!({
+                    "new_password": "Hy8@qMr3wS",
+                    "servers": [{"id": eb.server_id}],
+                    "apply": "now"
+                })
+                .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let own_rid = r.request_id.unwrap();
+    let own: serde_json::Value = reqwest::Client::new()
+        .get(t.url("/agent/v1/work?wait=0"))
+        .bearer_auth(&eb.credential)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["reset"]["request_id"], own_rid.as_str(), "{own}");
+    let (endpoint, mut acks) = forging_agent_api(vec![as_is, relabelled, own]).await;
+    let root_b = dir.path().join("rootb");
+    std::fs::create_dir_all(root_b.join("etc")).unwrap();
+    std::fs::write(root_b.join("etc/shadow"), "root:!:20000:0:99999:7:::\n").unwrap();
+    std::fs::write(dir.path().join("boot_b"), "boot-1").unwrap();
     let agent_b = Agent::load(
         common::http(),
         Options {
             power: ecs_agent::agent::PowerControl::Disabled,
-            root: dir.path().join("rootb"),
+            root: root_b.clone(),
             state_dir: b.clone(),
-            boot: BootSource::File(dir.path().join("nope")),
+            boot: BootSource::File(dir.path().join("boot_b")),
             poll: Duration::from_secs(1),
             heartbeat: Duration::from_secs(30),
-            endpoint: None,
+            endpoint: Some(endpoint),
         },
     )
     .unwrap();
     assert_eq!(agent_b.server_id(), eb.server_id);
+    let running = tokio::spawn(async move { agent_b.run().await });
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let ack = tokio::time::timeout(Duration::from_secs(30), acks.recv())
+            .await
+            .expect("B acknowledged every delivery")
+            .unwrap();
+        got.push(ack);
+    }
+    running.abort();
+    for forged in &got[..2] {
+        assert_eq!(forged["request_id"], rid.as_str(), "{got:?}");
+        assert_eq!(forged["outcome"], "FAILED", "{got:?}");
+    }
+    assert!(
+        got[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("another server"),
+        "{got:?}"
+    );
+    assert_eq!(got[2]["request_id"], own_rid.as_str(), "{got:?}");
+    assert_eq!(got[2]["outcome"], "APPLIED", "{got:?}");
+    assert!(verifies(&root_hash(&root_b), "Hy8@qMr3wS"));
+    // Nothing was written before B's own reset: the previous file is the original.
+    assert_eq!(
+        std::fs::read_to_string(root_b.join("etc/shadow-")).unwrap(),
+        "root:!:20000:0:99999:7:::\n"
+    );
+}
+
+/// A stand-in for ecsd's agent API: hands out `polls` in order (then nothing)
+/// and passes on every acknowledgement it receives.
+async fn forging_agent_api(
+    polls: Vec<serde_json::Value>,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    use axum::response::IntoResponse;
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+        polls,
+    )));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let p = ecs_agent_proto::PREFIX;
+    let app = axum::Router::new()
+        .route(
+            &format!("{p}/heartbeat"),
+            axum::routing::post(|| async { axum::Json(serde_json::json!({})) }),
+        )
+        .route(
+            &format!("{p}/work"),
+            axum::routing::get(move || {
+                let next = queue.lock().unwrap().pop_front();
+                async move {
+                    match next {
+                        Some(poll) => axum::Json(poll).into_response(),
+                        None => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            axum::http::StatusCode::NO_CONTENT.into_response()
+                        }
+                    }
+                }
+            }),
+        )
+        .route(
+            &format!("{p}/ack"),
+            axum::routing::post(move |axum::Json(ack): axum::Json<serde_json::Value>| {
+                let _ = tx.send(ack);
+                async { axum::Json(serde_json::json!({"recorded": true})) }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), rx)
 }
 
 #[tokio::test]
@@ -291,11 +442,22 @@ async fn enrollment_tokens_expire_run_out_and_only_the_old_key_keeps_the_server(
         msg.contains("401") && msg.contains("invalid, expired or used up"),
         "{msg}"
     );
-    // Expired.
+    // Expired: a token with uses left that worked a moment ago is refused
+    // once its lifetime is over.
     let expired = ecsd::api::issue_enroll_token(&t.state, &t.project, 5, 1)
         .await
         .unwrap()
         .token;
+    common::enroll(
+        &t.base,
+        &expired,
+        &dir.path().join("4a"),
+        "m-3a",
+        "h",
+        "Linux",
+    )
+    .await
+    .expect("the token works before it expires");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let e = common::enroll(
         &t.base,
@@ -308,8 +470,8 @@ async fn enrollment_tokens_expire_run_out_and_only_the_old_key_keeps_the_server(
     .await;
     let msg = format!("{:#}", e.unwrap_err());
     assert!(
-        msg.contains("401") && msg.contains("invalid, expired or used up"),
-        "{msg}"
+        msg.contains("401") && msg.contains("APIGW.0301"),
+        "expired token: {msg}"
     );
     // The old credential no longer works.
     let old = Client::new(common::http(), &t.base, Some(secret(&first.credential)));
@@ -336,7 +498,19 @@ async fn a_waiting_agent_is_woken_when_work_arrives() {
     let c = Client::new(common::http(), &t.base, Some(secret(&e.credential)));
     let started = std::time::Instant::now();
     let waiting = tokio::spawn(async move { c.work(None, Duration::from_secs(20), false).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The work arrives only once the long poll waits in ecsd (its notifier has
+    // a subscriber besides the map and us); a late GET would find it by looking.
+    let wakers = t.state.wakers.clone();
+    let id = e.server_id.clone();
+    eventually("the agent's long poll is waiting", || {
+        let n = wakers.subscribe(&id);
+        let waiting = std::sync::Arc::strong_count(&n) >= 3;
+        wakers.release(&id, n);
+        waiting
+    })
+    .await;
+    // Let its first look (which found nothing) finish.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let r = t
         .call(
             "PUT",
@@ -385,14 +559,22 @@ async fn killing_the_agent_process_at_any_moment_never_damages_shadow_and_the_re
     let e = common::enroll(&t.base, &tok, &state, "kill-m", "kill", "Linux")
         .await
         .unwrap();
-    let r = t
-        .call(
-            "PUT",
-            &t.batch_path(),
-            Some(&ids_body(Some("Gx7!pLq2vR"), None, &[&e.server_id])),
-        )
-        .await;
-    let rid = r.request_id.unwrap();
+    let passwords = ["Gx7!pLq2vR", "Hy8@qMr3wS"];
+    let reset = |password: &'static str| {
+        let (t, id) = (&t, e.server_id.clone());
+        async move {
+            let r = t
+                .call(
+                    "PUT",
+                    &t.batch_path(),
+                    Some(&ids_body(Some(password), None, &[&id])),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.request_id.unwrap()
+        }
+    };
+    let mut rid = reset(passwords[0]).await;
     let run = |boot_id: String| {
         std::fs::write(&boot, boot_id).unwrap();
         std::process::Command::new(&agent_bin)
@@ -406,39 +588,57 @@ async fn killing_the_agent_process_at_any_moment_never_damages_shadow_and_the_re
             .spawn()
             .unwrap()
     };
-    let mut saw_old = false;
-    for i in 0..20u64 {
-        let mut child = run(format!("boot-{i}"));
-        std::thread::sleep(Duration::from_millis((i * 37) % 160));
-        child.kill().unwrap(); // SIGKILL: no chance to clean up
-        child.wait().unwrap();
-        let text = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "damaged after kill {i}: {text:?}");
-        assert_eq!(
-            format!("{}\n", lines[1]),
-            other,
-            "another entry changed after kill {i}"
-        );
-        let hash = lines[0]
-            .strip_prefix("root:")
-            .unwrap()
-            .split(':')
-            .next()
-            .unwrap();
-        if hash == "!" {
-            saw_old = true;
-        } else {
-            assert!(
-                verifies(hash, "Gx7!pLq2vR"),
-                "neither old nor new after kill {i}: {hash}"
+    // Each round kills fresh agents (a new boot id each: they apply at once)
+    // after a growing delay (10 ms more each time), until a kill finds the new
+    // password written. When the kill before it found the old one, the two
+    // kills bracket the write. A second round, with a newer password, starts
+    // just before the moment the first one found. Every kill must leave
+    // shadow old or new.
+    let (mut round, mut kills, mut bracketed, mut start) = (0, 0, 0, 0u64);
+    while round < 2 {
+        let (mut delay, mut saw_old) = (start, false);
+        loop {
+            assert!(kills < 300, "no kill found the write done");
+            let mut child = run(format!("boot-{kills}"));
+            std::thread::sleep(Duration::from_millis(delay));
+            child.kill().unwrap(); // SIGKILL: no chance to clean up
+            child.wait().unwrap();
+            kills += 1;
+            let text = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 2, "damaged after kill {kills}: {text:?}");
+            assert_eq!(
+                format!("{}\n", lines[1]),
+                other,
+                "another entry changed after kill {kills}"
             );
+            let hash = lines[0]
+                .strip_prefix("root:")
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap();
+            if verifies(hash, passwords[round]) {
+                break;
+            }
+            let old = match round {
+                0 => hash == "!",
+                r => verifies(hash, passwords[r - 1]),
+            };
+            assert!(old, "neither old nor new after kill {kills}: {hash}");
+            saw_old = true;
+            delay += 10;
+        }
+        if saw_old {
+            bracketed += 1;
+        }
+        start = delay.saturating_sub(50);
+        round += 1;
+        if round < 2 {
+            rid = reset(passwords[round]).await;
         }
     }
-    assert!(
-        saw_old,
-        "no kill landed before the apply; the test proved nothing"
-    );
+    assert!(bracketed > 0, "no kill landed before a write");
     // Left alone, the agent completes and the API says APPLIED.
     let mut child = run("boot-final".into());
     let o = wait_states(&t, &rid, &["APPLIED"]).await;
@@ -446,7 +646,7 @@ async fn killing_the_agent_process_at_any_moment_never_damages_shadow_and_the_re
     child.wait().unwrap();
     assert!(o["servers"][0]["reason"].is_null());
     let hash = root_hash(&root);
-    assert!(verifies(&hash, "Gx7!pLq2vR"));
+    assert!(verifies(&hash, passwords[round - 1]));
     let leftovers: Vec<_> = std::fs::read_dir(root.join("etc"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -493,7 +693,8 @@ async fn real_agent(
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
         let flag = t
             .call(
                 "GET",
@@ -507,6 +708,10 @@ async fn real_agent(
         if flag.body["resetpwd_flag"] == "True" {
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent {name} never reported in"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (e.server_id, child)
@@ -565,6 +770,19 @@ async fn a_real_agent_runs_power_actions_only_when_allowed_and_reports_systemctl
             .as_str()
             .unwrap()
             .contains("disabled"),
+        "{j}"
+    );
+    assert_eq!(j["error_code"], "Ecs.0227", "{j}");
+    // A refused stop fails with Ecs.0611.
+    let j = job_of(
+        &t,
+        serde_json::json!({"os-stop": {"servers": [{"id": locked}]}}),
+    )
+    .await;
+    assert_eq!(j["status"], "FAIL", "{j}");
+    assert_eq!(j["error_code"], "Ecs.0611", "{j}");
+    assert_eq!(
+        j["entities"]["sub_jobs"][0]["error_code"], "Ecs.0611",
         "{j}"
     );
     assert!(

@@ -434,16 +434,51 @@ async fn single_reset_answers_204_and_checks_complexity_only_when_asked() {
 #[tokio::test]
 async fn resetpwd_flag_is_a_string_and_needs_an_agent_that_reported() {
     let t = TestServer::start().await;
+    let flag = |id: String| {
+        let t = &t;
+        async move {
+            let r = t
+                .call(
+                    "GET",
+                    &format!("/v1/{}/cloudservers/{id}/os-resetpwd-flag", t.project),
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            assert!(r.body["resetpwd_flag"].is_string(), "{}", r.text);
+            r.body
+        }
+    };
+    // No agent at all.
     let (bare, _) = t.server(&t.project, "bare", Linux, false).await;
-    let r = t
-        .call(
-            "GET",
-            &format!("/v1/{}/cloudservers/{bare}/os-resetpwd-flag", t.project),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body, json!({"resetpwd_flag": "False"}));
+    assert_eq!(flag(bare).await, json!({"resetpwd_flag": "False"}));
+    // Enrolled through the real path, but not reported in yet.
+    let dir = tempfile::tempdir().unwrap();
+    let e = common::enroll(
+        &t.base,
+        &token(&t, 1).await,
+        dir.path(),
+        "flag-m",
+        "flag",
+        "Linux",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        flag(e.server_id.clone()).await,
+        json!({"resetpwd_flag": "False"})
+    );
+    // Its first heartbeat turns it to the string "True".
+    ecs_agent::client::Client::new(common::http(), &t.base, Some(secret(&e.credential)))
+        .heartbeat(&ecs_agent_proto::HeartbeatRequest {
+            agent_version: "test".into(),
+            boot_id: "boot-1".into(),
+            uptime_secs: 1,
+            power_driver: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(flag(e.server_id).await, json!({"resetpwd_flag": "True"}));
 }
 
 #[tokio::test]
@@ -556,6 +591,35 @@ async fn apigw_0301_authentication_failures() {
 }
 
 #[tokio::test]
+async fn apigw_0301_the_date_window_message_names_the_configured_window() {
+    for (skew, late, words) in [
+        (15 * 60, chrono::Duration::hours(1), "more than 15 minutes"),
+        (120, chrono::Duration::minutes(3), "more than 2 minutes"),
+        (90, chrono::Duration::minutes(2), "more than 90 seconds"),
+    ] {
+        let t = TestServer::start_with(|c| c.clock_skew_secs = skew).await;
+        let (ak, sk) = (t.ak.clone(), t.sk.clone());
+        let date = (chrono::Utc::now() - late)
+            .format(ecs_sign::DATE_FORMAT)
+            .to_string();
+        let r = t
+            .call_signed_at(
+                &ak,
+                &sk,
+                &date,
+                "GET",
+                &format!("{}/0123456789abcdef0123456789abcdef", t.batch_path()),
+                None,
+                &[],
+            )
+            .await;
+        assert_gateway(&r, 401, "APIGW.0301");
+        let msg = r.body["error_msg"].as_str().unwrap();
+        assert!(msg.ends_with(words), "{skew}: {msg}");
+    }
+}
+
+#[tokio::test]
 async fn apigw_0302_read_only_key_cannot_reset() {
     let t = TestServer::start().await;
     let (a, _) = t.server(&t.project, "a", Linux, true).await;
@@ -632,14 +696,79 @@ async fn apigw_0101_unknown_route_and_method() {
 
 #[tokio::test]
 async fn every_response_has_a_request_id() {
-    let t = TestServer::start().await;
-    let r = t.raw(reqwest::Client::new().get(t.url("/health"))).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.request_id.unwrap().len(), 32);
+    let t = TestServer::start_with(|c| c.max_body_bytes = 1024).await;
+    let (a, _) = t.server(&t.project, "a", Linux, true).await;
+    let flag = format!("/v1/{}/cloudservers/{a}/os-resetpwd-flag", t.project);
+    let single = format!("/v1/{}/cloudservers/{a}/os-reset-password", t.project);
+    let c = reqwest::Client::new;
+    let responses = vec![
+        ("health", t.raw(c().get(t.url("/health"))).await),
+        ("signed GET 200", t.call("GET", &flag, None).await),
+        (
+            "batch 200",
+            t.call(
+                "PUT",
+                &t.batch_path(),
+                Some(&ids_body(Some(GOOD), None, &[&a])),
+            )
+            .await,
+        ),
+        (
+            "single 204",
+            t.call(
+                "PUT",
+                &single,
+                Some(&json!({"reset-password": {"new_password": GOOD}}).to_string()),
+            )
+            .await,
+        ),
+        (
+            "ECS 400",
+            t.call("PUT", &t.batch_path(), Some("{not json")).await,
+        ),
+        (
+            "ECS 404",
+            t.call("GET", &flag.replace(&a, "nope"), None).await,
+        ),
+        ("gateway 401", t.raw(c().get(t.url(&flag))).await),
+        (
+            "gateway 413",
+            t.call("PUT", &t.batch_path(), Some(&"x".repeat(2048)))
+                .await,
+        ),
+        ("gateway 404", t.raw(c().get(t.url("/v2/nothing"))).await),
+        (
+            "agent API 401",
+            t.raw(c().get(t.url("/agent/v1/work")).bearer_auth("ecsac_x"))
+                .await,
+        ),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for (what, r) in &responses {
+        let rid = r
+            .request_id
+            .as_deref()
+            .unwrap_or_else(|| panic!("{what}: no X-Request-Id ({})", r.status));
+        assert!(
+            rid.len() == 32
+                && rid
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{what}: {rid}"
+        );
+        assert!(seen.insert(rid.to_owned()), "{what}: {rid} reused");
+        if r.body.get("error_code").is_some() {
+            assert_eq!(r.body["request_id"].as_str(), Some(rid), "{what}");
+        }
+    }
+    let statuses: Vec<u16> = responses.iter().map(|(_, r)| r.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 204, 400, 404, 401, 413, 404, 401]);
 }
 
 #[tokio::test]
 async fn audit_records_mutating_calls_without_passwords() {
+    const REJECTED: &str = "Qz7!kWp";
+    const SINGLE: &str = "Lm4=rTs9uV";
     let t = TestServer::start().await;
     let (a, _) = t.server(&t.project, "a", Linux, true).await;
     t.call(
@@ -651,13 +780,28 @@ async fn audit_records_mutating_calls_without_passwords() {
     t.call(
         "PUT",
         &t.batch_path(),
-        Some(&ids_body(Some("short"), None, &[&a])),
+        Some(&ids_body(Some(REJECTED), None, &[&a])),
     )
     .await;
     t.call(
         "PUT",
         &t.batch_path(),
         Some(&ids_body(None, Some(true), &[&a])),
+    )
+    .await;
+    let r = t
+        .call(
+            "PUT",
+            &format!("/v1/{}/cloudservers/{a}/os-reset-password", t.project),
+            Some(&json!({"reset-password": {"new_password": SINGLE}}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    // A read is not audited.
+    t.call(
+        "GET",
+        &format!("/v1/{}/cloudservers/{a}/os-resetpwd-flag", t.project),
+        None,
     )
     .await;
     let c = rusqlite::Connection::open(t.db_path()).unwrap();
@@ -670,13 +814,43 @@ async fn audit_records_mutating_calls_without_passwords() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(rows[0].0, t.ak);
     assert_eq!(rows[0].1, "batch-reset-password");
     assert!(rows[0].2.contains(&a));
     assert_eq!(rows[0].4, "accepted");
     assert_eq!(rows[1].4, "rejected Ecs.0011");
     assert!(rows[2].3);
+    assert!(
+        rows[3].2.contains(&a) && rows[3].4 == "accepted",
+        "{rows:?}"
+    );
+    // No column of any audit row holds any of the passwords.
+    let mut stmt = c.prepare("SELECT * FROM audit").unwrap();
+    let columns = stmt.column_count();
+    let cells: Vec<String> = stmt
+        .query_map([], |r| {
+            (0..columns)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => {
+                            String::from_utf8_lossy(b).into_owned()
+                        }
+                        other => format!("{other:?}"),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap()
+        .flat_map(Result::unwrap)
+        .collect();
+    assert!(cells.len() >= 4 * 10, "{cells:?}");
+    for pw in [GOOD, REJECTED, SINGLE] {
+        assert!(
+            !cells.iter().any(|c| c.contains(pw)),
+            "{pw} is in the audit: {cells:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -344,7 +344,8 @@ async fn a_second_action_on_a_busy_server_is_refused_with_ecs_0603() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_time_out_when_no_agent_answers_and_survive_a_restart() {
-    let t = TestServer::start_with(|c| c.job_timeout_secs = 1).await;
+    // The first ecsd never times the job out; the restarted one does.
+    let mut t = TestServer::start_with(|c| c.job_timeout_secs = 3600).await;
     let (a, _) = t.server(&t.project, "a", Linux, true).await;
     let r = t
         .call(
@@ -353,7 +354,12 @@ async fn jobs_time_out_when_no_agent_answers_and_survive_a_restart() {
             Some(&action("reboot", &[&a], Some("HARD"))),
         )
         .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     let job_id = r.body["job_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/{}/jobs/{job_id}", t.project);
+    assert_eq!(t.call("GET", &path, None).await.body["status"], "INIT");
+    // Restarted, the open job is still there, and the new ecsd's sweeper fails it.
+    t.restart_with(|c| c.job_timeout_secs = 1).await;
     let job = wait_job(&t, &job_id).await;
     assert_eq!(job["status"], "FAIL");
     assert_eq!(job["error_code"], "Ecs.0227");
@@ -361,16 +367,23 @@ async fn jobs_time_out_when_no_agent_answers_and_survive_a_restart() {
         job["entities"]["sub_jobs"][0]["fail_reason"]
             .as_str()
             .unwrap()
-            .contains("timed out")
+            .contains("timed out"),
+        "{job}"
     );
-    // A second ecsd on the same database sees the same job.
-    let cfg = ecsd::config::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..(*t.state.config).clone()
-    };
-    let again = ecsd::server::open_state(cfg).unwrap();
-    let stored = again.store.job(&t.project, &job_id).await.unwrap().unwrap();
-    assert_eq!(ecsd::power::job_json(&stored)["status"], "FAIL");
+    // Restarted again, the failed job reads the same through the API.
+    t.restart_with(|_| {}).await;
+    let again = t.call("GET", &path, None).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body, job);
+    // And the server is free for a new action.
+    let r = t
+        .call(
+            "POST",
+            &format!("/v1/{}/cloudservers/action", t.project),
+            Some(&action("reboot", &[&a], Some("SOFT"))),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

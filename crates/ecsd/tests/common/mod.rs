@@ -24,6 +24,7 @@ pub struct TestServer {
     pub ak: String,
     pub sk: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct Resp {
@@ -53,9 +54,13 @@ impl TestServer {
         let server = Server::bind(state.clone()).await.unwrap();
         let addr = server.local_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(async move {
+            let _ = server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
         let project = ecsd::admin::create_project(&state, "test").await.unwrap();
         let (ak, sk) = ecsd::admin::create_access_key(&state, &project.id, Role::Admin)
             .await
@@ -69,7 +74,42 @@ impl TestServer {
             ak,
             sk: sk.expose_secret().to_owned(),
             stop: Some(tx),
+            task: Some(task),
         }
+    }
+
+    /// Restarts ecsd: shuts this one down (and waits until it has stopped),
+    /// then serves the same data directory and master key again, with `f`
+    /// applied to the configuration, on a new port.
+    pub async fn restart_with(&mut self, f: impl FnOnce(&mut Config)) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(40), task)
+                .await
+                .expect("the old ecsd did not stop")
+                .unwrap();
+        }
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..(*self.state.config).clone()
+        };
+        f(&mut config);
+        self.state = ecsd::server::open_state(config).unwrap();
+        let server = Server::bind(self.state.clone()).await.unwrap();
+        let addr = server.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.task = Some(tokio::spawn(async move {
+            let _ = server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await;
+        }));
+        self.stop = Some(tx);
+        self.base = format!("http://{addr}");
+        self.host = addr.to_string();
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -318,7 +358,8 @@ pub async fn fleet(t: &TestServer, n: usize) -> Arc<Fleet> {
     })
     .await
     .unwrap();
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
         let r = t
             .call(
                 "GET",
@@ -326,14 +367,15 @@ pub async fn fleet(t: &TestServer, n: usize) -> Arc<Fleet> {
                 None,
             )
             .await;
-        if r.body["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["host_status"] == "UP")
-        {
+        let servers = r.body["servers"].as_array().unwrap();
+        if servers.len() == n && servers.iter().all(|s| s["host_status"] == "UP") {
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fleet never reported in: {}",
+            r.text
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     f
