@@ -289,10 +289,15 @@ pub fn replace_hash_within(
         splice(&old, user, new_hash, today).ok_or_else(|| ShadowError::NoEntry(user.to_owned()))?,
     );
 
+    let like = Like {
+        file: &original,
+        meta: &meta,
+        selinux: selinux_enabled(),
+    };
     // Keep the previous file as shadow- (itself written atomically).
-    write_atomically(&etc, "shadow-", &old, &original, &meta)?;
+    write_atomically(&etc, "shadow-", &old, &like)?;
     crash_point(3);
-    write_atomically(&etc, "shadow", &new, &original, &meta)?;
+    write_atomically(&etc, "shadow", &new, &like)?;
     crash_point(6);
     drop(lock);
     Ok(())
@@ -356,16 +361,25 @@ fn splice(old: &[u8], user: &str, new_hash: &str, today: u64) -> Option<Vec<u8>>
     found.then_some(out)
 }
 
+/// The file whose owner, mode and extended attributes a new one gets.
+struct Like<'a> {
+    file: &'a File,
+    meta: &'a fs::Metadata,
+    /// SELinux is enabled on this kernel (see [`xattr_rule`]).
+    selinux: bool,
+}
+
+/// True if the running kernel has SELinux enabled (its file system is
+/// mounted, as libselinux's `is_selinux_enabled()` checks).
+fn selinux_enabled() -> bool {
+    Path::new("/sys/fs/selinux/enforce").exists()
+}
+
 /// Writes `dir/name` via a temporary file given the owner, mode and extended
-/// attributes of `like` (whose metadata is `meta`) before any data, then
-/// fsync, rename, fsync of the directory.
-fn write_atomically(
-    dir: &Path,
-    name: &str,
-    data: &[u8],
-    like: &File,
-    meta: &fs::Metadata,
-) -> Result<(), ShadowError> {
+/// attributes of `like` before any data, then fsync, rename, fsync of the
+/// directory.
+fn write_atomically(dir: &Path, name: &str, data: &[u8], like: &Like) -> Result<(), ShadowError> {
+    let meta = like.meta;
     // One fixed name: the password-file lock makes us the only writer, and a
     // temporary file left by a crash is simply replaced.
     let tmp = dir.join(format!(".{name}.ecs-agent.tmp"));
@@ -382,7 +396,7 @@ fn write_atomically(
         // Owner first (a chown clears set-id bits and file capabilities),
         // then the extended attributes (ACLs among them), then the mode.
         std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid())).map_err(io(&target))?;
-        copy_xattrs(like, &f, &target)?;
+        copy_xattrs(like.file, &f, &target, like.selinux)?;
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
             meta.mode() & 0o7777,
         ))
@@ -415,14 +429,18 @@ enum XattrRule {
     Skip,
 }
 
-fn xattr_rule(name: &[u8]) -> XattrRule {
+/// The rule for attribute `name`; `selinux`: SELinux is enabled.
+fn xattr_rule(name: &[u8], selinux: bool) -> XattrRule {
     match name {
         // IMA and EVM describe the old content; the kernel computes them for
         // the new file when it has to, and a copy would be wrong.
         b"security.ima" | b"security.evm" => XattrRule::Skip,
-        // Dropping the SELinux label could lock out every login (or widen
-        // who can read the hashes): better fail and keep the old file.
-        b"security.selinux" => XattrRule::Required,
+        // Under SELinux, dropping the label could lock out every login (or
+        // widen who can read the hashes): better fail and keep the old file.
+        // With SELinux disabled the label is inert (enabling SELinux again
+        // needs a relabel anyway) and setting it needs CAP_SYS_ADMIN, which
+        // the agent's unit does not grant: then it is copied if permitted.
+        b"security.selinux" if selinux => XattrRule::Required,
         // Other LSM or capability attributes may need privileges we lack.
         n if n.starts_with(b"security.") => XattrRule::BestEffort,
         // ACLs (system.posix_acl_*), user.*, and trusted.* (listed only
@@ -435,7 +453,7 @@ fn xattr_rule(name: &[u8]) -> XattrRule {
 /// [`xattr_rule`]), and none it has not (e.g. an ACL inherited from a default
 /// ACL of the directory). A file system without extended attributes has
 /// nothing to copy.
-fn copy_xattrs(src: &File, dst: &File, target: &Path) -> Result<(), ShadowError> {
+fn copy_xattrs(src: &File, dst: &File, target: &Path, selinux: bool) -> Result<(), ShadowError> {
     let fail = |name: &[u8], e: Errno| ShadowError::Xattr {
         path: target.to_owned(),
         name: String::from_utf8_lossy(name).into_owned(),
@@ -444,7 +462,7 @@ fn copy_xattrs(src: &File, dst: &File, target: &Path) -> Result<(), ShadowError>
     let list_err = |e: Errno| io(target)(e.into());
     let names = xattr_names(src).map_err(list_err)?;
     for name in &names {
-        let rule = xattr_rule(name);
+        let rule = xattr_rule(name, selinux);
         if rule == XattrRule::Skip {
             continue;
         }
@@ -465,7 +483,7 @@ fn copy_xattrs(src: &File, dst: &File, target: &Path) -> Result<(), ShadowError>
         }
     }
     for name in xattr_names(dst).map_err(list_err)? {
-        let rule = xattr_rule(&name);
+        let rule = xattr_rule(&name, selinux);
         if names.contains(&name) || rule == XattrRule::Skip {
             continue;
         }
@@ -1231,14 +1249,17 @@ mod tests {
     #[test]
     fn xattr_rules() {
         use XattrRule::*;
-        assert_eq!(xattr_rule(b"security.selinux"), Required);
-        assert_eq!(xattr_rule(b"security.ima"), Skip);
-        assert_eq!(xattr_rule(b"security.evm"), Skip);
-        assert_eq!(xattr_rule(b"security.SMACK64"), BestEffort);
-        assert_eq!(xattr_rule(b"security.capability"), BestEffort);
-        assert_eq!(xattr_rule(b"system.posix_acl_access"), Required);
-        assert_eq!(xattr_rule(b"user.x"), Required);
-        assert_eq!(xattr_rule(b"trusted.x"), Required);
+        for selinux in [true, false] {
+            assert_eq!(xattr_rule(b"security.ima", selinux), Skip);
+            assert_eq!(xattr_rule(b"security.evm", selinux), Skip);
+            assert_eq!(xattr_rule(b"security.SMACK64", selinux), BestEffort);
+            assert_eq!(xattr_rule(b"security.capability", selinux), BestEffort);
+            assert_eq!(xattr_rule(b"system.posix_acl_access", selinux), Required);
+            assert_eq!(xattr_rule(b"user.x", selinux), Required);
+            assert_eq!(xattr_rule(b"trusted.x", selinux), Required);
+        }
+        assert_eq!(xattr_rule(b"security.selinux", true), Required);
+        assert_eq!(xattr_rule(b"security.selinux", false), BestEffort);
     }
 
     /// An immutable file: every extended attribute change fails with EPERM.
@@ -1270,42 +1291,72 @@ mod tests {
         let (src, dst) = (d.path().join("src"), d.path().join("dst"));
         fs::write(&src, "").unwrap();
         fs::write(&dst, "").unwrap();
-        let privileged = try_set(&src, "security.ecs-test", b"x");
-        if !privileged {
+        let open = |p: &Path| File::open(p).unwrap();
+        // IMA/EVM attributes are never copied; others are.
+        if !try_set(&src, "security.ima", b"\x01\x02") || !try_set(&src, "security.evm", b"e") {
             return;
         }
-        let Some(_immutable) = Immutable::make(&dst) else {
+        assert!(try_set(&src, "security.ecs-test", b"x"));
+        copy_xattrs(&open(&src), &open(&dst), &dst, true).unwrap();
+        assert_eq!(
+            xattrs(&dst),
+            [("security.ecs-test".to_owned(), b"x".to_vec())]
+        );
+        rustix::fs::removexattr(&dst, "security.ecs-test").unwrap();
+
+        let Some(immutable) = Immutable::make(&dst) else {
             return;
         };
-        let open = |p: &Path| File::open(p).unwrap();
         // A best-effort attribute that cannot be set: copied without it.
-        copy_xattrs(&open(&src), &open(&dst), &dst).unwrap();
+        copy_xattrs(&open(&src), &open(&dst), &dst, true).unwrap();
         assert!(xattrs(&dst).is_empty());
-        // The SELinux label (or any required one) is never dropped.
-        for (name, value) in [
-            ("security.selinux", &b"system_u:object_r:shadow_t:s0\0"[..]),
-            ("user.ecs-test", b"u"),
+        drop(immutable);
+        // A required one is never dropped: the SELinux label while SELinux
+        // is enabled, an ACL, user.*, trusted.*.
+        for (name, value, selinux) in [
+            (
+                "security.selinux",
+                &b"system_u:object_r:shadow_t:s0\0"[..],
+                true,
+            ),
+            ("user.ecs-test", b"u", false),
         ] {
             assert!(try_set(&src, name, value));
-            let err = copy_xattrs(&open(&src), &open(&dst), &dst).unwrap_err();
-            assert!(
-                matches!(&err, ShadowError::Xattr { name: n, source, .. }
-                    if n == name && source.raw_os_error() == Some(1)),
-                "{err:?}"
-            );
-            assert_eq!(
-                err.to_string(),
-                format!(
-                    "{}: cannot give the new file the extended attribute {name}: {}",
-                    dst.display(),
-                    std::io::Error::from_raw_os_error(1)
-                )
-            );
+            {
+                let _immutable = Immutable::make(&dst).unwrap();
+                let err = copy_xattrs(&open(&src), &open(&dst), &dst, selinux).unwrap_err();
+                assert!(
+                    matches!(&err, ShadowError::Xattr { name: n, source, .. }
+                        if n == name && source.raw_os_error() == Some(1)),
+                    "{err:?}"
+                );
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "{}: cannot give the new file the extended attribute {name}: {}",
+                        dst.display(),
+                        std::io::Error::from_raw_os_error(1)
+                    )
+                );
+            }
+            // Already there with the same value: nothing to set, no error.
+            assert!(try_set(&dst, name, value));
+            {
+                let _immutable = Immutable::make(&dst).unwrap();
+                copy_xattrs(&open(&src), &open(&dst), &dst, selinux).unwrap();
+            }
             rustix::fs::removexattr(&src, name).unwrap();
+            rustix::fs::removexattr(&dst, name).unwrap();
         }
-        // IMA/EVM attributes are not copied at all (no attempt, no failure).
-        assert!(try_set(&src, "security.ima", b"\x01\x02"));
-        copy_xattrs(&open(&src), &open(&dst), &dst).unwrap();
+        // With SELinux disabled the label is inert: copied if permitted.
+        assert!(try_set(
+            &src,
+            "security.selinux",
+            b"system_u:object_r:shadow_t:s0\0"
+        ));
+        let _immutable = Immutable::make(&dst).unwrap();
+        copy_xattrs(&open(&src), &open(&dst), &dst, false).unwrap();
+        assert!(xattrs(&dst).is_empty());
     }
 
     #[test]
@@ -1322,18 +1373,18 @@ mod tests {
                 return;
             };
             let open = |p: &Path| File::open(p).unwrap();
-            copy_xattrs(&open(&src), &open(&dst), &dst).unwrap();
+            copy_xattrs(&open(&src), &open(&dst), &dst, true).unwrap();
         }
         // Removable: the best-effort extra goes, IMA stays (the kernel's).
         let open = |p: &Path| File::open(p).unwrap();
-        copy_xattrs(&open(&src), &open(&dst), &dst).unwrap();
+        copy_xattrs(&open(&src), &open(&dst), &dst, true).unwrap();
         let names: Vec<_> = xattrs(&dst).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["security.ima"]);
         // A required extra that cannot be removed is an error.
         assert!(try_set(&dst, "user.extra", b"e"));
         let _immutable = Immutable::make(&dst).unwrap();
         assert!(matches!(
-            copy_xattrs(&open(&src), &open(&dst), &dst),
+            copy_xattrs(&open(&src), &open(&dst), &dst, true),
             Err(ShadowError::Xattr { name, .. }) if name == "user.extra"
         ));
     }
