@@ -879,6 +879,11 @@ mod tests {
         ));
     }
 
+    /// How much longer the shadow file gets with a password: the SHA-512
+    /// hash ("$6$rounds=5000$" + 16 salt + "$" + 86) replaces the old one and
+    /// lastchg keeps its five digits.
+    const NEW_LEN: usize = 15 + 16 + 1 + 86 - "$6$old$oldhash".len();
+
     #[test]
     fn a_crash_at_any_step_leaves_shadow_old_or_new_and_a_retry_completes() {
         // Steps: 1 half of shadow- written, 2 shadow- synced, 3 shadow- renamed,
@@ -898,6 +903,16 @@ mod tests {
                 .nth(1)
                 .unwrap()
                 .to_owned();
+            // A crash in the middle of a write leaves half a temporary file.
+            let torn = match step {
+                1 => Some((".shadow-.ecs-agent.tmp", SHADOW.len())),
+                4 => Some((".shadow.ecs-agent.tmp", SHADOW.len() + NEW_LEN)),
+                _ => None,
+            };
+            if let Some((tmp, full)) = torn {
+                let len = fs::metadata(d.path().join("etc").join(tmp)).unwrap().len();
+                assert_eq!(len as usize, full / 2, "step {step}");
+            }
             if step < 6 {
                 assert_eq!(
                     text, SHADOW,
@@ -1014,10 +1029,25 @@ mod tests {
         let d = rootfs("ENCRYPT_METHOD SHA512\n");
         let lock = d.path().join("etc/.pwd.lock");
         let holder = Python::hold(&lock);
+        let log = LogBuf::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(log.clone())
+            .finish();
         let started = Instant::now();
-        let err = replace_hash_within(d.path(), "root", NEW_HASH, Duration::from_millis(300))
-            .unwrap_err();
+        let err = tracing::subscriber::with_default(subscriber, || {
+            replace_hash_within(d.path(), "root", NEW_HASH, Duration::from_millis(300))
+        })
+        .unwrap_err();
         let waited = started.elapsed();
+        // The wait is logged once, not at every try.
+        let log = log.text();
+        assert_eq!(
+            log.matches("the password file is locked by another program; waiting up to 300 ms")
+                .count(),
+            1,
+            "{log}"
+        );
         assert!(waited >= Duration::from_millis(300), "{waited:?}");
         assert!(waited < Duration::from_secs(10), "{waited:?}");
         assert!(
@@ -1038,6 +1068,33 @@ mod tests {
         );
         assert!(!d.path().join("etc/shadow-").exists());
         drop(holder);
+    }
+
+    /// A log writer for one test.
+    #[derive(Clone, Default)]
+    struct LogBuf(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl LogBuf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl Write for LogBuf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+        type Writer = LogBuf;
+        fn make_writer(&'a self) -> LogBuf {
+            self.clone()
+        }
     }
 
     #[test]
@@ -1244,6 +1301,15 @@ mod tests {
             assert_eq!(xattrs(&path), before, "{name}");
             assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, 0o640);
         }
+    }
+
+    #[test]
+    fn selinux_is_enabled_exactly_when_selinuxfs_is_mounted() {
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        let mounted = mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("selinuxfs"));
+        assert_eq!(selinux_enabled(), mounted);
     }
 
     #[test]
