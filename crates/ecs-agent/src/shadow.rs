@@ -282,7 +282,8 @@ pub fn replace_hash_within(
     // all three describe the same file.
     let mut original = File::open(&shadow).map_err(io(&shadow))?;
     let meta = original.metadata().map_err(io(&shadow))?;
-    let mut old = Zeroizing::new(Vec::new());
+    // Sized up front: a growing vector would leave copies of the hashes behind.
+    let mut old = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
     original.read_to_end(&mut old).map_err(io(&shadow))?;
     let today = days_since_epoch(SystemTime::now());
     let new = Zeroizing::new(
@@ -992,7 +993,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let root = d.path().to_owned();
         let apply = std::thread::spawn(move || {
-            let r = replace_hash_within(&root, "root", NEW_HASH, Duration::from_secs(60));
+            let r = replace_hash_within(&root, "root", NEW_HASH, Duration::from_secs(20));
             tx.send((r.map_err(|e| e.to_string()), Instant::now()))
                 .unwrap();
         });
@@ -1145,7 +1146,7 @@ mod tests {
         // A waiting thread goes ahead as soon as the holder lets go.
         let root = d.path().to_owned();
         let t = std::thread::spawn(move || {
-            replace_hash_within(&root, "root", NEW_HASH, Duration::from_secs(60))
+            replace_hash_within(&root, "root", NEW_HASH, Duration::from_secs(20))
         });
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(
