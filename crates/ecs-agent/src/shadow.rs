@@ -282,8 +282,9 @@ pub fn replace_hash_within(
     // all three describe the same file.
     let mut original = File::open(&shadow).map_err(io(&shadow))?;
     let meta = original.metadata().map_err(io(&shadow))?;
-    // Sized up front: a growing vector would leave copies of the hashes behind.
-    let mut old = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    // Sized up front (read_to_end probes for the end without growing a full
+    // buffer): a growing vector would leave copies of the hashes behind.
+    let mut old = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
     original.read_to_end(&mut old).map_err(io(&shadow))?;
     let today = days_since_epoch(SystemTime::now());
     let new = Zeroizing::new(
