@@ -34,13 +34,6 @@ pub struct Server {
 /// How long a client has to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// TLS handshakes in progress at once. A reconnect storm (10,000 agents after
-/// a restart) then queues instead of holding 10,000 handshakes' transient
-/// buffers at the same time: lower peak memory, and less of it left behind as
-/// allocator fragmentation (docs/benchmarks.md). On 2 cores more would not be
-/// faster anyway: a handshake is CPU-bound.
-const TLS_HANDSHAKES_AT_ONCE: usize = 64;
-
 impl Server {
     /// Loads TLS (or checks that plain HTTP is allowed) and binds the listener.
     pub async fn bind(state: AppState) -> anyhow::Result<Server> {
@@ -89,7 +82,6 @@ impl Server {
         use tower::ServiceExt;
 
         let wakers = self.state.wakers.clone();
-        let handshakes = Arc::new(tokio::sync::Semaphore::new(TLS_HANDSHAKES_AT_ONCE));
         let sweeper = tokio::spawn(sweep_jobs(self.state.clone()));
         let app = crate::api::router(self.state);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -135,25 +127,23 @@ impl Server {
                     let acceptor = tls.acceptor.clone();
                     let http = http.clone();
                     let watcher = graceful.watcher();
-                    let handshakes = handshakes.clone();
                     tokio::spawn(async move {
-                        // The wait for a turn counts against the handshake's time.
-                        let handshake = async {
-                            let _turn = handshakes.acquire().await;
-                            acceptor.accept(stream).await
+                        let stream = match tokio::time::timeout(
+                            TLS_HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
                         };
-                        let stream =
-                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
                         let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), svc));
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection ended with an error");
