@@ -240,7 +240,9 @@ impl Fleet {
 
     fn start_agent(&self, name: &str) -> anyhow::Result<()> {
         self.with_server(name, |r| {
-            let agent = Agent::load(self.http.clone(), r.opts.clone())?;
+            // Its own HTTP client, as a real server's agent has: one connection
+            // per agent (a shared pool would open extra ones under load).
+            let agent = Agent::load_own(r.opts.clone())?;
             let label = name.to_owned();
             r.task = Some(tokio::spawn(async move {
                 if let Err(e) = agent.run().await {

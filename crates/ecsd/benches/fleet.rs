@@ -128,15 +128,34 @@ fn rss_mib(pid: &str) -> f64 {
     kb / 1024.0
 }
 
+/// Open sockets of a process (its connections and its listener).
+fn sockets(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Lets every agent report in and settle into its long poll, then samples
-/// ecsd's RSS five times a second apart: (median, max).
+/// ecsd's RSS five times a second apart: (median, max). Prints how many
+/// sockets ecsd holds meanwhile (one per connected agent).
 async fn settled_rss(ecsd: &Ecsd) -> (f64, f64) {
     tokio::time::sleep(Duration::from_secs(8)).await;
+    let pid = ecsd.child.id().to_string();
     let mut samples = Vec::new();
+    let mut socks = Vec::new();
     for _ in 0..5 {
         samples.push(ecsd.rss_mib());
+        socks.push(sockets(&pid));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    println!("  (ecsd sockets while sampling: {socks:?})");
     samples.sort_by(f64::total_cmp);
     (samples[2], samples[4])
 }

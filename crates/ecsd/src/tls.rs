@@ -76,6 +76,11 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No session tickets or cache: agents hold one long-lived connection
+        // each, so resumption saves little, and 10,000 reconnecting agents
+        // would otherwise each get (and hold) tickets (docs/benchmarks.md).
+        sc.send_tls13_tickets = 0;
+        sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(Tls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
             cert: resolver,
