@@ -246,15 +246,7 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
     // A forged delivery: a stand-in for ecsd hands B's running agent A's
     // work, as it is and relabelled for B (both to apply now), then work
     // genuinely sealed to B. B refuses both forgeries and applies only its own.
-    let poll: serde_json::Value = reqwest::Client::new()
-        .get(t.url("/agent/v1/work?wait=0"))
-        .bearer_auth(&ea.credential)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let poll: serde_json::Value = raw_work(&t, &ea.credential).await;
     assert_eq!(poll["reset"]["request_id"], rid.as_str(), "{poll}");
     let mut as_is = poll.clone();
     as_is["reset"]["apply_now"] = true.into();
@@ -277,15 +269,7 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let own_rid = r.request_id.unwrap();
-    let own: serde_json::Value = reqwest::Client::new()
-        .get(t.url("/agent/v1/work?wait=0"))
-        .bearer_auth(&eb.credential)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let own: serde_json::Value = raw_work(&t, &eb.credential).await;
     assert_eq!(own["reset"]["request_id"], own_rid.as_str(), "{own}");
     let (endpoint, mut acks) = forging_agent_api(vec![as_is, relabelled, own]).await;
     let root_b = dir.path().join("rootb");

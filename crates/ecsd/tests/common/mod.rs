@@ -329,6 +329,19 @@ pub async fn enroll(
     .await
 }
 
+/// `GET /agent/v1/work?wait=0` as the agent holding `credential` sees it, as JSON.
+pub async fn raw_work(t: &TestServer, credential: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(t.url("/agent/v1/work?wait=0"))
+        .bearer_auth(credential)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// An HTTP client for plain loopback HTTP.
 pub fn http() -> reqwest::Client {
     ecs_agent::client::Client::http(None).unwrap()
