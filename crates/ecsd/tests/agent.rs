@@ -35,17 +35,6 @@ async fn wait_states(t: &TestServer, rid: &str, want: &[&str]) -> serde_json::Va
     panic!("states never became {want:?}: {}", outcome(t, rid).await);
 }
 
-fn root_hash(root: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
-    text.lines()
-        .next()
-        .unwrap()
-        .split(':')
-        .nth(1)
-        .unwrap()
-        .to_owned()
-}
-
 fn verifies(hash: &str, password: &str) -> bool {
     use yescrypt::PasswordVerifier;
     sha_crypt::ShaCrypt::default()
@@ -271,7 +260,10 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
     let own_rid = r.request_id.unwrap();
     let own: serde_json::Value = raw_work(&t, &eb.credential).await;
     assert_eq!(own["reset"]["request_id"], own_rid.as_str(), "{own}");
-    let (endpoint, mut acks) = forging_agent_api(vec![as_is, relabelled, own]).await;
+    let (endpoint, api) = stand_in_agent_api().await;
+    for poll in [as_is, relabelled, own] {
+        api.push(&poll);
+    }
     let root_b = dir.path().join("rootb");
     std::fs::create_dir_all(root_b.join("etc")).unwrap();
     std::fs::write(root_b.join("etc/shadow"), "root:!:20000:0:99999:7:::\n").unwrap();
@@ -292,12 +284,8 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
     assert_eq!(agent_b.server_id(), eb.server_id);
     let running = tokio::spawn(async move { agent_b.run().await });
     let mut got = Vec::new();
-    for _ in 0..3 {
-        let ack = tokio::time::timeout(Duration::from_secs(30), acks.recv())
-            .await
-            .expect("B acknowledged every delivery")
-            .unwrap();
-        got.push(ack);
+    for i in 0..3 {
+        got.push(api.ack(i).await);
     }
     running.abort();
     for forged in &got[..2] {
@@ -319,53 +307,6 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
         std::fs::read_to_string(root_b.join("etc/shadow-")).unwrap(),
         "root:!:20000:0:99999:7:::\n"
     );
-}
-
-/// A stand-in for ecsd's agent API: hands out `polls` in order (then nothing)
-/// and passes on every acknowledgement it receives.
-async fn forging_agent_api(
-    polls: Vec<serde_json::Value>,
-) -> (
-    String,
-    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
-) {
-    use axum::response::IntoResponse;
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
-        polls,
-    )));
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let p = ecs_agent_proto::PREFIX;
-    let app = axum::Router::new()
-        .route(
-            &format!("{p}/heartbeat"),
-            axum::routing::post(|| async { axum::Json(serde_json::json!({})) }),
-        )
-        .route(
-            &format!("{p}/work"),
-            axum::routing::get(move || {
-                let next = queue.lock().unwrap().pop_front();
-                async move {
-                    match next {
-                        Some(poll) => axum::Json(poll).into_response(),
-                        None => {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            axum::http::StatusCode::NO_CONTENT.into_response()
-                        }
-                    }
-                }
-            }),
-        )
-        .route(
-            &format!("{p}/ack"),
-            axum::routing::post(move |axum::Json(ack): axum::Json<serde_json::Value>| {
-                let _ = tx.send(ack);
-                async { axum::Json(serde_json::json!({"recorded": true})) }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), rx)
 }
 
 #[tokio::test]

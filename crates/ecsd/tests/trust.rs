@@ -226,67 +226,6 @@ async fn a_wrong_pin_sends_nothing_even_to_the_real_server() {
     assert_eq!(server_count(&t), 0);
 }
 
-/// A stand-in control plane: answers the agent's calls with forged work and
-/// records what the agent acknowledges.
-#[derive(Clone, Default)]
-struct Forger {
-    work: Arc<Mutex<Vec<proto::Poll>>>,
-    acks: Arc<Mutex<Vec<proto::AckRequest>>>,
-    power_acks: Arc<Mutex<Vec<proto::PowerAck>>>,
-}
-
-async fn forger() -> (String, Forger) {
-    use axum::routing::{get, post};
-    let f = Forger::default();
-    let (w, a, p) = (f.work.clone(), f.acks.clone(), f.power_acks.clone());
-    let app = axum::Router::new()
-        .route(
-            "/agent/v1/heartbeat",
-            post(|| async { axum::http::StatusCode::NO_CONTENT }),
-        )
-        .route(
-            "/agent/v1/work",
-            get(move || {
-                let w = w.clone();
-                async move {
-                    use axum::response::IntoResponse;
-                    let next = w.lock().unwrap().pop();
-                    match next {
-                        Some(poll) => axum::Json(poll).into_response(),
-                        None => {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            axum::http::StatusCode::NO_CONTENT.into_response()
-                        }
-                    }
-                }
-            }),
-        )
-        .route(
-            "/agent/v1/ack",
-            post(move |axum::Json(ack): axum::Json<proto::AckRequest>| {
-                let a = a.clone();
-                async move {
-                    a.lock().unwrap().push(ack);
-                    axum::Json(proto::AckResponse { recorded: true })
-                }
-            }),
-        )
-        .route(
-            "/agent/v1/power-ack",
-            post(move |axum::Json(ack): axum::Json<proto::PowerAck>| {
-                let p = p.clone();
-                async move {
-                    p.lock().unwrap().push(ack);
-                    axum::Json(proto::AckResponse { recorded: true })
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (base, f)
-}
-
 struct RealAgent {
     root: PathBuf,
     state: PathBuf,
@@ -369,42 +308,11 @@ impl RealAgent {
     }
 }
 
-fn hashed(shadow: &str) -> String {
-    shadow
-        .lines()
-        .next()
-        .unwrap()
-        .split(':')
-        .nth(1)
-        .unwrap()
-        .to_owned()
-}
-
-/// Waits (with a deadline that fails the test) for an acknowledgement of
-/// `rid` after the first `seen` ones. (A killed agent may acknowledge its
-/// previous outcome again when it starts: that one is skipped.)
-async fn next_ack(f: &Forger, seen: usize, rid: &str) -> proto::AckRequest {
-    for _ in 0..300 {
-        if let Some(a) = f.acks.lock().unwrap()[seen..]
-            .iter()
-            .find(|a| a.request_id == rid)
-        {
-            return a.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the agent did not acknowledge {rid} within 15 s");
-}
-
-fn acks_so_far(f: &Forger) -> usize {
-    f.acks.lock().unwrap().len()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
     let t = TestServer::start().await;
     let a = RealAgent::enroll(&t).await;
-    let (fake, f) = forger().await;
+    let (fake, f) = stand_in_agent_api().await;
     let original = a.shadow();
 
     // 1. Sealed correctly to the agent's own key (its public key is no
@@ -472,13 +380,13 @@ async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
     ];
     for (i, (case, work, reason)) in cases.into_iter().enumerate() {
         let rid = work.request_id.clone();
-        let seen = acks_so_far(&f);
-        f.work.lock().unwrap().push(proto::Poll {
+        let seen = f.acks_so_far();
+        f.push(&proto::Poll {
             reset: Some(work),
             power: None,
         });
         let mut child = a.start(&fake, &format!("boot-forged-{i}"), &[]);
-        let ack = next_ack(&f, seen, &rid).await;
+        let ack = f.next_ack(seen, &rid).await;
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(ack.request_id, rid, "{case}");
@@ -489,40 +397,40 @@ async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
     }
 
     // A genuine item applies (the agent is not simply refusing everything)...
-    let seen = acks_so_far(&f);
-    f.work.lock().unwrap().push(proto::Poll {
+    let seen = f.acks_so_far();
+    f.push(&proto::Poll {
         reset: Some(genuine.clone()),
         power: None,
     });
     let mut child = a.start(&fake, "boot-genuine-1", &[]);
-    let ack = next_ack(&f, seen, &genuine.request_id).await;
+    let ack = f.next_ack(seen, &genuine.request_id).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(ack.outcome, proto::Outcome::Applied, "{:?}", ack.reason);
-    let first_hash = hashed(&a.shadow());
+    let first_hash = root_hash(&a.root);
     assert_ne!(a.shadow(), original);
 
     // ...then a newer one...
     let newer = a.genuine(&t, "Hk5=rNp8wQ").await;
-    let (seen, newer_rid) = (acks_so_far(&f), newer.request_id.clone());
-    f.work.lock().unwrap().push(proto::Poll {
+    let (seen, newer_rid) = (f.acks_so_far(), newer.request_id.clone());
+    f.push(&proto::Poll {
         reset: Some(newer),
         power: None,
     });
     let mut child = a.start(&fake, "boot-genuine-2", &[]);
-    let ack = next_ack(&f, seen, &newer_rid).await;
+    let ack = f.next_ack(seen, &newer_rid).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(ack.outcome, proto::Outcome::Applied, "{:?}", ack.reason);
     let second = a.shadow();
-    assert_ne!(hashed(&second), first_hash);
+    assert_ne!(root_hash(&a.root), first_hash);
 
     // ...and replaying the older, validly signed item does not set it again.
     let mut replay = genuine.clone();
     // Even under a request id the agent has not seen (the envelope still
     // names the old one, so that changes nothing but the lookup).
     replay.request_id = genuine.request_id.clone();
-    f.work.lock().unwrap().push(proto::Poll {
+    f.push(&proto::Poll {
         reset: Some(replay),
         power: None,
     });
@@ -531,9 +439,9 @@ async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
     let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&jp).unwrap()).unwrap();
     j["applied"] = serde_json::json!([]);
     std::fs::write(&jp, serde_json::to_vec(&j).unwrap()).unwrap();
-    let seen = acks_so_far(&f);
+    let seen = f.acks_so_far();
     let mut child = a.start(&fake, "boot-replay", &[]);
-    let ack = next_ack(&f, seen, &genuine.request_id).await;
+    let ack = f.next_ack(seen, &genuine.request_id).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(ack.outcome, proto::Outcome::Failed);
@@ -545,7 +453,7 @@ async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
 async fn a_forged_power_action_is_refused_and_systemctl_never_runs() {
     let t = TestServer::start().await;
     let a = RealAgent::enroll(&t).await;
-    let (fake, f) = forger().await;
+    let (fake, f) = stand_in_agent_api().await;
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("systemctl-ran");
     let systemctl = dir.path().join("systemctl");
@@ -574,8 +482,8 @@ async fn a_forged_power_action_is_refused_and_systemctl_never_runs() {
         ("unsigned", None, "not signed"),
         ("rogue key", Some(rogue.sign(&env)), "does not trust"),
     ] {
-        f.power_acks.lock().unwrap().clear();
-        f.work.lock().unwrap().push(proto::Poll {
+        let seen_power = f.power_acks.lock().unwrap().len();
+        f.push(&proto::Poll {
             reset: None,
             power: Some(proto::Power {
                 job_id: "sub-1".into(),
@@ -596,7 +504,7 @@ async fn a_forged_power_action_is_refused_and_systemctl_never_runs() {
         );
         let mut ack = None;
         for _ in 0..300 {
-            if let Some(p) = f.power_acks.lock().unwrap().first().cloned() {
+            if let Some(p) = f.power_acks.lock().unwrap().get(seen_power).cloned() {
                 ack = Some(p);
                 break;
             }

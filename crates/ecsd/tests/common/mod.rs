@@ -342,6 +342,116 @@ pub async fn raw_work(t: &TestServer, credential: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// A stand-in for ecsd's agent API (what an attacker on the path, or a
+/// compromised proxy, would run): hands out queued polls in order, then
+/// nothing, and records every acknowledgement.
+#[derive(Clone, Default)]
+pub struct StandIn {
+    pub work: Arc<std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>>,
+    pub acks: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    pub power_acks: Arc<std::sync::Mutex<Vec<ecs_agent_proto::PowerAck>>>,
+}
+
+impl StandIn {
+    pub fn push(&self, poll: &impl serde::Serialize) {
+        self.work
+            .lock()
+            .unwrap()
+            .push_back(serde_json::to_value(poll).unwrap());
+    }
+
+    pub fn acks_so_far(&self) -> usize {
+        self.acks.lock().unwrap().len()
+    }
+
+    /// The acknowledgement number `i` (waits up to 30 s, then fails).
+    pub async fn ack(&self, i: usize) -> serde_json::Value {
+        for _ in 0..600 {
+            if let Some(a) = self.acks.lock().unwrap().get(i) {
+                return a.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no acknowledgement number {i} within 30 s");
+    }
+
+    /// The first acknowledgement of `rid` after the first `seen` ones (a
+    /// killed agent may acknowledge its previous outcome again when it
+    /// starts: that one is skipped). Waits up to 30 s, then fails.
+    pub async fn next_ack(&self, seen: usize, rid: &str) -> ecs_agent_proto::AckRequest {
+        for _ in 0..600 {
+            if let Some(a) = self.acks.lock().unwrap()[seen..]
+                .iter()
+                .find(|a| a["request_id"] == rid)
+            {
+                return serde_json::from_value(a.clone()).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the agent did not acknowledge {rid} within 30 s");
+    }
+}
+
+pub async fn stand_in_agent_api() -> (String, StandIn) {
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    let f = StandIn::default();
+    let (w, a, p) = (f.work.clone(), f.acks.clone(), f.power_acks.clone());
+    let prefix = ecs_agent_proto::PREFIX;
+    let app = axum::Router::new()
+        .route(
+            &format!("{prefix}/heartbeat"),
+            post(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
+        .route(
+            &format!("{prefix}/work"),
+            get(move || {
+                let next = w.lock().unwrap().pop_front();
+                async move {
+                    match next {
+                        Some(poll) => axum::Json(poll).into_response(),
+                        None => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            axum::http::StatusCode::NO_CONTENT.into_response()
+                        }
+                    }
+                }
+            }),
+        )
+        .route(
+            &format!("{prefix}/ack"),
+            post(move |axum::Json(ack): axum::Json<serde_json::Value>| {
+                a.lock().unwrap().push(ack);
+                async { axum::Json(ecs_agent_proto::AckResponse { recorded: true }) }
+            }),
+        )
+        .route(
+            &format!("{prefix}/power-ack"),
+            post(
+                move |axum::Json(ack): axum::Json<ecs_agent_proto::PowerAck>| {
+                    p.lock().unwrap().push(ack);
+                    async { axum::Json(ecs_agent_proto::AckResponse { recorded: true }) }
+                },
+            ),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, f)
+}
+
+/// The hash in the first line (root's) of `<root>/etc/shadow`.
+pub fn root_hash(root: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
+    text.lines()
+        .next()
+        .unwrap()
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
 /// An HTTP client for plain loopback HTTP.
 pub fn http() -> reqwest::Client {
     ecs_agent::client::Client::http(None).unwrap()
