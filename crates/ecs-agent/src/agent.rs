@@ -95,20 +95,24 @@ impl Agent {
     /// Loads an enrolled agent, with an HTTP client trusting only the CA
     /// recorded at enrollment.
     pub fn load_own(opts: Options) -> anyhow::Result<Agent> {
-        let enrollment = StateDir(opts.state_dir.clone())
-            .load_enrollment()?
-            .context("this agent is not enrolled: run `ecs-agent enroll` first")?;
-        let http = Client::http_for(&enrollment)?;
-        Self::load(http, opts)
+        Self::load_with(Client::http_for, opts)
     }
 
     /// Loads an enrolled agent from its state directory, with this client
-    /// (the fleet simulator shares one between its agents).
+    /// (tests hand it one for plain loopback HTTP).
     pub fn load(http: reqwest::Client, opts: Options) -> anyhow::Result<Agent> {
+        Self::load_with(|_| Ok(http), opts)
+    }
+
+    fn load_with(
+        http: impl FnOnce(&crate::files::Enrollment) -> anyhow::Result<reqwest::Client>,
+        opts: Options,
+    ) -> anyhow::Result<Agent> {
         let state = StateDir(opts.state_dir.clone());
         let enrollment = state
             .load_enrollment()?
             .context("this agent is not enrolled: run `ecs-agent enroll` first")?;
+        let http = http(&enrollment)?;
         let key = state.load_key()?;
         let user = match ecs_os(&enrollment.os_type) {
             Os::Linux => "root",

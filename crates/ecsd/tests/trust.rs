@@ -570,39 +570,23 @@ async fn the_same_machine_id_with_another_key_never_takes_the_server() {
     let anon = Client::new(common::http(), &t.base, None);
     let ch = anon.rekey_challenge(&victim.server_id).await.unwrap();
     let (_, pk) = ecs_seal::generate_keypair();
-    let r = anon
-        .enroll(&proto::EnrollRequest {
-            token: String::new(),
-            machine_id: "cloned-id".into(),
-            hostname: "a".into(),
-            os_type: "Linux".into(),
-            public_key: pk.to_base64(),
-            agent_version: "x".into(),
-            rekey: Some(proto::RekeyProof {
-                server_id: victim.server_id.clone(),
-                challenge_id: ch.challenge_id.clone(),
-                response: "guess".into(),
-            }),
-        })
-        .await;
+    let guess = proto::EnrollRequest {
+        token: String::new(),
+        machine_id: "cloned-id".into(),
+        hostname: "a".into(),
+        os_type: "Linux".into(),
+        public_key: pk.to_base64(),
+        agent_version: "x".into(),
+        rekey: Some(proto::RekeyProof {
+            server_id: victim.server_id.clone(),
+            challenge_id: ch.challenge_id,
+            response: "guess".into(),
+        }),
+    };
+    let r = anon.enroll(&guess).await;
     assert!(format!("{:#}", r.unwrap_err()).contains("401"));
     // The challenge was used up by the wrong answer.
-    let r = anon
-        .enroll(&proto::EnrollRequest {
-            token: String::new(),
-            machine_id: "cloned-id".into(),
-            hostname: "a".into(),
-            os_type: "Linux".into(),
-            public_key: pk.to_base64(),
-            agent_version: "x".into(),
-            rekey: Some(proto::RekeyProof {
-                server_id: victim.server_id.clone(),
-                challenge_id: ch.challenge_id,
-                response: "guess".into(),
-            }),
-        })
-        .await;
-    assert!(r.is_err());
+    assert!(anon.enroll(&guess).await.is_err());
     let still = c
         .work(None, Duration::ZERO, false)
         .await
