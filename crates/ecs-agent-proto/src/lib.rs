@@ -248,6 +248,7 @@ pub struct AckResponse {
 
 /// `POST /v1/{project_id}/enroll-tokens` (public API extension).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollTokenRequest {
     /// How many enrollments the token allows (default 1, at most 100000).
     pub uses: Option<u32>,
@@ -256,6 +257,7 @@ pub struct EnrollTokenRequest {
 }
 
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollTokenResponse {
     pub token: String,
     pub project_id: String,

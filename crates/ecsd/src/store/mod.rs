@@ -64,40 +64,7 @@ pub struct AccessKey {
     pub role: Role,
 }
 
-/// Reset state of one server in one request (contract §3.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetState {
-    Pending,
-    Delivered,
-    Applied,
-    Failed,
-    Superseded,
-}
-
-impl ResetState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResetState::Pending => "PENDING",
-            ResetState::Delivered => "DELIVERED",
-            ResetState::Applied => "APPLIED",
-            ResetState::Failed => "FAILED",
-            ResetState::Superseded => "SUPERSEDED",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "PENDING" => ResetState::Pending,
-            "DELIVERED" => ResetState::Delivered,
-            "APPLIED" => ResetState::Applied,
-            "FAILED" => ResetState::Failed,
-            "SUPERSEDED" => ResetState::Superseded,
-            _ => return None,
-        })
-    }
-    pub fn is_final(self) -> bool {
-        !matches!(self, ResetState::Pending | ResetState::Delivered)
-    }
-}
+pub use ecs_api::{JobStatus, ResetState, ServerStatus};
 
 #[derive(Debug, Clone)]
 pub struct Server {

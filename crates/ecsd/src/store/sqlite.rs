@@ -309,7 +309,7 @@ fn server_from_row(r: &Row<'_>) -> StoreResult<Server> {
         hostname: r.get(9)?,
         created: parse_time(&r.get::<_, String>(10)?)?,
         updated: parse_time(&r.get::<_, String>(11)?)?,
-        last_reset: match (last_id, last_state.as_deref().and_then(ResetState::parse)) {
+        last_reset: match (last_id, last_state.as_deref().and_then(|s| s.parse::<ResetState>().ok())) {
             (Some(id), Some(state)) => Some((id, state)),
             _ => None,
         },
@@ -589,7 +589,7 @@ impl Store for SqliteStore {
                 let state: String = r.get(1)?;
                 targets.push(TargetState {
                     server_id: r.get(0)?,
-                    state: ResetState::parse(&state).ok_or_else(|| backend("bad state"))?,
+                    state: state.parse::<ResetState>().map_err(|_| backend("bad state"))?,
                     reason: r.get(2)?,
                     updated: parse_time(&r.get::<_, String>(3)?)?,
                 });

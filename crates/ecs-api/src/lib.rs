@@ -1,0 +1,34 @@
+//! The public API's contract as Rust types: every request and response body
+//! of `/v1` (Huawei's shapes and ecsd's extensions), the two error bodies,
+//! and — re-exported as [`agent`] — the agent protocol. No I/O and no logic
+//! beyond naming values: `ecsd` serializes these, `ecsctl`, the tests and the
+//! benchmarks deserialize them, and `utoipa` derives the OpenAPI document
+//! (`openapi/ecsd.json`) from them.
+//!
+//! Statuses are enums, so a value outside the contract cannot be written or
+//! read without an error.
+
+pub mod error;
+pub mod job;
+pub mod reset;
+pub mod server;
+mod status;
+
+pub use ecs_agent_proto as agent;
+pub use ecs_agent_proto::{EnrollTokenRequest, EnrollTokenResponse};
+pub use error::{EcsError, EcsErrorBody, ErrorBody, GatewayErrorBody, InternalError};
+pub use job::{
+    ActionKind, JobEntities, JobResult, ServerAction, ShowJobResponse, SubJob, SubJobEntities,
+};
+pub use reset::{
+    BatchResetRequest, BatchResetResponse, IdEntry, Password, Readiness, ResetOutcome,
+    ResetPasswordOption, ResetPwdFlag, ResetPwdFlagResponse, ResetSummary, ServerRef,
+    SingleResetRequest, TargetOutcome,
+};
+pub use server::{
+    AgentInfo, EcsdServerExtension, LastReset, ListServersResponse, ListedServer, ServerAddress,
+    ServerDetail, ServerFault, ServerFlavor, ServerImage, ServerSecurityGroup, ServerSystemTag,
+    ShowServerResponse,
+    VolumeAttached, EnclaveOptions, CapacityReservationSpecification,
+};
+pub use status::{HostStatus, JobStatus, ParseStatusError, ResetState, ServerStatus};
