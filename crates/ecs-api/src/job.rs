@@ -103,7 +103,8 @@ mod tests {
             serde_json::to_string(&a).unwrap(),
             r#"{"reboot":{"servers":[{"id":"a"}],"type":"HARD"}}"#
         );
-        let s: ServerAction = serde_json::from_str(r#"{"os-stop":{"servers":[{"id":"b"}]}}"#).unwrap();
+        let s: ServerAction =
+            serde_json::from_str(r#"{"os-stop":{"servers":[{"id":"b"}]}}"#).unwrap();
         assert_eq!(
             s,
             ServerAction::Stop {

@@ -26,9 +26,15 @@ pub use reset::{
     SingleResetRequest, TargetOutcome,
 };
 pub use server::{
-    AgentInfo, EcsdServerExtension, LastReset, ListServersResponse, ListedServer, ServerAddress,
-    ServerDetail, ServerFault, ServerFlavor, ServerImage, ServerSecurityGroup, ServerSystemTag,
-    ShowServerResponse,
-    VolumeAttached, EnclaveOptions, CapacityReservationSpecification,
+    AgentInfo, CapacityReservationSpecification, EcsdServerExtension, EnclaveOptions, LastReset,
+    ListServersResponse, ListedServer, ServerAddress, ServerDetail, ServerFault, ServerFlavor,
+    ServerImage, ServerSecurityGroup, ServerSystemTag, ShowServerResponse, VolumeAttached,
 };
 pub use status::{HostStatus, JobStatus, ParseStatusError, ResetState, ServerStatus};
+
+/// `GET /health`: the process serves requests.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}

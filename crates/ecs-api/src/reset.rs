@@ -220,11 +220,8 @@ mod tests {
 
     #[test]
     fn the_summary_counts_each_state() {
-        let s = ResetSummary::count(&[
-            ResetState::Applied,
-            ResetState::Applied,
-            ResetState::Failed,
-        ]);
+        let s =
+            ResetSummary::count(&[ResetState::Applied, ResetState::Applied, ResetState::Failed]);
         assert_eq!((s.applied, s.failed, s.pending), (2, 1, 0));
         assert_eq!(s.get(ResetState::Applied), 2);
         assert_eq!(

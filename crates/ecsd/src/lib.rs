@@ -1,4 +1,3 @@
-#![recursion_limit = "256"]
 //! `ecsd`: the Huawei Cloud ECS-compatible API server for fleet-wide password
 //! resets. See `ARCHITECTURE.md` at the repository root for the code map.
 

@@ -60,6 +60,9 @@ enum Command {
         #[arg(long, requires = "insecure_http")]
         insecure_http_non_loopback: bool,
     },
+    /// Print the OpenAPI 3.1 document of the public API (as served at
+    /// /openapi.json and checked in as openapi/ecsd.json).
+    Openapi,
     /// Administer projects, keys, servers and enrollment tokens.
     Admin {
         #[command(subcommand)]
@@ -177,6 +180,10 @@ async fn run() -> anyhow::Result<()> {
                 }),
             )
             .await
+        }
+        Command::Openapi => {
+            print!("{}", ecsd::api::openapi::document_json());
+            Ok(())
         }
         Command::Admin { command } => {
             if config.master_key.is_none() {

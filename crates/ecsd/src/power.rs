@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use chrono::Utc;
-use serde_json::{Value, json};
+use ecs_api::{JobEntities, JobStatus, ShowJobResponse, SubJob, SubJobEntities};
+use serde_json::Value;
 
 use crate::error::{ApiError, InternalError, display_id};
 use crate::reset::{CallContext, ServerRef, audit_rejection, batch_failure, validate_ids};
@@ -194,68 +195,78 @@ pub async fn batch_action(
 }
 
 /// The Huawei `ShowJob` body of a job.
-pub fn job_json(job: &Job) -> Value {
+pub fn show_job(job: &Job) -> ShowJobResponse {
+    let status_of = |s: &str| s.parse::<JobStatus>().unwrap_or(JobStatus::Fail);
     let open = job
         .subs
         .iter()
-        .filter(|s| matches!(s.status.as_str(), "INIT" | "RUNNING"))
+        .filter(|s| !status_of(s.status.as_str()).is_final())
         .count();
-    let failed: Vec<_> = job.subs.iter().filter(|s| s.status == "FAIL").collect();
+    let failed: Vec<_> = job
+        .subs
+        .iter()
+        .filter(|s| status_of(s.status.as_str()) == JobStatus::Fail)
+        .collect();
     let status = if open > 0 {
-        if job.subs.iter().all(|s| s.status == "INIT") {
-            "INIT"
+        if job
+            .subs
+            .iter()
+            .all(|s| status_of(s.status.as_str()) == JobStatus::Init)
+        {
+            JobStatus::Init
         } else {
-            "RUNNING"
+            JobStatus::Running
         }
     } else if failed.is_empty() {
-        "SUCCESS"
+        JobStatus::Success
     } else {
-        "FAIL"
+        JobStatus::Fail
     };
     let end = (open == 0)
         .then(|| job.subs.iter().filter_map(|s| s.end).max())
         .flatten()
         .map(fmt_time)
         .unwrap_or_default();
-    let (error_code, fail_reason) = if status == "FAIL" {
-        let first = failed[0];
-        (
-            json!(first.error_code),
-            json!(format!(
+    let (error_code, fail_reason) = match failed.first() {
+        Some(first) if status == JobStatus::Fail => (
+            first.error_code.clone(),
+            Some(format!(
                 "{} of {} servers failed; first: {}: {}",
                 failed.len(),
                 job.subs.len(),
                 first.server_id,
                 first.fail_reason.as_deref().unwrap_or("failed")
             )),
-        )
-    } else {
-        (Value::Null, Value::Null)
+        ),
+        _ => (None, None),
     };
-    let subs: Vec<Value> = job
+    let sub_jobs = job
         .subs
         .iter()
-        .map(|s| {
-            json!({
-                "status": s.status,
-                "job_id": s.sub_job_id,
-                "job_type": job.kind.sub_job_type(),
-                "begin_time": fmt_time(s.begin),
-                "end_time": s.end.map(fmt_time).unwrap_or_default(),
-                "error_code": s.error_code,
-                "fail_reason": s.fail_reason,
-                "entities": {"server_id": s.server_id},
-            })
+        .map(|s| SubJob {
+            status: status_of(s.status.as_str()),
+            job_id: s.sub_job_id.clone(),
+            job_type: job.kind.sub_job_type().into(),
+            begin_time: fmt_time(s.begin),
+            end_time: s.end.map(fmt_time).unwrap_or_default(),
+            error_code: s.error_code.clone(),
+            fail_reason: s.fail_reason.clone(),
+            entities: SubJobEntities {
+                server_id: s.server_id.clone(),
+            },
         })
         .collect();
-    json!({
-        "status": status,
-        "job_id": job.job_id,
-        "job_type": job.kind.job_type(),
-        "begin_time": fmt_time(job.begin),
-        "end_time": end,
-        "error_code": error_code,
-        "fail_reason": fail_reason,
-        "entities": {"sub_jobs_total": job.subs.len(), "sub_jobs": subs},
-    })
+    ShowJobResponse {
+        status,
+        job_id: job.job_id.clone(),
+        job_type: job.kind.job_type().into(),
+        begin_time: fmt_time(job.begin),
+        end_time: end,
+        error_code,
+        fail_reason,
+        entities: JobEntities {
+            sub_jobs_total: job.subs.len() as u32,
+            sub_jobs,
+        },
+    }
 }

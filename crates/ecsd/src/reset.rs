@@ -12,12 +12,13 @@ use chrono::Utc;
 use ecs_policy::{OsType, Strictness, Violation};
 use ecs_seal::PublicKey;
 use secrecy::SecretString;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use zeroize::Zeroize;
 
 use crate::error::{ApiError, InternalError, display_id};
 use crate::state::{AppState, Caller};
 use crate::store::{AuditEntry, NewReset, Server};
+use ecs_api::{BatchResetResponse, IdEntry, Readiness};
 
 /// Most servers in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -306,28 +307,6 @@ pub fn seal_all(
     })
 }
 
-#[derive(Serialize)]
-pub struct IdEntry {
-    pub id: String,
-}
-
-#[derive(Serialize)]
-pub struct Readiness {
-    pub id: String,
-    pub plugin_installed: bool,
-    pub status: String,
-    pub agent_version: Option<String>,
-    pub agent_last_seen: Option<String>,
-}
-
-#[derive(Serialize)]
-pub struct BatchResetResponse {
-    pub response: Vec<IdEntry>,
-    /// Our extension (contract §3.3), on dry runs only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub readiness: Option<Vec<Readiness>>,
-}
-
 /// Common context of a mutating call, for the audit record.
 pub struct CallContext<'a> {
     pub caller: &'a Caller,
@@ -470,7 +449,11 @@ async fn plan_and_store(
                 Readiness {
                     id: id.clone(),
                     plugin_installed: s.agent_public_key.is_some(),
-                    status: s.status.clone(),
+                    status: s
+                        .status
+                        .as_str()
+                        .parse()
+                        .unwrap_or(ecs_api::ServerStatus::Error),
                     agent_version: s.agent_version.clone(),
                     agent_last_seen: s.agent_last_seen.map(crate::store::fmt_time),
                 }

@@ -51,6 +51,16 @@ async fn agent(state: &AppState, headers: &HeaderMap) -> Result<Server, ApiError
 }
 
 /// `POST /v1/{project_id}/enroll-tokens`: a token for onboarding servers.
+/// Ours: a token with which new servers' agents enroll (`ecs-agent enroll`).
+#[utoipa::path(post, path = "/v1/{project_id}/enroll-tokens",
+    operation_id = "CreateEnrollToken", tag = "agents",
+    params(("project_id" = String, Path, description = "The project (X-Project-Id must match).")),
+    request_body(content = Option<ecs_api::EnrollTokenRequest>, content_type = "application/json",
+        description = "Optional; defaults: 1 use, 3600 s."),
+    responses(
+        (status = 201, description = "The token (shown once) and the join token with the CA pin.", body = ecs_api::EnrollTokenResponse),
+        (status = 400, description = "Invalid body (Ecs.0005).", body = ecs_api::EcsErrorBody),
+    ))]
 pub async fn create_enroll_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -4,6 +4,7 @@
 mod agent;
 pub use agent::{issue_enroll_token, issue_rekey_token};
 pub use servers::server_detail;
+pub mod openapi;
 mod resets;
 pub mod servers;
 
@@ -64,10 +65,8 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .merge(public)
         .merge(agents)
-        .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/health", get(openapi::health))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(no_such_api)
         .method_not_allowed_fallback(no_such_api)
         .with_state(state);

@@ -5,12 +5,15 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
-use serde_json::json;
+use ecs_api::{
+    BatchResetResponse, ResetOutcome, ResetPwdFlag, ResetPwdFlagResponse, ResetSummary,
+    TargetOutcome,
+};
 
 use crate::error::{ApiError, current_request_id};
 use crate::reset::{self, CallContext};
 use crate::state::{AppState, Caller, Source};
-use crate::store::{ResetState, fmt_time};
+use crate::store::fmt_time;
 
 pub(super) fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -23,13 +26,25 @@ fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
         .map_err(|_| ApiError::invalid("Invalid request: a path parameter is malformed."))
 }
 
+/// Huawei `BatchResetServersPassword`: stores one sealed password per server
+/// (all or nothing); agents apply it at the next boot, or at once with
+/// `"apply": "now"`.
+#[utoipa::path(put, path = "/v1/{project_id}/cloudservers/os-reset-passwords",
+    operation_id = "BatchResetServersPassword", tag = "resets",
+    params(("project_id" = String, Path, description = "The project (X-Project-Id must match).")),
+    request_body(content = ecs_api::BatchResetRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Accepted for every server (or, with dry_run, checked).", body = BatchResetResponse),
+        (status = 400, description = "Invalid body, password rules, or a server that cannot take it (Ecs.0005, Common.0002, Ecs.0100, ...).", body = ecs_api::EcsErrorBody),
+        (status = 404, description = "A server does not exist in this project (Ecs.0114); internalError lists each.", body = ecs_api::EcsErrorBody),
+    ))]
 pub async fn batch_reset(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Extension(source): Extension<Source>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<reset::BatchResetResponse>, ApiError> {
+) -> Result<Json<BatchResetResponse>, ApiError> {
     let request_id = current_request_id();
     let ctx = CallContext {
         caller: &caller,
@@ -41,6 +56,16 @@ pub async fn batch_reset(
         .map(Json)
 }
 
+/// Huawei `ResetServerPassword`: one server; answered 204.
+#[utoipa::path(put, path = "/v1/{project_id}/cloudservers/{server_id}/os-reset-password",
+    operation_id = "ResetServerPassword", tag = "resets",
+    params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("server_id" = String, Path, description = "The server's id.")),
+    request_body(content = ecs_api::SingleResetRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Accepted."),
+        (status = 400, description = "Invalid body, password rules, or server state (Ecs.0005, Ecs.0100, ...).", body = ecs_api::EcsErrorBody),
+        (status = 404, description = "No such server in this project (Ecs.0114).", body = ecs_api::EcsErrorBody),
+    ))]
 pub async fn single_reset(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -60,11 +85,20 @@ pub async fn single_reset(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Huawei `ShowResetPasswordFlag`: "True" when a plug-in is enrolled and has reported.
+#[utoipa::path(get, path = "/v1/{project_id}/cloudservers/{server_id}/os-resetpwd-flag",
+    operation_id = "ShowResetPasswordFlag", tag = "resets",
+    params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("server_id" = String, Path, description = "The server's id.")),
+    responses(
+        (status = 200, description = "The flag.", body = ResetPwdFlagResponse),
+        (status = 400, description = "Malformed path (Ecs.0005).", body = ecs_api::EcsErrorBody),
+        (status = 404, description = "No such server in this project (Ecs.0114).", body = ecs_api::EcsErrorBody),
+    ))]
 pub async fn resetpwd_flag(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     p: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ResetPwdFlagResponse>, ApiError> {
     let (_project, server_id) = path(p)?;
     let server = state
         .store
@@ -73,19 +107,30 @@ pub async fn resetpwd_flag(
         .map_err(|e| ApiError::internal("looking up a server", e))?
         .ok_or_else(|| ApiError::server_not_found(&server_id))?;
     let ready = server.agent_public_key.is_some() && server.agent_last_seen.is_some();
-    Ok(Json(
-        json!({"resetpwd_flag": if ready { "True" } else { "False" }}),
-    ))
+    Ok(Json(ResetPwdFlagResponse {
+        resetpwd_flag: if ready {
+            ResetPwdFlag::True
+        } else {
+            ResetPwdFlag::False
+        },
+    }))
 }
 
 /// `GET /v1/{project_id}/cloudservers/os-reset-passwords/{request_id}` (ours).
 /// `latest` names the project's newest reset request (the official SDKs do
 /// not expose the `X-Request-Id` of a successful call).
+#[utoipa::path(get, path = "/v1/{project_id}/cloudservers/os-reset-passwords/{request_id}",
+    operation_id = "ShowResetOutcome", tag = "resets",
+    params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("request_id" = String, Path, description = "The X-Request-Id of the reset call (32 hex), or `latest`.")),
+    responses(
+        (status = 200, description = "Each server's state in that request.", body = ResetOutcome),
+        (status = 400, description = "No such reset request in this project (Common.0011).", body = ecs_api::EcsErrorBody),
+    ))]
 pub async fn reset_outcome(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     p: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ResetOutcome>, ApiError> {
     let (_project, request_id) = path(p)?;
     let invalid = || {
         ApiError::ecs(
@@ -113,35 +158,22 @@ pub async fn reset_outcome(
         .await
         .map_err(|e| ApiError::internal("reading a reset outcome", e))?
         .ok_or_else(invalid)?;
-    let mut summary = serde_json::Map::new();
-    for s in [
-        ResetState::Pending,
-        ResetState::Delivered,
-        ResetState::Applied,
-        ResetState::Failed,
-        ResetState::Superseded,
-    ] {
-        let n = outcome.targets.iter().filter(|t| t.state == s).count();
-        summary.insert(s.as_str().to_owned(), json!(n));
-    }
-    let servers: Vec<_> = outcome
+    let servers = outcome
         .targets
         .iter()
-        .map(|t| {
-            json!({
-                "id": t.server_id,
-                "state": t.state.as_str(),
-                "reason": t.reason,
-                "updated": fmt_time(t.updated),
-            })
+        .map(|t| TargetOutcome {
+            id: t.server_id.clone(),
+            state: t.state,
+            reason: t.reason.clone(),
+            updated: fmt_time(t.updated),
         })
         .collect();
-    Ok(Json(json!({
-        "request_id": outcome.request_id,
-        "created": fmt_time(outcome.created),
-        "apply_now": outcome.apply_now,
-        "complete": outcome.targets.iter().all(|t| t.state.is_final()),
-        "summary": summary,
-        "servers": servers,
-    })))
+    Ok(Json(ResetOutcome {
+        request_id: outcome.request_id,
+        created: fmt_time(outcome.created),
+        apply_now: outcome.apply_now,
+        complete: outcome.targets.iter().all(|t| t.state.is_final()),
+        summary: ResetSummary::count(outcome.targets.iter().map(|t| &t.state)),
+        servers,
+    }))
 }

@@ -1,7 +1,7 @@
 //! Servers and power actions through the Huawei API: list, show, batch
 //! start/stop/reboot, jobs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -9,7 +9,12 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use ecs_api::server::{CapacityReservationSpecification, EnclaveOptions};
+use ecs_api::{
+    AgentInfo, EcsdServerExtension, HostStatus, JobResult, LastReset, ListServersResponse,
+    ListedServer, ServerAddress, ServerDetail, ServerFault, ServerFlavor, ServerImage,
+    ServerStatus, ShowJobResponse, ShowServerResponse,
+};
 
 use crate::error::{ApiError, current_request_id};
 use crate::reset::CallContext;
@@ -22,87 +27,107 @@ fn huawei_time(t: DateTime<Utc>) -> String {
 
 /// A `ServerDetail` with every field Huawei's definition marks required, in
 /// the types the SDKs expect; unknown values are "", 0, false, [] or {}.
-pub fn server_detail(s: &Server, stale_secs: u64, now: DateTime<Utc>) -> Value {
+pub fn server_detail(s: &Server, stale_secs: u64, now: DateTime<Utc>) -> ServerDetail {
     let fresh = s
         .agent_last_seen
         .is_some_and(|t| (now - t).num_seconds() <= stale_secs as i64);
-    let (vm_state, power_state) = match s.status.as_str() {
-        "SHUTOFF" => ("stopped", 4),
-        "ERROR" => ("error", 0),
+    let status: ServerStatus = s.status.as_str().parse().unwrap_or(ServerStatus::Error);
+    let (vm_state, power_state) = match status {
+        ServerStatus::Shutoff => ("stopped", 4),
+        ServerStatus::Error => ("error", 0),
         _ => ("active", 1),
     };
-    let addresses: Vec<Value> = s
-        .addresses
-        .iter()
-        .map(|a| {
-            json!({
-                "version": if a.contains(':') { "6" } else { "4" },
-                "addr": a,
-                "OS-EXT-IPS:type": "fixed",
-                "OS-EXT-IPS-MAC:mac_addr": "",
-                "OS-EXT-IPS:port_id": "",
+    let mut addresses = BTreeMap::new();
+    if !s.addresses.is_empty() {
+        let list = s
+            .addresses
+            .iter()
+            .map(|a| ServerAddress {
+                version: if a.contains(':') { "6" } else { "4" }.into(),
+                addr: a.clone(),
+                ip_type: "fixed".into(),
+                mac_addr: String::new(),
+                port_id: String::new(),
             })
-        })
-        .collect();
-    let addresses = if addresses.is_empty() {
-        json!({})
-    } else {
-        json!({"agent": addresses})
-    };
-    json!({
-        "id": s.id,
-        "name": s.name,
-        "description": "",
-        "status": s.status,
-        "tenant_id": s.project_id,
-        "user_id": "",
-        "created": huawei_time(s.created),
-        "updated": huawei_time(s.updated),
-        "hostId": "",
-        "host_status": if fresh { "UP" } else { "UNKNOWN" },
-        "locked": false,
-        "tags": s.tags,
-        "sys_tags": [],
-        "enterprise_project_id": "0",
-        "progress": 0,
-        "config_drive": "",
-        "accessIPv4": "",
-        "accessIPv6": "",
-        "auto_terminate_time": "",
-        "key_name": "",
-        "addresses": addresses,
-        "flavor": {"id": "", "name": "", "disk": "0", "vcpus": "0", "ram": "0", "gpus": [], "asic_accelerators": []},
-        "image": {"id": ""},
-        "security_groups": [],
-        "metadata": {"os_type": s.os_type.as_str(), "charging_mode": "0"},
-        "OS-EXT-STS:vm_state": vm_state,
-        "OS-EXT-STS:task_state": s.task_state.clone().unwrap_or_default(),
-        "OS-EXT-STS:power_state": power_state,
-        "OS-EXT-AZ:availability_zone": "",
-        "OS-SRV-USG:launched_at": s.created.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
-        "OS-SRV-USG:terminated_at": "",
-        "os-extended-volumes:volumes_attached": [],
-        "OS-EXT-SRV-ATTR:host": "",
-        "OS-EXT-SRV-ATTR:hostname": s.hostname.clone().unwrap_or_default(),
-        "OS-EXT-SRV-ATTR:hypervisor_hostname": "",
-        "OS-EXT-SRV-ATTR:instance_name": s.name,
-        "OS-EXT-SRV-ATTR:kernel_id": "",
-        "OS-EXT-SRV-ATTR:ramdisk_id": "",
-        "OS-EXT-SRV-ATTR:root_device_name": "",
-        "OS-EXT-SRV-ATTR:launch_index": 0,
-        "OS-EXT-SRV-ATTR:reservation_id": "",
-        "OS-DCF:diskConfig": "",
-        // Ours (ignored by the Huawei SDKs): the agent and the last reset.
-        "x-ecsd": {
-            "agent": {
-                "enrolled": s.agent_public_key.is_some(),
-                "version": s.agent_version,
-                "last_seen": s.agent_last_seen.map(crate::store::fmt_time),
-                "boot_id": s.boot_id,
-            },
-            "last_reset": s.last_reset.as_ref().map(|(id, st)| json!({"request_id": id, "state": st.as_str()})),
+            .collect();
+        addresses.insert("agent".to_owned(), list);
+    }
+    let metadata = BTreeMap::from([
+        ("os_type".to_owned(), s.os_type.as_str().to_owned()),
+        ("charging_mode".to_owned(), "0".to_owned()),
+    ]);
+    ServerDetail {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        description: String::new(),
+        status,
+        tenant_id: s.project_id.clone(),
+        user_id: String::new(),
+        created: huawei_time(s.created),
+        updated: huawei_time(s.updated),
+        host_id: String::new(),
+        host_status: if fresh {
+            HostStatus::Up
+        } else {
+            HostStatus::Unknown
         },
-    })
+        locked: false,
+        tags: s.tags.clone(),
+        sys_tags: Vec::new(),
+        enterprise_project_id: "0".into(),
+        progress: 0,
+        config_drive: String::new(),
+        access_ipv4: String::new(),
+        access_ipv6: String::new(),
+        auto_terminate_time: String::new(),
+        key_name: String::new(),
+        addresses,
+        flavor: ServerFlavor {
+            id: String::new(),
+            name: String::new(),
+            disk: "0".into(),
+            vcpus: "0".into(),
+            ram: "0".into(),
+            gpus: Vec::new(),
+            asic_accelerators: Vec::new(),
+        },
+        image: ServerImage { id: String::new() },
+        security_groups: Vec::new(),
+        metadata,
+        enclave_options: EnclaveOptions::default(),
+        spod_id: String::new(),
+        capacity_reservation_specification: CapacityReservationSpecification::default(),
+        capacity_reservation_id: String::new(),
+        vm_state: vm_state.into(),
+        task_state: s.task_state.clone().unwrap_or_default(),
+        power_state,
+        availability_zone: String::new(),
+        launched_at: s.created.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+        terminated_at: String::new(),
+        volumes_attached: Vec::new(),
+        host: String::new(),
+        hostname: s.hostname.clone().unwrap_or_default(),
+        hypervisor_hostname: String::new(),
+        instance_name: s.name.clone(),
+        kernel_id: String::new(),
+        ramdisk_id: String::new(),
+        root_device_name: String::new(),
+        launch_index: 0,
+        reservation_id: String::new(),
+        disk_config: String::new(),
+        ecsd: EcsdServerExtension {
+            agent: AgentInfo {
+                enrolled: s.agent_public_key.is_some(),
+                version: s.agent_version.clone(),
+                last_seen: s.agent_last_seen.map(crate::store::fmt_time),
+                boot_id: s.boot_id.clone(),
+            },
+            last_reset: s.last_reset.as_ref().map(|(id, st)| LastReset {
+                request_id: id.clone(),
+                state: *st,
+            }),
+        },
+    }
 }
 
 fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
@@ -118,11 +143,29 @@ fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Api
 }
 
 /// `GET /v1/{project_id}/cloudservers/detail`.
+#[utoipa::path(get, path = "/v1/{project_id}/cloudservers/detail",
+    operation_id = "ListServersDetails", tag = "servers",
+    params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 25)."),
+        ("offset" = Option<i64>, Query, description = "Page number, from 1 (0 means 1)."),
+        ("marker" = Option<String>, Query, description = "The id of the last server of the previous page."),
+        ("name" = Option<String>, Query, description = "Substring of the name."),
+        ("status" = Option<String>, Query, description = "ACTIVE, SHUTOFF, REBOOT, HARD_REBOOT, ..."),
+        ("ip" = Option<String>, Query, description = "Substring of an address."),
+        ("ip_eq" = Option<String>, Query, description = "An exact address."),
+        ("tags" = Option<String>, Query, description = "Servers with this tag."),
+        ("not-tags" = Option<String>, Query, description = "Servers without this tag."),
+        ("server_id" = Option<String>, Query, description = "Comma-separated ids (at most 100); overrides the other filters; unknown ids come back with a fault."),
+    ),
+    responses(
+        (status = 200, description = "One page, newest first, and the total count.", body = ListServersResponse),
+        (status = 400, description = "An invalid query parameter (Ecs.0005).", body = ecs_api::EcsErrorBody),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ListServersResponse>, ApiError> {
     let Query(q) = query.map_err(|_| ApiError::invalid("Invalid query string."))?;
     let limit = int_param(&q, "limit")?.unwrap_or(25);
     if !(1..=1000).contains(&limit) {
@@ -174,9 +217,15 @@ pub async fn list(
             e => ApiError::internal("listing servers", e),
         })?;
     let now = Utc::now();
-    let mut out: Vec<Value> = servers
+    let mut out: Vec<ListedServer> = servers
         .iter()
-        .map(|s| server_detail(s, state.config.agent_stale_secs, now))
+        .map(|s| {
+            ListedServer::Detail(Box::new(server_detail(
+                s,
+                state.config.agent_stale_secs,
+                now,
+            )))
+        })
         .collect();
     if let Some(ids) = server_ids {
         // Unknown ids come back with only id and fault (as Huawei does).
@@ -184,18 +233,35 @@ pub async fn list(
             .iter()
             .filter(|id| !servers.iter().any(|s| &&s.id == id))
         {
-            out.push(json!({"id": id, "fault": {"code": 404, "message": "Instance could not be found."}}));
+            out.push(ListedServer::Missing {
+                id: id.clone(),
+                fault: ServerFault {
+                    code: 404,
+                    message: "Instance could not be found.".into(),
+                },
+            });
         }
     }
-    Ok(Json(json!({"count": count, "servers": out})))
+    Ok(Json(ListServersResponse {
+        count,
+        servers: out,
+    }))
 }
 
 /// `GET /v1/{project_id}/cloudservers/{server_id}`.
+#[utoipa::path(get, path = "/v1/{project_id}/cloudservers/{server_id}",
+    operation_id = "ShowServer", tag = "servers",
+    params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("server_id" = String, Path, description = "The server's id.")),
+    responses(
+        (status = 200, description = "The server.", body = ShowServerResponse),
+        (status = 400, description = "Malformed path (Ecs.0005).", body = ecs_api::EcsErrorBody),
+        (status = 404, description = "No such server in this project (Ecs.0114).", body = ecs_api::EcsErrorBody),
+    ))]
 pub async fn show(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     p: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ShowServerResponse>, ApiError> {
     let (_, id) = p
         .map(|Path(t)| t)
         .map_err(|_| ApiError::invalid("Invalid request: a path parameter is malformed."))?;
@@ -205,19 +271,29 @@ pub async fn show(
         .await
         .map_err(|e| ApiError::internal("looking up a server", e))?
         .ok_or_else(|| ApiError::server_not_found(&id))?;
-    Ok(Json(
-        json!({"server": server_detail(&s, state.config.agent_stale_secs, Utc::now())}),
-    ))
+    Ok(Json(ShowServerResponse {
+        server: server_detail(&s, state.config.agent_stale_secs, Utc::now()),
+    }))
 }
 
 /// `POST /v1/{project_id}/cloudservers/action`.
+/// Huawei `BatchStartServers`, `BatchStopServers`, `BatchRebootServers`.
+#[utoipa::path(post, path = "/v1/{project_id}/cloudservers/action",
+    operation_id = "BatchServerAction", tag = "servers",
+    params(("project_id" = String, Path, description = "The project (X-Project-Id must match).")),
+    request_body(content = ecs_api::ServerAction, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A job with one sub-job per server.", body = JobResult),
+        (status = 400, description = "Invalid body, a server's state or plug-in (Ecs.0005, Ecs.0100), or another operation in progress (Ecs.0603).", body = ecs_api::EcsErrorBody),
+        (status = 404, description = "A server does not exist in this project (Ecs.0114).", body = ecs_api::EcsErrorBody),
+    ))]
 pub async fn action(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Extension(source): Extension<Source>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobResult>, ApiError> {
     let request_id = current_request_id();
     let ctx = CallContext {
         caller: &caller,
@@ -227,15 +303,22 @@ pub async fn action(
     let job_id =
         crate::power::batch_action(&state, &ctx, super::resets::content_type(&headers), body)
             .await?;
-    Ok(Json(json!({"job_id": job_id})))
+    Ok(Json(JobResult { job_id }))
 }
 
 /// `GET /v1/{project_id}/jobs/{job_id}`.
+#[utoipa::path(get, path = "/v1/{project_id}/jobs/{job_id}",
+    operation_id = "ShowJob", tag = "servers",
+    params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("job_id" = String, Path, description = "A job id (UUID).")),
+    responses(
+        (status = 200, description = "The job and its sub-jobs.", body = ShowJobResponse),
+        (status = 400, description = "Invalid or unknown job id (Common.0011).", body = ecs_api::EcsErrorBody),
+    ))]
 pub async fn job(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     p: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ShowJobResponse>, ApiError> {
     let invalid = || ApiError::ecs(StatusCode::BAD_REQUEST, "Common.0011", "Invalid job ID.");
     let (_, job_id) = p.map(|Path(t)| t).map_err(|_| invalid())?;
     if uuid::Uuid::parse_str(&job_id).is_err() {
@@ -247,5 +330,5 @@ pub async fn job(
         .await
         .map_err(|e| ApiError::internal("reading a job", e))?
         .ok_or_else(invalid)?;
-    Ok(Json(crate::power::job_json(&job)))
+    Ok(Json(crate::power::show_job(&job)))
 }

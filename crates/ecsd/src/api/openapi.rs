@@ -1,0 +1,172 @@
+//! The OpenAPI 3.1 document of the public API, generated from the handlers'
+//! `#[utoipa::path]` annotations and the `ecs-api` types. It is checked in
+//! as `openapi/ecsd.json` (a test fails when they drift) and served at
+//! `GET /openapi.json`.
+
+use utoipa::openapi::response::{ResponseBuilder, ResponsesBuilder};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ecsd",
+        description = "Huawei Cloud ECS-compatible API for fleet-wide root/Administrator password resets. \
+Huawei's operations keep Huawei's shapes (the official SDKs work unmodified); `x-ecsd`, `apply`, \
+`readiness`, the reset outcome and enroll tokens are ecsd's extensions. Every call is signed with \
+SDK-HMAC-SHA256 (AK/SK) as the Huawei SDKs sign; every response carries X-Request-Id.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        super::resets::batch_reset,
+        super::resets::single_reset,
+        super::resets::resetpwd_flag,
+        super::resets::reset_outcome,
+        super::servers::list,
+        super::servers::show,
+        super::servers::action,
+        super::servers::job,
+        super::agent::create_enroll_token,
+        health,
+        openapi_json,
+    ),
+    components(schemas(ecs_api::ErrorBody, ecs_api::GatewayErrorBody, ecs_api::EcsErrorBody)),
+    modifiers(&CommonResponses),
+    security(("sdk-hmac-sha256" = [])),
+    tags(
+        (name = "resets", description = "Password resets (Huawei) and their per-server outcome (ecsd)."),
+        (name = "servers", description = "Servers, start/stop/reboot, jobs (Huawei)."),
+        (name = "agents", description = "Enrollment of password-reset agents (ecsd)."),
+        (name = "service", description = "Health and this document; no signature."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON with a final newline (the checked-in form).
+pub fn document_json() -> String {
+    let mut s = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    s.push('\n');
+    s
+}
+
+/// Adds what every signed operation can answer — the gateway's 401, 403,
+/// 413 and 429, the 500 — and the X-Request-Id header to every response,
+/// and declares the signature scheme.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "sdk-hmac-sha256",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`SDK-HMAC-SHA256 Access=<AK>, SignedHeaders=<names>, Signature=<hex>` over the \
+canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the Huawei SDKs sign.",
+            ))),
+        );
+        let json = |schema: &str| {
+            ContentBuilder::new()
+                .schema(Some(RefOr::Ref(Ref::from_schema_name(schema))))
+                .build()
+        };
+        let gateway = |desc: &str| -> RefOr<Response> {
+            ResponseBuilder::new()
+                .description(desc)
+                .content("application/json", json("GatewayErrorBody"))
+                .build()
+                .into()
+        };
+        let signed_errors = ResponsesBuilder::new()
+            .response(
+                "401",
+                gateway(
+                    "Missing or wrong signature, unknown AK, date outside the window (APIGW.0301).",
+                ),
+            )
+            .response(
+                "403",
+                gateway("The key may not do this, or the project is not its own (APIGW.0302)."),
+            )
+            .response(
+                "413",
+                gateway("The body is larger than allowed (APIGW.0201)."),
+            )
+            .response(
+                "429",
+                gateway("Too many requests for this AK (APIGW.0308)."),
+            )
+            .build();
+        let internal: RefOr<Response> = ResponseBuilder::new()
+            .description("An internal failure (Common.0001); details only in the server's log.")
+            .content("application/json", json("EcsErrorBody"))
+            .build()
+            .into();
+        let request_id = utoipa::openapi::HeaderBuilder::new()
+            .schema(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some("^[0-9a-f]{32}$")),
+            )
+            .description(Some(
+                "The request's id (also in gateway error bodies and the log).",
+            ))
+            .build();
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let signed = path.starts_with("/v1/");
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if signed {
+                    for (code, resp) in &signed_errors.responses {
+                        op.responses
+                            .responses
+                            .entry(code.clone())
+                            .or_insert_with(|| resp.clone());
+                    }
+                } else {
+                    op.security = Some(Vec::new());
+                }
+                op.responses
+                    .responses
+                    .entry("500".into())
+                    .or_insert_with(|| internal.clone());
+                for resp in op.responses.responses.values_mut() {
+                    if let RefOr::T(r) = resp {
+                        r.headers.insert("X-Request-Id".into(), request_id.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Liveness: answers while the process serves requests.
+#[utoipa::path(get, path = "/health", operation_id = "Health", tag = "service",
+    responses((status = 200, description = "Serving.", body = ecs_api::Health)))]
+pub async fn health() -> axum::Json<ecs_api::Health> {
+    axum::Json(ecs_api::Health {
+        status: "ok".into(),
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", operation_id = "OpenApiDocument", tag = "service",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API.", content_type = "application/json")))]
+pub async fn openapi_json() -> impl axum::response::IntoResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        DOC.get_or_init(document_json).as_str(),
+    )
+}
