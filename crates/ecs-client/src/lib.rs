@@ -1,0 +1,629 @@
+//! A client of ecsd's public API that signs like the Huawei SDKs
+//! (SDK-HMAC-SHA256 over Host, X-Project-Id, X-Sdk-Date and the body) and
+//! speaks TLS with rustls. Typed calls return `ecs-api` types; [`Client::send`]
+//! is the raw form the tests use to send what no well-behaved client would.
+//!
+//! Plain `http://` is refused unless the host is a loopback address; the
+//! secret key lives in a `SecretString` and request bodies (which may hold a
+//! password) are zeroized once sent.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ecs_api::{
+    BatchResetRequest, BatchResetResponse, EnrollTokenRequest, EnrollTokenResponse, ErrorBody,
+    JobResult, ListServersResponse, ResetOutcome, ResetPwdFlagResponse, ServerAction, ServerDetail,
+    ShowJobResponse, ShowServerResponse, SingleResetRequest,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+/// The content type the Huawei SDKs send.
+pub const JSON: &str = "application/json;charset=UTF-8";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "refusing plain HTTP to {0}: passwords would cross the network in the clear (use https://)"
+    )]
+    PlainHttp(String),
+    #[error("invalid endpoint {endpoint}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] ecs_trust::tls::TlsError),
+    #[error("building the HTTP client")]
+    Build(#[source] reqwest::Error),
+    #[error("signing the request: {0}")]
+    Sign(String),
+    #[error("calling {endpoint}")]
+    Transport {
+        endpoint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("encoding the request body")]
+    Encode(#[source] serde_json::Error),
+    /// ecsd answered with one of its two error bodies.
+    #[error("{0}")]
+    Api(Box<ApiError>),
+    /// A 2xx answer that is not the documented body.
+    #[error("unexpected answer to {what} (HTTP {status}, request {request_id}): {source}")]
+    Decode {
+        what: String,
+        status: u16,
+        request_id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// An error answered by ecsd.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: u16,
+    pub request_id: String,
+    /// The error body; `None` if the answer was not one of the two shapes.
+    pub body: Option<ErrorBody>,
+    /// The first 300 characters of an answer that was not an error body.
+    pub text: String,
+}
+
+impl ApiError {
+    pub fn code(&self) -> String {
+        match &self.body {
+            Some(b) => b.code().to_owned(),
+            None => format!("HTTP {}", self.status),
+        }
+    }
+    pub fn message(&self) -> &str {
+        match &self.body {
+            Some(b) => b.message(),
+            None => &self.text,
+        }
+    }
+    pub fn internal(&self) -> &[ecs_api::InternalError] {
+        self.body.as_ref().map(ErrorBody::internal).unwrap_or(&[])
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} (HTTP {}, request {})",
+            self.code(),
+            self.message(),
+            self.status,
+            self.request_id
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An access key and its secret.
+#[derive(Clone)]
+pub struct Credentials {
+    pub access_key: String,
+    pub secret_key: SecretString,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How the server's certificate is verified.
+#[derive(Debug, Clone, Default)]
+pub enum Trust {
+    /// The system's roots only.
+    #[default]
+    System,
+    /// The system's roots plus the certificates in this PEM (a private CA).
+    SystemAnd(Vec<u8>),
+}
+
+/// What to build a [`Client`] from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `https://host:port` (no path).
+    pub endpoint: String,
+    pub project_id: String,
+    pub credentials: Credentials,
+    pub trust: Trust,
+    /// Whole-call limit (default 60 s).
+    pub timeout: Duration,
+    pub user_agent: String,
+}
+
+impl Config {
+    pub fn new(
+        endpoint: impl Into<String>,
+        project_id: impl Into<String>,
+        access_key: impl Into<String>,
+        secret_key: SecretString,
+    ) -> Self {
+        Config {
+            endpoint: endpoint.into().trim_end_matches('/').to_owned(),
+            project_id: project_id.into(),
+            credentials: Credentials {
+                access_key: access_key.into(),
+                secret_key,
+            },
+            trust: Trust::System,
+            timeout: Duration::from_secs(60),
+            user_agent: format!("ecs-client/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// One request as it will be signed and sent. Build with [`Request::new`].
+#[derive(Debug)]
+pub struct Request {
+    pub method: reqwest::Method,
+    /// Absolute path with an optional `?query`, e.g. `/v1/p/cloudservers/detail?limit=5`.
+    pub path_and_query: String,
+    pub body: Option<(String, Zeroizing<Vec<u8>>)>,
+    /// Sent and signed; replaces a default header of the same name.
+    pub headers: Vec<(String, String)>,
+    /// Overrides the `X-Sdk-Date` (default: now).
+    pub date: Option<String>,
+    /// Signs as someone else (default: the client's credentials).
+    pub credentials: Option<Credentials>,
+    /// Sends no `Authorization` header at all.
+    pub unsigned: bool,
+}
+
+impl Request {
+    pub fn new(method: reqwest::Method, path_and_query: impl Into<String>) -> Self {
+        Request {
+            method,
+            path_and_query: path_and_query.into(),
+            body: None,
+            headers: Vec::new(),
+            date: None,
+            credentials: None,
+            unsigned: false,
+        }
+    }
+    /// A body with its content type, sent as is.
+    pub fn body(mut self, content_type: &str, bytes: Vec<u8>) -> Self {
+        self.body = Some((content_type.to_owned(), Zeroizing::new(bytes)));
+        self
+    }
+    /// A JSON body, as the SDKs send it.
+    pub fn json<T: Serialize + ?Sized>(self, value: &T) -> Result<Self> {
+        let bytes = serde_json::to_vec(value).map_err(Error::Encode)?;
+        Ok(self.body(JSON, bytes))
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+    pub fn date(mut self, date: impl Into<String>) -> Self {
+        self.date = Some(date.into());
+        self
+    }
+    pub fn signed_as(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+    pub fn unsigned(mut self) -> Self {
+        self.unsigned = true;
+        self
+    }
+}
+
+/// What ecsd answered, before interpretation.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// `X-Request-Id` ("" if absent).
+    pub request_id: String,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+impl Response {
+    /// The body as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The typed body of a 2xx answer, or the API error.
+    pub fn into_result<T: DeserializeOwned>(self, what: &str) -> Result<Reply<T>> {
+        if !(200..300).contains(&self.status) {
+            return Err(Error::Api(Box::new(ApiError {
+                status: self.status,
+                request_id: self.request_id,
+                body: serde_json::from_slice(&self.body).ok(),
+                text: String::from_utf8_lossy(&self.body)
+                    .chars()
+                    .take(300)
+                    .collect(),
+            })));
+        }
+        let body = if self.body.is_empty() {
+            serde_json::from_slice(b"null")
+        } else {
+            serde_json::from_slice(&self.body)
+        }
+        .map_err(|source| Error::Decode {
+            what: what.to_owned(),
+            status: self.status,
+            request_id: self.request_id.clone(),
+            source,
+        })?;
+        Ok(Reply {
+            request_id: self.request_id,
+            body,
+        })
+    }
+}
+
+/// A typed answer and its request id.
+#[derive(Debug, Clone)]
+pub struct Reply<T> {
+    pub request_id: String,
+    pub body: T,
+}
+
+/// A signed client of one project.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    cfg: std::sync::Arc<Config>,
+    host: String,
+}
+
+impl Client {
+    /// Verifies the server per `cfg.trust`; plain HTTP only to loopback.
+    pub fn new(cfg: Config) -> Result<Self> {
+        let url = reqwest::Url::parse(&cfg.endpoint).map_err(|e| Error::Endpoint {
+            endpoint: cfg.endpoint.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .user_agent(cfg.user_agent.clone());
+        match url.scheme() {
+            "https" => {
+                let extra = match &cfg.trust {
+                    Trust::System => Vec::new(),
+                    Trust::SystemAnd(pem) => ecs_trust::tls::certs_from_pem(pem, "the CA file")?,
+                };
+                let tls = ecs_trust::tls::client_config(&ecs_trust::tls::Roots::SystemAnd(extra))?;
+                builder = builder.use_preconfigured_tls(tls);
+            }
+            "http" if ecs_trust::tls::is_loopback_http(&cfg.endpoint) => {}
+            "http" => return Err(Error::PlainHttp(cfg.endpoint.clone())),
+            other => {
+                return Err(Error::Endpoint {
+                    endpoint: cfg.endpoint.clone(),
+                    reason: format!("unsupported scheme {other}"),
+                });
+            }
+        }
+        let host = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => {
+                return Err(Error::Endpoint {
+                    endpoint: cfg.endpoint.clone(),
+                    reason: "no host".into(),
+                });
+            }
+        };
+        Ok(Client {
+            http: builder.build().map_err(Error::Build)?,
+            cfg: std::sync::Arc::new(cfg),
+            host,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// `/v1/{project_id}` + `rest`.
+    pub fn project_path(&self, rest: &str) -> String {
+        format!("/v1/{}{}", self.cfg.project_id, rest)
+    }
+
+    /// Signs and sends one request; any HTTP answer is `Ok`.
+    pub async fn send(&self, req: Request) -> Result<Response> {
+        let (path, query) = req
+            .path_and_query
+            .split_once('?')
+            .unwrap_or((req.path_and_query.as_str(), ""));
+        let date = req
+            .date
+            .clone()
+            .unwrap_or_else(|| chrono::Utc::now().format(ecs_sign::DATE_FORMAT).to_string());
+        let mut headers: Vec<(String, String)> = vec![
+            ("Host".into(), self.host.clone()),
+            ("X-Sdk-Date".into(), date),
+            ("X-Project-Id".into(), self.cfg.project_id.clone()),
+        ];
+        if let Some((ct, _)) = &req.body {
+            headers.push(("Content-Type".into(), ct.clone()));
+        }
+        for (k, v) in &req.headers {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+            headers.push((k.clone(), v.clone()));
+        }
+        let empty = Zeroizing::new(Vec::new());
+        let bytes = req.body.as_ref().map(|b| &b.1).unwrap_or(&empty);
+        let url = format!("{}{}", self.cfg.endpoint, req.path_and_query);
+        let mut out = self.http.request(req.method.clone(), &url);
+        for (k, v) in &headers {
+            if !k.eq_ignore_ascii_case("host") {
+                out = out.header(k, v);
+            }
+        }
+        if !req.unsigned {
+            let creds = req.credentials.as_ref().unwrap_or(&self.cfg.credentials);
+            let auth = ecs_sign::sign(
+                &creds.access_key,
+                creds.secret_key.expose_secret().as_bytes(),
+                req.method.as_str(),
+                path,
+                query,
+                &headers,
+                bytes,
+            )
+            .ok_or_else(|| Error::Sign("the request has no valid X-Sdk-Date".into()))?;
+            out = out.header("Authorization", auth);
+        }
+        if req.body.is_some() {
+            out = out.body(bytes.to_vec());
+        }
+        let resp = out.send().await.map_err(|source| Error::Transport {
+            endpoint: self.cfg.endpoint.clone(),
+            source,
+        })?;
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let request_id = header("x-request-id").unwrap_or_default();
+        let content_type = header("content-type");
+        let body = resp.bytes().await.map_err(|source| Error::Transport {
+            endpoint: self.cfg.endpoint.clone(),
+            source,
+        })?;
+        Ok(Response {
+            status,
+            request_id,
+            content_type,
+            body,
+        })
+    }
+
+    /// A signed call to `/v1/{project_id}` + `rest` with an optional JSON
+    /// body, answered with `T` or an API error.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        rest: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<Reply<T>> {
+        let what = format!("{method} {rest}");
+        let mut req = Request::new(method, self.project_path(rest));
+        if let Some(b) = body {
+            req = req.json(b)?;
+        }
+        self.send(req).await?.into_result(&what)
+    }
+
+    /// One page of `ListServersDetails`; `query` as `(name, value)` pairs.
+    pub async fn list_servers(&self, query: &[(&str, &str)]) -> Result<Reply<ListServersResponse>> {
+        let q: String = query
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let rest = if q.is_empty() {
+            "/cloudservers/detail".to_owned()
+        } else {
+            format!("/cloudservers/detail?{q}")
+        };
+        self.call(reqwest::Method::GET, &rest, None::<&()>).await
+    }
+
+    /// Every server of the project (pages of 1000, following `marker`).
+    pub async fn all_servers(&self) -> Result<Vec<ServerDetail>> {
+        let mut out: Vec<ServerDetail> = Vec::new();
+        loop {
+            let marker = out.last().map(|s| s.id.clone());
+            let mut q = vec![("limit", "1000")];
+            if let Some(m) = &marker {
+                q.push(("marker", m));
+            }
+            let page = self.list_servers(&q).await?.body;
+            let n = page.servers.len();
+            out.extend(page.servers.into_iter().filter_map(|s| s.detail().cloned()));
+            if n < 1000 {
+                return Ok(out);
+            }
+        }
+    }
+
+    pub async fn show_server(&self, id: &str) -> Result<Reply<ShowServerResponse>> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/cloudservers/{}", encode(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn batch_reset(&self, req: &BatchResetRequest) -> Result<Reply<BatchResetResponse>> {
+        self.call(
+            reqwest::Method::PUT,
+            "/cloudservers/os-reset-passwords",
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn single_reset(&self, id: &str, req: &SingleResetRequest) -> Result<Reply<()>> {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/cloudservers/{}/os-reset-password", encode(id)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn reset_flag(&self, id: &str) -> Result<Reply<ResetPwdFlagResponse>> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/cloudservers/{}/os-resetpwd-flag", encode(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// A reset request's outcome; `latest` for the project's newest.
+    pub async fn reset_outcome(&self, request_id: &str) -> Result<Reply<ResetOutcome>> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/cloudservers/os-reset-passwords/{}", encode(request_id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn action(&self, action: &ServerAction) -> Result<Reply<JobResult>> {
+        self.call(reqwest::Method::POST, "/cloudservers/action", Some(action))
+            .await
+    }
+
+    pub async fn job(&self, job_id: &str) -> Result<Reply<ShowJobResponse>> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/jobs/{}", encode(job_id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn create_enroll_token(
+        &self,
+        req: &EnrollTokenRequest,
+    ) -> Result<Reply<EnrollTokenResponse>> {
+        self.call(reqwest::Method::POST, "/enroll-tokens", Some(req))
+            .await
+    }
+}
+
+/// Percent-encodes a path segment or query value as the SDKs do (everything
+/// but `A-Z a-z 0-9 - _ . ~`).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(endpoint: &str) -> Config {
+        Config::new(endpoint, "p", "AK", SecretString::from("SK"))
+    }
+
+    #[test]
+    fn plain_http_is_refused_except_to_loopback() {
+        assert!(matches!(
+            Client::new(cfg("http://10.0.0.1:8443")),
+            Err(Error::PlainHttp(_))
+        ));
+        assert!(matches!(
+            Client::new(cfg("http://example.com")),
+            Err(Error::PlainHttp(_))
+        ));
+        assert!(Client::new(cfg("http://127.0.0.1:8443")).is_ok());
+        assert!(Client::new(cfg("https://example.com")).is_ok());
+        assert!(matches!(
+            Client::new(cfg("ftp://example.com")),
+            Err(Error::Endpoint { .. })
+        ));
+    }
+
+    #[test]
+    fn the_secret_key_is_never_printed() {
+        let c = cfg("https://example.com");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("\"SK\""), "{printed}");
+        assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn encoding_keeps_only_unreserved_characters() {
+        assert_eq!(encode("a b/c?d=é~"), "a%20b%2Fc%3Fd%3D%C3%A9~");
+    }
+
+    #[test]
+    fn an_error_answer_becomes_an_api_error_with_its_code() {
+        let r = Response {
+            status: 404,
+            request_id: "r1".into(),
+            content_type: Some("application/json".into()),
+            body: Bytes::from_static(
+                br#"{"error":{"code":"Ecs.0114","message":"Instance[x] could not be found."}}"#,
+            ),
+        };
+        let Err(Error::Api(e)) = r.into_result::<ShowServerResponse>("GET") else {
+            panic!("not an API error")
+        };
+        assert_eq!(e.code(), "Ecs.0114");
+        assert_eq!(
+            e.to_string(),
+            "Ecs.0114: Instance[x] could not be found. (HTTP 404, request r1)"
+        );
+        let r = Response {
+            status: 502,
+            request_id: String::new(),
+            content_type: None,
+            body: Bytes::from_static(b"<html>bad gateway</html>"),
+        };
+        let Err(Error::Api(e)) = r.into_result::<ShowServerResponse>("GET") else {
+            panic!("not an API error")
+        };
+        assert_eq!(e.code(), "HTTP 502");
+        assert!(e.message().contains("bad gateway"));
+    }
+
+    #[test]
+    fn a_2xx_answer_that_is_not_the_documented_body_is_an_error() {
+        let r = Response {
+            status: 200,
+            request_id: "r".into(),
+            content_type: None,
+            body: Bytes::from_static(br#"{"job":"x"}"#),
+        };
+        assert!(matches!(
+            r.into_result::<JobResult>("POST"),
+            Err(Error::Decode { .. })
+        ));
+    }
+}
