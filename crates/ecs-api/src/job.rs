@@ -9,10 +9,9 @@ use crate::status::JobStatus;
 
 /// SOFT or HARD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum ActionKind {
-    #[serde(rename = "SOFT")]
     Soft,
-    #[serde(rename = "HARD")]
     Hard,
 }
 

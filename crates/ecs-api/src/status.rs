@@ -23,8 +23,9 @@ macro_rules! wire_enum {
     ($(#[$m:meta])* $name:ident, $kind:literal { $($(#[$vm:meta])* $variant:ident = $wire:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
         pub enum $name {
-            $($(#[$vm])* #[serde(rename = $wire)] $variant),+
+            $($(#[$vm])* $variant),+
         }
 
         impl $name {
@@ -150,6 +151,31 @@ mod tests {
         for s in HostStatus::ALL {
             assert_eq!(s.as_str().parse::<HostStatus>(), Ok(*s));
         }
+    }
+
+    /// The OpenAPI schema lists exactly the wire names.
+    #[test]
+    fn the_schemas_list_the_wire_names() {
+        fn names<T: utoipa::PartialSchema>() -> serde_json::Value {
+            serde_json::to_value(T::schema()).unwrap()["enum"].clone()
+        }
+        let wire = |all: Vec<&str>| serde_json::json!(all);
+        assert_eq!(
+            names::<ServerStatus>(),
+            wire(ServerStatus::ALL.iter().map(|s| s.as_str()).collect())
+        );
+        assert_eq!(
+            names::<ResetState>(),
+            wire(ResetState::ALL.iter().map(|s| s.as_str()).collect())
+        );
+        assert_eq!(
+            names::<JobStatus>(),
+            wire(JobStatus::ALL.iter().map(|s| s.as_str()).collect())
+        );
+        assert_eq!(
+            names::<HostStatus>(),
+            wire(HostStatus::ALL.iter().map(|s| s.as_str()).collect())
+        );
     }
 
     #[test]

@@ -75,3 +75,28 @@ async fn the_server_serves_the_document_unsigned() {
     assert_eq!(r.text, ecsd::api::openapi::document_json());
     assert!(r.request_id.is_some());
 }
+
+#[test]
+fn the_response_check_rejects_what_the_document_does_not_allow() {
+    let ok = r#"{"job_id": "4b1b7a7e-7f0f-4a55-9c61-8a7f3b0f8b11"}"#;
+    common::contract::check("POST", "/v1/p/cloudservers/action", 200, ok);
+    let bad = [
+        (200, r#"{"job": "x"}"#),
+        (418, r#"{"error": {"code": "X", "message": "m"}}"#),
+        (401, r#"{"error": {"code": "X", "message": "m"}}"#),
+    ];
+    for (status, text) in bad {
+        let r = std::panic::catch_unwind(|| {
+            common::contract::check("POST", "/v1/p/cloudservers/action", status, text)
+        });
+        assert!(r.is_err(), "{status} {text} passed");
+    }
+    let r = std::panic::catch_unwind(|| common::contract::check("GET", "/v1/p/nope", 200, "{}"));
+    assert!(r.is_err(), "an undocumented success passed");
+    common::contract::check(
+        "GET",
+        "/v1/p/nope",
+        404,
+        r#"{"error_code":"APIGW.0101","error_msg":"m","request_id":"r"}"#,
+    );
+}

@@ -15,6 +15,8 @@ use ecsd::state::AppState;
 use ecsd::store::Role;
 use secrecy::{ExposeSecret, SecretString};
 
+pub mod contract;
+
 pub struct TestServer {
     pub base: String,
     pub host: String,
@@ -184,38 +186,43 @@ impl TestServer {
         body: Option<(&str, Vec<u8>)>,
         extra: &[(&str, &str)],
     ) -> Resp {
-        let (path, query) = path_and_query
-            .split_once('?')
-            .unwrap_or((path_and_query, ""));
-        let mut headers: Vec<(String, String)> = vec![
-            ("Host".into(), self.host.clone()),
-            ("X-Sdk-Date".into(), date.to_owned()),
-            ("X-Project-Id".into(), self.project.clone()),
-        ];
-        let bytes = body.as_ref().map(|b| b.1.clone()).unwrap_or_default();
-        if let Some((ct, _)) = &body {
-            headers.push(("Content-Type".into(), ct.to_string()));
+        let mut req = ecs_client::Request::new(method.parse().unwrap(), path_and_query)
+            .date(date)
+            .signed_as(ecs_client::Credentials {
+                access_key: ak.to_owned(),
+                secret_key: secret(sk),
+            });
+        if let Some((ct, bytes)) = body {
+            req = req.body(ct, bytes);
         }
         for (k, v) in extra {
-            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
-            headers.push((k.to_string(), v.to_string()));
+            req = req.header(k, v);
         }
-        let auth =
-            ecs_sign::sign(ak, sk.as_bytes(), method, path, query, &headers, &bytes).unwrap();
-        let mut req = reqwest::Client::new().request(
-            method.parse().unwrap(),
-            format!("{}{}", self.base, path_and_query),
+        let r = self.client().send(req).await.unwrap();
+        let text = r.text();
+        contract::check(
+            method,
+            path_and_query.split('?').next().unwrap(),
+            r.status,
+            &text,
         );
-        for (k, v) in &headers {
-            if !k.eq_ignore_ascii_case("host") {
-                req = req.header(k, v);
-            }
+        Resp {
+            status: r.status,
+            request_id: (!r.request_id.is_empty()).then_some(r.request_id),
+            body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+            text,
         }
-        req = req.header("Authorization", auth);
-        if body.is_some() {
-            req = req.body(bytes);
-        }
-        send(req).await
+    }
+
+    /// The signed, typed client of this server's project.
+    pub fn client(&self) -> ecs_client::Client {
+        ecs_client::Client::new(ecs_client::Config::new(
+            &self.base,
+            &self.project,
+            &self.ak,
+            secret(&self.sk),
+        ))
+        .unwrap()
     }
 
     pub async fn raw(&self, req: reqwest::RequestBuilder) -> Resp {
@@ -232,13 +239,17 @@ impl TestServer {
 }
 
 pub async fn send(req: reqwest::RequestBuilder) -> Resp {
-    let resp = req.send().await.unwrap();
+    let (client, req) = req.build_split();
+    let req = req.unwrap();
+    let (method, path) = (req.method().to_string(), req.url().path().to_owned());
+    let resp = client.execute(req).await.unwrap();
     let status = resp.status().as_u16();
     let request_id = resp
         .headers()
         .get("x-request-id")
         .map(|v| v.to_str().unwrap().to_owned());
     let text = resp.text().await.unwrap();
+    contract::check(&method, &path, status, &text);
     let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     Resp {
         status,
