@@ -60,9 +60,11 @@ impl ServerRef {
 /// `BatchResetServersPassword`, plus our `apply`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchResetRequest {
-    /// The new password (contract §2.4 rules per OS).
-    #[schema(value_type = String, format = Password)]
-    pub new_password: Password,
+    /// The new password (contract §2.4 rules per OS). Required, except that
+    /// a dry run without one checks readiness only (ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Password)]
+    pub new_password: Option<Password>,
     /// Check everything and report readiness; change nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
@@ -202,7 +204,7 @@ mod tests {
     #[test]
     fn a_password_is_redacted_in_debug_and_sent_only_by_serializing() {
         let req = BatchResetRequest {
-            new_password: Password(SecretString::from("Sup3r-secret!")),
+            new_password: Some(Password(SecretString::from("Sup3r-secret!"))),
             dry_run: None,
             servers: vec![ServerRef::new("a")],
             apply: None,
@@ -215,7 +217,7 @@ mod tests {
             r#"{"new_password":"Sup3r-secret!","servers":[{"id":"a"}]}"#
         );
         let back: BatchResetRequest = serde_json::from_str(&wire).unwrap();
-        assert_eq!(back.new_password.expose(), "Sup3r-secret!");
+        assert_eq!(back.new_password.unwrap().expose(), "Sup3r-secret!");
     }
 
     #[test]

@@ -101,6 +101,8 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+impl std::error::Error for ApiError {}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An access key and its secret.
@@ -129,8 +131,12 @@ pub enum Trust {
     SystemAnd(Vec<u8>),
 }
 
+/// Called after every answer with (method, path, status, request id): a
+/// CLI's `-v`.
+pub type Observer = std::sync::Arc<dyn Fn(&str, &str, u16, &str) + Send + Sync>;
+
 /// What to build a [`Client`] from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// `https://host:port` (no path).
     pub endpoint: String,
@@ -140,6 +146,19 @@ pub struct Config {
     /// Whole-call limit (default 60 s).
     pub timeout: Duration,
     pub user_agent: String,
+    pub observer: Option<Observer>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("endpoint", &self.endpoint)
+            .field("project_id", &self.project_id)
+            .field("credentials", &self.credentials)
+            .field("trust", &self.trust)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Config {
@@ -159,6 +178,7 @@ impl Config {
             trust: Trust::System,
             timeout: Duration::from_secs(60),
             user_agent: format!("ecs-client/{}", env!("CARGO_PKG_VERSION")),
+            observer: None,
         }
     }
 }
@@ -398,6 +418,9 @@ impl Client {
                 .map(str::to_owned)
         };
         let request_id = header("x-request-id").unwrap_or_default();
+        if let Some(observe) = &self.cfg.observer {
+            observe(req.method.as_str(), path, status, &request_id);
+        }
         let content_type = header("content-type");
         let body = resp.bytes().await.map_err(|source| Error::Transport {
             endpoint: self.cfg.endpoint.clone(),

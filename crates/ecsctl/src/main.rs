@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use ecs_api::{
+    ActionKind, BatchResetRequest, EnrollTokenRequest, JobStatus, ResetOutcome, ResetState,
+    ServerAction, ServerDetail, ServerRef, ShowJobResponse,
+};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use api::{Api, ApiError};
 
@@ -216,6 +220,11 @@ struct Out {
 impl Out {
     fn table(&self, headers: &[&str], rows: Vec<Vec<String>>) {
         let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+        // Server-supplied text: no control characters reach the terminal.
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|r| r.iter().map(|c| api::cell(c)).collect())
+            .collect();
         for r in &rows {
             for (w, c) in widths.iter_mut().zip(r) {
                 *w = (*w).max(c.chars().count());
@@ -254,13 +263,13 @@ async fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             if let Some(api) = e.downcast_ref::<ApiError>() {
-                eprintln!("error: {api}");
-                for item in api.internal.iter().take(20) {
+                eprintln!("error: {}", api::cell(&api.to_string()));
+                for item in api.internal().iter().take(20) {
                     eprintln!(
                         "  {}  {}  {}",
-                        item["id"].as_str().unwrap_or_default(),
-                        item["error_code"].as_str().unwrap_or_default(),
-                        item["error_message"].as_str().unwrap_or_default()
+                        api::cell(&item.id),
+                        api::cell(&item.error_code),
+                        api::cell(&item.error_message)
                     );
                 }
                 ExitCode::from(if api.status < 500 { REJECTED } else { 1 })
@@ -307,23 +316,21 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
         Command::EnrollToken {
             command: EnrollToken::Create { uses, ttl_secs },
         } => {
-            let r = api()?
-                .call(
-                    "POST",
-                    "/enroll-tokens",
-                    &[],
-                    Some(&json!({"uses": uses, "ttl_secs": ttl_secs})),
-                )
-                .await?;
+            let api = api()?;
+            let req = EnrollTokenRequest {
+                uses: Some(uses),
+                ttl_secs: Some(ttl_secs),
+            };
+            let r = api.api_result(
+                "POST /enroll-tokens",
+                api.client().create_enroll_token(&req).await,
+            )?;
             if out.json {
-                say!("{}", r.body);
+                say!("{}", serde_json::to_string(&r.body)?);
             } else {
-                say!("token:   {}", r.body["token"].as_str().unwrap_or_default());
-                say!("uses:    {}", r.body["uses"]);
-                say!(
-                    "expires: {}",
-                    r.body["expires"].as_str().unwrap_or_default()
-                );
+                say!("token:   {}", api::cell(&r.body.token));
+                say!("uses:    {}", r.body.uses);
+                say!("expires: {}", api::cell(&r.body.expires));
                 say!(
                     "enroll a server with: ECS_AGENT_TOKEN=<token> ecs-agent enroll --endpoint <endpoint>"
                 );
@@ -399,36 +406,32 @@ fn configure(profile: &str, from_dev: Option<PathBuf>) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn server_row(s: &Value) -> Vec<String> {
-    let st = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+fn server_row(s: &ServerDetail) -> Vec<String> {
     vec![
-        st(&s["id"]),
-        st(&s["name"]),
-        st(&s["status"]),
-        st(&s["metadata"]["os_type"]),
-        st(&s["host_status"]),
-        s["x-ecsd"]["last_reset"]["state"]
-            .as_str()
-            .unwrap_or("-")
-            .to_owned(),
+        s.id.clone(),
+        s.name.clone(),
+        s.status.to_string(),
+        os_of(s).to_owned(),
+        s.host_status.to_string(),
+        s.ecsd
+            .last_reset
+            .as_ref()
+            .map_or("-".to_owned(), |r| r.state.to_string()),
     ]
+}
+
+fn os_of(s: &ServerDetail) -> &str {
+    s.metadata.get("os_type").map_or("", String::as_str)
 }
 
 async fn servers(api: &Api, cmd: Servers, out: &Out) -> anyhow::Result<u8> {
     match cmd {
         Servers::List { name, status, os } => {
-            let mut all = api.all_servers().await?;
+            let mut all = api.client().all_servers().await.map_err(api_error)?;
             all.retain(|s| {
-                name.as_ref()
-                    .is_none_or(|n| s["name"].as_str().unwrap_or_default().contains(n.as_str()))
-                    && status
-                        .as_ref()
-                        .is_none_or(|st| s["status"].as_str() == Some(st.as_str()))
-                    && os.as_ref().is_none_or(|o| {
-                        s["metadata"]["os_type"]
-                            .as_str()
-                            .is_some_and(|v| v.eq_ignore_ascii_case(o))
-                    })
+                name.as_ref().is_none_or(|n| s.name.contains(n.as_str()))
+                    && status.as_ref().is_none_or(|st| s.status.as_str() == st)
+                    && os.as_ref().is_none_or(|o| os_of(s).eq_ignore_ascii_case(o))
             });
             if out.json {
                 say!("{}", json!({"count": all.len(), "servers": all}));
@@ -441,22 +444,31 @@ async fn servers(api: &Api, cmd: Servers, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Servers::Show { id } => {
-            let r = api
-                .call("GET", &format!("/cloudservers/{id}"), &[], None)
-                .await?;
+            let r = api.api_result(
+                "GET /cloudservers/{id}",
+                api.client().show_server(&id).await,
+            )?;
             if out.json {
-                say!("{}", r.body["server"]);
+                say!("{}", serde_json::to_string(&r.body.server)?);
             } else {
                 out.table(
                     &["ID", "NAME", "STATUS", "OS", "AGENT", "LAST RESET"],
-                    vec![server_row(&r.body["server"])],
+                    vec![server_row(&r.body.server)],
                 );
             }
             Ok(0)
         }
-        Servers::Reboot(a) => power(api, "reboot", a, out).await,
-        Servers::Start(a) => power(api, "os-start", a, out).await,
-        Servers::Stop(a) => power(api, "os-stop", a, out).await,
+        Servers::Reboot(a) => power(api, Power::Reboot, a, out).await,
+        Servers::Start(a) => power(api, Power::Start, a, out).await,
+        Servers::Stop(a) => power(api, Power::Stop, a, out).await,
+    }
+}
+
+/// An API error keeps its type (for the exit code); others gain context.
+fn api_error(e: ecs_client::Error) -> anyhow::Error {
+    match e {
+        ecs_client::Error::Api(e) => anyhow::Error::new(*e),
+        e => e.into(),
     }
 }
 
@@ -480,14 +492,14 @@ async fn resolve_targets(api: &Api, t: &Targets) -> anyhow::Result<Vec<Target>> 
                 .into()
         ));
     }
-    let all = api.all_servers().await?;
-    let to_target = |s: &Value| Target {
-        id: s["id"].as_str().unwrap_or_default().to_owned(),
-        name: s["name"].as_str().unwrap_or_default().to_owned(),
-        os: s["metadata"]["os_type"]
-            .as_str()
-            .unwrap_or("Linux")
-            .to_owned(),
+    let all = api.client().all_servers().await.map_err(api_error)?;
+    let to_target = |s: &ServerDetail| Target {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        os: match os_of(s) {
+            "" => "Linux".to_owned(),
+            os => os.to_owned(),
+        },
     };
     let wanted: Option<Vec<String>> = if let Some(f) = &t.from_file {
         let text =
@@ -507,9 +519,7 @@ async fn resolve_targets(api: &Api, t: &Targets) -> anyhow::Result<Vec<Target>> 
     let targets: Vec<Target> = if let Some(wanted) = wanted {
         let mut out = Vec::new();
         for w in wanted {
-            match all.iter().find(|s| {
-                s["id"].as_str() == Some(w.as_str()) || s["name"].as_str() == Some(w.as_str())
-            }) {
+            match all.iter().find(|s| s.id == w || s.name == w) {
                 Some(s) => out.push(to_target(s)),
                 // Unknown ids go to the API as they are: it names them (Ecs.0114).
                 None => out.push(Target {
@@ -524,7 +534,7 @@ async fn resolve_targets(api: &Api, t: &Targets) -> anyhow::Result<Vec<Target>> 
         let pat =
             glob::Pattern::new(p).map_err(|e| Rejected(format!("bad --name pattern: {e}")))?;
         all.iter()
-            .filter(|s| pat.matches(s["name"].as_str().unwrap_or_default()))
+            .filter(|s| pat.matches(&s.name))
             .map(to_target)
             .collect()
     } else {
@@ -536,7 +546,14 @@ async fn resolve_targets(api: &Api, t: &Targets) -> anyhow::Result<Vec<Target>> 
     Ok(targets)
 }
 
-async fn power(api: &Api, action: &str, a: PowerArgs, out: &Out) -> anyhow::Result<u8> {
+#[derive(Clone, Copy)]
+enum Power {
+    Start,
+    Stop,
+    Reboot,
+}
+
+async fn power(api: &Api, action: Power, a: PowerArgs, out: &Out) -> anyhow::Result<u8> {
     let targets = resolve_targets(api, &a.targets).await?;
     let job = start_power(api, action, &targets, a.hard).await?;
     if a.no_wait {
@@ -549,25 +566,22 @@ async fn power(api: &Api, action: &str, a: PowerArgs, out: &Out) -> anyhow::Resu
     }
     let (code, body) = wait_job(api, &job, Duration::from_secs(a.timeout), out).await?;
     if out.json {
-        say!("{body}");
+        say!("{}", serde_json::to_string(&body)?);
     } else {
-        let failed: Vec<Vec<String>> = body["entities"]["sub_jobs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s["status"] != "SUCCESS")
+        let failed: Vec<Vec<String>> = body
+            .entities
+            .sub_jobs
+            .iter()
+            .filter(|s| s.status != JobStatus::Success)
             .map(|s| {
                 vec![
-                    s["entities"]["server_id"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    s["status"].as_str().unwrap_or_default().to_owned(),
-                    s["fail_reason"].as_str().unwrap_or_default().to_owned(),
+                    s.entities.server_id.clone(),
+                    s.status.to_string(),
+                    s.fail_reason.clone().unwrap_or_default(),
                 ]
             })
             .collect();
-        say!("job {job}: {}", body["status"].as_str().unwrap_or("?"));
+        say!("job {job}: {}", body.status);
         if !failed.is_empty() {
             out.table(&["SERVER", "STATUS", "REASON"], failed);
         }
@@ -577,24 +591,29 @@ async fn power(api: &Api, action: &str, a: PowerArgs, out: &Out) -> anyhow::Resu
 
 async fn start_power(
     api: &Api,
-    action: &str,
+    action: Power,
     targets: &[Target],
     hard: bool,
 ) -> anyhow::Result<String> {
-    let servers: Vec<Value> = targets.iter().map(|t| json!({"id": t.id})).collect();
-    let mut inner = json!({"servers": servers});
-    if action != "os-start" {
-        inner["type"] = json!(if hard { "HARD" } else { "SOFT" });
-    }
-    let r = api
-        .call(
-            "POST",
-            "/cloudservers/action",
-            &[],
-            Some(&json!({ action: inner })),
-        )
-        .await?;
-    Ok(r.body["job_id"].as_str().unwrap_or_default().to_owned())
+    let servers: Vec<ServerRef> = targets.iter().map(|t| ServerRef::new(&t.id)).collect();
+    let kind = if hard {
+        ActionKind::Hard
+    } else {
+        ActionKind::Soft
+    };
+    let body = match action {
+        Power::Start => ServerAction::Start { servers },
+        Power::Stop => ServerAction::Stop {
+            servers,
+            kind: Some(kind),
+        },
+        Power::Reboot => ServerAction::Reboot { servers, kind },
+    };
+    let r = api.api_result(
+        "POST /cloudservers/action",
+        api.client().action(&body).await,
+    )?;
+    Ok(r.body.job_id)
 }
 
 /// Polls a job to its end with a progress bar; exit code and the last body.
@@ -603,37 +622,31 @@ async fn wait_job(
     job: &str,
     timeout: Duration,
     out: &Out,
-) -> anyhow::Result<(u8, Value)> {
+) -> anyhow::Result<(u8, ShowJobResponse)> {
     let started = Instant::now();
     let bar = out
         .fancy
         .then(|| indicatif::ProgressBar::new(0).with_message(format!("job {job}")));
     loop {
-        let r = api.call("GET", &format!("/jobs/{job}"), &[], None).await?;
-        let subs = r.body["entities"]["sub_jobs"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let done = subs
-            .iter()
-            .filter(|s| matches!(s["status"].as_str(), Some("SUCCESS" | "FAIL")))
-            .count();
+        let r = api.api_result("GET /jobs/{job_id}", api.client().job(job).await)?;
+        let subs = &r.body.entities.sub_jobs;
+        let done = subs.iter().filter(|s| s.status.is_final()).count();
         if let Some(b) = &bar {
             b.set_length(subs.len() as u64);
             b.set_position(done as u64);
         }
-        match r.body["status"].as_str() {
-            Some("SUCCESS") => {
+        match r.body.status {
+            JobStatus::Success => {
                 if let Some(b) = bar {
                     b.finish_and_clear();
                 }
                 return Ok((0, r.body));
             }
-            Some("FAIL") => {
+            JobStatus::Fail => {
                 if let Some(b) = bar {
                     b.finish_and_clear();
                 }
-                let any_ok = subs.iter().any(|s| s["status"] == "SUCCESS");
+                let any_ok = subs.iter().any(|s| s.status == JobStatus::Success);
                 return Ok((if any_ok { PARTIAL } else { REJECTED }, r.body));
             }
             _ if started.elapsed() > timeout => {
@@ -701,26 +714,19 @@ async fn reset_password(api: &Api, t: &Targets, o: &ResetOpts, out: &Out) -> any
             }
         }
     }
-    let mut body = json!({
-        "servers": targets.iter().map(|t| json!({"id": t.id})).collect::<Vec<_>>(),
-        "dry_run": o.dry_run,
-    });
-    if let Some(pw) = &password {
-        body["new_password"] = json!(pw.expose_secret());
-    }
-    if o.apply_now {
-        body["apply"] = json!("now");
-    }
-    let result = api
-        .call("PUT", "/cloudservers/os-reset-passwords", &[], Some(&body))
-        .await;
-    // Wipe the serialized password from this process's JSON value.
-    if let Some(Value::String(s)) = body.get_mut("new_password") {
-        zeroize::Zeroize::zeroize(s);
-    }
-    let r = result?;
+    let body = BatchResetRequest {
+        new_password: password.map(Into::into),
+        dry_run: Some(o.dry_run),
+        servers: targets.iter().map(|t| ServerRef::new(&t.id)).collect(),
+        apply: o.apply_now.then(|| "now".to_owned()),
+    };
+    let r = api.api_result(
+        "PUT /cloudservers/os-reset-passwords",
+        api.client().batch_reset(&body).await,
+    )?;
+    drop(body);
     if o.dry_run {
-        let rows: Vec<Value> = r.body["readiness"].as_array().cloned().unwrap_or_default();
+        let rows = r.body.readiness.unwrap_or_default();
         if out.json {
             say!("{}", json!({"dry_run": true, "servers": rows}));
         } else {
@@ -732,22 +738,21 @@ async fn reset_password(api: &Api, t: &Targets, o: &ResetOpts, out: &Out) -> any
                 &["ID", "NAME", "PLUG-IN", "STATUS", "AGENT", "LAST SEEN"],
                 rows.iter()
                     .map(|x| {
-                        let id = x["id"].as_str().unwrap_or_default();
                         vec![
-                            id.to_owned(),
+                            x.id.clone(),
                             targets
                                 .iter()
-                                .find(|t| t.id == id)
+                                .find(|t| t.id == x.id)
                                 .map(|t| t.name.clone())
                                 .unwrap_or_default(),
-                            if x["plugin_installed"] == true {
+                            if x.plugin_installed {
                                 "installed".into()
                             } else {
                                 "missing".into()
                             },
-                            x["status"].as_str().unwrap_or_default().to_owned(),
-                            x["agent_version"].as_str().unwrap_or("-").to_owned(),
-                            x["agent_last_seen"].as_str().unwrap_or("never").to_owned(),
+                            x.status.to_string(),
+                            x.agent_version.clone().unwrap_or_else(|| "-".into()),
+                            x.agent_last_seen.clone().unwrap_or_else(|| "never".into()),
                         ]
                     })
                     .collect(),
@@ -760,7 +765,7 @@ async fn reset_password(api: &Api, t: &Targets, o: &ResetOpts, out: &Out) -> any
         say!("reset {request_id} accepted for {} servers", targets.len());
     }
     if o.reboot {
-        let job = start_power(api, "reboot", &targets, false).await?;
+        let job = start_power(api, Power::Reboot, &targets, false).await?;
         if !out.json {
             say!("reboot job {job} started");
         }
@@ -781,23 +786,19 @@ async fn reset_password(api: &Api, t: &Targets, o: &ResetOpts, out: &Out) -> any
     Ok(code)
 }
 
-async fn outcome(api: &Api, request_id: &str) -> anyhow::Result<Value> {
+async fn outcome(api: &Api, request_id: &str) -> anyhow::Result<ResetOutcome> {
     Ok(api
-        .call(
-            "GET",
-            &format!("/cloudservers/os-reset-passwords/{request_id}"),
-            &[],
-            None,
-        )
-        .await?
+        .api_result(
+            "GET /cloudservers/os-reset-passwords/{request_id}",
+            api.client().reset_outcome(request_id).await,
+        )?
         .body)
 }
 
-fn exit_for_outcome(o: &Value) -> u8 {
-    let s = &o["summary"];
-    if s["FAILED"].as_u64().unwrap_or(0) + s["SUPERSEDED"].as_u64().unwrap_or(0) > 0 {
+fn exit_for_outcome(o: &ResetOutcome) -> u8 {
+    if o.summary.failed + o.summary.superseded > 0 {
         PARTIAL
-    } else if o["complete"] == true {
+    } else if o.complete {
         0
     } else {
         TIMED_OUT
@@ -810,9 +811,14 @@ async fn wait_outcome(
     request_id: &str,
     timeout: Duration,
     out: &Out,
-) -> anyhow::Result<(u8, Value)> {
+) -> anyhow::Result<(u8, ResetOutcome)> {
     let started = Instant::now();
-    let states = ["PENDING", "DELIVERED", "APPLIED", "FAILED"];
+    let states = [
+        ResetState::Pending,
+        ResetState::Delivered,
+        ResetState::Applied,
+        ResetState::Failed,
+    ];
     let bars = out.fancy.then(|| {
         let multi = indicatif::MultiProgress::new();
         let style = indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len}")
@@ -823,7 +829,7 @@ async fn wait_outcome(
             .map(|s| {
                 let b = multi.add(indicatif::ProgressBar::new(0));
                 b.set_style(style.clone());
-                b.set_prefix(s.to_lowercase());
+                b.set_prefix(s.as_str().to_lowercase());
                 b
             })
             .collect();
@@ -831,22 +837,21 @@ async fn wait_outcome(
     });
     loop {
         let o = outcome(api, request_id).await?;
-        let total = o["servers"].as_array().map_or(0, Vec::len) as u64;
+        let total = o.servers.len() as u64;
         if let Some((_, bars)) = &bars {
             for (b, s) in bars.iter().zip(states) {
                 b.set_length(total);
-                b.set_position(o["summary"][s].as_u64().unwrap_or(0));
+                b.set_position(u64::from(o.summary.get(s)));
             }
         }
-        let finished = o["complete"] == true;
-        if finished || started.elapsed() > timeout {
+        if o.complete || started.elapsed() > timeout {
             if let Some((_, bars)) = bars {
                 // Keep the counts as they are (finish() would fill every bar).
                 for b in bars {
                     b.abandon();
                 }
             }
-            if !finished {
+            if !o.complete {
                 eprintln!(
                     "timed out after {}s; not every server has applied the new password",
                     timeout.as_secs()
@@ -859,31 +864,33 @@ async fn wait_outcome(
     }
 }
 
-fn print_outcome(o: &Value, out: &Out) {
+fn print_outcome(o: &ResetOutcome, out: &Out) {
     if out.json {
-        say!("{o}");
+        say!(
+            "{}",
+            serde_json::to_string(o).expect("an outcome serializes")
+        );
         return;
     }
-    let s = &o["summary"];
+    let s = &o.summary;
     say!(
         "reset {}: {} applied, {} failed, {} superseded, {} delivered, {} pending",
-        o["request_id"].as_str().unwrap_or_default(),
-        s["APPLIED"],
-        s["FAILED"],
-        s["SUPERSEDED"],
-        s["DELIVERED"],
-        s["PENDING"]
+        o.request_id,
+        s.applied,
+        s.failed,
+        s.superseded,
+        s.delivered,
+        s.pending
     );
-    let not_applied: Vec<Vec<String>> = o["servers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|x| x["state"] != "APPLIED")
+    let not_applied: Vec<Vec<String>> = o
+        .servers
+        .iter()
+        .filter(|x| x.state != ResetState::Applied)
         .map(|x| {
             vec![
-                x["id"].as_str().unwrap_or_default().to_owned(),
-                x["state"].as_str().unwrap_or_default().to_owned(),
-                x["reason"].as_str().unwrap_or_default().to_owned(),
+                x.id.clone(),
+                x.state.to_string(),
+                x.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
