@@ -309,7 +309,12 @@ fn server_from_row(r: &Row<'_>) -> StoreResult<Server> {
         hostname: r.get(9)?,
         created: parse_time(&r.get::<_, String>(10)?)?,
         updated: parse_time(&r.get::<_, String>(11)?)?,
-        last_reset: match (last_id, last_state.as_deref().and_then(|s| s.parse::<ResetState>().ok())) {
+        last_reset: match (
+            last_id,
+            last_state
+                .as_deref()
+                .and_then(|s| s.parse::<ResetState>().ok()),
+        ) {
             (Some(id), Some(state)) => Some((id, state)),
             _ => None,
         },
