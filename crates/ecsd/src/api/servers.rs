@@ -92,6 +92,10 @@ pub fn server_detail(s: &Server, stale_secs: u64, now: DateTime<Utc>) -> Value {
         "OS-EXT-SRV-ATTR:launch_index": 0,
         "OS-EXT-SRV-ATTR:reservation_id": "",
         "OS-DCF:diskConfig": "",
+        "enclave_options": {"enabled": false},
+        "spod_id": "",
+        "capacity_reservation_specification": {"id": "", "preference": "none"},
+        "capacity_reservation_id": "",
         // Ours (ignored by the Huawei SDKs): the agent and the last reset.
         "x-ecsd": {
             "agent": {
