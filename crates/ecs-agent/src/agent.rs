@@ -22,7 +22,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Where the boot id comes from.
 #[derive(Debug, Clone)]
 pub enum BootSource {
-    /// `/proc/sys/kernel/random/boot_id`.
+    /// The kernel's: `/proc/sys/kernel/random/boot_id` (Linux). On Windows
+    /// there is none yet: reading it is an error (use `File`).
     Kernel,
     /// A file holding the boot id (simulated servers, tests).
     File(PathBuf),
@@ -31,7 +32,7 @@ pub enum BootSource {
 impl BootSource {
     pub fn read(&self) -> anyhow::Result<String> {
         let path = match self {
-            BootSource::Kernel => PathBuf::from("/proc/sys/kernel/random/boot_id"),
+            BootSource::Kernel => kernel_boot_id_path()?,
             BootSource::File(p) => p.clone(),
         };
         let id = std::fs::read_to_string(&path)
@@ -40,13 +41,27 @@ impl BootSource {
     }
 }
 
+#[cfg(unix)]
+fn kernel_boot_id_path() -> anyhow::Result<PathBuf> {
+    Ok(PathBuf::from("/proc/sys/kernel/random/boot_id"))
+}
+
+#[cfg(windows)]
+fn kernel_boot_id_path() -> anyhow::Result<PathBuf> {
+    anyhow::bail!(
+        "Windows has no kernel boot id source yet: run the agent with --boot-id-file \
+         pointing at a file that a start-up task rewrites with a new id at every boot"
+    )
+}
+
 /// Who carries out power actions (reboot, stop, start).
 #[derive(Debug, Clone)]
 pub enum PowerControl {
     /// Refused: the default for a real server.
     Disabled,
     /// `systemctl reboot` / `systemctl poweroff` (`--force` when HARD),
-    /// with this `systemctl`.
+    /// with this `systemctl`. Unix only: on Windows every action is refused
+    /// (not implemented there).
     System { systemctl: PathBuf },
     /// A simulated server: the fleet controller carries them out.
     Simulated {
@@ -273,6 +288,10 @@ impl Agent {
             (_, PowerControl::Disabled, _) => Some(
                 "power actions are disabled on this server (start the agent with --allow-power-actions)".to_owned(),
             ),
+            #[cfg(windows)]
+            (_, PowerControl::System { .. }, _) => {
+                Some("power actions are not implemented for Windows servers".to_owned())
+            }
             (_, _, "start") => Some("the server is already running".to_owned()),
             (_, _, "reboot" | "stop") => None,
             (_, _, other) => Some(format!("unknown power action {other}")),
@@ -291,6 +310,7 @@ impl Agent {
         }
         tracing::info!(action = %p.action, hard = p.hard, "carrying out a power action");
         match &self.opts.power {
+            #[cfg(unix)]
             PowerControl::System { systemctl } => {
                 let verb = if p.action == "reboot" {
                     "reboot"
@@ -333,6 +353,8 @@ impl Agent {
                 // The controller stops this agent; wait for it.
                 std::future::pending::<()>().await;
             }
+            #[cfg(windows)]
+            PowerControl::System { .. } => {}
             PowerControl::Disabled => {}
         }
     }
@@ -365,7 +387,7 @@ impl Agent {
                 let user = self.user;
                 // Interrupted while applying this very request? If the new
                 // password is already in place, do not apply it a second time.
-                #[cfg(not(windows))]
+                #[cfg(unix)]
                 if journal.applying.as_deref() == Some(rid.as_str())
                     && crate::shadow::verifies(&root, user, &password).unwrap_or(false)
                 {
@@ -489,14 +511,14 @@ fn apply_password(
     password: &SecretString,
 ) -> Result<(), String> {
     #[cfg(windows)]
-    {
+    let result = {
+        // Windows has no root file system to edit: the local account is set.
         let _ = root;
-        return crate::windows::set_password(user, password);
-    }
-    #[cfg(not(windows))]
-    {
-        crate::shadow::apply(root, user, password).map_err(|e| e.to_string())
-    }
+        crate::windows::set_password(user, password)
+    };
+    #[cfg(unix)]
+    let result = crate::shadow::apply(root, user, password).map_err(|e| e.to_string());
+    result
 }
 
 /// Retries an operation a few times.

@@ -1,8 +1,12 @@
 //! The agent's own files in its state directory: the private key, the
-//! enrollment record and the journal. All written atomically, mode 0600.
+//! enrollment record and the journal. All written atomically; on Unix with
+//! mode 0600. On Windows a file gets the ACL its directory passes on: the
+//! state directory must be one that only Administrators and SYSTEM can read
+//! (docs/agent.md, "Windows").
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+#[cfg(unix)]
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -10,7 +14,8 @@ use anyhow::Context;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-/// Writes `data` to `path` via a 0600 temporary file, fsync and rename.
+/// Writes `data` to `path` via a 0600 temporary file (Unix; on Windows the
+/// directory's inherited ACL), fsync and rename.
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
@@ -20,15 +25,30 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         std::process::id()
     ));
     let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut options = OpenOptions::new();
+    options.create_new(true).write(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut f = options.open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
+    // On Windows this is MoveFileExW with MOVEFILE_REPLACE_EXISTING.
     fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+/// Makes a rename in `dir` durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
+}
+
+/// Windows: `File::open` cannot open a directory (that needs
+/// `FILE_FLAG_BACKUP_SEMANTICS`) and there is no directory fsync; the
+/// rename's durability is left to the NTFS metadata journal.
+#[cfg(windows)]
+fn sync_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// What enrollment gave this agent.

@@ -6,8 +6,24 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ecs_agent::agent::{self, Agent, BootSource, Options, PowerControl};
-use ecs_agent::simulate::{Fleet, FleetSpec};
-use tokio::io::AsyncBufReadExt;
+
+/// Where the agent keeps its key, enrollment and journal by default.
+#[cfg(unix)]
+const DEFAULT_STATE_DIR: &str = "/var/lib/ecs-agent";
+#[cfg(windows)]
+const DEFAULT_STATE_DIR: &str = r"C:\ProgramData\ecs-agent";
+
+/// The server's root file system by default.
+#[cfg(unix)]
+const DEFAULT_ROOT: &str = "/";
+#[cfg(windows)]
+const DEFAULT_ROOT: &str = r"C:\";
+
+/// The `os_type` enrolled by default.
+#[cfg(unix)]
+const DEFAULT_OS_TYPE: &str = "Linux";
+#[cfg(windows)]
+const DEFAULT_OS_TYPE: &str = "Windows";
 
 #[derive(Parser)]
 #[command(name = "ecs-agent", version, about = "The ECS password reset plug-in")]
@@ -36,12 +52,12 @@ enum Command {
         token_file: PathBuf,
         #[command(flatten)]
         trust: TrustArgs,
-        #[arg(long, default_value = "/var/lib/ecs-agent")]
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         /// Root file system of the server (default `/`).
-        #[arg(long, default_value = "/")]
+        #[arg(long, default_value = DEFAULT_ROOT)]
         root: PathBuf,
-        #[arg(long, default_value = "Linux")]
+        #[arg(long, default_value = DEFAULT_OS_TYPE)]
         os_type: String,
         /// Defaults to the machine's hostname.
         #[arg(long)]
@@ -51,11 +67,12 @@ enum Command {
     ///
     /// Example: ecs-agent run --root / --state-dir /var/lib/ecs-agent
     Run {
-        #[arg(long, default_value = "/var/lib/ecs-agent")]
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
-        #[arg(long, default_value = "/")]
+        #[arg(long, default_value = DEFAULT_ROOT)]
         root: PathBuf,
-        /// Read the boot id from this file instead of the kernel (tests).
+        /// Read the boot id from this file instead of the kernel (tests; on
+        /// Windows required, as there is no kernel boot id source yet).
         #[arg(long)]
         boot_id_file: Option<PathBuf>,
         #[arg(long, default_value_t = 25)]
@@ -63,13 +80,14 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         heartbeat_secs: u64,
         /// Carry out reboot and stop actions (with systemctl). Off by default.
+        /// Not implemented on Windows: there every action is refused.
         #[arg(long)]
         allow_power_actions: bool,
         /// The systemctl to run for power actions.
         #[arg(long, default_value = "systemctl")]
         systemctl: PathBuf,
     },
-    /// Run N simulated servers in one process.
+    /// Run N simulated servers in one process (Unix only).
     ///
     /// Reads commands on standard input: `restart all`, `restart NAME`, `list`.
     /// Example: ecs-agent simulate --endpoint https://127.0.0.1:8443 --token-file join-token --count 100 --root-base /tmp/fleet
@@ -153,6 +171,8 @@ fn hostname(root: &Path) -> String {
     ]
     .iter()
     .find_map(|p| std::fs::read_to_string(p).ok())
+    // Windows has neither file; it names the machine in the environment.
+    .or_else(|| std::env::var("COMPUTERNAME").ok())
     .map(|s| s.trim().to_owned())
     .filter(|s| !s.is_empty())
     .unwrap_or_else(|| "localhost".into())
@@ -245,54 +265,109 @@ async fn main() -> anyhow::Result<()> {
                 // want of a token): the trust recorded at enrollment is used.
                 None => (None, agent::EnrollTrust::SystemAnd(Vec::new())),
             };
-            let fleet = Fleet::start(FleetSpec {
+            simulate(SimulateArgs {
                 endpoint,
                 token,
                 trust,
-                root_base: root_base.clone(),
-                linux: count,
+                count,
                 windows,
+                root_base,
                 prefix,
                 poll: Duration::from_secs(poll_secs),
                 heartbeat: Duration::from_secs(heartbeat_secs),
             })
-            .await?;
-            println!(
-                "{}",
-                serde_json::json!({"ready": fleet.list().len(), "fleet": root_base.join("fleet.json")})
-            );
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            loop {
-                tokio::select! {
-                    line = lines.next_line() => match line.context("reading stdin")? {
-                        Some(l) => {
-                            let words: Vec<&str> = l.split_whitespace().collect();
-                            let result = match words.as_slice() {
-                                ["restart", "all"] => fleet.restart_all().await,
-                                ["restart", name] => fleet.restart(name).await,
-                                ["list"] => {
-                                    println!("{}", serde_json::to_string(&fleet.list())?);
-                                    Ok(())
-                                }
-                                [] => Ok(()),
-                                _ => Err(anyhow::anyhow!("unknown command: {l}")),
-                            };
-                            match result {
-                                Ok(()) => println!("{}", serde_json::json!({"ok": l})),
-                                Err(e) => println!("{}", serde_json::json!({"error": format!("{e:#}")})),
-                            }
-                        }
-                        None => {
-                            // No more commands: keep serving until interrupted.
-                            let _ = tokio::signal::ctrl_c().await;
-                            break;
-                        }
-                    },
-                    _ = tokio::signal::ctrl_c() => break,
-                }
-            }
-            fleet.stop();
-            Ok(())
+            .await
         }
     }
+}
+
+/// What `ecs-agent simulate` was asked for.
+// On Windows only the stub below sees it, which reads none of it.
+#[cfg_attr(windows, allow(dead_code))]
+struct SimulateArgs {
+    endpoint: String,
+    token: Option<secrecy::SecretString>,
+    trust: agent::EnrollTrust,
+    count: usize,
+    windows: usize,
+    root_base: PathBuf,
+    prefix: String,
+    poll: Duration,
+    heartbeat: Duration,
+}
+
+/// Runs a simulated fleet and obeys commands on standard input.
+#[cfg(unix)]
+async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
+    use ecs_agent::simulate::{Fleet, FleetSpec};
+    use tokio::io::AsyncBufReadExt;
+
+    let SimulateArgs {
+        endpoint,
+        token,
+        trust,
+        count,
+        windows,
+        root_base,
+        prefix,
+        poll,
+        heartbeat,
+    } = a;
+    let fleet = Fleet::start(FleetSpec {
+        endpoint,
+        token,
+        trust,
+        root_base: root_base.clone(),
+        linux: count,
+        windows,
+        prefix,
+        poll,
+        heartbeat,
+    })
+    .await?;
+    println!(
+        "{}",
+        serde_json::json!({"ready": fleet.list().len(), "fleet": root_base.join("fleet.json")})
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line.context("reading stdin")? {
+                Some(l) => {
+                    let words: Vec<&str> = l.split_whitespace().collect();
+                    let result = match words.as_slice() {
+                        ["restart", "all"] => fleet.restart_all().await,
+                        ["restart", name] => fleet.restart(name).await,
+                        ["list"] => {
+                            println!("{}", serde_json::to_string(&fleet.list())?);
+                            Ok(())
+                        }
+                        [] => Ok(()),
+                        _ => Err(anyhow::anyhow!("unknown command: {l}")),
+                    };
+                    match result {
+                        Ok(()) => println!("{}", serde_json::json!({"ok": l})),
+                        Err(e) => println!("{}", serde_json::json!({"error": format!("{e:#}")})),
+                    }
+                }
+                None => {
+                    // No more commands: keep serving until interrupted.
+                    let _ = tokio::signal::ctrl_c().await;
+                    break;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    fleet.stop();
+    Ok(())
+}
+
+/// The simulator edits simulated `/etc/shadow` files with the Unix shadow
+/// editor; on Windows an agent would set this machine's own Administrator
+/// password instead, so there is no simulator there.
+#[cfg(windows)]
+async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
+    let _ = a;
+    anyhow::bail!("the fleet simulator runs only on Unix (it edits simulated /etc/shadow files)")
 }
