@@ -35,8 +35,7 @@ fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     request_body(content = ecs_api::BatchResetRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Accepted for every server (or, with dry_run, checked).", body = BatchResetResponse),
-        (status = 400, description = "Invalid body, password rules, or a server that cannot take it (Ecs.0005, Common.0002, Ecs.0100, ...).", body = ecs_api::EcsErrorBody),
-        (status = 404, description = "A server does not exist in this project (Ecs.0114); internalError lists each.", body = ecs_api::EcsErrorBody),
+        (status = 400, description = "Nothing was done: an invalid body (Ecs.0005, Common.0002), too many servers (Ecs.0118), a password rule (Ecs.0011), or servers that cannot take it — unknown or another project's (Ecs.0114), no plug-in or a state that forbids it (Ecs.0100); internalError lists each failing server.", body = ecs_api::EcsErrorBody),
     ))]
 pub async fn batch_reset(
     State(state): State<AppState>,

@@ -284,8 +284,7 @@ pub async fn show(
     request_body(content = ecs_api::ServerAction, content_type = "application/json"),
     responses(
         (status = 200, description = "A job with one sub-job per server.", body = JobResult),
-        (status = 400, description = "Invalid body, a server's state or plug-in (Ecs.0005, Ecs.0100), or another operation in progress (Ecs.0603).", body = ecs_api::EcsErrorBody),
-        (status = 404, description = "A server does not exist in this project (Ecs.0114).", body = ecs_api::EcsErrorBody),
+        (status = 400, description = "Nothing was done: an invalid body (Ecs.0005, Common.0002), or servers that cannot take it — unknown or another project's (Ecs.0114), no plug-in or a state that forbids it (Ecs.0100), another operation in progress (Ecs.0603); internalError lists each failing server.", body = ecs_api::EcsErrorBody),
     ))]
 pub async fn action(
     State(state): State<AppState>,
