@@ -131,6 +131,13 @@ def after_call(context, case, response):
         return
     if not isinstance(data, dict):
         return
+    # A batch reset's id is its X-Request-Id (the Huawei body has none).
+    if case.operation.label.startswith("PUT") and case.path.endswith("/os-reset-passwords"):
+        rid = response.headers.get("x-request-id") or response.headers.get("X-Request-Id")
+        if isinstance(rid, list):
+            rid = rid[0] if rid else None
+        if isinstance(rid, str) and rid not in SEEN["request_id"] and len(SEEN["request_id"]) < 50:
+            SEEN["request_id"].append(rid)
     for key, bucket in (("job_id", "job_id"), ("request_id", "request_id")):
         value = data.get(key)
         if isinstance(value, str) and value not in SEEN[bucket] and len(SEEN[bucket]) < 50:

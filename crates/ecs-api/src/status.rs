@@ -18,9 +18,11 @@ impl std::fmt::Display for ParseStatusError {
 
 impl std::error::Error for ParseStatusError {}
 
-/// One enum with its wire names, `as_str`, `FromStr` and `ALL`.
+/// One enum with its wire names, `as_str`, `FromStr` and `ALL`. `$wire` is a `tt`, not a
+/// `literal`: a `literal` fragment reaches the derives wrapped in an invisible group, and
+/// utoipa then ignores the `serde(rename)` (the document said `Active` for `ACTIVE`).
 macro_rules! wire_enum {
-    ($(#[$m:meta])* $name:ident, $kind:literal { $($(#[$vm:meta])* $variant:ident = $wire:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident, $kind:literal { $($(#[$vm:meta])* $variant:ident = $wire:tt),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
         pub enum $name {
@@ -150,6 +152,22 @@ mod tests {
         for s in HostStatus::ALL {
             assert_eq!(s.as_str().parse::<HostStatus>(), Ok(*s));
         }
+    }
+
+    #[test]
+    fn the_openapi_schemas_list_the_wire_names() {
+        fn names<T: utoipa::PartialSchema>() -> serde_json::Value {
+            serde_json::to_value(T::schema()).unwrap()["enum"].clone()
+        }
+        let wire = |all: &[&str]| serde_json::json!(all);
+        let s: Vec<_> = ServerStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names::<ServerStatus>(), wire(&s));
+        let s: Vec<_> = HostStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names::<HostStatus>(), wire(&s));
+        let s: Vec<_> = ResetState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names::<ResetState>(), wire(&s));
+        let s: Vec<_> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names::<JobStatus>(), wire(&s));
     }
 
     #[test]
