@@ -11,7 +11,7 @@ So that the handlers are reached, most cases get the dev project as
 dev fleet) as `server_id` and in request bodies; job and reset request ids
 that ecsd answered are fed back into later `job_id` / `request_id`
 parameters. A deterministic share of cases keeps the generated values (a
-foreign project must be a documented 403, an unknown server a 404...).
+foreign project must be a documented 400 Ecs.0023, an unknown server a 404...).
 
 Environment: ECSD_CREDENTIALS, the `--dev` credentials file (endpoint,
 project_id, ak, sk, ca_file, servers).
@@ -35,7 +35,7 @@ PROJECT = CREDS["project_id"]
 SERVERS = [s["id"] for s in CREDS.get("servers", [])]
 SIGNER = Signer(BasicCredentials(CREDS["ak"], CREDS["sk"], PROJECT))
 # Satisfies the password rules of every OS (contract §2.4).
-STRONG_PASSWORD = "Qz7#mKp2!vXw9tLr"
+STRONG_PASSWORD = "Qz7!mKp2@vXw9tLr"
 
 # Ids ecsd handed out during this run (after_call), offered to later cases.
 SEEN = {"job_id": [], "request_id": ["latest"]}
@@ -45,20 +45,24 @@ def _pick(value, n):
     """A deterministic choice in range(n) from a generated value, so a case
     replays identically when schemathesis re-runs it (shrinking, flakiness
     checks)."""
-    return zlib.crc32(json.dumps(value, sort_keys=True, default=str).encode()) % n
+    try:
+        text = json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return zlib.crc32(text.encode()) % n
 
 
-def _real_server(generated):
+def _real_server(generated, salt):
     """A real server id for 4 of 5 generated values; the generated one otherwise."""
-    k = _pick(generated, 5 * max(len(SERVERS), 1))
+    k = _pick([salt, generated], 5 * max(len(SERVERS), 1))
     return SERVERS[k % len(SERVERS)] if SERVERS and k < 4 * len(SERVERS) else generated
 
 
-def _fix_server_list(servers):
+def _fix_server_list(servers, key):
     if isinstance(servers, list):
-        for entry in servers:
+        for i, entry in enumerate(servers):
             if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-                entry["id"] = _real_server(entry["id"])
+                entry["id"] = _real_server(entry["id"], [key, i])
 
 
 class SdkHmacSha256(requests.auth.AuthBase):
@@ -94,30 +98,36 @@ AUTH = SdkHmacSha256()
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
+    # One deterministic number per generated case (before we change it) picks what to replace.
+    key = _pick([case.method, case.path, case.path_parameters, case.query,
+                 case.body if isinstance(case.body, (dict, list, str, int, float, bool)) else None], 1 << 30)
     path = case.path_parameters
     if path is not None:
-        # 9 of 10 cases in the dev project; the rest keep a generated (foreign) one: a 403.
-        if "project_id" in path and _pick(path.get("project_id"), 10) != 0:
+        # 9 of 10 cases in the dev project; the rest keep the generated (foreign) one,
+        # which ecsd must refuse as documented (400 Ecs.0023).
+        if "project_id" in path and key % 10 != 0:
             path["project_id"] = PROJECT
         if "server_id" in path:
-            path["server_id"] = _real_server(path["server_id"])
+            path["server_id"] = _real_server(path["server_id"], key)
         for name in ("job_id", "request_id"):
-            if name in path and SEEN[name] and _pick(path[name], 3) != 0:
+            if name in path and SEEN[name] and key % 3 != 0:
                 seen = SEEN[name]
-                path[name] = seen[_pick(path[name], len(seen))]
-    if case.query and "server_id" in case.query and isinstance(case.query["server_id"], str):
-        case.query["server_id"] = _real_server(case.query["server_id"])
+                path[name] = seen[(key // 3) % len(seen)]
+    if case.query and isinstance(case.query.get("server_id"), str) and key % 2 == 0:
+        case.query["server_id"] = _real_server(case.query["server_id"], key)
     body = case.body
     if isinstance(body, dict):
-        _fix_server_list(body.get("servers"))
+        _fix_server_list(body.get("servers"), key)
         for action in ("os-start", "os-stop", "reboot"):
             if isinstance(body.get(action), dict):
-                _fix_server_list(body[action].get("servers"))
-        # Half the reset bodies get a password that passes the rules, so that
-        # the request reaches the per-server checks and the store.
+                _fix_server_list(body[action].get("servers"), key)
+        # Half the reset bodies get a password that passes the rules (and a valid `apply`),
+        # so that the request reaches the per-server checks and the store.
         holder = body.get("reset-password") if isinstance(body.get("reset-password"), dict) else body
-        if isinstance(holder.get("new_password"), str) and _pick(holder["new_password"], 2) == 0:
+        if isinstance(holder.get("new_password"), str) and (key >> 4) % 2 == 0:
             holder["new_password"] = STRONG_PASSWORD
+            if isinstance(body.get("apply"), str):
+                body["apply"] = "now"
     kwargs["auth"] = AUTH
 
 
