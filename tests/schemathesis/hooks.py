@@ -131,8 +131,14 @@ def before_call(context, case, kwargs):
     kwargs["auth"] = AUTH
 
 
+TRACE = open(os.environ["SCHEMATHESIS_TRACE"], "a", encoding="utf-8") if os.environ.get("SCHEMATHESIS_TRACE") else None
+
+
 @schemathesis.hook
 def after_call(context, case, response):
+    if TRACE:  # SCHEMATHESIS_TRACE=file: one line per call (operation, status, the answer's start)
+        print(case.method, case.path, response.status_code, json.dumps(case.body, default=str)[:200],
+              "->", response.text[:200], file=TRACE, flush=True)
     if response.status_code not in (200, 201):
         return
     try:
