@@ -93,7 +93,9 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             )
             .response(
                 "403",
-                gateway("The key may not do this: a read-only key on a mutating call (APIGW.0302)."),
+                gateway(
+                    "The key may not do this: a read-only key on a mutating call (APIGW.0302).",
+                ),
             )
             .response(
                 "413",
