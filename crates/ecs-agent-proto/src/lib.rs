@@ -251,8 +251,10 @@ pub struct AckResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollTokenRequest {
     /// How many enrollments the token allows (default 1, at most 100000).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000))]
     pub uses: Option<u32>,
     /// Lifetime in seconds (default 3600, at most 30 days).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2592000))]
     pub ttl_secs: Option<u64>,
 }
 

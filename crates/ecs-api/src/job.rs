@@ -20,17 +20,24 @@ pub enum ActionKind {
 pub enum ServerAction {
     /// `BatchStartServers`.
     #[serde(rename = "os-start")]
-    Start { servers: Vec<ServerRef> },
+    Start {
+        #[schema(min_items = 1, max_items = 1000)]
+        servers: Vec<ServerRef>,
+    },
     /// `BatchStopServers` (type defaults to SOFT).
     #[serde(rename = "os-stop")]
     Stop {
+        #[schema(min_items = 1, max_items = 1000)]
         servers: Vec<ServerRef>,
+        /// Optional, but not `null` (ecsd refuses a null type, Ecs.0005).
         #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         kind: Option<ActionKind>,
     },
     /// `BatchRebootServers` (type required).
     #[serde(rename = "reboot")]
     Reboot {
+        #[schema(min_items = 1, max_items = 1000)]
         servers: Vec<ServerRef>,
         #[serde(rename = "type")]
         kind: ActionKind,

@@ -69,6 +69,7 @@ pub struct BatchResetRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
     /// 1 to 1000 servers, no id twice.
+    #[schema(min_items = 1, max_items = 1000)]
     pub servers: Vec<ServerRef>,
     /// Ours (contract §3.4): `"now"` asks running agents to apply at once
     /// instead of at the next boot.

@@ -18,9 +18,11 @@ impl std::fmt::Display for ParseStatusError {
 
 impl std::error::Error for ParseStatusError {}
 
-/// One enum with its wire names, `as_str`, `FromStr` and `ALL`.
+/// One enum with its wire names, `as_str`, `FromStr` and `ALL`. Serde and the schema take
+/// the names from `rename_all` (utoipa ignores a per-variant `serde(rename)` passed through a
+/// `literal` fragment); a test checks that they equal `$wire`.
 macro_rules! wire_enum {
-    ($(#[$m:meta])* $name:ident, $kind:literal { $($(#[$vm:meta])* $variant:ident = $wire:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident, $kind:literal { $($(#[$vm:meta])* $variant:ident = $wire:tt),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
         #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

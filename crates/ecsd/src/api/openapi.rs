@@ -53,9 +53,13 @@ pub fn document_json() -> String {
 }
 
 /// Adds what every signed operation can answer — the gateway's 401, 403,
-/// 413 and 429, the 500 — and the X-Request-Id header to every response,
-/// and declares the signature scheme.
+/// 413 and 429, a project that is not the key's (400 Ecs.0023), the 500 —
+/// and the X-Request-Id header to every response, and declares the
+/// signature scheme.
 struct CommonResponses;
+
+const PROJECT_MISMATCH: &str =
+    " Also: the project in the URL or X-Project-Id is not the key's (Ecs.0023).";
 
 impl Modify for CommonResponses {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
@@ -89,7 +93,9 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             )
             .response(
                 "403",
-                gateway("The key may not do this, or the project is not its own (APIGW.0302)."),
+                gateway(
+                    "The key may not do this: a read-only key on a mutating call (APIGW.0302).",
+                ),
             )
             .response(
                 "413",
@@ -128,6 +134,21 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             .flatten()
             {
                 if signed {
+                    // The auth layer answers a foreign project (URL or X-Project-Id) with
+                    // 400 Ecs.0023 before any handler; every signed operation documents a 400.
+                    match op.responses.responses.get_mut("400") {
+                        Some(RefOr::T(r)) => r.description.push_str(PROJECT_MISMATCH),
+                        _ => {
+                            op.responses.responses.insert(
+                                "400".into(),
+                                ResponseBuilder::new()
+                                    .description(PROJECT_MISMATCH.trim_start())
+                                    .content("application/json", json("EcsErrorBody"))
+                                    .build()
+                                    .into(),
+                            );
+                        }
+                    }
                     for (code, resp) in &signed_errors.responses {
                         op.responses
                             .responses
