@@ -11,6 +11,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::domain::{Entity, Error, Problem, ServerFailure};
+
 tokio::task_local! {
     /// The id of the request being served (32 lowercase hex).
     pub static REQUEST_ID: String;
@@ -147,16 +149,75 @@ impl ApiError {
 }
 
 /// Ids from the network are echoed in messages only in a bounded, printable form.
-pub fn display_id(id: &str) -> String {
-    let clean: String = id
-        .chars()
-        .take(64)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+pub use crate::domain::error::display_id;
+
+/// The one mapping from the domain's errors to the API's: status, code,
+/// message and the per-server `internalError` list of a rejected batch.
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let code = e.code();
+        match e {
+            Error::Invalid { message, .. } => ApiError::invalid(message),
+            Error::EmptyBody | Error::TooManyServers { .. } | Error::Password(_) => {
+                ApiError::ecs(StatusCode::BAD_REQUEST, code, e.to_string())
+            }
+            Error::NotFound {
+                entity: Entity::Server,
+                id,
+            } => ApiError::server_not_found(&id),
+            Error::NotFound {
+                entity: Entity::Marker,
+                ..
+            } => ApiError::invalid("Invalid query parameter marker: no such server."),
+            Error::NotFound {
+                entity: Entity::Project,
+                ..
+            } => ApiError::ecs(StatusCode::NOT_FOUND, code, e.to_string()),
+            Error::Refused(f) => {
+                let status = match f.problem {
+                    Problem::NotFound => StatusCode::NOT_FOUND,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                ApiError::ecs(status, code, f.problem.message(&f.id))
+            }
+            Error::Rejected { .. } => rejected(e),
+            Error::Busy { ids } => {
+                let total = ids.len();
+                let failures = ids
+                    .into_iter()
+                    .map(|id| ServerFailure::new(id, Problem::Busy))
+                    .collect();
+                rejected(Error::Rejected { failures, total })
+            }
+            Error::Conflict(m) => ApiError::ecs(StatusCode::CONFLICT, code, m),
+            Error::BadToken | Error::BadProof => ApiError::unauthenticated(e),
+            Error::DuplicateMachine { .. } => ApiError::forbidden(e),
+            Error::Storage(_) | Error::Internal { .. } => {
+                ApiError::internal("internal error", e.chain())
+            }
+        }
+    }
+}
+
+fn rejected(e: Error) -> ApiError {
+    let code = e.code();
+    let message = e.to_string();
+    let Error::Rejected { failures, .. } = e else {
+        unreachable!("called with Rejected")
+    };
+    let internal = failures
+        .into_iter()
+        .map(|f| InternalError {
+            error_code: f.problem.code(),
+            error_message: f.problem.message(&f.id),
+            id: f.id,
+        })
         .collect();
-    if id.chars().count() > 64 {
-        format!("{clean}...")
-    } else {
-        clean
+    ApiError::Ecs {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message,
+        internal: Some(internal),
     }
 }
 

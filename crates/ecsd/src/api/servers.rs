@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, current_request_id};
 use crate::reset::CallContext;
 use crate::state::{AppState, Caller, Source};
-use crate::store::{ListFilter, Server, StoreError};
+use crate::store::{ListFilter, Server};
 
 fn huawei_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -166,13 +166,7 @@ pub async fn list(
             offset.max(1) as u32,
             q.get("marker").cloned(),
         )
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound(_) => {
-                ApiError::invalid("Invalid query parameter marker: no such server.")
-            }
-            e => ApiError::internal("listing servers", e),
-        })?;
+        .await?;
     let now = Utc::now();
     let mut out: Vec<Value> = servers
         .iter()
