@@ -190,7 +190,7 @@ impl From<Error> for ApiError {
                 rejected(Error::Rejected { failures, total })
             }
             Error::Conflict(m) => ApiError::ecs(StatusCode::CONFLICT, code, m),
-            Error::BadToken | Error::BadProof => ApiError::unauthenticated(e),
+            Error::BadToken | Error::BadProof | Error::NotEnrolled => ApiError::unauthenticated(e),
             Error::DuplicateMachine { .. } => ApiError::forbidden(e),
             Error::Storage(_) | Error::Internal { .. } => {
                 ApiError::internal("internal error", e.chain())

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod config;
 pub mod dev;
 pub mod domain;
+pub mod enroll;
 pub mod error;
 pub mod power;
 pub mod reset;

@@ -135,6 +135,9 @@ pub enum Error {
     DuplicateMachine { server_id: String },
     #[error("the re-key proof is wrong or expired")]
     BadProof,
+    /// A re-key challenge for a server without an agent key (or none at all).
+    #[error("no enrolled server can answer this challenge")]
+    NotEnrolled,
     /// The storage backend failed.
     #[error("storage backend")]
     Storage(#[source] BoxError),
@@ -190,7 +193,7 @@ impl Error {
             }
             Error::Busy { .. } => "Ecs.0603",
             Error::Conflict(_) => "Ecs.0005",
-            Error::BadToken | Error::BadProof => "APIGW.0301",
+            Error::BadToken | Error::BadProof | Error::NotEnrolled => "APIGW.0301",
             Error::DuplicateMachine { .. } => "APIGW.0302",
             Error::Storage(_) | Error::Internal { .. } => "Common.0001",
         }
