@@ -2,6 +2,7 @@
 //! [`Store`] trait; `sqlite` is the embedded implementation. A PostgreSQL
 //! backend implements the same trait without touching the API code.
 
+pub mod conformance;
 pub mod sqlite;
 
 use chrono::{DateTime, Utc};

@@ -1310,6 +1310,26 @@ impl Store for SqliteStore {
     }
 }
 
+/// The store conformance suite on SQLite: one fresh database per check.
+#[cfg(test)]
+mod conformance {
+    use super::SqliteStore;
+
+    fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("ecsd.sqlite")).expect("open");
+        (dir, store)
+    }
+
+    crate::store_conformance_tests!(fresh);
+
+    #[tokio::test]
+    async fn run_all_on_one_store() {
+        let (_dir, store) = fresh();
+        crate::store::conformance::run_all(&store).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
