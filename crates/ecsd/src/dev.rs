@@ -80,9 +80,7 @@ pub async fn bootstrap(
         _ => crate::admin::create_access_key(state, &project.id, Role::Admin).await?,
     };
     let total = (fleet_size.linux + fleet_size.windows) as u32;
-    let token = crate::api::issue_enroll_token(state, &project.id, total.max(1), 600)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let token = crate::enroll::issue_enroll_token(state, &project.id, total.max(1), 600).await?;
     let fleet_dir = data_dir.join("fleet");
     // The dev agents enroll as real ones do: pinned to the CA's public key.
     let trust = match state.ca_pin.get() {

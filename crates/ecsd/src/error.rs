@@ -11,6 +11,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::domain::{Entity, Error, Problem, ServerFailure};
+
 tokio::task_local! {
     /// The id of the request being served (32 lowercase hex).
     pub static REQUEST_ID: String;
@@ -147,16 +149,75 @@ impl ApiError {
 }
 
 /// Ids from the network are echoed in messages only in a bounded, printable form.
-pub fn display_id(id: &str) -> String {
-    let clean: String = id
-        .chars()
-        .take(64)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+pub use crate::domain::error::display_id;
+
+/// The one mapping from the domain's errors to the API's: status, code,
+/// message and the per-server `internalError` list of a rejected batch.
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let code = e.code();
+        match e {
+            Error::Invalid { message, .. } => ApiError::invalid(message),
+            Error::EmptyBody | Error::TooManyServers { .. } | Error::Password(_) => {
+                ApiError::ecs(StatusCode::BAD_REQUEST, code, e.to_string())
+            }
+            Error::NotFound {
+                entity: Entity::Server,
+                id,
+            } => ApiError::server_not_found(&id),
+            Error::NotFound {
+                entity: Entity::Marker,
+                ..
+            } => ApiError::invalid("Invalid query parameter marker: no such server."),
+            Error::NotFound {
+                entity: Entity::Project,
+                ..
+            } => ApiError::ecs(StatusCode::NOT_FOUND, code, e.to_string()),
+            Error::Refused(f) => {
+                let status = match f.problem {
+                    Problem::NotFound => StatusCode::NOT_FOUND,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                ApiError::ecs(status, code, f.problem.message(&f.id))
+            }
+            Error::Rejected { .. } => rejected(e),
+            Error::Busy { ids } => {
+                let total = ids.len();
+                let failures = ids
+                    .into_iter()
+                    .map(|id| ServerFailure::new(id, Problem::Busy))
+                    .collect();
+                rejected(Error::Rejected { failures, total })
+            }
+            Error::Conflict(m) => ApiError::ecs(StatusCode::CONFLICT, code, m),
+            Error::BadToken | Error::BadProof | Error::NotEnrolled => ApiError::unauthenticated(e),
+            Error::DuplicateMachine { .. } => ApiError::forbidden(e),
+            Error::Storage(_) | Error::Internal { .. } => {
+                ApiError::internal("internal error", e.chain())
+            }
+        }
+    }
+}
+
+fn rejected(e: Error) -> ApiError {
+    let code = e.code();
+    let message = e.to_string();
+    let Error::Rejected { failures, .. } = e else {
+        unreachable!("called with Rejected")
+    };
+    let internal = failures
+        .into_iter()
+        .map(|f| InternalError {
+            error_code: f.problem.code(),
+            error_message: f.problem.message(&f.id),
+            id: f.id,
+        })
         .collect();
-    if id.chars().count() > 64 {
-        format!("{clean}...")
-    } else {
-        clean
+    ApiError::Ecs {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message,
+        internal: Some(internal),
     }
 }
 
@@ -214,3 +275,132 @@ impl IntoResponse for ApiError {
 /// Attached to error responses so the access log can name the code.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ServerFailure;
+
+    fn parts(e: Error) -> (StatusCode, &'static str, String, Option<Vec<InternalError>>) {
+        match ApiError::from(e) {
+            ApiError::Ecs {
+                status,
+                code,
+                message,
+                internal,
+            } => (status, code, message, internal),
+            g => panic!("not an ECS error: {g:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rejected_batch_lists_every_server_under_the_first_code() {
+        let (status, code, message, internal) = parts(Error::Rejected {
+            failures: vec![
+                ServerFailure::new("a", Problem::NoAgent),
+                ServerFailure::new("b", Problem::NotFound),
+            ],
+            total: 3,
+        });
+        assert_eq!((status, code), (StatusCode::BAD_REQUEST, "Ecs.0100"));
+        assert_eq!(
+            message,
+            "2 of 3 servers failed validation; nothing was done: a (Ecs.0100), b (Ecs.0114)."
+        );
+        let internal = internal.unwrap();
+        assert_eq!(internal[1].id, "b");
+        assert_eq!(internal[1].error_code, "Ecs.0114");
+        assert_eq!(internal[1].error_message, "Instance[b] could not be found.");
+    }
+
+    #[test]
+    fn busy_servers_are_a_rejected_batch_of_ecs_0603() {
+        let (status, code, _, internal) = parts(Error::Busy {
+            ids: vec!["a".into(), "b".into()],
+        });
+        assert_eq!((status, code), (StatusCode::BAD_REQUEST, "Ecs.0603"));
+        let internal = internal.unwrap();
+        assert_eq!(internal.len(), 2);
+        assert!(internal.iter().all(|i| i.error_code == "Ecs.0603"));
+    }
+
+    #[test]
+    fn a_refused_server_is_404_only_when_not_found() {
+        let (status, code, message, _) =
+            parts(Error::Refused(ServerFailure::new("x", Problem::NotFound)));
+        assert_eq!(
+            (status, code, message.as_str()),
+            (
+                StatusCode::NOT_FOUND,
+                "Ecs.0114",
+                "Instance[x] could not be found."
+            )
+        );
+        let (status, code, _, _) = parts(Error::Refused(ServerFailure::new(
+            "x",
+            Problem::Password(ecs_policy::Violation::Weak),
+        )));
+        assert_eq!((status, code), (StatusCode::BAD_REQUEST, "Ecs.0011"));
+        let (status, code, _, _) = parts(Error::server_not_found("x"));
+        assert_eq!((status, code), (StatusCode::NOT_FOUND, "Ecs.0114"));
+    }
+
+    #[test]
+    fn input_errors_keep_their_codes_and_messages() {
+        let (status, code, message, _) = parts(Error::invalid("servers", "Bad servers."));
+        assert_eq!(
+            (status, code, message.as_str()),
+            (StatusCode::BAD_REQUEST, "Ecs.0005", "Bad servers.")
+        );
+        let (_, code, message, _) = parts(Error::EmptyBody);
+        assert_eq!(
+            (code, message.as_str()),
+            ("Common.0002", "The request body is empty.")
+        );
+        let (_, code, _, _) = parts(Error::TooManyServers {
+            count: 1001,
+            limit: 1000,
+        });
+        assert_eq!(code, "Ecs.0118");
+        let (_, code, message, _) = parts(Error::NotFound {
+            entity: Entity::Marker,
+            id: "m".into(),
+        });
+        assert_eq!(
+            (code, message.as_str()),
+            (
+                "Ecs.0005",
+                "Invalid query parameter marker: no such server."
+            )
+        );
+    }
+
+    #[test]
+    fn storage_failures_are_500_without_details() {
+        let (status, code, message, _) =
+            parts(Error::storage(std::io::Error::other("secret path")));
+        assert_eq!(
+            (status, code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "Common.0001")
+        );
+        assert!(!message.contains("secret path"));
+    }
+
+    #[test]
+    fn enrollment_refusals_are_gateway_errors() {
+        let e = ApiError::from(Error::BadToken);
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::UNAUTHORIZED, "APIGW.0301")
+        );
+        let e = ApiError::from(Error::DuplicateMachine {
+            server_id: "s".into(),
+        });
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::FORBIDDEN, "APIGW.0302")
+        );
+        let e = ApiError::from(Error::NotEnrolled);
+        assert_eq!(e.code(), "APIGW.0301");
+    }
+}

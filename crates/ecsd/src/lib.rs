@@ -4,8 +4,11 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod dev;
+pub mod domain;
+pub mod enroll;
 pub mod error;
 pub mod power;
 pub mod reset;
@@ -16,3 +19,5 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod work;
+
+pub use domain::Error;

@@ -305,9 +305,8 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
         }
         Admin::RekeyTokenCreate { server, ttl_secs } => {
             load_tls_pin(&state)?;
-            let t = ecsd::api::issue_rekey_token(&state, &server, ttl_secs)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+            let t = ecsd::enroll::issue_rekey_token(&state, &server, ttl_secs)
+                .await?
                 .with_context(|| format!("no server {server}"))?;
             serde_json::to_value(t)?
         }
@@ -326,9 +325,7 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("no project {project}"))?;
             load_tls_pin(&state)?;
-            let t = ecsd::api::issue_enroll_token(&state, &project, uses, ttl_secs)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let t = ecsd::enroll::issue_enroll_token(&state, &project, uses, ttl_secs).await?;
             serde_json::to_value(t)?
         }
     };

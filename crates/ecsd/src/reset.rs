@@ -4,28 +4,21 @@
 //! functions. The plaintext password lives only in a `SecretString`, is sealed
 //! per server with HPKE, and is zeroized when dropped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use axum::http::StatusCode;
 use bytes::Bytes;
 use chrono::Utc;
+use ecs_api::{BatchResetResponse, IdEntry, Readiness};
 use ecs_policy::{OsType, Strictness, Violation};
 use ecs_seal::PublicKey;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
-use zeroize::Zeroize;
 
-use crate::error::{ApiError, InternalError, display_id};
+pub use crate::batch::{CallContext, MAX_BATCH, MAX_ID_LEN, parse_json};
+use crate::batch::{ServerRef, audit_rejection, enrolled, parse_body, reject, validate_ids, wipe};
+use crate::domain::{Error, Problem, ServerFailure, server as server_rules};
 use crate::state::{AppState, Caller};
-use crate::store::{AuditEntry, NewReset, Server};
-use ecs_api::{BatchResetResponse, IdEntry, Readiness};
-
-/// Most servers in one batch.
-pub const MAX_BATCH: usize = 1000;
-/// Longest server id we accept (ours are 36-character UUIDs).
-pub const MAX_ID_LEN: usize = 64;
-/// States in which a reset is accepted (contract §2.6).
-pub const RESETTABLE_STATES: &[&str] = &["ACTIVE", "SHUTOFF", "REBOOT", "HARD_REBOOT"];
+use crate::store::{NewReset, Server};
 
 /// A password field: deserialized straight into a secret.
 pub struct Password(pub SecretString);
@@ -34,12 +27,6 @@ impl<'de> Deserialize<'de> for Password {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(|s| Password(SecretString::from(s)))
     }
-}
-
-/// `{"id": "..."}` in a server list.
-#[derive(Deserialize)]
-pub(crate) struct ServerRef {
-    id: String,
 }
 
 #[derive(Deserialize)]
@@ -63,60 +50,6 @@ struct SingleResetInner {
     is_check_password: Option<bool>,
 }
 
-/// Overwrites the request body in memory once parsed (best effort: only when
-/// this is the last reference to the buffer).
-fn wipe(body: Bytes) {
-    if let Ok(mut b) = body.try_into_mut() {
-        b.as_mut().zeroize();
-    }
-}
-
-/// Checks the content type and parses a JSON body; errors as [`parse_body`].
-pub fn parse_json(content_type: Option<&str>, body: &Bytes) -> Result<serde_json::Value, ApiError> {
-    parse_body(content_type, body)
-}
-
-/// Checks the content type and parses a JSON body into `T`. Error messages
-/// name the offending field's path, never its value.
-fn parse_body<T: for<'de> Deserialize<'de>>(
-    content_type: Option<&str>,
-    body: &Bytes,
-) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::ecs(
-            StatusCode::BAD_REQUEST,
-            "Common.0002",
-            "The request body is empty.",
-        ));
-    }
-    let is_json = content_type
-        .and_then(|ct| ct.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(ApiError::invalid(
-            "Invalid request: Content-Type must be application/json.",
-        ));
-    }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data if path != "." => ApiError::invalid(format!(
-                "Invalid request body: the value of {path} is missing or has the wrong type."
-            )),
-            serde_json::error::Category::Data => ApiError::invalid(
-                "Invalid request body: the body must be a JSON object of the documented shape.",
-            ),
-            _ => ApiError::invalid(format!(
-                "Invalid request body: malformed JSON at line {} column {}.",
-                inner.line(),
-                inner.column()
-            )),
-        }
-    })
-}
-
 /// The validated form of a batch reset request.
 struct BatchRequest {
     password: Option<SecretString>,
@@ -125,60 +58,13 @@ struct BatchRequest {
     ids: Vec<String>,
 }
 
-/// The server list of a batch (reset or power action): 1..=1000 entries,
-/// ids non-empty, at most [`MAX_ID_LEN`], no id twice. `path` names the list
-/// in messages (`servers`, `reboot.servers`).
-pub(crate) fn validate_ids(
-    servers: Option<Vec<ServerRef>>,
-    path: &str,
-) -> Result<Vec<String>, ApiError> {
-    let servers = servers
-        .ok_or_else(|| ApiError::invalid(format!("Invalid request body: {path} is required.")))?;
-    if servers.is_empty() {
-        return Err(ApiError::invalid(format!(
-            "Invalid request body: {path} must list at least one server."
-        )));
-    }
-    if servers.len() > MAX_BATCH {
-        return Err(ApiError::ecs(
-            StatusCode::BAD_REQUEST,
-            "Ecs.0118",
-            format!(
-                "The number of servers ({}) exceeds the limit of {MAX_BATCH} in one request.",
-                servers.len()
-            ),
-        ));
-    }
-    let mut seen = HashSet::with_capacity(servers.len());
-    let mut ids = Vec::with_capacity(servers.len());
-    for (i, s) in servers.into_iter().enumerate() {
-        if s.id.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "Invalid request body: {path}[{i}].id is empty."
-            )));
-        }
-        if s.id.len() > MAX_ID_LEN {
-            return Err(ApiError::invalid(format!(
-                "Invalid request body: {path}[{i}].id is longer than {MAX_ID_LEN} characters."
-            )));
-        }
-        if !seen.insert(s.id.clone()) {
-            return Err(ApiError::invalid(format!(
-                "Invalid request body: server {} is listed more than once.",
-                display_id(&s.id)
-            )));
-        }
-        ids.push(s.id);
-    }
-    Ok(ids)
-}
-
-fn validate_batch_shape(body: BatchResetBody) -> Result<BatchRequest, ApiError> {
+fn validate_batch_shape(body: BatchResetBody) -> Result<BatchRequest, Error> {
     let ids = validate_ids(body.servers, "servers")?;
     let dry_run = body.dry_run.unwrap_or(false);
     let password = body.new_password.map(|p| p.0);
     if password.is_none() && !dry_run {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
+            "new_password",
             "Invalid request body: new_password is required unless dry_run is true.",
         ));
     }
@@ -186,7 +72,8 @@ fn validate_batch_shape(body: BatchResetBody) -> Result<BatchRequest, ApiError> 
         None => false,
         Some("now") => true,
         Some(_) => {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
+                "apply",
                 "Invalid request body: apply must be \"now\" when present.",
             ));
         }
@@ -199,78 +86,22 @@ fn validate_batch_shape(body: BatchResetBody) -> Result<BatchRequest, ApiError> 
     })
 }
 
-fn password_error(v: &Violation) -> ApiError {
-    ApiError::ecs(StatusCode::BAD_REQUEST, "Ecs.0011", v.to_string())
-}
-
 /// Why one server cannot take a reset, if it cannot.
 fn server_problem(
-    id: &str,
     server: Option<&Server>,
     caller: &Caller,
     violations: &HashMap<OsType, Violation>,
-) -> Option<InternalError> {
-    let entry = |code: &'static str, msg: String| InternalError {
-        id: id.to_owned(),
-        error_code: code,
-        error_message: msg,
+) -> Option<Problem> {
+    let s = match enrolled(server, caller, Problem::NoResetPlugin) {
+        Ok(s) => s,
+        Err(p) => return Some(p),
     };
-    let Some(s) = server.filter(|s| s.project_id == caller.project_id) else {
-        return Some(entry(
-            "Ecs.0114",
-            format!("Instance[{}] could not be found.", display_id(id)),
-        ));
-    };
-    if s.agent_public_key.is_none() {
-        return Some(entry(
-            "Ecs.0100",
-            "The password reset plug-in is not installed on this server.".into(),
-        ));
-    }
-    if !RESETTABLE_STATES.contains(&s.status.as_str()) {
-        return Some(entry(
-            "Ecs.0100",
-            format!(
-                "The server status {} does not allow resetting the password.",
-                s.status
-            ),
-        ));
+    if !server_rules::allows_reset(s.status) {
+        return Some(Problem::ResetNotAllowed(s.status));
     }
     violations
         .get(&s.os_type)
-        .map(|v| entry("Ecs.0011", v.to_string()))
-}
-
-/// A rejected batch: the code of the first failing server, a message that
-/// counts and names the failing servers (the SDKs show only code and
-/// message), and one `internalError` entry per failing server.
-pub(crate) fn batch_failure(
-    failures: Vec<InternalError>,
-    total: usize,
-    code: &'static str,
-) -> ApiError {
-    let named: Vec<String> = failures
-        .iter()
-        .take(10)
-        .map(|f| format!("{} ({})", display_id(&f.id), f.error_code))
-        .collect();
-    let more = failures.len().saturating_sub(10);
-    let mut message = format!(
-        "{} of {} servers failed validation; nothing was done: {}",
-        failures.len(),
-        total,
-        named.join(", ")
-    );
-    if more > 0 {
-        message.push_str(&format!(" and {more} more"));
-    }
-    message.push('.');
-    ApiError::Ecs {
-        status: StatusCode::BAD_REQUEST,
-        code,
-        message,
-        internal: Some(failures),
-    }
+        .map(|v| Problem::Password(v.clone()))
 }
 
 /// Seals `password` for every (server id, key), spreading the work over the
@@ -307,48 +138,19 @@ pub fn seal_all(
     })
 }
 
-/// Common context of a mutating call, for the audit record.
-pub struct CallContext<'a> {
-    pub caller: &'a Caller,
-    pub request_id: &'a str,
-    pub source: &'a str,
-}
-
-impl CallContext<'_> {
-    pub(crate) fn audit(
-        &self,
-        action: &str,
-        servers: Vec<String>,
-        dry_run: bool,
-        outcome: String,
-    ) -> AuditEntry {
-        AuditEntry {
-            at: Utc::now(),
-            request_id: self.request_id.to_owned(),
-            project_id: self.caller.project_id.clone(),
-            actor: self.caller.access_key.clone(),
-            action: action.to_owned(),
-            servers,
-            dry_run,
-            outcome,
-            source: self.source.to_owned(),
-        }
-    }
-}
-
 /// `PUT /v1/{project_id}/cloudservers/os-reset-passwords`.
 pub async fn batch_reset(
     state: &AppState,
     ctx: &CallContext<'_>,
     content_type: Option<&str>,
     body: Bytes,
-) -> Result<BatchResetResponse, ApiError> {
+) -> Result<BatchResetResponse, Error> {
     let parsed = parse_body::<BatchResetBody>(content_type, &body);
     wipe(body);
     let result = async {
         let req = validate_batch_shape(parsed?)?;
         let outcome = plan_and_store(state, ctx, &req).await;
-        Ok::<_, ApiError>((req, outcome))
+        Ok::<_, Error>((req, outcome))
     }
     .await;
     match result {
@@ -371,25 +173,11 @@ pub async fn batch_reset(
     }
 }
 
-pub(crate) async fn audit_rejection(
-    state: &AppState,
-    ctx: &CallContext<'_>,
-    action: &str,
-    servers: Vec<String>,
-    dry_run: bool,
-    err: &ApiError,
-) {
-    let entry = ctx.audit(action, servers, dry_run, format!("rejected {}", err.code()));
-    if let Err(e) = state.store.record_audit(entry).await {
-        tracing::error!(error = %e, "writing the audit record failed");
-    }
-}
-
 async fn plan_and_store(
     state: &AppState,
     ctx: &CallContext<'_>,
     req: &BatchRequest,
-) -> Result<BatchResetResponse, ApiError> {
+) -> Result<BatchResetResponse, Error> {
     // Password rules, once per OS.
     let mut violations = HashMap::new();
     if let Some(pw) = &req.password {
@@ -405,13 +193,9 @@ async fn plan_and_store(
         violations.get(&OsType::Windows),
     ) {
         // Broken for every server whatever its OS: no per-server list.
-        return Err(password_error(l));
+        return Err(Error::Password(l.clone()));
     }
-    let found = state
-        .store
-        .servers_by_ids(&req.ids)
-        .await
-        .map_err(|e| ApiError::internal("looking up servers", e))?;
+    let found = state.store.servers_by_ids(&req.ids).await?;
     let by_id: HashMap<&str, &Server> = found.iter().map(|s| (s.id.as_str(), s)).collect();
     let mut failures = Vec::new();
     let mut mine = 0usize;
@@ -421,19 +205,18 @@ async fn plan_and_store(
         if server.is_some_and(|s| s.project_id == ctx.caller.project_id) {
             mine += 1;
         }
-        if let Some(f) = server_problem(id, server, ctx.caller, &violations) {
-            password_failures += usize::from(f.error_code == "Ecs.0011");
-            failures.push(f);
+        if let Some(problem) = server_problem(server, ctx.caller, &violations) {
+            password_failures += usize::from(matches!(problem, Problem::Password(_)));
+            failures.push(ServerFailure::new(id.clone(), problem));
         }
     }
     if password_failures > 0 && password_failures == mine {
         // The password is wrong for every server that exists here.
         let v = violations.values().next().expect("a violation was counted");
-        return Err(password_error(v));
+        return Err(Error::Password(v.clone()));
     }
     if !failures.is_empty() {
-        let code = failures[0].error_code;
-        return Err(batch_failure(failures, req.ids.len(), code));
+        return Err(reject(failures, req.ids.len()));
     }
     let response = req
         .ids
@@ -449,11 +232,7 @@ async fn plan_and_store(
                 Readiness {
                     id: id.clone(),
                     plugin_installed: s.agent_public_key.is_some(),
-                    status: s
-                        .status
-                        .as_str()
-                        .parse()
-                        .unwrap_or(ecs_api::ServerStatus::Error),
+                    status: s.status,
                     agent_version: s.agent_version.clone(),
                     agent_last_seen: s.agent_last_seen.map(crate::store::fmt_time),
                 }
@@ -465,11 +244,7 @@ async fn plan_and_store(
             true,
             "accepted".into(),
         );
-        state
-            .store
-            .record_audit(entry)
-            .await
-            .map_err(|e| ApiError::internal("writing the audit record", e))?;
+        state.store.record_audit(entry).await?;
         return Ok(BatchResetResponse {
             response,
             readiness: Some(readiness),
@@ -505,7 +280,7 @@ async fn store_reset(
     by_id: &HashMap<&str, &Server>,
     password: &SecretString,
     apply_now: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     let mut targets = Vec::with_capacity(ids.len());
     for id in ids {
         let key_bytes = by_id[id.as_str()]
@@ -513,7 +288,7 @@ async fn store_reset(
             .as_deref()
             .expect("checked: plug-in installed");
         let key = PublicKey::from_bytes(key_bytes)
-            .map_err(|e| ApiError::internal("a stored agent key is invalid", e))?;
+            .map_err(|e| Error::internal("a stored agent key is invalid", e))?;
         targets.push((id.clone(), key));
     }
     let request_id = ctx.request_id.to_owned();
@@ -523,8 +298,8 @@ async fn store_reset(
         (targets, sealed)
     })
     .await
-    .map_err(|e| ApiError::internal("sealing task", e))?;
-    let sealed = sealed.map_err(|e| ApiError::internal("sealing", e))?;
+    .map_err(|e| Error::internal("sealing task", e))?;
+    let sealed = sealed.map_err(|e| Error::internal("sealing", e))?;
     let reset = NewReset {
         request_id: ctx.request_id.to_owned(),
         project_id: ctx.caller.project_id.clone(),
@@ -533,11 +308,7 @@ async fn store_reset(
         targets: targets.into_iter().map(|(id, _)| id).zip(sealed).collect(),
         audit: ctx.audit(action, ids.to_vec(), false, "accepted".into()),
     };
-    state
-        .store
-        .create_reset(reset)
-        .await
-        .map_err(|e| ApiError::internal("storing the reset", e))?;
+    state.store.create_reset(reset).await?;
     state.wakers.wake(ids.iter().map(String::as_str));
     Ok(())
 }
@@ -549,7 +320,7 @@ pub async fn single_reset(
     server_id: &str,
     content_type: Option<&str>,
     body: Bytes,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     let parsed = parse_body::<SingleResetBody>(content_type, &body);
     wipe(body);
     let result = single_reset_inner(state, ctx, server_id, parsed).await;
@@ -571,23 +342,28 @@ async fn single_reset_inner(
     state: &AppState,
     ctx: &CallContext<'_>,
     server_id: &str,
-    parsed: Result<SingleResetBody, ApiError>,
-) -> Result<(), ApiError> {
-    let inner = parsed?
-        .reset_password
-        .ok_or_else(|| ApiError::invalid("Invalid request body: reset-password is required."))?;
+    parsed: Result<SingleResetBody, Error>,
+) -> Result<(), Error> {
+    let inner = parsed?.reset_password.ok_or_else(|| {
+        Error::invalid(
+            "reset-password",
+            "Invalid request body: reset-password is required.",
+        )
+    })?;
     let password = inner
         .new_password
         .ok_or_else(|| {
-            ApiError::invalid("Invalid request body: reset-password.new_password is required.")
+            Error::invalid(
+                "reset-password.new_password",
+                "Invalid request body: reset-password.new_password is required.",
+            )
         })?
         .0;
     let server = state
         .store
         .server(&ctx.caller.project_id, server_id)
-        .await
-        .map_err(|e| ApiError::internal("looking up a server", e))?
-        .ok_or_else(|| ApiError::server_not_found(server_id))?;
+        .await?
+        .ok_or_else(|| Error::server_not_found(server_id))?;
     let strictness = if inner.is_check_password == Some(true) {
         Strictness::Full
     } else {
@@ -600,13 +376,8 @@ async fn single_reset_inner(
             violations.insert(server.os_type, v);
         }
     }
-    if let Some(p) = server_problem(server_id, Some(&server), ctx.caller, &violations) {
-        let status = if p.error_code == "Ecs.0114" {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        return Err(ApiError::ecs(status, p.error_code, p.error_message));
+    if let Some(problem) = server_problem(Some(&server), ctx.caller, &violations) {
+        return Err(Error::Refused(ServerFailure::new(server_id, problem)));
     }
     let by_id = HashMap::from([(server.id.as_str(), &server)]);
     store_reset(

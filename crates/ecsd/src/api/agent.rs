@@ -11,14 +11,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::Utc;
 use ecs_agent_proto as proto;
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use crate::auth::read_body;
+use crate::enroll;
 use crate::error::ApiError;
-use crate::secrets::{bearer_hash, new_bearer};
+use crate::secrets::bearer_hash;
 use crate::state::{AppState, Caller};
-use crate::store::{EnrollResult, Enrollment, Heartbeat, Server};
+use crate::store::{Heartbeat, Server};
 
 /// Largest agent request body.
 const AGENT_BODY_LIMIT: usize = 16 * 1024;
@@ -71,84 +71,8 @@ pub async fn create_enroll_token(
     } else {
         parse(&body)?
     };
-    let uses = req.uses.unwrap_or(1);
-    let ttl = req.ttl_secs.unwrap_or(3600);
-    if !(1..=100_000).contains(&uses) || !(1..=30 * 86_400).contains(&ttl) {
-        return Err(ApiError::invalid(
-            "Invalid request body: uses must be 1..100000 and ttl_secs 1..2592000.",
-        ));
-    }
-    let issued = issue_enroll_token(&state, &caller.project_id, uses, ttl).await?;
+    let issued = enroll::requested_enroll_token(&state, &caller.project_id, req).await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
-}
-
-/// Creates an enrollment token; only its hash is stored.
-pub async fn issue_enroll_token(
-    state: &AppState,
-    project_id: &str,
-    uses: u32,
-    ttl_secs: u64,
-) -> Result<proto::EnrollTokenResponse, ApiError> {
-    let token = new_bearer("ecset_");
-    let expires = Utc::now() + chrono::Duration::seconds(ttl_secs as i64);
-    state
-        .store
-        .create_enroll_token(
-            project_id,
-            &bearer_hash(token.expose_secret()),
-            expires,
-            uses,
-        )
-        .await
-        .map_err(|e| ApiError::internal("storing an enrollment token", e))?;
-    Ok(token_response(
-        state, &token, project_id, uses, expires, None,
-    ))
-}
-
-/// The token as handed to operators: with the CA pin when serving HTTPS.
-fn token_response(
-    state: &AppState,
-    token: &secrecy::SecretString,
-    project_id: &str,
-    uses: u32,
-    expires: chrono::DateTime<Utc>,
-    server_id: Option<String>,
-) -> proto::EnrollTokenResponse {
-    let pin = state.ca_pin.get();
-    proto::EnrollTokenResponse {
-        token: token.expose_secret().to_owned(),
-        project_id: project_id.to_owned(),
-        uses,
-        expires: crate::store::fmt_time(expires),
-        ca_cert_hash: pin.map(|p| p.to_string()),
-        join_token: pin.map(|p| format!("{}.{}", token.expose_secret(), p.hex())),
-        server_id,
-    }
-}
-
-/// Creates a one-use token that re-keys one server (`ecsd admin
-/// rekey-token-create`): for a machine that lost its agent key.
-pub async fn issue_rekey_token(
-    state: &AppState,
-    server_id: &str,
-    ttl_secs: u64,
-) -> Result<Option<proto::EnrollTokenResponse>, ApiError> {
-    let token = new_bearer("ecsrk_");
-    let expires = Utc::now() + chrono::Duration::seconds(ttl_secs as i64);
-    let project = state
-        .store
-        .create_rekey_token(server_id, &bearer_hash(token.expose_secret()), expires)
-        .await
-        .map_err(|e| ApiError::internal("storing a re-key token", e))?;
-    Ok(project.map(|p| token_response(state, &token, &p, 1, expires, Some(server_id.to_owned()))))
-}
-
-/// How long a re-key challenge can be answered.
-const CHALLENGE_TTL_SECS: i64 = 300;
-
-fn challenge_binding(challenge_id: &str) -> String {
-    format!("rekey-challenge:{challenge_id}")
 }
 
 /// `POST /agent/v1/rekey-challenge`: a random challenge sealed to the
@@ -159,37 +83,7 @@ pub async fn rekey_challenge(
     raw: axum::body::Body,
 ) -> Result<Json<proto::RekeyChallenge>, ApiError> {
     let req: proto::RekeyChallengeRequest = parse(&body(&headers, raw).await?)?;
-    let unknown = || ApiError::unauthenticated("no enrolled server can answer this challenge");
-    let server = state
-        .store
-        .servers_by_ids(std::slice::from_ref(&req.server_id))
-        .await
-        .map_err(|e| ApiError::internal("looking up a server", e))?
-        .pop()
-        .ok_or_else(unknown)?;
-    let key = server
-        .agent_public_key
-        .as_deref()
-        .and_then(|k| ecs_seal::PublicKey::from_bytes(k).ok())
-        .ok_or_else(unknown)?;
-    let challenge_id = uuid::Uuid::new_v4().simple().to_string();
-    let answer = new_bearer("");
-    let sealed = ecs_seal::seal(&key, &server.id, &challenge_binding(&challenge_id), &answer)
-        .map_err(|e| ApiError::internal("sealing a challenge", e))?;
-    state
-        .store
-        .create_rekey_challenge(
-            &challenge_id,
-            &server.id,
-            &bearer_hash(answer.expose_secret()),
-            Utc::now() + chrono::Duration::seconds(CHALLENGE_TTL_SECS),
-        )
-        .await
-        .map_err(|e| ApiError::internal("storing a challenge", e))?;
-    Ok(Json(proto::RekeyChallenge {
-        challenge_id,
-        sealed: sealed.to_base64(),
-    }))
+    Ok(Json(enroll::rekey_challenge(&state, &req.server_id).await?))
 }
 
 /// `POST /agent/v1/enroll`.
@@ -199,98 +93,7 @@ pub async fn enroll(
     raw: axum::body::Body,
 ) -> Result<Json<proto::EnrollResponse>, ApiError> {
     let req: proto::EnrollRequest = parse(&body(&headers, raw).await?)?;
-    let os_type = ecs_policy::OsType::parse(&req.os_type)
-        .ok_or_else(|| ApiError::invalid("os_type must be Linux or Windows."))?;
-    let public_key = ecs_seal::PublicKey::from_base64(&req.public_key)
-        .map_err(|_| ApiError::invalid("public_key must be a base64 X25519 public key."))?;
-    let fields_ok = [&req.machine_id, &req.hostname, &req.agent_version]
-        .iter()
-        .all(|f| !f.is_empty() && f.len() <= 255 && !f.chars().any(char::is_control));
-    if !fields_ok {
-        return Err(ApiError::invalid(
-            "machine_id, hostname and agent_version must be 1..255 printable characters.",
-        ));
-    }
-    let credential = new_bearer("ecsac_");
-    let enrollment = Enrollment {
-        machine_id: req.machine_id,
-        hostname: req.hostname,
-        os_type,
-        public_key: public_key.to_bytes(),
-        agent_version: req.agent_version,
-        credential_hash: bearer_hash(credential.expose_secret()),
-    };
-    let now = Utc::now();
-    let enrolled = match &req.rekey {
-        // Proof of the old key: the answer to a challenge sealed to it.
-        Some(proof) => {
-            let refused = || {
-                tracing::warn!(server_id = %proof.server_id, "re-key with a wrong or expired challenge answer");
-                ApiError::unauthenticated("the re-key proof is wrong or expired")
-            };
-            let (server_id, answer_hash) = state
-                .store
-                .take_rekey_challenge(&proof.challenge_id, now)
-                .await
-                .map_err(|e| ApiError::internal("reading a challenge", e))?
-                .ok_or_else(refused)?;
-            let answered = bearer_hash(&proof.response);
-            let matches: bool = subtle_eq(answered.as_bytes(), answer_hash.as_bytes())
-                && server_id == proof.server_id;
-            if !matches {
-                return Err(refused());
-            }
-            state
-                .store
-                .rekey(&server_id, enrollment, now)
-                .await
-                .map_err(|e| ApiError::internal("re-keying an agent", e))?
-                .ok_or_else(refused)?
-        }
-        None => match state
-            .store
-            .enroll(
-                &bearer_hash(&req.token),
-                enrollment,
-                now,
-                state.config.duplicate_machine_id,
-            )
-            .await
-            .map_err(|e| ApiError::internal("enrolling an agent", e))?
-        {
-            EnrollResult::Enrolled(e) => e,
-            EnrollResult::BadToken => {
-                tracing::warn!("enrollment with an invalid, expired or used-up token");
-                return Err(ApiError::unauthenticated(
-                    "the enrollment token is invalid, expired or used up",
-                ));
-            }
-            EnrollResult::DuplicateMachine { server_id } => {
-                tracing::warn!(%server_id, "enrollment refused: the machine id is already enrolled (prove the old key or use a re-key token)");
-                return Err(ApiError::forbidden(
-                    "this machine id is already enrolled; re-enroll with the old agent key or a re-key token",
-                ));
-            }
-        },
-    };
-    let work_keys = state
-        .work_keys()
-        .await
-        .map_err(|e| ApiError::internal("loading the work-signing key", e))?
-        .chain()
-        .to_vec();
-    tracing::info!(server_id = %enrolled.server_id, re_enrolled = enrolled.re_enrolled, "agent enrolled");
-    Ok(Json(proto::EnrollResponse {
-        server_id: enrolled.server_id,
-        project_id: enrolled.project_id,
-        credential: credential.expose_secret().to_owned(),
-        work_keys,
-    }))
-}
-
-/// Compares two byte strings in time independent of where they differ.
-fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    Ok(Json(enroll::enroll(&state, req).await?))
 }
 
 /// `POST /agent/v1/heartbeat`.

@@ -2,7 +2,8 @@
 //! API under `/agent/v1`, and the layers every request passes through.
 
 mod agent;
-pub use agent::{issue_enroll_token, issue_rekey_token};
+/// Kept for callers of the old path; the service is `crate::enroll`.
+pub use crate::enroll::{issue_enroll_token, issue_rekey_token};
 pub use servers::server_detail;
 pub mod openapi;
 mod resets;

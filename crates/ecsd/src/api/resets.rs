@@ -50,9 +50,9 @@ pub async fn batch_reset(
         request_id: &request_id,
         source: &source.0,
     };
-    reset::batch_reset(&state, &ctx, content_type(&headers), body)
-        .await
-        .map(Json)
+    Ok(Json(
+        reset::batch_reset(&state, &ctx, content_type(&headers), body).await?,
+    ))
 }
 
 /// Huawei `ResetServerPassword`: one server; answered 204.

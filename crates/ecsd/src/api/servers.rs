@@ -19,7 +19,7 @@ use ecs_api::{
 use crate::error::{ApiError, current_request_id};
 use crate::reset::CallContext;
 use crate::state::{AppState, Caller, Source};
-use crate::store::{ListFilter, Server, StoreError};
+use crate::store::{ListFilter, Server};
 
 fn huawei_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -31,7 +31,7 @@ pub fn server_detail(s: &Server, stale_secs: u64, now: DateTime<Utc>) -> ServerD
     let fresh = s
         .agent_last_seen
         .is_some_and(|t| (now - t).num_seconds() <= stale_secs as i64);
-    let status: ServerStatus = s.status.as_str().parse().unwrap_or(ServerStatus::Error);
+    let status = s.status;
     let (vm_state, power_state) = match status {
         ServerStatus::Shutoff => ("stopped", 4),
         ServerStatus::Error => ("error", 0),
@@ -209,13 +209,7 @@ pub async fn list(
             offset.max(1) as u32,
             q.get("marker").cloned(),
         )
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound(_) => {
-                ApiError::invalid("Invalid query parameter marker: no such server.")
-            }
-            e => ApiError::internal("listing servers", e),
-        })?;
+        .await?;
     let now = Utc::now();
     let mut out: Vec<ListedServer> = servers
         .iter()

@@ -2,6 +2,7 @@
 //! [`Store`] trait; `sqlite` is the embedded implementation. A PostgreSQL
 //! backend implements the same trait without touching the API code.
 
+pub mod conformance;
 pub mod sqlite;
 
 use chrono::{DateTime, Utc};
@@ -11,15 +12,9 @@ pub use crate::config::DuplicateMachineId;
 
 pub use sqlite::SqliteStore;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage backend: {0}")]
-    Backend(String),
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    #[error("{0}")]
-    Conflict(String),
-}
+/// The store reports the domain's errors: `Storage` (with its source),
+/// `NotFound`, `Busy` (with the server ids), `Conflict`.
+pub use crate::domain::Error as StoreError;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -73,7 +68,7 @@ pub struct Server {
     pub name: String,
     pub os_type: OsType,
     /// Huawei status: ACTIVE, SHUTOFF, REBOOT, HARD_REBOOT, ...
-    pub status: String,
+    pub status: ServerStatus,
     /// The agent's X25519 public key; `None` = no plug-in enrolled.
     pub agent_public_key: Option<Vec<u8>>,
     pub agent_version: Option<String>,
@@ -186,46 +181,7 @@ pub struct Heartbeat {
     pub power_driver: bool,
 }
 
-/// A power action (contract: Huawei `cloudservers/action`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerKind {
-    Start,
-    Stop,
-    Reboot,
-}
-
-impl PowerKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PowerKind::Start => "start",
-            PowerKind::Stop => "stop",
-            PowerKind::Reboot => "reboot",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "start" => PowerKind::Start,
-            "stop" => PowerKind::Stop,
-            "reboot" => PowerKind::Reboot,
-            _ => return None,
-        })
-    }
-    /// Huawei-style job type names (not documented by Huawei for these operations).
-    pub fn job_type(self) -> &'static str {
-        match self {
-            PowerKind::Start => "batchStartServers",
-            PowerKind::Stop => "batchStopServers",
-            PowerKind::Reboot => "batchRebootServers",
-        }
-    }
-    pub fn sub_job_type(self) -> &'static str {
-        match self {
-            PowerKind::Start => "startServer",
-            PowerKind::Stop => "stopServer",
-            PowerKind::Reboot => "rebootServer",
-        }
-    }
-}
+pub use crate::domain::{Job, PowerKind, SubJob};
 
 /// A new batch power job: one sub-job per server.
 #[derive(Debug, Clone)]
@@ -238,25 +194,6 @@ pub struct NewJob {
     /// (sub-job id, server id, failed at once with this reason).
     pub subs: Vec<(String, String, Option<String>)>,
     pub audit: AuditEntry,
-}
-
-#[derive(Debug, Clone)]
-pub struct SubJob {
-    pub sub_job_id: String,
-    pub server_id: String,
-    pub status: String,
-    pub error_code: Option<String>,
-    pub fail_reason: Option<String>,
-    pub begin: DateTime<Utc>,
-    pub end: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub job_id: String,
-    pub kind: PowerKind,
-    pub begin: DateTime<Utc>,
-    pub subs: Vec<SubJob>,
 }
 
 /// A power action for an agent to carry out.
@@ -448,5 +385,5 @@ pub fn fmt_time(t: DateTime<Utc>) -> String {
 pub fn parse_time(s: &str) -> StoreResult<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Backend(format!("bad timestamp {s:?}: {e}")))
+        .map_err(|e| StoreError::storage(format!("bad timestamp {s:?}: {e}")))
 }

@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 
 use super::*;
+use crate::domain::{self, Entity, PowerState, reasons, server as server_rules};
 
 const MIGRATIONS: &[&str] = &[
     // 1: projects, keys, servers, resets, audit
@@ -157,14 +158,62 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl Into<domain::error::BoxError>) -> StoreError {
+    StoreError::storage(e)
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        backend(e)
+        StoreError::storage(e)
     }
+}
+
+fn parse_status(s: &str) -> StoreResult<ServerStatus> {
+    s.parse().map_err(backend)
+}
+
+fn parse_kind(s: &str) -> StoreResult<PowerKind> {
+    PowerKind::parse(s).ok_or_else(|| backend(format!("bad job kind {s:?}")))
+}
+
+/// Writes a server's new status and task state.
+fn set_power_state(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    st: PowerState,
+    nows: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE servers SET status = ?2, task_state = ?3, updated_at = ?4 WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        st.status.as_str(),
+        st.task_state.map(|t| t.as_str()),
+        nows
+    ])?;
+    Ok(())
+}
+
+/// Writes how a sub-job ended.
+fn end_sub_job(
+    tx: &rusqlite::Transaction<'_>,
+    sub_job_id: &str,
+    end: &domain::SubJobEnd,
+    nows: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE sub_jobs SET status = ?2, error_code = ?3, fail_reason = ?4, end_time = ?5 \
+         WHERE sub_job_id = ?1",
+    )?
+    .execute(params![
+        sub_job_id,
+        end.status.as_str(),
+        end.error_code,
+        end.fail_reason,
+        nows
+    ])?;
+    Ok(())
 }
 
 /// Gives an enrolled server a new agent key and credential. Open resets were
@@ -190,10 +239,9 @@ fn rekey_server_tx(
         ],
     )?;
     tx.execute(
-        "UPDATE reset_targets SET state = 'FAILED', sealed = NULL, updated_at = ?2, \
-         reason = 'the agent re-enrolled with a new key before applying' \
+        "UPDATE reset_targets SET state = ?3, sealed = NULL, updated_at = ?2, reason = ?4 \
          WHERE server_id = ?1 AND state IN ('PENDING', 'DELIVERED')",
-        params![id, nows],
+        params![id, nows, ResetState::Failed.as_str(), reasons::REKEYED],
     )?;
     Ok(())
 }
@@ -301,7 +349,7 @@ fn server_from_row(r: &Row<'_>) -> StoreResult<Server> {
         project_id: r.get(1)?,
         name: r.get(2)?,
         os_type: OsType::parse(&os).ok_or_else(|| backend(format!("bad os_type {os}")))?,
-        status: r.get(4)?,
+        status: parse_status(&r.get::<_, String>(4)?)?,
         agent_public_key: r.get(5)?,
         agent_version: r.get(6)?,
         agent_last_seen: opt_time(r.get(7)?)?,
@@ -330,14 +378,6 @@ fn like_escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('%', "\\%")
         .replace('_', "\\_")
-}
-
-fn fail_code(kind: &str) -> &'static str {
-    match kind {
-        "start" => "Ecs.0226",
-        "reboot" => "Ecs.0227",
-        _ => "Ecs.0611",
-    }
 }
 
 fn project_from_row(r: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
@@ -447,15 +487,16 @@ impl Store for SqliteStore {
             let now = fmt_time(Utc::now());
             c.execute(
                 "INSERT INTO servers (id, project_id, name, os_type, status, agent_public_key, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, 'ACTIVE', ?5, ?6, ?6)",
-                params![s.id, s.project_id, s.name, s.os_type.as_str(), s.agent_public_key, now],
+                 VALUES (?1, ?2, ?3, ?4, ?7, ?5, ?6, ?6)",
+                params![s.id, s.project_id, s.name, s.os_type.as_str(), s.agent_public_key, now,
+                        ServerStatus::Active.as_str()],
             )?;
             Ok(())
         })
         .await?;
         self.server(&project, &id)
             .await?
-            .ok_or(StoreError::NotFound("server"))
+            .ok_or_else(|| StoreError::server_not_found(&id))
     }
 
     async fn create_enroll_token(
@@ -541,13 +582,12 @@ impl Store for SqliteStore {
             )?;
             {
                 let mut supersede = tx.prepare_cached(
-                    "UPDATE reset_targets SET state = 'SUPERSEDED', sealed = NULL, updated_at = ?2, \
-                     reason = 'superseded by a newer reset request' \
+                    "UPDATE reset_targets SET state = ?3, sealed = NULL, updated_at = ?2, reason = ?4 \
                      WHERE server_id = ?1 AND state IN ('PENDING', 'DELIVERED')",
                 )?;
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO reset_targets (request_id, server_id, position, state, sealed, updated_at, seq) \
-                     VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6)",
+                     VALUES (?1, ?2, ?3, ?7, ?4, ?5, ?6)",
                 )?;
                 // The server's work sequence grows with every item stored for it.
                 let mut point = tx.prepare_cached(
@@ -555,10 +595,23 @@ impl Store for SqliteStore {
                      WHERE id = ?2 RETURNING work_seq",
                 )?;
                 for (pos, (server_id, sealed)) in reset.targets.iter().enumerate() {
-                    supersede.execute(params![server_id, now])?;
+                    supersede.execute(params![
+                        server_id,
+                        now,
+                        ResetState::Superseded.as_str(),
+                        reasons::SUPERSEDED
+                    ])?;
                     let seq: i64 =
                         point.query_row(params![reset.request_id, server_id, now], |r| r.get(0))?;
-                    insert.execute(params![reset.request_id, server_id, pos as i64, sealed, now, seq])?;
+                    insert.execute(params![
+                        reset.request_id,
+                        server_id,
+                        pos as i64,
+                        sealed,
+                        now,
+                        seq,
+                        ResetState::Pending.as_str()
+                    ])?;
                 }
             }
             insert_audit(&tx, &reset.audit)?;
@@ -673,9 +726,10 @@ impl Store for SqliteStore {
                     tx.execute(
                         "INSERT INTO servers (id, project_id, name, os_type, status, agent_public_key, \
                          agent_credential_hash, machine_id, agent_version, hostname, created_at, updated_at) \
-                         VALUES (?1, ?2, ?3, ?4, 'ACTIVE', ?5, ?6, ?7, ?8, ?3, ?9, ?9)",
+                         VALUES (?1, ?2, ?3, ?4, ?10, ?5, ?6, ?7, ?8, ?3, ?9, ?9)",
                         params![id, project_id, e.hostname, e.os_type.as_str(), e.public_key,
-                                e.credential_hash, e.machine_id, e.agent_version, nows],
+                                e.credential_hash, e.machine_id, e.agent_version, nows,
+                                ServerStatus::Active.as_str()],
                     )?;
                     (id, false)
                 }
@@ -862,29 +916,31 @@ impl Store for SqliteStore {
                 [&id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let new_boot = old_boot.as_deref() != Some(hb.boot_id.as_str());
-            // A running agent means a running server: a stopped server has started,
-            // a rebooting one is back once its boot id changed.
-            let back = status == "SHUTOFF" || (matches!(status.as_str(), "REBOOT" | "HARD_REBOOT") && new_boot);
+            let back = server_rules::heartbeat(parse_status(&status)?, old_boot.as_deref(), &hb.boot_id);
             let addresses = match &hb.address {
                 Some(a) => serde_json::to_string(&[a]).map_err(backend)?,
                 None => "[]".to_owned(),
             };
             tx.prepare_cached(
                 "UPDATE servers SET agent_version = ?2, boot_id = ?3, uptime_secs = ?4, agent_last_seen = ?5, \
-                 addresses = ?6, power_driver = ?7, \
-                 status = CASE WHEN ?8 THEN 'ACTIVE' ELSE status END, \
-                 task_state = CASE WHEN ?8 THEN NULL ELSE task_state END, \
-                 updated_at = CASE WHEN ?8 THEN ?5 ELSE updated_at END WHERE id = ?1",
+                 addresses = ?6, power_driver = ?7 WHERE id = ?1",
             )?
-            .execute(params![id, hb.agent_version, hb.boot_id, hb.uptime_secs as i64, nows, addresses, hb.power_driver, back])?;
-            if back {
-                tx.prepare_cached(
-                    "UPDATE sub_jobs SET status = 'SUCCESS', end_time = ?2 WHERE server_id = ?1 AND status = 'RUNNING' \
-                     AND job_id IN (SELECT job_id FROM jobs WHERE kind IN ('start', 'reboot')) \
-                     AND (boot_id_at_start IS NULL OR boot_id_at_start != ?3)",
-                )?
-                .execute(params![id, nows, hb.boot_id])?;
+            .execute(params![id, hb.agent_version, hb.boot_id, hb.uptime_secs as i64, nows, addresses, hb.power_driver])?;
+            if let Some(st) = back {
+                set_power_state(&tx, &id, st, &nows)?;
+                let running: Vec<(String, String, Option<String>)> = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT s.sub_job_id, j.kind, s.boot_id_at_start FROM sub_jobs s \
+                         JOIN jobs j ON j.job_id = s.job_id WHERE s.server_id = ?1 AND s.status = 'RUNNING'",
+                    )?;
+                    stmt.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<rusqlite::Result<_>>()?
+                };
+                for (sub, kind, boot_at_start) in running {
+                    if domain::job::completes_on_boot(parse_kind(&kind)?, boot_at_start.as_deref(), &hb.boot_id) {
+                        end_sub_job(&tx, &sub, &domain::SubJobEnd::success(), &nows)?;
+                    }
+                }
             }
             tx.commit()?;
             Ok(())
@@ -914,8 +970,14 @@ impl Store for SqliteStore {
                     args.push(format!("%{}%", like_escape(n)).into());
                 }
                 if let Some(st) = &f.status {
-                    clauses.push("s.status = ?".into());
-                    args.push(st.clone().into());
+                    match st.parse::<ServerStatus>() {
+                        Ok(st) => {
+                            clauses.push("s.status = ?".into());
+                            args.push(st.as_str().to_owned().into());
+                        }
+                        // A status outside the contract matches no server.
+                        Err(_) => clauses.push("0".into()),
+                    }
                 }
                 if let Some(ip) = &f.ip {
                     clauses.push("s.addresses LIKE ? ESCAPE '\\'".into());
@@ -952,7 +1014,10 @@ impl Store for SqliteStore {
                 let created: Option<String> = c
                     .query_row("SELECT created_at FROM servers WHERE id = ?1 AND project_id = ?2", params![m, project], |r| r.get(0))
                     .optional()?;
-                let created = created.ok_or(StoreError::NotFound("marker"))?;
+                let created = created.ok_or_else(|| StoreError::NotFound {
+                    entity: Entity::Marker,
+                    id: m.clone(),
+                })?;
                 page_clauses.push("(s.created_at, s.id) < (?, ?)".into());
                 page_args.push(created.into());
                 page_args.push(m.clone().into());
@@ -989,7 +1054,7 @@ impl Store for SqliteStore {
                     }
                 }
                 if !busy_ids.is_empty() {
-                    return Err(StoreError::Conflict(busy_ids.join(",")));
+                    return Err(StoreError::Busy { ids: busy_ids });
                 }
             }
             let now = fmt_time(job.created);
@@ -1006,11 +1071,11 @@ impl Store for SqliteStore {
                     "UPDATE servers SET work_seq = work_seq + 1 WHERE id = ?1 RETURNING work_seq",
                 )?;
                 for (pos, (sub, server, failed)) in job.subs.iter().enumerate() {
-                    let (status, code, end, seq) = match failed {
-                        Some(_) => ("FAIL", Some(fail_code(job.kind.as_str())), Some(now.clone()), 0),
-                        None => ("INIT", None, None, next_seq.query_row([server], |r| r.get::<_, i64>(0))?),
+                    let (status, code, reason, end, seq) = match domain::job::created(job.kind, failed.as_deref()) {
+                        Some(e) => (e.status, e.error_code, e.fail_reason, Some(now.clone()), 0),
+                        None => (JobStatus::Init, None, None, None, next_seq.query_row([server], |r| r.get::<_, i64>(0))?),
                     };
-                    insert.execute(params![sub, job.job_id, server, pos as i64, status, code, failed, now, end, seq])?;
+                    insert.execute(params![sub, job.job_id, server, pos as i64, status.as_str(), code, reason, now, end, seq])?;
                 }
             }
             insert_audit(&tx, &job.audit)?;
@@ -1043,7 +1108,7 @@ impl Store for SqliteStore {
                 subs.push(SubJob {
                     sub_job_id: r.get(0)?,
                     server_id: r.get(1)?,
-                    status: r.get(2)?,
+                    status: r.get::<_, String>(2)?.parse().map_err(backend)?,
                     error_code: r.get(3)?,
                     fail_reason: r.get(4)?,
                     begin: parse_time(&r.get::<_, String>(5)?)?,
@@ -1052,7 +1117,7 @@ impl Store for SqliteStore {
             }
             Ok(Some(Job {
                 job_id: jid,
-                kind: PowerKind::parse(&kind).ok_or_else(|| backend("bad job kind"))?,
+                kind: parse_kind(&kind)?,
                 begin: parse_time(&begin)?,
                 subs,
             }))
@@ -1069,20 +1134,24 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             let nows = fmt_time(now);
             let cutoff = fmt_time(older_than);
-            // Servers stuck mid-action return to a plain state.
-            tx.execute(
-                "UPDATE servers SET task_state = NULL, status = CASE WHEN status IN ('REBOOT', 'HARD_REBOOT') THEN 'ACTIVE' ELSE status END, \
-                 updated_at = ?2 WHERE id IN (SELECT server_id FROM sub_jobs WHERE status IN ('INIT', 'RUNNING') AND begin_time < ?1)",
-                params![cutoff, nows],
-            )?;
-            let n = tx.execute(
-                "UPDATE sub_jobs SET status = 'FAIL', end_time = ?2, \
-                 error_code = CASE (SELECT kind FROM jobs WHERE jobs.job_id = sub_jobs.job_id) \
-                   WHEN 'start' THEN 'Ecs.0226' WHEN 'reboot' THEN 'Ecs.0227' ELSE 'Ecs.0611' END, \
-                 fail_reason = 'timed out: the server''s agent did not complete the action in time' \
-                 WHERE status IN ('INIT', 'RUNNING') AND begin_time < ?1",
-                params![cutoff, nows],
-            )?;
+            let expired: Vec<(String, String, String, String)> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT s.sub_job_id, s.server_id, j.kind, v.status FROM sub_jobs s \
+                     JOIN jobs j ON j.job_id = s.job_id JOIN servers v ON v.id = s.server_id \
+                     WHERE s.status IN ('INIT', 'RUNNING') AND s.begin_time < ?1",
+                )?;
+                stmt.query_map([&cutoff], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?
+            };
+            let n = expired.len();
+            for (sub, server, kind, status) in expired {
+                let (end, st) = server_rules::expired(parse_status(&status)?, parse_kind(&kind)?);
+                end_sub_job(&tx, &sub, &end, &nows)?;
+                // Servers stuck mid-action return to a plain state.
+                set_power_state(&tx, &server, st, &nows)?;
+            }
             tx.commit()?;
             Ok(n)
         })
@@ -1099,33 +1168,26 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             let found = tx
                 .prepare_cached(
-                    "SELECT s.sub_job_id, j.kind, j.hard, s.seq FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
+                    "SELECT s.sub_job_id, j.kind, j.hard, s.seq, v.status FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
+                     JOIN servers v ON v.id = s.server_id \
                      WHERE s.server_id = ?1 AND s.status = 'INIT' ORDER BY s.begin_time LIMIT 1",
                 )?
                 .query_row([&id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, i64>(3)?))
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?))
                 })
                 .optional()?;
-            let Some((sub, kind, hard, seq)) = found else {
+            let Some((sub, kind, hard, seq, status)) = found else {
                 return Ok(None);
             };
-            let kind = PowerKind::parse(&kind).ok_or_else(|| backend("bad job kind"))?;
+            let kind = parse_kind(&kind)?;
             let nows = fmt_time(now);
             tx.execute(
-                "UPDATE sub_jobs SET status = 'RUNNING', boot_id_at_start = (SELECT boot_id FROM servers WHERE id = ?2) \
+                "UPDATE sub_jobs SET status = ?3, boot_id_at_start = (SELECT boot_id FROM servers WHERE id = ?2) \
                  WHERE sub_job_id = ?1",
-                params![sub, id],
+                params![sub, id, JobStatus::Running.as_str()],
             )?;
-            let (status, task) = match (kind, hard) {
-                (PowerKind::Reboot, false) => (Some("REBOOT"), "rebooting"),
-                (PowerKind::Reboot, true) => (Some("HARD_REBOOT"), "rebooting_hard"),
-                (PowerKind::Stop, _) => (None, "powering-off"),
-                (PowerKind::Start, _) => (None, "powering-on"),
-            };
-            tx.execute(
-                "UPDATE servers SET status = COALESCE(?2, status), task_state = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id, status, task, nows],
-            )?;
+            let st = server_rules::power_taken(parse_status(&status)?, kind, hard);
+            set_power_state(&tx, &id, st, &nows)?;
             tx.commit()?;
             Ok(Some(PowerWork { sub_job_id: sub, kind, hard, seq: seq as u64 }))
         })
@@ -1147,34 +1209,30 @@ impl Store for SqliteStore {
         );
         self.write(move |c| {
             let tx = c.transaction()?;
-            let kind: Option<String> = tx
+            let found: Option<(String, String)> = tx
                 .query_row(
-                    "SELECT j.kind FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
+                    "SELECT j.kind, v.status FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
+                     JOIN servers v ON v.id = s.server_id \
                      WHERE s.sub_job_id = ?1 AND s.server_id = ?2 AND s.status = 'RUNNING'",
                     params![sub, id],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            let Some(kind) = kind else {
+            let Some((kind, status)) = found else {
                 return Ok(false);
             };
             let nows = fmt_time(now);
-            if !ok {
-                tx.execute(
-                    "UPDATE sub_jobs SET status = 'FAIL', error_code = ?2, fail_reason = ?3, end_time = ?4 WHERE sub_job_id = ?1",
-                    params![sub, fail_code(&kind), reason.unwrap_or_else(|| "the agent refused the action".into()), nows],
-                )?;
-                tx.execute(
-                    "UPDATE servers SET task_state = NULL, status = CASE WHEN status IN ('REBOOT', 'HARD_REBOOT') THEN 'ACTIVE' ELSE status END, \
-                     updated_at = ?2 WHERE id = ?1",
-                    params![id, nows],
-                )?;
-            } else if kind == "stop" {
-                tx.execute("UPDATE sub_jobs SET status = 'SUCCESS', end_time = ?2 WHERE sub_job_id = ?1", params![sub, nows])?;
-                tx.execute(
-                    "UPDATE servers SET status = 'SHUTOFF', task_state = NULL, updated_at = ?2 WHERE id = ?1",
-                    params![id, nows],
-                )?;
+            let effect = server_rules::power_acked(
+                parse_status(&status)?,
+                parse_kind(&kind)?,
+                ok,
+                reason.as_deref(),
+            );
+            if let Some(end) = &effect.sub_job {
+                end_sub_job(&tx, &sub, end, &nows)?;
+            }
+            if let Some(st) = effect.server {
+                set_power_state(&tx, &id, st, &nows)?;
             }
             // reboot and start complete when the server reports a new boot.
             tx.commit()?;
@@ -1207,11 +1265,12 @@ impl Store for SqliteStore {
             let Some((request_id, sealed, apply_now, state, seq)) = work else {
                 return Ok(None);
             };
-            if state == "PENDING" {
+            let state: ResetState = state.parse().map_err(backend)?;
+            if let Some(next) = domain::reset::delivered(state) {
                 tx.prepare_cached(
-                    "UPDATE reset_targets SET state = 'DELIVERED', updated_at = ?3 WHERE request_id = ?1 AND server_id = ?2",
+                    "UPDATE reset_targets SET state = ?4, updated_at = ?3 WHERE request_id = ?1 AND server_id = ?2",
                 )?
-                .execute(params![request_id, id, fmt_time(now)])?;
+                .execute(params![request_id, id, fmt_time(now), next.as_str()])?;
             }
             tx.commit()?;
             Ok(Some(Work {
@@ -1238,7 +1297,7 @@ impl Store for SqliteStore {
             reason.map(str::to_owned),
         );
         self.write(move |c| {
-            let state = if applied { "APPLIED" } else { "FAILED" };
+            let state = domain::reset::acknowledged(applied).as_str();
             let n = c
                 .prepare_cached(
                     "UPDATE reset_targets SET state = ?3, reason = ?4, sealed = NULL, updated_at = ?5 \
@@ -1251,9 +1310,72 @@ impl Store for SqliteStore {
     }
 }
 
+/// The store conformance suite on SQLite: one fresh database per check.
+#[cfg(test)]
+mod conformance {
+    use super::SqliteStore;
+
+    fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("ecsd.sqlite")).expect("open");
+        (dir, store)
+    }
+
+    crate::store_conformance_tests!(fresh);
+
+    #[tokio::test]
+    async fn run_all_on_one_store() {
+        let (_dir, store) = fresh();
+        crate::store::conformance::run_all(&store).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The open reset states as the SQL spells them.
+    const OPEN_RESETS_SQL: &str = "('PENDING', 'DELIVERED')";
+    /// The open sub-job states as the SQL spells them.
+    const OPEN_SUB_JOBS_SQL: &str = "('INIT', 'RUNNING')";
+
+    fn sql_list(names: impl Iterator<Item = &'static str>) -> String {
+        let quoted: Vec<String> = names.map(|n| format!("'{n}'")).collect();
+        format!("({})", quoted.join(", "))
+    }
+
+    #[test]
+    fn the_open_states_in_sql_are_the_domains() {
+        let resets = ResetState::ALL
+            .iter()
+            .filter(|s| domain::reset::is_open(**s))
+            .map(|s| s.as_str());
+        assert_eq!(OPEN_RESETS_SQL, sql_list(resets));
+        let subs = JobStatus::ALL
+            .iter()
+            .rev()
+            .filter(|s| domain::job::is_open(**s))
+            .map(|s| s.as_str());
+        assert_eq!(OPEN_SUB_JOBS_SQL, sql_list(subs));
+        // Queries spell the open states out (so SQLite uses the partial
+        // indexes `reset_targets_open` and `sub_jobs_open`): each must be the domain's.
+        let src = include_str!("sqlite.rs");
+        for (needle, open) in [
+            ("state IN (", OPEN_RESETS_SQL),
+            ("status IN (", OPEN_SUB_JOBS_SQL),
+        ] {
+            let mut n = 0;
+            for (i, _) in src.match_indices(needle) {
+                let rest = &src[i + needle.len() - 1..];
+                if rest.starts_with("(\"") || rest.starts_with("({") {
+                    continue; // this test's own text
+                }
+                assert!(rest.starts_with(open), "{}", &rest[..40.min(rest.len())]);
+                n += 1;
+            }
+            assert!(n >= 2, "{needle}");
+        }
+    }
 
     #[test]
     fn migrations_are_valid_and_reopening_is_idempotent() {

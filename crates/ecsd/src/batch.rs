@@ -1,0 +1,285 @@
+//! What resets and power actions share: body parsing (errors name a field
+//! path, never a value), the server list of a batch, the per-server checks
+//! every batch makes, all-or-nothing rejection and the audit record.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use chrono::Utc;
+use serde::Deserialize;
+use zeroize::Zeroize;
+
+use crate::domain::error::display_id;
+use crate::domain::{Error, Problem, ServerFailure};
+use crate::state::{AppState, Caller};
+use crate::store::{AuditEntry, Server};
+
+/// Most servers in one batch.
+pub const MAX_BATCH: usize = 1000;
+/// Longest server id we accept (ours are 36-character UUIDs).
+pub const MAX_ID_LEN: usize = 64;
+
+/// `{"id": "..."}` in a server list.
+#[derive(Deserialize)]
+pub struct ServerRef {
+    pub id: String,
+}
+
+/// Overwrites the request body in memory once parsed (best effort: only when
+/// this is the last reference to the buffer).
+pub fn wipe(body: Bytes) {
+    if let Ok(mut b) = body.try_into_mut() {
+        b.as_mut().zeroize();
+    }
+}
+
+/// Checks the content type and parses a JSON body; errors as [`parse_body`].
+pub fn parse_json(content_type: Option<&str>, body: &Bytes) -> Result<serde_json::Value, Error> {
+    parse_body(content_type, body)
+}
+
+/// Checks the content type and parses a JSON body into `T`. Error messages
+/// name the offending field's path, never its value.
+pub fn parse_body<T: for<'de> Deserialize<'de>>(
+    content_type: Option<&str>,
+    body: &Bytes,
+) -> Result<T, Error> {
+    if body.is_empty() {
+        return Err(Error::EmptyBody);
+    }
+    let is_json = content_type
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(Error::invalid(
+            "",
+            "Invalid request: Content-Type must be application/json.",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data if path != "." => Error::invalid(
+                path.clone(),
+                format!(
+                    "Invalid request body: the value of {path} is missing or has the wrong type."
+                ),
+            ),
+            serde_json::error::Category::Data => Error::invalid(
+                "",
+                "Invalid request body: the body must be a JSON object of the documented shape.",
+            ),
+            _ => Error::invalid(
+                "",
+                format!(
+                    "Invalid request body: malformed JSON at line {} column {}.",
+                    inner.line(),
+                    inner.column()
+                ),
+            ),
+        }
+    })
+}
+
+/// The server list of a batch (reset or power action): 1..=1000 entries,
+/// ids non-empty, at most [`MAX_ID_LEN`], no id twice. `path` names the list
+/// in messages (`servers`, `reboot.servers`).
+pub fn validate_ids(servers: Option<Vec<ServerRef>>, path: &str) -> Result<Vec<String>, Error> {
+    let servers = servers.ok_or_else(|| {
+        Error::invalid(path, format!("Invalid request body: {path} is required."))
+    })?;
+    if servers.is_empty() {
+        return Err(Error::invalid(
+            path,
+            format!("Invalid request body: {path} must list at least one server."),
+        ));
+    }
+    if servers.len() > MAX_BATCH {
+        return Err(Error::TooManyServers {
+            count: servers.len(),
+            limit: MAX_BATCH,
+        });
+    }
+    let mut seen = HashSet::with_capacity(servers.len());
+    let mut ids = Vec::with_capacity(servers.len());
+    for (i, s) in servers.into_iter().enumerate() {
+        let field = || format!("{path}[{i}].id");
+        if s.id.is_empty() {
+            return Err(Error::invalid(
+                field(),
+                format!("Invalid request body: {path}[{i}].id is empty."),
+            ));
+        }
+        if s.id.len() > MAX_ID_LEN {
+            return Err(Error::invalid(
+                field(),
+                format!(
+                    "Invalid request body: {path}[{i}].id is longer than {MAX_ID_LEN} characters."
+                ),
+            ));
+        }
+        if !seen.insert(s.id.clone()) {
+            return Err(Error::invalid(
+                field(),
+                format!(
+                    "Invalid request body: server {} is listed more than once.",
+                    display_id(&s.id)
+                ),
+            ));
+        }
+        ids.push(s.id);
+    }
+    Ok(ids)
+}
+
+/// The checks every batch makes of one server: it exists in the caller's
+/// project and has an agent (`no_agent` says why that matters here).
+pub fn enrolled<'a>(
+    server: Option<&'a Server>,
+    caller: &Caller,
+    no_agent: Problem,
+) -> Result<&'a Server, Problem> {
+    let s = server
+        .filter(|s| s.project_id == caller.project_id)
+        .ok_or(Problem::NotFound)?;
+    if s.agent_public_key.is_none() {
+        return Err(no_agent);
+    }
+    Ok(s)
+}
+
+/// A batch refused as a whole (all or nothing): the code of the first
+/// failing server, every failing server listed.
+pub fn reject(failures: Vec<ServerFailure>, total: usize) -> Error {
+    Error::Rejected { failures, total }
+}
+
+/// Common context of a mutating call, for the audit record.
+pub struct CallContext<'a> {
+    pub caller: &'a Caller,
+    pub request_id: &'a str,
+    pub source: &'a str,
+}
+
+impl CallContext<'_> {
+    pub fn audit(
+        &self,
+        action: &str,
+        servers: Vec<String>,
+        dry_run: bool,
+        outcome: String,
+    ) -> AuditEntry {
+        AuditEntry {
+            at: Utc::now(),
+            request_id: self.request_id.to_owned(),
+            project_id: self.caller.project_id.clone(),
+            actor: self.caller.access_key.clone(),
+            action: action.to_owned(),
+            servers,
+            dry_run,
+            outcome,
+            source: self.source.to_owned(),
+        }
+    }
+}
+
+/// Records a rejected call (nothing else changes).
+pub async fn audit_rejection(
+    state: &AppState,
+    ctx: &CallContext<'_>,
+    action: &str,
+    servers: Vec<String>,
+    dry_run: bool,
+    err: &Error,
+) {
+    let entry = ctx.audit(action, servers, dry_run, format!("rejected {}", err.code()));
+    if let Err(e) = state.store.record_audit(entry).await {
+        tracing::error!(error = %e.chain(), "writing the audit record failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(ids: &[&str]) -> Option<Vec<ServerRef>> {
+        Some(ids.iter().map(|i| ServerRef { id: (*i).into() }).collect())
+    }
+
+    fn invalid(e: Error) -> (String, String) {
+        match e {
+            Error::Invalid { field, message } => (field, message),
+            e => panic!("not Invalid: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_list_is_required_non_empty_and_bounded() {
+        let (f, m) = invalid(validate_ids(None, "reboot.servers").unwrap_err());
+        assert_eq!(f, "reboot.servers");
+        assert_eq!(m, "Invalid request body: reboot.servers is required.");
+        let (_, m) = invalid(validate_ids(refs(&[]), "servers").unwrap_err());
+        assert_eq!(
+            m,
+            "Invalid request body: servers must list at least one server."
+        );
+        let many: Vec<String> = (0..=MAX_BATCH).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        match validate_ids(refs(&many), "servers").unwrap_err() {
+            Error::TooManyServers { count, limit } => assert_eq!((count, limit), (1001, 1000)),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_ids_are_named_by_their_field_path() {
+        let (f, m) = invalid(validate_ids(refs(&["a", ""]), "servers").unwrap_err());
+        assert_eq!(
+            (f.as_str(), m.as_str()),
+            (
+                "servers[1].id",
+                "Invalid request body: servers[1].id is empty."
+            )
+        );
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        let (f, _) = invalid(validate_ids(refs(&[&long]), "servers").unwrap_err());
+        assert_eq!(f, "servers[0].id");
+        let (f, m) = invalid(validate_ids(refs(&["a", "b", "a"]), "servers").unwrap_err());
+        assert_eq!(f, "servers[2].id");
+        assert_eq!(
+            m,
+            "Invalid request body: server a is listed more than once."
+        );
+        assert_eq!(
+            validate_ids(refs(&["a", "b"]), "servers").unwrap(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn bodies_must_be_non_empty_json_and_errors_name_the_path() {
+        #[derive(Deserialize, Debug)]
+        struct B {
+            #[allow(dead_code)]
+            n: u32,
+        }
+        let json = Some("application/json;charset=UTF-8");
+        assert!(matches!(
+            parse_body::<B>(json, &Bytes::new()),
+            Err(Error::EmptyBody)
+        ));
+        let (_, m) = invalid(parse_body::<B>(Some("text/plain"), &Bytes::from("{}")).unwrap_err());
+        assert_eq!(m, "Invalid request: Content-Type must be application/json.");
+        let (f, m) = invalid(parse_body::<B>(json, &Bytes::from(r#"{"n":"secret"}"#)).unwrap_err());
+        assert_eq!(f, "n");
+        assert!(!m.contains("secret"), "{m}");
+        let (_, m) = invalid(parse_body::<B>(json, &Bytes::from("{")).unwrap_err());
+        assert!(m.starts_with("Invalid request body: malformed JSON"), "{m}");
+        assert_eq!(
+            parse_body::<B>(json, &Bytes::from(r#"{"n":3}"#)).unwrap().n,
+            3
+        );
+    }
+}
