@@ -62,6 +62,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
                 access_key: "BENCH".into(),
                 project_id: project.id,
                 role: Role::Admin,
+                user: None,
             },
             state,
             body: Bytes::from(serde_json::to_vec(&body).unwrap()),

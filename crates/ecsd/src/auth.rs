@@ -197,6 +197,7 @@ async fn verify(
         access_key: key.ak,
         project_id: key.project_id,
         role: key.role,
+        user: None,
     })
 }
 

@@ -62,9 +62,21 @@ impl AppState {
 /// The authenticated caller of a public API request.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The credential's id: the AK (permanent or temporary), or for a token
+    /// the token's id (never the token).
     pub access_key: String,
     pub project_id: String,
     pub role: crate::store::Role,
+    /// The IAM user behind the credential; `None` for a project access key
+    /// made by `ecsd admin access-key create` (no user).
+    pub user: Option<UserRef>,
+}
+
+/// An IAM user as a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRef {
+    pub id: String,
+    pub name: String,
 }
 
 /// The peer address of the connection.
