@@ -5,6 +5,10 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use ecs_api::{
+    EnrollTokenResponse, JobStatus, ListServersResponse, Readiness, ServerDetail, ShowJobResponse,
+};
+
 const PASSWORD: &str = "Tq6]vL3=nz";
 
 struct Dev {
@@ -94,6 +98,21 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `ecsctl -o json` output as the `ecs-api` type it prints; panics with the
+/// output when it is not one.
+#[track_caller]
+fn json<T: serde::de::DeserializeOwned>(o: &Output) -> T {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not a {}: {e}\n{:?}", std::any::type_name::<T>(), text(o)))
+}
+
+/// What `reset-password --dry-run -o json` prints.
+#[derive(serde::Deserialize)]
+struct DryRun {
+    dry_run: bool,
+    servers: Vec<Readiness>,
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -285,15 +304,17 @@ fn a_rejected_batch_quotes_the_api_code_and_request_id() {
 fn json_output_parses_and_filters_work() {
     let dev = Dev::start();
     let o = dev.run(&["servers", "list", "-o", "json"], None);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["count"], 4);
+    assert_eq!(json::<ListServersResponse>(&o).count, 4);
     let o = dev.run(&["servers", "list", "--os", "windows", "-o", "json"], None);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["count"], 1);
-    let id = v["servers"][0]["id"].as_str().unwrap().to_owned();
+    let v: ListServersResponse = json(&o);
+    assert_eq!(v.count, 1);
+    let id = v.servers[0].detail().expect("a listed server").id.clone();
     let o = dev.run(&["servers", "show", &id, "-o", "json"], None);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["metadata"]["os_type"], "Windows");
+    let v: ServerDetail = json(&o);
+    assert_eq!(
+        v.metadata.get("os_type").map(String::as_str),
+        Some("Windows")
+    );
     // Stop and start by name pattern, waiting for the job.
     let o = dev.run(
         &[
@@ -307,17 +328,14 @@ fn json_output_parses_and_filters_work() {
         None,
     );
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
-    let job: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(job["status"], "SUCCESS");
-    assert_eq!(job["entities"]["sub_jobs_total"], 2);
+    let job: ShowJobResponse = json(&o);
+    assert_eq!(job.status, JobStatus::Success);
+    assert_eq!(job.entities.sub_jobs_total, 2);
     let o = dev.run(
         &["servers", "list", "--status", "SHUTOFF", "-o", "json"],
         None,
     );
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["count"],
-        2
-    );
+    assert_eq!(json::<ListServersResponse>(&o).count, 2);
     let o = dev.run(&["servers", "start", "--name", "dev-linux-000[12]"], None);
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
     // Dry run shows readiness as JSON.
@@ -332,15 +350,10 @@ fn json_output_parses_and_filters_work() {
         ],
         Some(&format!("{PASSWORD}\n")),
     );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["servers"].as_array().unwrap().len(), 4);
-    assert!(
-        v["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["plugin_installed"] == true)
-    );
+    let v: DryRun = json(&o);
+    assert!(v.dry_run);
+    assert_eq!(v.servers.len(), 4);
+    assert!(v.servers.iter().all(|s| s.plugin_installed));
 }
 
 #[test]
@@ -385,9 +398,9 @@ fn waiting_without_a_restart_times_out_with_exit_code_5() {
         &["enroll-token", "create", "--uses", "3", "-o", "json"],
         None,
     );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["token"].as_str().unwrap().starts_with("ecset_"));
-    assert_eq!(v["uses"], 3);
+    let v: EnrollTokenResponse = json(&o);
+    assert!(v.token.starts_with("ecset_"));
+    assert_eq!(v.uses, 3);
     let o = dev.run(&["completions", "bash"], None);
     assert!(String::from_utf8_lossy(&o.stdout).contains("ecsctl"));
 }

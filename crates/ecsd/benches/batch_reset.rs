@@ -51,11 +51,15 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
             .unwrap();
             keys.push((s.id, pk));
         }
-        let body = serde_json::json!({
-            "new_password": "Gx7!pLq2vR",
-            "dry_run": false,
-            "servers": keys.iter().map(|(id, _)| serde_json::json!({"id": id})).collect::<Vec<_>>(),
-        });
+        let body = ecs_api::BatchResetRequest {
+            new_password: Some(SecretString::from("Gx7!pLq2vR").into()),
+            dry_run: Some(false),
+            servers: keys
+                .iter()
+                .map(|(id, _)| ecs_api::ServerRef::new(id))
+                .collect(),
+            apply: None,
+        };
         Fixture {
             _dir: dir,
             caller: Caller {

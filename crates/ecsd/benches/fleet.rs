@@ -18,14 +18,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ecs_agent::simulate::{Fleet, FleetSpec};
+use ecs_api::{EnrollTokenResponse, ResetOutcome, ResetState, ResetSummary};
 use support::Api;
 
 struct Ecsd {
     child: Child,
     api: Api,
+    endpoint: String,
     data: std::path::PathBuf,
     tls: bool,
-    client: reqwest::Client,
 }
 
 impl Ecsd {
@@ -61,35 +62,20 @@ impl Ecsd {
                 break;
             }
         }
-        let creds: serde_json::Value =
+        let creds: ecsd::dev::DevCredentials =
             serde_json::from_slice(&std::fs::read(cred_path.unwrap()).unwrap()).unwrap();
-        let endpoint = creds["endpoint"].as_str().unwrap().to_owned();
-        let client = match creds["ca_file"].as_str() {
-            Some(ca) => reqwest::Client::builder()
-                .use_preconfigured_tls(
-                    ecs_trust::tls::client_config(&ecs_trust::tls::Roots::Only(
-                        ecs_trust::tls::certs_from_file(std::path::Path::new(ca)).unwrap(),
-                    ))
-                    .unwrap(),
-                )
-                .build()
-                .unwrap(),
-            None => reqwest::Client::new(),
-        };
+        let ca_pem = creds.ca_file.as_ref().map(|ca| std::fs::read(ca).unwrap());
         Ecsd {
             child,
             tls,
-            client,
-            api: Api {
-                host: endpoint
-                    .trim_start_matches("https://")
-                    .trim_start_matches("http://")
-                    .to_owned(),
-                base: endpoint,
-                project: creds["project_id"].as_str().unwrap().to_owned(),
-                ak: creds["ak"].as_str().unwrap().to_owned(),
-                sk: creds["sk"].as_str().unwrap().to_owned(),
-            },
+            api: Api::new(
+                &creds.endpoint,
+                &creds.project_id,
+                &creds.ak,
+                &creds.sk,
+                ca_pem,
+            ),
+            endpoint: creds.endpoint,
             data: data.to_owned(),
         }
     }
@@ -105,10 +91,13 @@ impl Ecsd {
             .args(["--project", &self.api.project, "--uses", &uses.to_string()])
             .output()
             .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v: EnrollTokenResponse = serde_json::from_slice(&out.stdout).unwrap();
         // Over HTTPS, the join token carries the CA pin.
-        let field = if self.tls { "join_token" } else { "token" };
-        v[field].as_str().unwrap().to_owned()
+        if self.tls {
+            v.join_token.expect("a join token over HTTPS")
+        } else {
+            v.token
+        }
     }
 
     fn rss_mib(&self) -> f64 {
@@ -180,30 +169,27 @@ fn cpu_secs(pid: &str) -> f64 {
     ticks / 100.0
 }
 
-async fn summary(client: &reqwest::Client, api: &Api, rid: &str) -> serde_json::Value {
-    let path = format!("/v1/{}/cloudservers/os-reset-passwords/{rid}", api.project);
-    let (status, _, body) = api.call(client, "GET", &path, None).await;
-    assert_eq!(status, 200);
-    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["summary"].clone()
+async fn summary(api: &Api, rid: &str) -> ResetSummary {
+    let path = api.path(&format!("/cloudservers/os-reset-passwords/{rid}"));
+    let r = api
+        .send(ecs_client::Request::new(reqwest::Method::GET, path))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice::<ResetOutcome>(&r.body)
+        .unwrap()
+        .summary
 }
 
-async fn wait_state(
-    client: &reqwest::Client,
-    api: &Api,
-    rid: &str,
-    state: &str,
-    n: u64,
-    limit: Duration,
-) -> Duration {
+async fn wait_state(api: &Api, rid: &str, state: ResetState, n: u32, limit: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let s = summary(client, api, rid).await;
-        if s[state].as_u64() == Some(n) {
+        let s = summary(api, rid).await;
+        if s.get(state) == n {
             return started.elapsed();
         }
         assert!(
             started.elapsed() < limit,
-            "timed out waiting for {n} {state}: {s}"
+            "timed out waiting for {n} {state}: {s:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -212,7 +198,7 @@ async fn wait_state(
 fn spec(ecsd: &Ecsd, token: String, root: &std::path::Path, n: usize) -> FleetSpec {
     let (token, pin) = ecs_agent::agent::split_join_token(&token).unwrap();
     FleetSpec {
-        endpoint: ecsd.api.base.clone(),
+        endpoint: ecsd.endpoint.clone(),
         token: Some(token),
         trust: match pin {
             Some(p) => ecs_agent::agent::EnrollTrust::Pin(p),
@@ -262,7 +248,6 @@ fn run(rt: &tokio::runtime::Runtime, tls: bool, n: usize, idle: usize) {
     // 1. Reset then restart N servers.
     let dir = tempfile::tempdir().unwrap();
     let ecsd = Ecsd::start(&dir.path().join("data"), tls);
-    let client = ecsd.client.clone();
     let token = ecsd.token(n);
     rt.block_on(async {
         let started = Instant::now();
@@ -270,17 +255,17 @@ fn run(rt: &tokio::runtime::Runtime, tls: bool, n: usize, idle: usize) {
         println!("enrolled and started {n} simulated servers in {:.2} s", started.elapsed().as_secs_f64());
         let ids: Vec<String> = fleet.list().into_iter().map(|s| s.server_id).collect();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let path = format!("/v1/{}/cloudservers/os-reset-passwords", ecsd.api.project);
         let t0 = Instant::now();
-        let (status, rid, body) = ecsd.api.call(&client, "PUT", &path, Some(Api::reset_body(&ids, "Ns4]kV9=tq"))).await;
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let r = ecsd.api.send(ecsd.api.reset(&ids, "Ns4]kV9=tq")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
         let accepted = t0.elapsed();
-        let delivered = wait_state(&client, &ecsd.api, &rid, "DELIVERED", n as u64, Duration::from_secs(120)).await;
+        let rid = r.request_id;
+        let delivered = wait_state(&ecsd.api, &rid, ResetState::Delivered, n as u32, Duration::from_secs(120)).await;
         let (server_cpu0, own_cpu0) = (cpu_secs(&ecsd.child.id().to_string()), cpu_secs("self"));
         let t1 = Instant::now();
         fleet.restart_all().await.unwrap();
         let restarted = t1.elapsed();
-        let applied = wait_state(&client, &ecsd.api, &rid, "APPLIED", n as u64, Duration::from_secs(300)).await;
+        let applied = wait_state(&ecsd.api, &rid, ResetState::Applied, n as u32, Duration::from_secs(300)).await;
         println!("batch reset of {n}: accepted in {:.0} ms, all DELIVERED after {:.0} ms", accepted.as_secs_f64() * 1e3, delivered.as_secs_f64() * 1e3);
         println!(
             "restart of all {n}: restarts issued in {:.0} ms; all APPLIED {:.2} s after the restart began",

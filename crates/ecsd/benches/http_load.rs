@@ -20,7 +20,6 @@ use support::Api;
 struct Target {
     api: Api,
     ids: Vec<String>,
-    client: reqwest::Client,
 }
 
 fn start_server(dir: &std::path::Path, servers: usize, tls: bool) -> Target {
@@ -33,19 +32,7 @@ fn start_server(dir: &std::path::Path, servers: usize, tls: bool) -> Target {
             .unwrap();
         rt.block_on(async move {
             let pki = ecsd::tls::dev_pki(&dir).unwrap();
-            let client = if tls {
-                reqwest::Client::builder()
-                    .use_preconfigured_tls(
-                        ecs_trust::tls::client_config(&ecs_trust::tls::Roots::Only(
-                            ecs_trust::tls::certs_from_file(&pki.ca).unwrap(),
-                        ))
-                        .unwrap(),
-                    )
-                    .build()
-                    .unwrap()
-            } else {
-                reqwest::Client::new()
-            };
+            let ca_pem = tls.then(|| std::fs::read(&pki.ca).unwrap());
             let config = Config {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 data_dir: dir,
@@ -78,14 +65,13 @@ fn start_server(dir: &std::path::Path, servers: usize, tls: bool) -> Target {
             let server = Server::bind(state).await.unwrap();
             let addr = server.local_addr();
             tx.send(Target {
-                client,
-                api: Api {
-                    base: format!("{}://{addr}", server.scheme()),
-                    host: addr.to_string(),
-                    project: project.id,
-                    ak,
-                    sk: sk.expose_secret().to_owned(),
-                },
+                api: Api::new(
+                    &format!("{}://{addr}", server.scheme()),
+                    &project.id,
+                    &ak,
+                    sk.expose_secret(),
+                    ca_pem,
+                ),
                 ids,
             })
             .unwrap();
@@ -95,18 +81,10 @@ fn start_server(dir: &std::path::Path, servers: usize, tls: bool) -> Target {
     rx.recv().unwrap()
 }
 
-async fn one_reset(client: &reqwest::Client, t: &Api, ids: &[String]) -> (u16, Duration) {
-    let path = format!("/v1/{}/cloudservers/os-reset-passwords", t.project);
+async fn one_reset(t: &Api, ids: &[String]) -> (u16, Duration) {
     let started = Instant::now();
-    let (status, _, _) = t
-        .call(
-            client,
-            "PUT",
-            &path,
-            Some(Api::reset_body(ids, "Gx7!pLq2vR")),
-        )
-        .await;
-    (status, started.elapsed())
+    let r = t.send(t.reset(ids, "Gx7!pLq2vR")).await;
+    (r.status, started.elapsed())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -145,11 +123,10 @@ fn main() {
         .flat_map(|b| targets.iter().map(move |t| (b, t)))
     {
         let (lat, errors) = rt.block_on(async {
-            let client = target.client.clone();
             let deadline = Instant::now() + Duration::from_secs(secs);
             let mut tasks = Vec::new();
             for w in 0..conc {
-                let (client, t) = (client.clone(), target.clone());
+                let t = target.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut lat = Vec::new();
                     let mut errors = 0;
@@ -158,8 +135,7 @@ fn main() {
                         // Disjoint slices per worker when the batch allows.
                         let start = ((w * 7919 + i * batch) % (t.ids.len() - batch + 1))
                             .min(t.ids.len() - batch);
-                        let (status, d) =
-                            one_reset(&client, &t.api, &t.ids[start..start + batch]).await;
+                        let (status, d) = one_reset(&t.api, &t.ids[start..start + batch]).await;
                         if status != 200 {
                             errors += 1;
                         }

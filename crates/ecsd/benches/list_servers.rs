@@ -73,10 +73,16 @@ fn bench(c: &mut Criterion) {
             )
             .unwrap();
         let now = chrono::Utc::now();
-        let body = serde_json::json!({
-            "count": count,
-            "servers": servers.iter().map(|s| ecsd::api::server_detail(s, 120, now)).collect::<Vec<_>>(),
-        });
+        // What the handler answers (unknown `server_id`s aside).
+        let body = ecs_api::ListServersResponse {
+            count,
+            servers: servers
+                .iter()
+                .map(|s| {
+                    ecs_api::ListedServer::Detail(Box::new(ecsd::api::server_detail(s, 120, now)))
+                })
+                .collect(),
+        };
         let bytes = serde_json::to_vec(&body).unwrap();
         (servers.last().map(|s| s.id.clone()), count, bytes.len())
     };

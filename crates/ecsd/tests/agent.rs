@@ -8,31 +8,36 @@ use std::time::Duration;
 use common::*;
 use ecs_agent::agent::{Agent, BootSource, Options};
 use ecs_agent::client::Client;
+use ecs_agent_proto::Outcome;
+use ecs_api::{
+    ActionKind, JobResult, JobStatus, ResetOutcome, ResetPwdFlag, ResetPwdFlagResponse, ResetState,
+    ServerAction, ServerStatus, ShowJobResponse,
+};
 use secrecy::ExposeSecret;
 
-async fn outcome(t: &TestServer, rid: &str) -> serde_json::Value {
-    let r = t
-        .call("GET", &format!("{}/{rid}", t.batch_path()), None)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.body
-}
+use ResetState::{Applied, Delivered, Superseded};
 
-async fn wait_states(t: &TestServer, rid: &str, want: &[&str]) -> serde_json::Value {
+async fn wait_states(t: &TestServer, rid: &str, want: &[ResetState]) -> ResetOutcome {
     for _ in 0..300 {
-        let o = outcome(t, rid).await;
-        let states: Vec<&str> = o["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["state"].as_str().unwrap())
-            .collect();
+        let o = t.outcome(rid).await;
+        let states: Vec<ResetState> = o.servers.iter().map(|s| s.state).collect();
         if states == want {
             return o;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("states never became {want:?}: {}", outcome(t, rid).await);
+    panic!("states never became {want:?}: {:?}", t.outcome(rid).await);
+}
+
+/// The agent credential stored in a simulated server's state directory.
+fn credential(root: &std::path::Path) -> String {
+    ecs_agent::files::StateDir(root.join("var/lib/ecs-agent"))
+        .load_enrollment()
+        .unwrap()
+        .expect("enrolled")
+        .credential
+        .expose_secret()
+        .to_owned()
 }
 
 fn verifies(hash: &str, password: &str) -> bool {
@@ -69,35 +74,36 @@ async fn reset_applies_only_after_a_restart() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let rid = r.request_id.unwrap();
-    wait_states(&t, &rid, &["DELIVERED", "DELIVERED"]).await;
+    wait_states(&t, &rid, &[Delivered, Delivered]).await;
     // Both running agents have the work. The second one is then stopped through
     // the API: its agent polls for the stop only after it has handled the reset,
     // and takes nothing more once the stop succeeds, so its shadow now shows
     // what a running server did with the reset.
     let stop = job_of(
         &t,
-        serde_json::json!({"os-stop": {"servers": [{"id": ids[1]}]}}),
+        ServerAction::Stop {
+            servers: refs(&[ids[1]]),
+            kind: None,
+        },
     )
     .await;
-    assert_eq!(stop["status"], "SUCCESS", "{stop}");
+    assert_eq!(stop.status, JobStatus::Success, "{stop:?}");
     assert!(
         !verifies(&root_hash(&servers[1].root), "Gx7!pLq2vR"),
         "applied without a restart"
     );
     f.restart(&servers[0].name).await.unwrap();
-    let o = wait_states(&t, &rid, &["APPLIED", "DELIVERED"]).await;
-    assert!(o["servers"][0]["reason"].is_null());
+    let o = wait_states(&t, &rid, &[Applied, Delivered]).await;
+    assert!(o.servers[0].reason.is_none());
     assert!(verifies(&root_hash(&servers[0].root), "Gx7!pLq2vR"));
     assert!(!verifies(&root_hash(&servers[1].root), "Gx7!pLq2vR"));
     // The flag is "True" for enrolled, reporting agents.
-    let flag = t
-        .call(
-            "GET",
-            &format!("/v1/{}/cloudservers/{}/os-resetpwd-flag", t.project, ids[0]),
-            None,
-        )
-        .await;
-    assert_eq!(flag.body["resetpwd_flag"], "True");
+    let flag = t.flag(ids[0]).await;
+    assert_eq!(flag.status, 200, "{}", flag.text);
+    assert_eq!(
+        flag.json::<ResetPwdFlagResponse>().resetpwd_flag,
+        ResetPwdFlag::True
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,12 +111,13 @@ async fn apply_now_applies_without_a_restart() {
     let t = TestServer::start().await;
     let f = fleet(&t, 1).await;
     let s = &f.list()[0];
-    let body = serde_json::json!({"new_password": "Hy8@qMr3wS", "servers": [{"id": s.server_id}], "apply": "now"});
-    let r = t
-        .call("PUT", &t.batch_path(), Some(&body.to_string()))
-        .await;
+    let req = ecs_api::BatchResetRequest {
+        apply: Some("now".into()),
+        ..reset_request(Some("Hy8@qMr3wS"), None, &[&s.server_id])
+    };
+    let r = t.call("PUT", &t.batch_path(), Some(&body(&req))).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    wait_states(&t, &r.request_id.unwrap(), &["APPLIED"]).await;
+    wait_states(&t, &r.request_id.unwrap(), &[Applied]).await;
     assert!(verifies(&root_hash(&s.root), "Hy8@qMr3wS"));
 }
 
@@ -127,7 +134,7 @@ async fn a_superseded_request_is_never_applied() {
         )
         .await;
     let r1 = first.request_id.unwrap();
-    wait_states(&t, &r1, &["DELIVERED"]).await;
+    wait_states(&t, &r1, &[Delivered]).await;
     let second = t
         .call(
             "PUT",
@@ -136,22 +143,16 @@ async fn a_superseded_request_is_never_applied() {
         )
         .await;
     let r2 = second.request_id.unwrap();
-    wait_states(&t, &r2, &["DELIVERED"]).await;
+    wait_states(&t, &r2, &[Delivered]).await;
     f.restart(&s.name).await.unwrap();
-    wait_states(&t, &r2, &["APPLIED"]).await;
-    let o1 = outcome(&t, &r1).await;
-    assert_eq!(o1["servers"][0]["state"], "SUPERSEDED");
+    wait_states(&t, &r2, &[Applied]).await;
+    let o1 = t.outcome(&r1).await;
+    assert_eq!(o1.servers[0].state, Superseded);
     let h = root_hash(&s.root);
     assert!(verifies(&h, "Hy8@qMr3wS"));
     assert!(!verifies(&h, "Gx7!pLq2vR"));
     // A late acknowledgement of the superseded request is not recorded.
-    let cred = serde_json::from_slice::<serde_json::Value>(
-        &std::fs::read(s.root.join("var/lib/ecs-agent/agent.json")).unwrap(),
-    )
-    .unwrap()["credential"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cred = credential(&s.root);
     let c = Client::new(common::http(), &t.base, Some(secret(&cred)));
     let recorded = c
         .ack(&ecs_agent_proto::AckRequest {
@@ -162,7 +163,7 @@ async fn a_superseded_request_is_never_applied() {
         .await
         .unwrap();
     assert!(!recorded);
-    assert_eq!(outcome(&t, &r1).await["servers"][0]["state"], "SUPERSEDED");
+    assert_eq!(t.outcome(&r1).await.servers[0].state, Superseded);
     // Restarting again does not apply anything new: once the agent's journal
     // holds the new boot id, its start-up check (the only place a restart
     // applies anything) is done.
@@ -231,35 +232,39 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
         .await
         .unwrap();
     assert!(!recorded);
-    assert_eq!(outcome(&t, &rid).await["servers"][0]["state"], "DELIVERED");
+    assert_eq!(t.outcome(&rid).await.servers[0].state, Delivered);
     // A forged delivery: a stand-in for ecsd hands B's running agent A's
     // work, as it is and relabelled for B (both to apply now), then work
     // genuinely sealed to B. B refuses both forgeries and applies only its own.
-    let poll: serde_json::Value = raw_work(&t, &ea.credential).await;
-    assert_eq!(poll["reset"]["request_id"], rid.as_str(), "{poll}");
+    let poll = raw_work(&t, &ea.credential).await;
+    assert_eq!(
+        poll.reset.as_ref().map(|w| w.request_id.as_str()),
+        Some(rid.as_str()),
+        "{poll:?}"
+    );
     let mut as_is = poll.clone();
-    as_is["reset"]["apply_now"] = true.into();
+    as_is.reset.as_mut().unwrap().apply_now = true;
     let mut relabelled = as_is.clone();
-    relabelled["reset"]["server_id"] = eb.server_id.clone().into();
+    relabelled.reset.as_mut().unwrap().server_id = eb.server_id.clone();
     // B's own work: a genuine reset for B from ecsd (apply now), signed there.
     let r = t
         .call(
             "PUT",
             &t.batch_path(),
-            Some(
-                &serde_json::json!({
-                    "new_password": "Hy8@qMr3wS",
-                    "servers": [{"id": eb.server_id}],
-                    "apply": "now"
-                })
-                .to_string(),
-            ),
+            Some(&body(&ecs_api::BatchResetRequest {
+                apply: Some("now".into()),
+                ..reset_request(Some("Hy8@qMr3wS"), None, &[&eb.server_id])
+            })),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let own_rid = r.request_id.unwrap();
-    let own: serde_json::Value = raw_work(&t, &eb.credential).await;
-    assert_eq!(own["reset"]["request_id"], own_rid.as_str(), "{own}");
+    let own = raw_work(&t, &eb.credential).await;
+    assert_eq!(
+        own.reset.as_ref().map(|w| w.request_id.as_str()),
+        Some(own_rid.as_str()),
+        "{own:?}"
+    );
     let (endpoint, api) = stand_in_agent_api().await;
     for poll in [as_is, relabelled, own] {
         api.push(&poll);
@@ -289,18 +294,18 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
     }
     running.abort();
     for forged in &got[..2] {
-        assert_eq!(forged["request_id"], rid.as_str(), "{got:?}");
-        assert_eq!(forged["outcome"], "FAILED", "{got:?}");
+        assert_eq!(forged.request_id, rid, "{got:?}");
+        assert_eq!(forged.outcome, Outcome::Failed, "{got:?}");
     }
     assert!(
-        got[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("another server"),
+        got[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("another server")),
         "{got:?}"
     );
-    assert_eq!(got[2]["request_id"], own_rid.as_str(), "{got:?}");
-    assert_eq!(got[2]["outcome"], "APPLIED", "{got:?}");
+    assert_eq!(got[2].request_id, own_rid, "{got:?}");
+    assert_eq!(got[2].outcome, Outcome::Applied, "{got:?}");
     assert!(verifies(&root_hash(&root_b), "Hy8@qMr3wS"));
     // Nothing was written before B's own reset: the previous file is the original.
     assert_eq!(
@@ -566,10 +571,10 @@ async fn killing_the_agent_process_at_any_moment_never_damages_shadow_and_the_re
     assert!(bracketed > 0, "no kill landed before a write");
     // Left alone, the agent completes and the API says APPLIED.
     let mut child = run("boot-final".into());
-    let o = wait_states(&t, &rid, &["APPLIED"]).await;
+    let o = wait_states(&t, &rid, &[Applied]).await;
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(o["servers"][0]["reason"].is_null());
+    assert!(o.servers[0].reason.is_none());
     let hash = root_hash(&root);
     assert!(verifies(&hash, passwords[round - 1]));
     let leftovers: Vec<_> = std::fs::read_dir(root.join("etc"))
@@ -620,17 +625,9 @@ async fn real_agent(
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let flag = t
-            .call(
-                "GET",
-                &format!(
-                    "/v1/{}/cloudservers/{}/os-resetpwd-flag",
-                    t.project, e.server_id
-                ),
-                None,
-            )
-            .await;
-        if flag.body["resetpwd_flag"] == "True" {
+        let flag = t.flag(&e.server_id).await;
+        assert_eq!(flag.status, 200, "{}", flag.text);
+        if flag.json::<ResetPwdFlagResponse>().resetpwd_flag == ResetPwdFlag::True {
             break;
         }
         assert!(
@@ -642,16 +639,18 @@ async fn real_agent(
     (e.server_id, child)
 }
 
-async fn job_of(t: &TestServer, body: serde_json::Value) -> serde_json::Value {
-    let r = t
-        .call(
-            "POST",
-            &format!("/v1/{}/cloudservers/action", t.project),
-            Some(&body.to_string()),
-        )
-        .await;
+async fn job_of(t: &TestServer, action: ServerAction) -> ShowJobResponse {
+    let r = t.call("POST", &t.action_path(), Some(&body(&action))).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    wait_job(t, r.body["job_id"].as_str().unwrap()).await
+    wait_job(t, &r.json::<JobResult>().job_id).await
+}
+
+/// The failure reason of a job's first sub-job ("" if none).
+fn first_reason(j: &ShowJobResponse) -> &str {
+    j.entities.sub_jobs[0]
+        .fail_reason
+        .as_deref()
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,29 +685,30 @@ async fn a_real_agent_runs_power_actions_only_when_allowed_and_reports_systemctl
 
     let j = job_of(
         &t,
-        serde_json::json!({"reboot": {"servers": [{"id": locked}], "type": "SOFT"}}),
+        ServerAction::Reboot {
+            servers: refs(&[&locked]),
+            kind: ActionKind::Soft,
+        },
     )
     .await;
-    assert_eq!(j["status"], "FAIL", "{j}");
-    assert!(
-        j["entities"]["sub_jobs"][0]["fail_reason"]
-            .as_str()
-            .unwrap()
-            .contains("disabled"),
-        "{j}"
-    );
-    assert_eq!(j["error_code"], "Ecs.0227", "{j}");
+    assert_eq!(j.status, JobStatus::Fail, "{j:?}");
+    assert!(first_reason(&j).contains("disabled"), "{j:?}");
+    assert_eq!(j.error_code.as_deref(), Some("Ecs.0227"), "{j:?}");
     // A refused stop fails with Ecs.0611.
     let j = job_of(
         &t,
-        serde_json::json!({"os-stop": {"servers": [{"id": locked}]}}),
+        ServerAction::Stop {
+            servers: refs(&[&locked]),
+            kind: None,
+        },
     )
     .await;
-    assert_eq!(j["status"], "FAIL", "{j}");
-    assert_eq!(j["error_code"], "Ecs.0611", "{j}");
+    assert_eq!(j.status, JobStatus::Fail, "{j:?}");
+    assert_eq!(j.error_code.as_deref(), Some("Ecs.0611"), "{j:?}");
     assert_eq!(
-        j["entities"]["sub_jobs"][0]["error_code"], "Ecs.0611",
-        "{j}"
+        j.entities.sub_jobs[0].error_code.as_deref(),
+        Some("Ecs.0611"),
+        "{j:?}"
     );
     assert!(
         !record.exists(),
@@ -717,51 +717,40 @@ async fn a_real_agent_runs_power_actions_only_when_allowed_and_reports_systemctl
 
     let j = job_of(
         &t,
-        serde_json::json!({"reboot": {"servers": [{"id": allowed}], "type": "HARD"}}),
+        ServerAction::Reboot {
+            servers: refs(&[&allowed]),
+            kind: ActionKind::Hard,
+        },
     )
     .await;
-    assert_eq!(j["status"], "FAIL", "{j}");
-    assert_eq!(j["error_code"], "Ecs.0227");
+    assert_eq!(j.status, JobStatus::Fail, "{j:?}");
+    assert_eq!(j.error_code.as_deref(), Some("Ecs.0227"));
     assert!(
-        j["entities"]["sub_jobs"][0]["fail_reason"]
-            .as_str()
-            .unwrap()
-            .contains("systemctl reboot failed"),
-        "{j}"
+        first_reason(&j).contains("systemctl reboot failed"),
+        "{j:?}"
     );
     assert_eq!(
         std::fs::read_to_string(&record).unwrap(),
         "reboot --force\n"
     );
-    let s = t
-        .call(
-            "GET",
-            &format!("/v1/{}/cloudservers/{allowed}", t.project),
-            None,
-        )
-        .await;
-    assert_eq!(s.body["server"]["status"], "ACTIVE");
+    assert_eq!(t.show(&allowed).await.status, ServerStatus::Active);
 
     // A working systemctl: the stop succeeds and the server is SHUTOFF.
     std::fs::write(&fake, script(0)).unwrap();
     let j = job_of(
         &t,
-        serde_json::json!({"os-stop": {"servers": [{"id": allowed}]}}),
+        ServerAction::Stop {
+            servers: refs(&[&allowed]),
+            kind: None,
+        },
     )
     .await;
-    assert_eq!(j["status"], "SUCCESS", "{j}");
+    assert_eq!(j.status, JobStatus::Success, "{j:?}");
     assert_eq!(
         std::fs::read_to_string(&record).unwrap(),
         "reboot --force\npoweroff\n"
     );
-    let s = t
-        .call(
-            "GET",
-            &format!("/v1/{}/cloudservers/{allowed}", t.project),
-            None,
-        )
-        .await;
-    assert_eq!(s.body["server"]["status"], "SHUTOFF");
+    assert_eq!(t.show(&allowed).await.status, ServerStatus::Shutoff);
     for c in [&mut c1, &mut c2] {
         c.kill().unwrap();
         c.wait().unwrap();

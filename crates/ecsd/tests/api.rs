@@ -4,10 +4,23 @@
 mod common;
 
 use common::*;
+use ecs_api::{
+    BatchResetResponse, IdEntry, InternalError, ResetPasswordOption, ResetPwdFlag,
+    ResetPwdFlagResponse, ResetState, ServerStatus, SingleResetRequest,
+};
 use ecs_policy::OsType::{Linux, Windows};
-use serde_json::json;
 
 const GOOD: &str = "Gx7!pLq2vR";
+
+/// The body of a single reset.
+fn single_body(password: &str, is_check_password: Option<bool>) -> String {
+    body(&SingleResetRequest {
+        reset_password: ResetPasswordOption {
+            new_password: secret(password).into(),
+            is_check_password,
+        },
+    })
+}
 
 #[tokio::test]
 async fn batch_reset_accepts_and_reports_pending_per_server() {
@@ -22,17 +35,20 @@ async fn batch_reset_accepts_and_reports_pending_per_server() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body, json!({"response": [{"id": b}, {"id": a}]}));
+    assert_eq!(
+        r.json::<BatchResetResponse>(),
+        BatchResetResponse {
+            response: vec![IdEntry { id: b.clone() }, IdEntry { id: a }],
+            readiness: None,
+        }
+    );
     let rid = r.request_id.unwrap();
-    let o = t
-        .call("GET", &format!("{}/{rid}", t.batch_path()), None)
-        .await;
-    assert_eq!(o.status, 200, "{}", o.text);
-    assert_eq!(o.body["servers"][0]["id"], b);
-    assert_eq!(o.body["servers"][0]["state"], "PENDING");
-    assert_eq!(o.body["servers"][1]["state"], "PENDING");
-    assert_eq!(o.body["summary"]["PENDING"], 2);
-    assert_eq!(o.body["complete"], false);
+    let o = t.outcome(&rid).await;
+    assert_eq!(o.servers[0].id, b);
+    assert_eq!(o.servers[0].state, ResetState::Pending);
+    assert_eq!(o.servers[1].state, ResetState::Pending);
+    assert_eq!(o.summary.pending, 2);
+    assert!(!o.complete);
 }
 
 #[tokio::test]
@@ -54,22 +70,10 @@ async fn a_newer_reset_supersedes_an_older_pending_one() {
         )
         .await;
     assert_eq!(second.status, 200);
-    let o1 = t
-        .call(
-            "GET",
-            &format!("{}/{}", t.batch_path(), first.request_id.unwrap()),
-            None,
-        )
-        .await;
-    assert_eq!(o1.body["servers"][0]["state"], "SUPERSEDED");
-    let o2 = t
-        .call(
-            "GET",
-            &format!("{}/{}", t.batch_path(), second.request_id.unwrap()),
-            None,
-        )
-        .await;
-    assert_eq!(o2.body["servers"][0]["state"], "PENDING");
+    let o1 = t.outcome(&first.request_id.unwrap()).await;
+    assert_eq!(o1.servers[0].state, ResetState::Superseded);
+    let o2 = t.outcome(&second.request_id.unwrap()).await;
+    assert_eq!(o2.servers[0].state, ResetState::Pending);
 }
 
 #[tokio::test]
@@ -85,9 +89,11 @@ async fn dry_run_answers_readiness_and_stores_nothing() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body["response"], json!([{"id": a}]));
-    assert_eq!(r.body["readiness"][0]["plugin_installed"], true);
-    assert_eq!(r.body["readiness"][0]["status"], "ACTIVE");
+    let dry: BatchResetResponse = r.json();
+    assert_eq!(dry.response, [IdEntry { id: a.clone() }]);
+    let readiness = dry.readiness.expect("a dry run answers readiness");
+    assert!(readiness[0].plugin_installed);
+    assert_eq!(readiness[0].status, ServerStatus::Active);
     let o = t
         .call(
             "GET",
@@ -138,7 +144,7 @@ async fn ecs_0005_malformed_bodies_change_nothing() {
     }
     // The duplicate is named.
     let r = t.call("PUT", &p, Some(&cases[9])).await;
-    assert!(r.body["error"]["message"].as_str().unwrap().contains(&a));
+    assert!(assert_ecs(&r, 400, "Ecs.0005").error.message.contains(&a));
     // Non-UTF-8 bytes.
     let mut bytes = br#"{"new_password": ""#.to_vec();
     bytes.extend_from_slice(&[0xff, 0xfe]);
@@ -189,14 +195,9 @@ async fn ecs_0118_more_than_1000_servers() {
             Some(&ids_body(Some(GOOD), None, &refs[..1000])),
         )
         .await;
-    assert_ecs(&r, 400, "Ecs.0114");
-    assert_eq!(r.body["internalError"].as_array().unwrap().len(), 1000);
-    assert!(
-        r.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("and 990 more")
-    );
+    let e = assert_ecs(&r, 400, "Ecs.0114");
+    assert_eq!(e.internal_error.unwrap().len(), 1000);
+    assert!(e.error.message.contains("and 990 more"));
 }
 
 #[tokio::test]
@@ -217,9 +218,9 @@ async fn ecs_0011_password_rules_name_the_rule() {
                 Some(&ids_body(Some(pw), None, &[&l, &w])),
             )
             .await;
-        assert_ecs(&r, 400, "Ecs.0011");
-        assert!(r.body.get("internalError").is_none(), "{}", r.text);
-        let msg = r.body["error"]["message"].as_str().unwrap();
+        let e = assert_ecs(&r, 400, "Ecs.0011");
+        assert!(e.internal_error.is_none(), "{}", r.text);
+        let msg = e.error.message;
         assert!(msg.contains(needle), "{msg}");
         assert!(!msg.contains(pw));
     }
@@ -231,11 +232,16 @@ async fn ecs_0011_password_rules_name_the_rule() {
             Some(&ids_body(Some("Qmin7!pLx2"), None, &[&l, &w])),
         )
         .await;
-    assert_ecs(&r, 400, "Ecs.0011");
+    let e = assert_ecs(&r, 400, "Ecs.0011");
     assert_eq!(
-        r.body["internalError"],
-        json!([{"id": w, "error_code": "Ecs.0011",
-        "error_message": "The password must not contain three consecutive characters of Administrator."}])
+        e.internal_error,
+        Some(vec![InternalError {
+            id: w,
+            error_code: "Ecs.0011".into(),
+            error_message:
+                "The password must not contain three consecutive characters of Administrator."
+                    .into(),
+        }])
     );
     // The same password on the Linux server alone is fine.
     let r = t
@@ -272,19 +278,19 @@ async fn ecs_0114_unknown_and_foreign_servers_look_the_same() {
             Some(&ids_body(Some(GOOD), None, &[&mine, "nope", &foreign])),
         )
         .await;
-    assert_ecs(&r, 400, "Ecs.0114");
-    let internal = r.body["internalError"].as_array().unwrap();
+    let e = assert_ecs(&r, 400, "Ecs.0114");
+    let internal = e.internal_error.unwrap();
     assert_eq!(internal.len(), 2);
-    assert_eq!(internal[0]["id"], "nope");
-    assert_eq!(internal[1]["id"], foreign);
-    assert_eq!(internal[0]["error_code"], "Ecs.0114");
-    assert_eq!(internal[1]["error_code"], "Ecs.0114");
-    let shape = |m: &serde_json::Value, id: &str| m.as_str().unwrap().replace(id, "ID");
+    assert_eq!(internal[0].id, "nope");
+    assert_eq!(internal[1].id, foreign);
+    assert_eq!(internal[0].error_code, "Ecs.0114");
+    assert_eq!(internal[1].error_code, "Ecs.0114");
+    let shape = |m: &str, id: &str| m.replace(id, "ID");
     assert_eq!(
-        shape(&internal[0]["error_message"], "nope"),
-        shape(&internal[1]["error_message"], &foreign)
+        shape(&internal[0].error_message, "nope"),
+        shape(&internal[1].error_message, &foreign)
     );
-    let msg = r.body["error"]["message"].as_str().unwrap();
+    let msg = e.error.message;
     assert!(
         msg.contains("2 of 3") && msg.contains("nope") && msg.contains(&foreign),
         "{msg}"
@@ -298,7 +304,7 @@ async fn ecs_0114_unknown_and_foreign_servers_look_the_same() {
         .unwrap();
     assert!(s[0].last_reset.is_none());
     // Single reset and flag: 404.
-    let body = json!({"reset-password": {"new_password": GOOD}}).to_string();
+    let body = single_body(GOOD, None);
     for id in ["nope", foreign.as_str()] {
         let r = t
             .call(
@@ -308,13 +314,7 @@ async fn ecs_0114_unknown_and_foreign_servers_look_the_same() {
             )
             .await;
         assert_ecs(&r, 404, "Ecs.0114");
-        let r = t
-            .call(
-                "GET",
-                &format!("/v1/{}/cloudservers/{id}/os-resetpwd-flag", t.project),
-                None,
-            )
-            .await;
+        let r = t.flag(id).await;
         assert_ecs(&r, 404, "Ecs.0114");
     }
 }
@@ -334,21 +334,10 @@ async fn ecs_0100_plugin_missing_or_state_forbids() {
             Some(&ids_body(Some(GOOD), None, &[&bare, &err, &off])),
         )
         .await;
-    assert_ecs(&r, 400, "Ecs.0100");
-    let internal = r.body["internalError"].as_array().unwrap();
+    let internal = assert_ecs(&r, 400, "Ecs.0100").internal_error.unwrap();
     assert_eq!(internal.len(), 2, "{}", r.text);
-    assert!(
-        internal[0]["error_message"]
-            .as_str()
-            .unwrap()
-            .contains("plug-in")
-    );
-    assert!(
-        internal[1]["error_message"]
-            .as_str()
-            .unwrap()
-            .contains("ERROR")
-    );
+    assert!(internal[0].error_message.contains("plug-in"));
+    assert!(internal[1].error_message.contains("ERROR"));
     // SHUTOFF is accepted.
     let r = t
         .call(
@@ -358,7 +347,7 @@ async fn ecs_0100_plugin_missing_or_state_forbids() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let body = json!({"reset-password": {"new_password": GOOD}}).to_string();
+    let body = single_body(GOOD, None);
     let r = t
         .call(
             "PUT",
@@ -407,13 +396,7 @@ async fn single_reset_answers_204_and_checks_complexity_only_when_asked() {
     let t = TestServer::start().await;
     let (a, _) = t.server(&t.project, "a", Linux, true).await;
     let path = format!("/v1/{}/cloudservers/{a}/os-reset-password", t.project);
-    let body = |pw: &str, check: Option<bool>| {
-        let mut inner = json!({"new_password": pw});
-        if let Some(c) = check {
-            inner["is_check_password"] = c.into();
-        }
-        json!({"reset-password": inner}).to_string()
-    };
+    let body = single_body;
     let r = t.call("PUT", &path, Some(&body("abcdefgh", None))).await;
     assert_eq!(r.status, 204, "{}", r.text);
     assert!(r.text.is_empty());
@@ -437,21 +420,15 @@ async fn resetpwd_flag_is_a_string_and_needs_an_agent_that_reported() {
     let flag = |id: String| {
         let t = &t;
         async move {
-            let r = t
-                .call(
-                    "GET",
-                    &format!("/v1/{}/cloudservers/{id}/os-resetpwd-flag", t.project),
-                    None,
-                )
-                .await;
+            let r = t.flag(&id).await;
             assert_eq!(r.status, 200, "{}", r.text);
-            assert!(r.body["resetpwd_flag"].is_string(), "{}", r.text);
-            r.body
+            // A string, "True" or "False" (the type serializes it so).
+            r.json::<ResetPwdFlagResponse>().resetpwd_flag
         }
     };
     // No agent at all.
     let (bare, _) = t.server(&t.project, "bare", Linux, false).await;
-    assert_eq!(flag(bare).await, json!({"resetpwd_flag": "False"}));
+    assert_eq!(flag(bare).await, ResetPwdFlag::False);
     // Enrolled through the real path, but not reported in yet.
     let dir = tempfile::tempdir().unwrap();
     let e = common::enroll(
@@ -464,10 +441,7 @@ async fn resetpwd_flag_is_a_string_and_needs_an_agent_that_reported() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        flag(e.server_id.clone()).await,
-        json!({"resetpwd_flag": "False"})
-    );
+    assert_eq!(flag(e.server_id.clone()).await, ResetPwdFlag::False);
     // Its first heartbeat turns it to the string "True".
     ecs_agent::client::Client::new(common::http(), &t.base, Some(secret(&e.credential)))
         .heartbeat(&ecs_agent_proto::HeartbeatRequest {
@@ -478,7 +452,7 @@ async fn resetpwd_flag_is_a_string_and_needs_an_agent_that_reported() {
         })
         .await
         .unwrap();
-    assert_eq!(flag(e.server_id).await, json!({"resetpwd_flag": "True"}));
+    assert_eq!(flag(e.server_id).await, ResetPwdFlag::True);
 }
 
 #[tokio::test]
@@ -513,13 +487,8 @@ async fn apigw_0301_authentication_failures() {
             &[],
         )
         .await;
-    assert_gateway(&r, 401, "APIGW.0301");
-    assert!(
-        r.body["error_msg"]
-            .as_str()
-            .unwrap()
-            .contains("verify aksk signature fail")
-    );
+    let e = assert_gateway(&r, 401, "APIGW.0301");
+    assert!(e.error_msg.contains("verify aksk signature fail"));
     // Unknown access key.
     let r = t
         .call_as(
@@ -613,8 +582,7 @@ async fn apigw_0301_the_date_window_message_names_the_configured_window() {
                 &[],
             )
             .await;
-        assert_gateway(&r, 401, "APIGW.0301");
-        let msg = r.body["error_msg"].as_str().unwrap();
+        let msg = assert_gateway(&r, 401, "APIGW.0301").error_msg;
         assert!(msg.ends_with(words), "{skew}: {msg}");
     }
 }
@@ -715,12 +683,7 @@ async fn every_response_has_a_request_id() {
         ),
         (
             "single 204",
-            t.call(
-                "PUT",
-                &single,
-                Some(&json!({"reset-password": {"new_password": GOOD}}).to_string()),
-            )
-            .await,
+            t.call("PUT", &single, Some(&single_body(GOOD, None))).await,
         ),
         (
             "ECS 400",
@@ -757,8 +720,12 @@ async fn every_response_has_a_request_id() {
             "{what}: {rid}"
         );
         assert!(seen.insert(rid.to_owned()), "{what}: {rid} reused");
-        if r.body.get("error_code").is_some() {
-            assert_eq!(r.body["request_id"].as_str(), Some(rid), "{what}");
+        if r.shape_keys().error_code.is_some() {
+            assert_eq!(
+                r.json::<ecs_api::GatewayErrorBody>().request_id,
+                rid,
+                "{what}"
+            );
         }
     }
     let statuses: Vec<u16> = responses.iter().map(|(_, r)| r.status).collect();
@@ -793,7 +760,7 @@ async fn audit_records_mutating_calls_without_passwords() {
         .call(
             "PUT",
             &format!("/v1/{}/cloudservers/{a}/os-reset-password", t.project),
-            Some(&json!({"reset-password": {"new_password": SINGLE}}).to_string()),
+            Some(&single_body(SINGLE, None)),
         )
         .await;
     assert_eq!(r.status, 204, "{}", r.text);

@@ -12,6 +12,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use ecs_api::{
+    BatchResetResponse, JobResult, JobStatus, ListServersResponse, ResetPwdFlag,
+    ResetPwdFlagResponse, ServerStatus, ShowJobResponse, ShowServerResponse,
+};
 use serde_json::{Value, json};
 
 /// One operation of Huawei's API Explorer, as its vendored definition has it.
@@ -132,7 +136,7 @@ impl Op {
     fn check(&self, r: &Resp) {
         match self.response_schema(r.status) {
             Some(schema) => {
-                let errors = violations(&schema, &r.body, false);
+                let errors = violations(&schema, &r.value(), false);
                 assert!(
                     errors.is_empty(),
                     "{} response violates Huawei's definition: {errors:#?}\n{}",
@@ -189,13 +193,14 @@ fn violations(schema: &Value, instance: &Value, masked: bool) -> Vec<String> {
 
 /// ShowJob until the job is SUCCESS or FAIL, checking every answer
 /// (INIT and RUNNING ones too) against the definition.
-async fn wait_job_checked(t: &TestServer, show_job: &Op, job: &str) -> Value {
+async fn wait_job_checked(t: &TestServer, show_job: &Op, job: &str) -> ShowJobResponse {
     for _ in 0..400 {
         let r = show_job
             .call(t, &[("project_id", &t.project), ("job_id", job)], None)
             .await;
-        if matches!(r.body["status"].as_str(), Some("SUCCESS" | "FAIL")) {
-            return r.body;
+        let j: ShowJobResponse = r.json();
+        if j.status.is_final() {
+            return j;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -232,17 +237,22 @@ async fn nine_operations_answer_as_huawei_defines_them() {
 
     // ListServersDetails and ShowServer.
     let listed = list_op.call(&t, &[("project_id", p)], None).await;
-    assert_eq!(listed.body["count"], 2, "{}", listed.text);
+    assert_eq!(
+        listed.json::<ListServersResponse>().count,
+        2,
+        "{}",
+        listed.text
+    );
     let shown = show
         .call(&t, &[("project_id", p), ("server_id", ids[0])], None)
         .await;
-    assert_eq!(shown.body["server"]["id"], ids[0]);
+    assert_eq!(shown.json::<ShowServerResponse>().server.id, ids[0]);
 
     // The check has teeth: without one required property, or with one of
     // the wrong type, the same answers are refused. (ListServersDetails'
     // ServerDetail requires spod_id & co.; ShowServer's does not.)
     let schema = list_op.response_schema(200).unwrap();
-    let mut missing = listed.body.clone();
+    let mut missing = listed.value();
     missing["servers"][1]
         .as_object_mut()
         .unwrap()
@@ -252,7 +262,7 @@ async fn nine_operations_answer_as_huawei_defines_them() {
         errors.len() == 1 && errors[0].contains("spod_id"),
         "a missing spod_id went unnoticed: {errors:?}"
     );
-    let mut wrong = listed.body.clone();
+    let mut wrong = listed.value();
     wrong["servers"][0]["enclave_options"]["enabled"] = json!("false");
     let errors = violations(&schema, &wrong, false);
     assert!(
@@ -260,7 +270,7 @@ async fn nine_operations_answer_as_huawei_defines_them() {
         "a string for a boolean went unnoticed: {errors:?}"
     );
     let schema = show.response_schema(200).unwrap();
-    let mut missing = shown.body.clone();
+    let mut missing = shown.value();
     missing["server"]["flavor"]
         .as_object_mut()
         .unwrap()
@@ -275,7 +285,10 @@ async fn nine_operations_answer_as_huawei_defines_them() {
     let r = flag
         .call(&t, &[("project_id", p), ("server_id", ids[0])], None)
         .await;
-    assert_eq!(r.body["resetpwd_flag"], "True");
+    assert_eq!(
+        r.json::<ResetPwdFlagResponse>().resetpwd_flag,
+        ResetPwdFlag::True
+    );
 
     // BatchResetServersPassword and ResetServerPassword.
     let r = batch_reset
@@ -285,7 +298,7 @@ async fn nine_operations_answer_as_huawei_defines_them() {
             Some(json!({"new_password": "Gx7!pLq2vR", "servers": servers(&ids)})),
         )
         .await;
-    assert_eq!(r.body["response"].as_array().unwrap().len(), 2);
+    assert_eq!(r.json::<BatchResetResponse>().response.len(), 2);
     single_reset
         .call(
             &t,
@@ -302,12 +315,15 @@ async fn nine_operations_answer_as_huawei_defines_them() {
             Some(json!({"os-stop": {"servers": servers(&ids[1..]), "type": "SOFT"}})),
         )
         .await;
-    let job = wait_job_checked(&t, &show_job, r.body["job_id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let job = wait_job_checked(&t, &show_job, &r.json::<JobResult>().job_id).await;
+    assert_eq!(job.status, JobStatus::Success, "{job:?}");
     let r = show
         .call(&t, &[("project_id", p), ("server_id", ids[1])], None)
         .await;
-    assert_eq!(r.body["server"]["status"], "SHUTOFF");
+    assert_eq!(
+        r.json::<ShowServerResponse>().server.status,
+        ServerStatus::Shutoff
+    );
     list_op.call(&t, &[("project_id", p)], None).await;
 
     // BatchStartServers.
@@ -318,8 +334,8 @@ async fn nine_operations_answer_as_huawei_defines_them() {
             Some(json!({"os-start": {"servers": servers(&ids[1..])}})),
         )
         .await;
-    let job = wait_job_checked(&t, &show_job, r.body["job_id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let job = wait_job_checked(&t, &show_job, &r.json::<JobResult>().job_id).await;
+    assert_eq!(job.status, JobStatus::Success, "{job:?}");
 
     // BatchRebootServers: both servers restart and apply their resets.
     let r = reboot
@@ -329,9 +345,9 @@ async fn nine_operations_answer_as_huawei_defines_them() {
             Some(json!({"reboot": {"servers": servers(&ids), "type": "SOFT"}})),
         )
         .await;
-    let job = wait_job_checked(&t, &show_job, r.body["job_id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "SUCCESS", "{job}");
-    assert_eq!(job["entities"]["sub_jobs_total"], 2);
+    let job = wait_job_checked(&t, &show_job, &r.json::<JobResult>().job_id).await;
+    assert_eq!(job.status, JobStatus::Success, "{job:?}");
+    assert_eq!(job.entities.sub_jobs_total, 2);
 
     // After the reboot: each server shown again (last reset APPLIED or not).
     for id in &ids {

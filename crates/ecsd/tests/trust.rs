@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::*;
 use ecs_agent::client::Client;
 use ecs_agent_proto as proto;
+use ecs_api::ResetState;
 use secrecy::ExposeSecret;
 
 fn agent_bin() -> PathBuf {
@@ -35,6 +36,14 @@ async fn https_server() -> (TestServer, ecsd::tls::DevPki) {
     })
     .await;
     (t, pki)
+}
+
+/// The agent's `agent.json` in state directory `state`.
+fn enrollment(state: &Path) -> ecs_agent::files::Enrollment {
+    ecs_agent::files::StateDir(state.to_owned())
+        .load_enrollment()
+        .unwrap()
+        .expect("enrolled")
 }
 
 fn https_base(t: &TestServer) -> String {
@@ -200,14 +209,13 @@ async fn a_man_in_the_middle_makes_pinned_enrollment_fail_and_learns_nothing() {
     let (ok, out) = enroll_process(&https_base(&t), &join, &state, &root);
     assert!(ok, "{out}");
     assert_eq!(server_count(&t), 1);
-    let stored: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("agent.json")).unwrap()).unwrap();
+    let stored = enrollment(&state);
     // Afterwards the agent trusts only the pinned CA.
     assert_eq!(
-        ecs_trust::tls::certs_from_pem(stored["ca_pem"].as_str().unwrap().as_bytes(), "x").unwrap(),
+        ecs_trust::tls::certs_from_pem(stored.ca_pem.unwrap().as_bytes(), "x").unwrap(),
         ecs_trust::tls::certs_from_pem(ca_pem.as_bytes(), "y").unwrap()
     );
-    assert!(stored["work_key"].as_str().is_some_and(|k| !k.is_empty()));
+    assert!(!stored.work_key.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,10 +279,10 @@ impl RealAgent {
     /// Points the agent at `endpoint` (what an attacker who owns the path
     /// achieves) and starts it after a "restart" (new boot id).
     fn start(&self, endpoint: &str, boot_id: &str, extra: &[&str]) -> std::process::Child {
-        let p = self.state.join("agent.json");
-        let mut e: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        e["endpoint"] = endpoint.into();
-        ecs_agent::files::write_private(&p, &serde_json::to_vec(&e).unwrap()).unwrap();
+        let dir = ecs_agent::files::StateDir(self.state.clone());
+        let mut e = enrollment(&self.state);
+        e.endpoint = endpoint.into();
+        dir.save_enrollment(&e).unwrap();
         std::fs::write(&self.boot, boot_id).unwrap();
         std::process::Command::new(agent_bin())
             .args(["run", "--poll-secs", "1", "--state-dir"])
@@ -435,10 +443,10 @@ async fn forged_unsigned_foreign_and_replayed_work_is_never_applied() {
         power: None,
     });
     // Forget the applied list so only the sequence number can stop it.
-    let jp = a.state.join("journal.json");
-    let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&jp).unwrap()).unwrap();
-    j["applied"] = serde_json::json!([]);
-    std::fs::write(&jp, serde_json::to_vec(&j).unwrap()).unwrap();
+    let journal = ecs_agent::files::StateDir(a.state.clone());
+    let mut j = journal.load_journal().unwrap();
+    j.applied.clear();
+    journal.save_journal(&j).unwrap();
     let seen = f.acks_so_far();
     let mut child = a.start(&fake, "boot-replay", &[]);
     let ack = f.next_ack(seen, &genuine.request_id).await;
@@ -722,9 +730,7 @@ async fn agents_follow_an_endorsed_work_key_rotation() {
         .await
         .unwrap()
         .public();
-    let enrolled: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(a.state.join("agent.json")).unwrap()).unwrap();
-    assert_eq!(enrolled["work_key"], before.as_str());
+    assert_eq!(enrollment(&a.state).work_key, before);
     // `ecsd admin work-key-rotate`, then what SIGHUP does.
     let after = ecsd::work::WorkKeys::rotate(&*t.state.store, &t.state.master)
         .await
@@ -741,28 +747,20 @@ async fn agents_follow_an_endorsed_work_key_rotation() {
     let rid = r.request_id.unwrap();
     // The real agent, against the real ecsd, after a restart.
     let mut child = a.start(&t.base, "boot-after-rotation", &[]);
-    let mut state = String::new();
+    let mut state = None;
     for _ in 0..300 {
-        let o = t
-            .call("GET", &format!("{}/{rid}", t.batch_path()), None)
-            .await;
-        state = o.body["servers"][0]["state"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        if state == "APPLIED" || state == "FAILED" {
+        state = t.outcome(&rid).await.servers.first().map(|s| s.state);
+        if matches!(state, Some(ResetState::Applied | ResetState::Failed)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(state, "APPLIED");
-    let now: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(a.state.join("agent.json")).unwrap()).unwrap();
+    assert_eq!(state, Some(ResetState::Applied));
     assert_eq!(
-        now["work_key"],
-        after.as_str(),
+        enrollment(&a.state).work_key,
+        after,
         "the agent recorded the new key"
     );
 }

@@ -1,71 +1,57 @@
-//! Shared by the bench binaries: signed requests like the Huawei SDKs send.
+//! Shared by the bench binaries: signed requests like the Huawei SDKs send,
+//! through `ecs_client` (the client ecsctl and the tests use), and request
+//! bodies from the `ecs-api` types.
 #![allow(dead_code)]
 
-/// Where and as whom to call.
+use ecs_api::{BatchResetRequest, ServerRef};
+use ecs_client::{Client, Config, Request, Response, Trust};
+use secrecy::SecretString;
+
+/// Where and as whom to call: one signed client of one project. Cloning it
+/// is cheap and shares its connection pool (tasks each hold a clone).
+#[derive(Clone)]
 pub struct Api {
-    pub base: String,
-    pub host: String,
+    pub client: Client,
     pub project: String,
-    pub ak: String,
-    pub sk: String,
 }
 
 impl Api {
-    /// A signed request; returns (status, X-Request-Id, body).
-    pub async fn call(
-        &self,
-        client: &reqwest::Client,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> (u16, String, Vec<u8>) {
-        let date = chrono::Utc::now().format(ecs_sign::DATE_FORMAT).to_string();
-        let mut headers = vec![
-            ("Host".to_string(), self.host.clone()),
-            ("X-Project-Id".to_string(), self.project.clone()),
-            ("X-Sdk-Date".to_string(), date.clone()),
-        ];
-        if body.is_some() {
-            headers.push((
-                "Content-Type".into(),
-                "application/json;charset=UTF-8".into(),
-            ));
+    /// `ca_pem`: the CA to trust for an `https://` endpoint (plain HTTP only
+    /// to loopback).
+    pub fn new(endpoint: &str, project: &str, ak: &str, sk: &str, ca_pem: Option<Vec<u8>>) -> Api {
+        let mut cfg = Config::new(endpoint, project, ak, SecretString::from(sk.to_owned()));
+        if let Some(pem) = ca_pem {
+            cfg.trust = Trust::SystemAnd(pem);
         }
-        let bytes = body.unwrap_or_default();
-        let auth = ecs_sign::sign(
-            &self.ak,
-            self.sk.as_bytes(),
-            method,
-            path,
-            "",
-            &headers,
-            &bytes,
-        )
-        .unwrap();
-        let mut req = client.request(method.parse().unwrap(), format!("{}{}", self.base, path));
-        for (k, v) in headers.iter().filter(|(k, _)| k != "Host") {
-            req = req.header(k, v);
+        Api {
+            client: Client::new(cfg).unwrap(),
+            project: project.to_owned(),
         }
-        let resp = req
-            .header("Authorization", auth)
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let rid = resp
-            .headers()
-            .get("x-request-id")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        (status, rid, resp.bytes().await.unwrap().to_vec())
     }
 
-    pub fn reset_body(ids: &[String], password: &str) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({
-            "new_password": password,
-            "servers": ids.iter().map(|i| serde_json::json!({"id": i})).collect::<Vec<_>>(),
-        }))
+    /// Signs and sends a prepared request; any HTTP answer is returned.
+    pub async fn send(&self, req: Request) -> Response {
+        self.client.send(req).await.unwrap()
+    }
+
+    /// `/v1/{project_id}` + `rest`.
+    pub fn path(&self, rest: &str) -> String {
+        self.client.project_path(rest)
+    }
+
+    /// A batch reset of `ids` (`PUT .../os-reset-passwords`), ready to send.
+    pub fn reset(&self, ids: &[String], password: &str) -> Request {
+        let body = BatchResetRequest {
+            new_password: Some(SecretString::from(password.to_owned()).into()),
+            dry_run: None,
+            servers: ids.iter().map(ServerRef::new).collect(),
+            apply: None,
+        };
+        Request::new(
+            reqwest::Method::PUT,
+            self.path("/cloudservers/os-reset-passwords"),
+        )
+        .json(&body)
         .unwrap()
     }
 }

@@ -7,13 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ecs_agent::simulate::{Fleet, FleetSpec};
-
+use ecs_api::{
+    BatchResetRequest, EcsErrorBody, GatewayErrorBody, HostStatus, JobStatus, ListServersResponse,
+    ResetOutcome, ServerDetail, ServerRef, ShowJobResponse, ShowServerResponse,
+};
 use ecs_policy::OsType;
 use ecsd::config::Config;
 use ecsd::server::Server;
 use ecsd::state::AppState;
 use ecsd::store::Role;
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
 
 pub mod contract;
 
@@ -29,11 +33,48 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// An answer as the test saw it; read its body with [`Resp::json`].
 pub struct Resp {
     pub status: u16,
     pub request_id: Option<String>,
-    pub body: serde_json::Value,
     pub text: String,
+}
+
+impl Resp {
+    /// The body as `T` (an `ecs-api` or agent protocol type); panics with
+    /// the body when it is not one.
+    #[track_caller]
+    pub fn json<T: DeserializeOwned>(&self) -> T {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {}: the body is not a {}: {e}\nbody: {}",
+                self.status,
+                std::any::type_name::<T>(),
+                self.text
+            )
+        })
+    }
+
+    /// The body as untyped JSON, for checks against JSON Schemas (the
+    /// OpenAPI document, Huawei's definitions) only; read answers with
+    /// [`Resp::json`].
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Which of the two error shapes' top-level keys the body has (none if
+    /// the body is not a JSON object).
+    pub fn shape_keys(&self) -> ShapeKeys {
+        serde_json::from_str(&self.text).unwrap_or_default()
+    }
+}
+
+/// The distinguishing top-level keys of the two error bodies: `error` (ECS)
+/// and `error_code` (gateway).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ShapeKeys {
+    pub error: Option<serde::de::IgnoredAny>,
+    pub error_code: Option<serde::de::IgnoredAny>,
 }
 
 impl TestServer {
@@ -209,9 +250,40 @@ impl TestServer {
         Resp {
             status: r.status,
             request_id: (!r.request_id.is_empty()).then_some(r.request_id),
-            body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
             text,
         }
+    }
+
+    /// `GET .../os-reset-passwords/{rid}`, answered 200.
+    pub async fn outcome(&self, rid: &str) -> ResetOutcome {
+        let r = self
+            .call("GET", &format!("{}/{rid}", self.batch_path()), None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json()
+    }
+
+    /// `GET .../cloudservers/{id}`, answered 200.
+    pub async fn show(&self, id: &str) -> ServerDetail {
+        let r = self
+            .call(
+                "GET",
+                &format!("/v1/{}/cloudservers/{id}", self.project),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json::<ShowServerResponse>().server
+    }
+
+    /// `GET .../os-resetpwd-flag` of `id`.
+    pub async fn flag(&self, id: &str) -> Resp {
+        self.call(
+            "GET",
+            &format!("/v1/{}/cloudservers/{id}/os-resetpwd-flag", self.project),
+            None,
+        )
+        .await
     }
 
     /// The signed, typed client of this server's project.
@@ -236,6 +308,10 @@ impl TestServer {
     pub fn batch_path(&self) -> String {
         format!("/v1/{}/cloudservers/os-reset-passwords", self.project)
     }
+
+    pub fn action_path(&self) -> String {
+        format!("/v1/{}/cloudservers/action", self.project)
+    }
 }
 
 pub async fn send(req: reqwest::RequestBuilder) -> Resp {
@@ -250,11 +326,9 @@ pub async fn send(req: reqwest::RequestBuilder) -> Resp {
         .map(|v| v.to_str().unwrap().to_owned());
     let text = resp.text().await.unwrap();
     contract::check(&method, &path, status, &text);
-    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     Resp {
         status,
         request_id,
-        body,
         text,
     }
 }
@@ -267,34 +341,46 @@ impl Drop for TestServer {
     }
 }
 
+/// A batch reset of `ids`.
+pub fn reset_request(
+    password: Option<&str>,
+    dry_run: Option<bool>,
+    ids: &[&str],
+) -> BatchResetRequest {
+    BatchResetRequest {
+        new_password: password.map(|p| secret(p).into()),
+        dry_run,
+        servers: refs(ids),
+        apply: None,
+    }
+}
+
+/// [`reset_request`] as the JSON body sent.
 pub fn ids_body(password: Option<&str>, dry_run: Option<bool>, ids: &[&str]) -> String {
-    let mut v = serde_json::json!({
-        "servers": ids.iter().map(|i| serde_json::json!({"id": i})).collect::<Vec<_>>()
-    });
-    if let Some(p) = password {
-        v["new_password"] = p.into();
-    }
-    if let Some(d) = dry_run {
-        v["dry_run"] = d.into();
-    }
-    v.to_string()
+    body(&reset_request(password, dry_run, ids))
+}
+
+pub fn refs(ids: &[&str]) -> Vec<ServerRef> {
+    ids.iter().map(|i| ServerRef::new(*i)).collect()
+}
+
+/// A typed request as the JSON body sent.
+pub fn body(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap()
 }
 
 pub fn secret(s: &str) -> SecretString {
     SecretString::from(s.to_owned())
 }
 
-/// Asserts the ECS error shape with this status and code.
+/// Asserts the ECS error shape with this status and code; returns the body.
 #[track_caller]
-pub fn assert_ecs(r: &Resp, status: u16, code: &str) {
+pub fn assert_ecs(r: &Resp, status: u16, code: &str) -> EcsErrorBody {
     assert_eq!(r.status, status, "body: {}", r.text);
-    assert_eq!(r.body["error"]["code"], code, "body: {}", r.text);
-    assert!(
-        r.body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty())
-    );
-    assert!(r.body.get("error_code").is_none());
+    let e: EcsErrorBody = r.json();
+    assert_eq!(e.error.code, code, "body: {}", r.text);
+    assert!(!e.error.message.is_empty(), "body: {}", r.text);
+    assert!(r.shape_keys().error_code.is_none(), "body: {}", r.text);
     let rid = r.request_id.as_deref().expect("X-Request-Id");
     assert!(
         rid.len() == 32
@@ -302,21 +388,24 @@ pub fn assert_ecs(r: &Resp, status: u16, code: &str) {
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     );
+    e
 }
 
-/// Asserts the gateway error shape with this status and code.
+/// Asserts the gateway error shape with this status and code; returns the body.
 #[track_caller]
-pub fn assert_gateway(r: &Resp, status: u16, code: &str) {
+pub fn assert_gateway(r: &Resp, status: u16, code: &str) -> GatewayErrorBody {
     assert_eq!(r.status, status, "body: {}", r.text);
-    assert_eq!(r.body["error_code"], code, "body: {}", r.text);
-    assert!(r.body["error_msg"].as_str().is_some_and(|m| !m.is_empty()));
+    let e: GatewayErrorBody = r.json();
+    assert_eq!(e.error_code, code, "body: {}", r.text);
+    assert!(!e.error_msg.is_empty(), "body: {}", r.text);
     assert_eq!(
-        r.body["request_id"].as_str(),
+        Some(e.request_id.as_str()),
         r.request_id.as_deref(),
         "body: {}",
         r.text
     );
-    assert!(r.body.get("error").is_none());
+    assert!(r.shape_keys().error.is_none(), "body: {}", r.text);
+    e
 }
 
 /// Enrolls an agent state directory over plain loopback HTTP.
@@ -340,17 +429,18 @@ pub async fn enroll(
     .await
 }
 
-/// `GET /agent/v1/work?wait=0` as the agent holding `credential` sees it, as JSON.
-pub async fn raw_work(t: &TestServer, credential: &str) -> serde_json::Value {
-    reqwest::Client::new()
+/// `GET /agent/v1/work?wait=0` as the agent holding `credential` sees it.
+pub async fn raw_work(t: &TestServer, credential: &str) -> ecs_agent_proto::Poll {
+    let r = reqwest::Client::new()
         .get(t.url("/agent/v1/work?wait=0"))
         .bearer_auth(credential)
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("HTTP {status}: not a Poll: {e}\nbody: {text}"))
 }
 
 /// A stand-in for ecsd's agent API (what an attacker on the path, or a
@@ -358,17 +448,14 @@ pub async fn raw_work(t: &TestServer, credential: &str) -> serde_json::Value {
 /// nothing, and records every acknowledgement.
 #[derive(Clone, Default)]
 pub struct StandIn {
-    pub work: Arc<std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>>,
-    pub acks: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    pub work: Arc<std::sync::Mutex<std::collections::VecDeque<ecs_agent_proto::Poll>>>,
+    pub acks: Arc<std::sync::Mutex<Vec<ecs_agent_proto::AckRequest>>>,
     pub power_acks: Arc<std::sync::Mutex<Vec<ecs_agent_proto::PowerAck>>>,
 }
 
 impl StandIn {
-    pub fn push(&self, poll: &impl serde::Serialize) {
-        self.work
-            .lock()
-            .unwrap()
-            .push_back(serde_json::to_value(poll).unwrap());
+    pub fn push(&self, poll: &ecs_agent_proto::Poll) {
+        self.work.lock().unwrap().push_back(poll.clone());
     }
 
     pub fn acks_so_far(&self) -> usize {
@@ -376,7 +463,7 @@ impl StandIn {
     }
 
     /// The acknowledgement number `i` (waits up to 30 s, then fails).
-    pub async fn ack(&self, i: usize) -> serde_json::Value {
+    pub async fn ack(&self, i: usize) -> ecs_agent_proto::AckRequest {
         for _ in 0..600 {
             if let Some(a) = self.acks.lock().unwrap().get(i) {
                 return a.clone();
@@ -393,9 +480,9 @@ impl StandIn {
         for _ in 0..600 {
             if let Some(a) = self.acks.lock().unwrap()[seen..]
                 .iter()
-                .find(|a| a["request_id"] == rid)
+                .find(|a| a.request_id == rid)
             {
-                return serde_json::from_value(a.clone()).unwrap();
+                return a.clone();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -431,10 +518,12 @@ pub async fn stand_in_agent_api() -> (String, StandIn) {
         )
         .route(
             &format!("{prefix}/ack"),
-            post(move |axum::Json(ack): axum::Json<serde_json::Value>| {
-                a.lock().unwrap().push(ack);
-                async { axum::Json(ecs_agent_proto::AckResponse { recorded: true }) }
-            }),
+            post(
+                move |axum::Json(ack): axum::Json<ecs_agent_proto::AckRequest>| {
+                    a.lock().unwrap().push(ack);
+                    async { axum::Json(ecs_agent_proto::AckResponse { recorded: true }) }
+                },
+            ),
         )
         .route(
             &format!("{prefix}/power-ack"),
@@ -501,8 +590,13 @@ pub async fn fleet(t: &TestServer, n: usize) -> Arc<Fleet> {
                 None,
             )
             .await;
-        let servers = r.body["servers"].as_array().unwrap();
-        if servers.len() == n && servers.iter().all(|s| s["host_status"] == "UP") {
+        assert_eq!(r.status, 200, "{}", r.text);
+        let servers = r.json::<ListServersResponse>().servers;
+        if servers.len() == n
+            && servers
+                .iter()
+                .all(|s| s.detail().is_some_and(|d| d.host_status == HostStatus::Up))
+        {
             break;
         }
         assert!(
@@ -515,17 +609,23 @@ pub async fn fleet(t: &TestServer, n: usize) -> Arc<Fleet> {
     f
 }
 
+/// `GET .../jobs/{job}`, answered 200.
+pub async fn job(t: &TestServer, job: &str) -> ShowJobResponse {
+    let r = t
+        .call("GET", &format!("/v1/{}/jobs/{job}", t.project), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()
+}
+
 /// Polls a job until it is SUCCESS or FAIL; returns its body.
-pub async fn wait_job(t: &TestServer, job: &str) -> serde_json::Value {
+pub async fn wait_job(t: &TestServer, id: &str) -> ShowJobResponse {
     for _ in 0..400 {
-        let r = t
-            .call("GET", &format!("/v1/{}/jobs/{job}", t.project), None)
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        if matches!(r.body["status"].as_str(), Some("SUCCESS" | "FAIL")) {
-            return r.body;
+        let j = job(t, id).await;
+        if matches!(j.status, JobStatus::Success | JobStatus::Fail) {
+            return j;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("job {job} never finished");
+    panic!("job {id} never finished");
 }
