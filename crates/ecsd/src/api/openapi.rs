@@ -28,6 +28,7 @@ SDK-HMAC-SHA256 (AK/SK) as the Huawei SDKs sign; every response carries X-Reques
         super::servers::action,
         super::servers::job,
         super::agent::create_enroll_token,
+        super::traces::list,
         health,
         openapi_json,
     ),
@@ -38,6 +39,7 @@ SDK-HMAC-SHA256 (AK/SK) as the Huawei SDKs sign; every response carries X-Reques
         (name = "resets", description = "Password resets (Huawei) and their per-server outcome (ecsd)."),
         (name = "servers", description = "Servers, start/stop/reboot, jobs (Huawei)."),
         (name = "agents", description = "Enrollment of password-reset agents (ecsd)."),
+        (name = "audit", description = "The audit trail, in the shape of Huawei Cloud Trace Service ListTraces."),
         (name = "service", description = "Health and this document; no signature."),
     )
 )]
