@@ -531,3 +531,85 @@ async fn audit_retention_prunes_only_old_records() {
     let c = rusqlite::Connection::open(t.db_path()).unwrap();
     assert!(c.execute("UPDATE audit SET outcome = 'x'", []).is_err());
 }
+
+#[tokio::test]
+async fn tokens_enrollments_and_admin_changes_are_traced_without_secrets() {
+    let t = TestServer::start().await;
+    let r = t
+        .call(
+            "POST",
+            &format!("/v1/{}/enroll-tokens", t.project),
+            Some(r#"{"uses": 1}"#),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let tok = r.body["token"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let e = common::enroll(&t.base, &tok, dir.path(), "m-1", "h", "Linux")
+        .await
+        .unwrap();
+    ecsd::lifecycle::revoke_agent(&t.state, &e.server_id)
+        .await
+        .unwrap();
+    let r = traces(&t, "?limit=50").await;
+    assert!(!r.text.contains(&tok) && !r.text.contains(&e.credential));
+    let names: Vec<&str> = r.body["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["trace_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["revoke-agent", "enroll-agent", "create-enroll-token"]
+    );
+    let r = traces(&t, &format!("?resource_id={}", e.server_id)).await;
+    let who: Vec<&str> = r.body["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["user"]["access_key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(who, vec!["ecsd-admin", "agent"]);
+}
+
+#[tokio::test]
+async fn rotate_master_key_takes_a_key_file_or_writes_a_dev_key_after_the_commit() {
+    let mut t = TestServer::start().await;
+    let data = t.state.config.data_dir.clone();
+    let first = t.state.config.master_key.clone().unwrap();
+    // Not a dev data directory and no key file: refused.
+    assert!(
+        ecsd::lifecycle::rotate_master_key_cli(&t.state, None)
+            .await
+            .is_err()
+    );
+    assert_eq!(t.call("GET", &detail(&t), None).await.status, 200);
+
+    // From a key file.
+    let file = data.join("new.key");
+    let second = ecsd::secrets::MasterKey::generate_base64();
+    std::fs::write(&file, format!("{}\n", second.expose_secret())).unwrap();
+    let out = ecsd::lifecycle::rotate_master_key_cli(&t.state, Some(&file))
+        .await
+        .unwrap();
+    assert!(out["resealed"].as_u64().unwrap() >= 1, "{out}");
+    assert!(!out.to_string().contains(second.expose_secret()));
+    let s = second.clone();
+    t.restart_with(|c| c.master_key = Some(s)).await;
+    assert_eq!(t.call("GET", &detail(&t), None).await.status, 200);
+
+    // A dev data directory (master.key beside the database): a generated key.
+    std::fs::write(data.join("master.key"), second.expose_secret()).unwrap();
+    let out = ecsd::lifecycle::rotate_master_key_cli(&t.state, None)
+        .await
+        .unwrap();
+    let third = std::fs::read_to_string(data.join("master.key")).unwrap();
+    assert_ne!(third.trim(), second.expose_secret());
+    assert_ne!(third.trim(), first.expose_secret());
+    assert!(!data.join("master.key.new").exists());
+    assert!(!out.to_string().contains(third.trim()));
+    t.restart_with(|c| c.master_key = Some(secrecy::SecretString::from(third.trim().to_owned())))
+        .await;
+    assert_eq!(t.call("GET", &detail(&t), None).await.status, 200);
+}

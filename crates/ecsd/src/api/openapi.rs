@@ -90,7 +90,7 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             .response(
                 "401",
                 gateway(
-                    "Missing or wrong signature, unknown AK, date outside the window (APIGW.0301).",
+                    "Missing or wrong signature, unknown, disabled or locked AK, date outside the window (APIGW.0301).",
                 ),
             )
             .response(
@@ -105,7 +105,7 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             )
             .response(
                 "429",
-                gateway("Too many requests for this AK (APIGW.0308)."),
+                gateway("Too many requests for this AK, or too many failed authentications from this address or for this AK (APIGW.0308)."),
             )
             .build();
         let internal: RefOr<Response> = ResponseBuilder::new()
