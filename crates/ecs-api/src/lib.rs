@@ -8,12 +8,14 @@
 //! Statuses are enums, so a value outside the contract cannot be written or
 //! read without an error.
 
+pub mod audit;
 pub mod error;
 pub mod job;
 pub mod reset;
 pub mod server;
 mod status;
 
+pub use audit::{ListTracesResponse, Trace, TraceMetaData, TraceRating, TraceUser};
 pub use ecs_agent_proto as agent;
 pub use ecs_agent_proto::{EnrollTokenRequest, EnrollTokenResponse};
 pub use error::{EcsError, EcsErrorBody, ErrorBody, GatewayErrorBody, InternalError};

@@ -465,6 +465,26 @@ impl Client {
         self.call(reqwest::Method::GET, &rest, None::<&()>).await
     }
 
+    /// One page of the audit trail (`GET /v3/{project_id}/traces`, CTS
+    /// `ListTraces`); `query` as `(name, value)` pairs.
+    pub async fn list_traces(
+        &self,
+        query: &[(&str, &str)],
+    ) -> Result<Reply<ecs_api::ListTracesResponse>> {
+        let q: String = query
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut path = format!("/v3/{}/traces", self.cfg.project_id);
+        if !q.is_empty() {
+            path = format!("{path}?{q}");
+        }
+        self.send(Request::new(reqwest::Method::GET, path))
+            .await?
+            .into_result("GET /traces")
+    }
+
     /// Every server of the project (pages of 1000, following `marker`).
     pub async fn all_servers(&self) -> Result<Vec<ServerDetail>> {
         let mut out: Vec<ServerDetail> = Vec::new();

@@ -6,6 +6,7 @@
 //! (some servers FAILED or were superseded); 5 timed out waiting.
 
 mod api;
+mod audit;
 mod config;
 
 use std::io::{BufRead, IsTerminal};
@@ -139,6 +140,12 @@ enum Command {
         #[command(subcommand)]
         command: Resets,
     },
+    /// The audit trail: who changed what, and every denied call.
+    ///
+    /// Examples:
+    ///   ecsctl audit --status fail --from 2026-01-31T00:00:00Z
+    ///   ecsctl audit --resource-id SERVER_ID -o json
+    Audit(audit::AuditArgs),
     /// Print shell completions: ecsctl completions bash > /etc/bash_completion.d/ecsctl
     Completions { shell: clap_complete::Shell },
 }
@@ -313,6 +320,15 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
         }
         Command::Configure { from_dev } => configure(&cli.profile, from_dev),
         Command::Servers { command } => servers(&api()?, command, out).await,
+        Command::Audit(args) => {
+            let traces = audit::fetch(&api()?, &args).await?;
+            if out.json {
+                say!("{}", json!({"count": traces.len(), "traces": traces}));
+            } else {
+                out.table(audit::HEADERS, traces.iter().map(audit::row).collect());
+            }
+            Ok(0)
+        }
         Command::EnrollToken {
             command: EnrollToken::Create { uses, ttl_secs },
         } => {

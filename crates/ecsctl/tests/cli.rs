@@ -457,3 +457,96 @@ fn the_readme_quick_start_on_a_terminal() {
         );
     }
 }
+
+/// `ecsd admin` against the running dev server's data directory.
+fn ecsd_admin(dev: &Dev, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let ecsd = Path::new(env!("CARGO_BIN_EXE_ecsctl")).with_file_name("ecsd");
+    let data = dev.dir.path().join("data");
+    let o = Command::new(ecsd)
+        .args(["--data-dir", data.to_str().unwrap(), "admin"])
+        .args(args)
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    (
+        o.status.code(),
+        serde_json::from_str(&out).unwrap_or(serde_json::Value::Null),
+        format!("{out}{err}"),
+    )
+}
+
+#[test]
+fn audit_shows_changes_and_denials_and_admin_disables_a_key() {
+    let dev = Dev::start();
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.creds).unwrap()).unwrap();
+    let ak = creds["ak"].as_str().unwrap().to_owned();
+    let sk = creds["sk"].as_str().unwrap().to_owned();
+    let o = dev.run(
+        &["reset-password", "--all", "--dry-run", "--password-stdin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    // A wrong secret key: denied, and recorded.
+    let o = dev
+        .ecsctl()
+        .env("ECS_SECRET_KEY", "W".repeat(40))
+        .args(["servers", "list"])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(text(&o).1.contains("APIGW.0301"), "{:?}", text(&o));
+
+    let o = dev.run(&["audit", "-o", "json"], None);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let (out, _) = text(&o);
+    assert!(!out.contains(PASSWORD) && !out.contains(&sk));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let traces = v["traces"].as_array().unwrap();
+    assert_eq!(v["count"], traces.len());
+    let dry = traces
+        .iter()
+        .find(|t| t["trace_name"] == "batch-reset-password")
+        .expect("the dry run");
+    assert_eq!(
+        (dry["dry_run"].as_bool(), dry["trace_rating"].as_str()),
+        (Some(true), Some("normal"))
+    );
+    assert_eq!(dry["resource_ids"].as_array().unwrap().len(), 4);
+    assert_eq!(dry["user"]["access_key_id"], ak.as_str());
+    let o = dev.run(&["audit", "--status", "fail", "-o", "json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["error_code"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["APIGW.0301"]);
+    let o = dev.run(&["audit", "--action", "batch-reset-password"], None);
+    let (table, _) = text(&o);
+    assert!(
+        table.starts_with("TIME") && table.contains("batch-reset-password"),
+        "{table}"
+    );
+    assert!(!table.contains("list-servers"), "{table}");
+
+    // ecsd admin: list (never the SK), disable (the next call fails), enable.
+    let (code, keys, all) = ecsd_admin(&dev, &["access-key", "list"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert!(!all.contains(&sk));
+    assert_eq!(keys[0]["ak"], ak.as_str());
+    assert_eq!(keys[0]["status"], "active");
+    let (code, _, all) = ecsd_admin(&dev, &["access-key", "disable", &ak]);
+    assert_eq!(code, Some(0), "{all}");
+    let o = dev.run(&["servers", "list"], None);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(text(&o).1.contains("APIGW.0301"), "{:?}", text(&o));
+    let (code, _, all) = ecsd_admin(&dev, &["access-key", "enable", &ak]);
+    assert_eq!(code, Some(0), "{all}");
+    let o = dev.run(&["servers", "list"], None);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let (code, tokens, all) = ecsd_admin(&dev, &["enroll-token", "list"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert!(tokens.is_array(), "{all}");
+}

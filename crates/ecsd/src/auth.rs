@@ -44,7 +44,21 @@ pub async fn authenticate(
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
-    let caller = verify(&state, &parts.method, &parts.uri, &parts.headers, &body).await?;
+    // Lifecycle: throttles, disabled and locked keys before any expensive
+    // work; failures counted and recorded after.
+    let source = parts
+        .extensions
+        .get::<crate::state::Source>()
+        .map(|s| s.0.clone())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    let mut attempt = crate::lifecycle::Attempt::new(&parts.method, &path, &source, &parts.headers);
+    crate::lifecycle::before_verify(&state, &mut attempt).await?;
+    let caller = match verify(&state, &parts.method, &parts.uri, &parts.headers, &body).await {
+        Ok(c) => c,
+        Err(e) => return Err(crate::lifecycle::verify_failed(&state, &attempt, e).await),
+    };
+    crate::lifecycle::verify_succeeded(&state, &attempt).await;
 
     if state.limiter.check_key(&caller.access_key).is_err() {
         return Err(ApiError::throttled());
@@ -64,7 +78,11 @@ pub async fn authenticate(
     }
     if caller.role == Role::ReadOnly && parts.method != Method::GET && parts.method != Method::HEAD
     {
-        return Err(ApiError::forbidden("the access key is read-only"));
+        let reason = "the access key is read-only";
+        let e = ApiError::forbidden(reason);
+        return Err(
+            crate::lifecycle::forbidden(&state, &attempt, caller.user.as_ref(), e, reason).await,
+        );
     }
     parts.extensions.insert(caller);
     Ok(next.run(Request::from_parts(parts, Body::from(body))).await)

@@ -181,6 +181,10 @@ impl CallContext<'_> {
             dry_run,
             outcome,
             source: self.source.to_owned(),
+            user_id: self.caller.user.as_ref().map(|u| u.id.clone()),
+            user_name: self.caller.user.as_ref().map(|u| u.name.clone()),
+            error_code: None,
+            http_status: None,
         }
     }
 }
@@ -194,7 +198,13 @@ pub async fn audit_rejection(
     dry_run: bool,
     err: &Error,
 ) {
-    let entry = ctx.audit(action, servers, dry_run, format!("rejected {}", err.code()));
+    let mut entry = ctx.audit(action, servers, dry_run, format!("rejected {}", err.code()));
+    entry.error_code = Some(err.code().to_owned());
+    // A failure inside ecsd is an incident; the status of other refusals
+    // is left to the one error mapping (`error.rs`).
+    if matches!(err, Error::Storage(_) | Error::Internal { .. }) {
+        entry.http_status = Some(500);
+    }
     if let Err(e) = state.store.record_audit(entry).await {
         tracing::error!(error = %e.chain(), "writing the audit record failed");
     }

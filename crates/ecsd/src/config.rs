@@ -55,6 +55,12 @@ pub struct Config {
     /// What enrolling with a machine id that an existing server already has
     /// (and no proof of its key) does: `new-server` or `refuse`.
     pub duplicate_machine_id: DuplicateMachineId,
+    /// Audit records older than this many days are deleted (in small
+    /// batches, by a background task).
+    pub audit_retention_days: u32,
+    /// Failed authentications allowed per minute per source address and per
+    /// access key (burst: the same number); beyond them, 429 `APIGW.0308`.
+    pub auth_failures_per_minute: u32,
 }
 
 /// See [`Config::duplicate_machine_id`].
@@ -95,6 +101,8 @@ impl Default for Config {
             insecure_http: false,
             insecure_http_non_loopback: false,
             duplicate_machine_id: DuplicateMachineId::NewServer,
+            audit_retention_days: 365,
+            auth_failures_per_minute: 30,
         }
     }
 }
@@ -119,6 +127,8 @@ const ENV_KEYS: &[&str] = &[
     "insecure_http",
     "insecure_http_non_loopback",
     "duplicate_machine_id",
+    "audit_retention_days",
+    "auth_failures_per_minute",
 ];
 
 impl Config {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod batch;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod dev;
 pub mod domain;
 pub mod enroll;
 pub mod error;
+pub mod lifecycle;
 pub mod power;
 pub mod reset;
 pub mod secrets;
@@ -17,6 +19,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod tls;
 pub mod work;
 

@@ -107,6 +107,36 @@ enum Admin {
     /// Make a new work-signing key endorsed by the current one (agents follow
     /// it); then SIGHUP every replica: ecsd admin work-key-rotate
     WorkKeyRotate,
+    /// List, disable, enable, delete or unlock access keys:
+    /// ecsd admin access-key list --project ID
+    AccessKey {
+        #[command(subcommand)]
+        command: AccessKeyCmd,
+    },
+    /// Deregister a server: ecsd admin server deregister ID
+    Server {
+        #[command(subcommand)]
+        command: ServerCmd,
+    },
+    /// Revoke an agent's credential: ecsd admin agent revoke SERVER_ID
+    Agent {
+        #[command(subcommand)]
+        command: AgentCmd,
+    },
+    /// List or revoke enrollment tokens: ecsd admin enroll-token list
+    EnrollToken {
+        #[command(subcommand)]
+        command: EnrollTokenCmd,
+    },
+    /// Re-encrypt every stored secret under a new master key, in one
+    /// transaction; then set the new key on every replica and restart them
+    /// (docs/operations.md): ecsd admin rotate-master-key --new-key-file F
+    RotateMasterKey {
+        /// A file holding the new key (base64 of 32 random bytes). Without
+        /// it, a dev data directory gets a generated key in master.key.
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
     /// Create an enrollment token for `ecs-agent enroll`.
     EnrollTokenCreate {
         #[arg(long)]
@@ -116,6 +146,48 @@ enum Admin {
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum AccessKeyCmd {
+    /// List access keys (never the SKs).
+    List {
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Disable a key: its next request fails (401 APIGW.0301).
+    Disable { ak: String },
+    /// Enable a disabled key.
+    Enable { ak: String },
+    /// Delete a key for good.
+    Delete { ak: String },
+    /// Unlock a key locked after repeated failed authentications.
+    Unlock { ak: String },
+}
+
+#[derive(Subcommand)]
+enum ServerCmd {
+    /// Remove a server: its agent's credential stops working, its open work
+    /// and tokens go; its audit records stay.
+    Deregister { id: String },
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    /// Revoke the agent's credential (the server stays; the agent must
+    /// enroll again).
+    Revoke { server_id: String },
+}
+
+#[derive(Subcommand)]
+enum EnrollTokenCmd {
+    /// Usable enrollment and re-key tokens: id, uses left, expiry.
+    List {
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Revoke a token by the id `list` shows.
+    Revoke { id: String },
 }
 
 /// jemalloc: with 10,000 idle long-polling agents it keeps ecsd's resident
@@ -313,6 +385,43 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
         Admin::WorkKeyRotate => {
             let public = ecsd::work::WorkKeys::rotate(&*state.store, &state.master).await?;
             serde_json::json!({"work_key": public, "note": "send SIGHUP to (or restart) every ecsd replica to sign with it"})
+        }
+        Admin::AccessKey { command } => {
+            use ecsd::lifecycle::{KeyChange, change_access_key};
+            match command {
+                AccessKeyCmd::List { project } => {
+                    ecsd::lifecycle::list_access_keys(&state, project.as_deref()).await?
+                }
+                AccessKeyCmd::Disable { ak } => {
+                    change_access_key(&state, &ak, KeyChange::Disable).await?
+                }
+                AccessKeyCmd::Enable { ak } => {
+                    change_access_key(&state, &ak, KeyChange::Enable).await?
+                }
+                AccessKeyCmd::Delete { ak } => {
+                    change_access_key(&state, &ak, KeyChange::Delete).await?
+                }
+                AccessKeyCmd::Unlock { ak } => {
+                    change_access_key(&state, &ak, KeyChange::Unlock).await?
+                }
+            }
+        }
+        Admin::Server {
+            command: ServerCmd::Deregister { id },
+        } => ecsd::lifecycle::deregister_server(&state, &id).await?,
+        Admin::Agent {
+            command: AgentCmd::Revoke { server_id },
+        } => ecsd::lifecycle::revoke_agent(&state, &server_id).await?,
+        Admin::EnrollToken { command } => match command {
+            EnrollTokenCmd::List { project } => {
+                ecsd::lifecycle::list_enroll_tokens(&state, project.as_deref()).await?
+            }
+            EnrollTokenCmd::Revoke { id } => {
+                ecsd::lifecycle::revoke_enroll_token(&state, &id).await?
+            }
+        },
+        Admin::RotateMasterKey { new_key_file } => {
+            ecsd::lifecycle::rotate_master_key_cli(&state, new_key_file.as_deref()).await?
         }
         Admin::EnrollTokenCreate {
             project,

@@ -83,6 +83,7 @@ impl Server {
 
         let wakers = self.state.wakers.clone();
         let sweeper = tokio::spawn(sweep_jobs(self.state.clone()));
+        let retention = tokio::spawn(crate::lifecycle::retention_task(self.state.clone()));
         let app = crate::api::router(self.state);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -161,6 +162,7 @@ impl Server {
             }
         }
         sweeper.abort();
+        retention.abort();
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::secrets::MasterKey;
-use crate::store::Store;
+use crate::store::{LifecycleStore, Store};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -23,12 +23,25 @@ pub struct AppState {
     /// The work-signing keys, loaded (or made) on first use, reloaded on
     /// SIGHUP (after `ecsd admin work-key-rotate`).
     pub work_keys: Arc<std::sync::RwLock<Option<Arc<crate::work::WorkKeys>>>>,
+    /// Access key lifecycle, revocation, rotation and audit traces: the same
+    /// store object as `store`.
+    pub lifecycle: Arc<dyn LifecycleStore>,
+    /// Failed authentications per source address and per access key.
+    pub auth_failures: Arc<crate::throttle::FailureThrottle>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, master: MasterKey, config: Config) -> Self {
+    pub fn new<S: Store + LifecycleStore>(
+        store: Arc<S>,
+        master: MasterKey,
+        config: Config,
+    ) -> Self {
         let rate = NonZeroU32::new(config.rate_limit_per_sec.max(1)).expect("max(1) is non-zero");
         AppState {
+            lifecycle: store.clone(),
+            auth_failures: Arc::new(crate::throttle::FailureThrottle::new(
+                config.auth_failures_per_minute,
+            )),
             store,
             master: Arc::new(master),
             limiter: Arc::new(RateLimiter::keyed(Quota::per_second(rate))),

@@ -64,6 +64,7 @@ async fn agent(state: &AppState, headers: &HeaderMap) -> Result<Server, ApiError
 pub async fn create_enroll_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(source): Extension<crate::state::Source>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: proto::EnrollTokenRequest = if body.is_empty() {
@@ -71,8 +72,27 @@ pub async fn create_enroll_token(
     } else {
         parse(&body)?
     };
-    let issued = enroll::requested_enroll_token(&state, &caller.project_id, req).await?;
-    Ok((StatusCode::CREATED, Json(issued)).into_response())
+    let issued = enroll::requested_enroll_token(&state, &caller.project_id, req).await;
+    // The audit record (lifecycle, #10): never the token.
+    let request_id = crate::error::current_request_id();
+    let ctx = crate::batch::CallContext {
+        caller: &caller,
+        request_id: &request_id,
+        source: &source.0,
+    };
+    match &issued {
+        Ok(_) => {
+            let entry = ctx.audit("create-enroll-token", vec![], false, "accepted".into());
+            if let Err(e) = state.store.record_audit(entry).await {
+                tracing::error!(error = %e.chain(), "writing the audit record failed");
+            }
+        }
+        Err(e) => {
+            crate::batch::audit_rejection(&state, &ctx, "create-enroll-token", vec![], false, e)
+                .await
+        }
+    }
+    Ok((StatusCode::CREATED, Json(issued?)).into_response())
 }
 
 /// `POST /agent/v1/rekey-challenge`: a random challenge sealed to the
@@ -89,11 +109,32 @@ pub async fn rekey_challenge(
 /// `POST /agent/v1/enroll`.
 pub async fn enroll(
     State(state): State<AppState>,
+    Extension(source): Extension<crate::state::Source>,
     headers: HeaderMap,
     raw: axum::body::Body,
 ) -> Result<Json<proto::EnrollResponse>, ApiError> {
     let req: proto::EnrollRequest = parse(&body(&headers, raw).await?)?;
-    Ok(Json(enroll::enroll(&state, req).await?))
+    let enrolled = enroll::enroll(&state, req).await?;
+    // The audit record (lifecycle, #10): a server joined or re-keyed.
+    let entry = crate::store::AuditEntry {
+        at: Utc::now(),
+        request_id: crate::error::current_request_id(),
+        project_id: enrolled.project_id.clone(),
+        actor: "agent".into(),
+        action: "enroll-agent".into(),
+        servers: vec![enrolled.server_id.clone()],
+        dry_run: false,
+        outcome: "accepted".into(),
+        source: source.0,
+        user_id: None,
+        user_name: None,
+        error_code: None,
+        http_status: None,
+    };
+    if let Err(e) = state.store.record_audit(entry).await {
+        tracing::error!(error = %e.chain(), "writing the audit record failed");
+    }
+    Ok(Json(enrolled))
 }
 
 /// `POST /agent/v1/heartbeat`.

@@ -8,6 +8,7 @@ pub use servers::server_detail;
 pub mod openapi;
 mod resets;
 pub mod servers;
+mod traces;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/{project_id}/enroll-tokens",
             post(agent::create_enroll_token),
         )
+        .route("/v3/{project_id}/traces", get(traces::list))
         .route_layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
     let agents = Router::new()
         .route("/agent/v1/enroll", post(agent::enroll))

@@ -28,6 +28,7 @@ SDK-HMAC-SHA256 (AK/SK) as the Huawei SDKs sign; every response carries X-Reques
         super::servers::action,
         super::servers::job,
         super::agent::create_enroll_token,
+        super::traces::list,
         health,
         openapi_json,
     ),
@@ -38,6 +39,7 @@ SDK-HMAC-SHA256 (AK/SK) as the Huawei SDKs sign; every response carries X-Reques
         (name = "resets", description = "Password resets (Huawei) and their per-server outcome (ecsd)."),
         (name = "servers", description = "Servers, start/stop/reboot, jobs (Huawei)."),
         (name = "agents", description = "Enrollment of password-reset agents (ecsd)."),
+        (name = "audit", description = "The audit trail, in the shape of Huawei Cloud Trace Service ListTraces."),
         (name = "service", description = "Health and this document; no signature."),
     )
 )]
@@ -88,7 +90,7 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             .response(
                 "401",
                 gateway(
-                    "Missing or wrong signature, unknown AK, date outside the window (APIGW.0301).",
+                    "Missing or wrong signature, unknown, disabled or locked AK, date outside the window (APIGW.0301).",
                 ),
             )
             .response(
@@ -103,7 +105,7 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             )
             .response(
                 "429",
-                gateway("Too many requests for this AK (APIGW.0308)."),
+                gateway("Too many requests for this AK, or too many failed authentications from this address or for this AK (APIGW.0308)."),
             )
             .build();
         let internal: RefOr<Response> = ResponseBuilder::new()

@@ -74,6 +74,10 @@ fn audit(project: &str, action: &str) -> AuditEntry {
         dry_run: false,
         outcome: "accepted".into(),
         source: "test".into(),
+        user_id: None,
+        user_name: None,
+        error_code: None,
+        http_status: None,
     }
 }
 

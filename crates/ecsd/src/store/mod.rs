@@ -3,13 +3,17 @@
 //! backend implements the same trait without touching the API code.
 
 pub mod conformance;
+pub mod lifecycle;
+pub mod lifecycle_conformance;
 pub mod sqlite;
+mod sqlite_lifecycle;
 
 use chrono::{DateTime, Utc};
 use ecs_policy::OsType;
 
 pub use crate::config::DuplicateMachineId;
 
+pub use lifecycle::LifecycleStore;
 pub use sqlite::SqliteStore;
 
 /// The store reports the domain's errors: `Storage` (with its source),
@@ -139,6 +143,13 @@ pub struct AuditEntry {
     pub dry_run: bool,
     pub outcome: String,
     pub source: String,
+    /// The IAM user behind the credential (`actor`), when there is one.
+    pub user_id: Option<String>,
+    pub user_name: Option<String>,
+    /// The error code of a refused or failed call; `None` for a success.
+    pub error_code: Option<String>,
+    /// The HTTP status answered, when known.
+    pub http_status: Option<u16>,
 }
 
 /// What an agent sends to enroll (contract §4).

@@ -156,6 +156,12 @@ const MIGRATIONS: &[&str] = &[
         expires_at TEXT NOT NULL
     );
     "#,
+    // 5: reserved for identity (issue #10); empty on the lifecycle branch.
+    "",
+    // 6: reserved for authz (issue #10); empty on the lifecycle branch.
+    "",
+    // 7: lifecycle: access key status and lockout, audit traces.
+    super::sqlite_lifecycle::MIGRATION,
 ];
 
 fn backend(e: impl Into<domain::error::BoxError>) -> StoreError {
@@ -310,7 +316,7 @@ impl SqliteStore {
         MIGRATIONS.len()
     }
 
-    async fn write<R: Send + 'static>(
+    pub(super) async fn write<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
@@ -320,7 +326,7 @@ impl SqliteStore {
             .map_err(backend)?
     }
 
-    async fn read<R: Send + 'static>(
+    pub(super) async fn read<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
@@ -394,8 +400,9 @@ fn to_project((id, name, created): (String, String, String)) -> StoreResult<Proj
 
 fn insert_audit(conn: &Connection, e: &AuditEntry) -> StoreResult<()> {
     conn.prepare_cached(
-        "INSERT INTO audit (at, request_id, project_id, actor, action, servers, dry_run, outcome, source) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO audit (at, request_id, project_id, actor, action, servers, dry_run, outcome, source, \
+         user_id, user_name, error_code, http_status, rating) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         fmt_time(e.at),
@@ -406,7 +413,12 @@ fn insert_audit(conn: &Connection, e: &AuditEntry) -> StoreResult<()> {
         serde_json::to_string(&e.servers).map_err(backend)?,
         e.dry_run,
         e.outcome,
-        e.source
+        e.source,
+        e.user_id,
+        e.user_name,
+        e.error_code,
+        e.http_status,
+        super::lifecycle::TraceRating::of(e.error_code.as_deref(), e.http_status).as_str()
     ])?;
     Ok(())
 }

@@ -1,0 +1,420 @@
+//! [`LifecycleStore`] on SQLite: the same connections and transactions as
+//! [`SqliteStore`]'s `Store` side, and schema migration 7.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+
+use super::lifecycle::*;
+use super::sqlite::SqliteStore;
+use super::{AuditEntry, Role, StoreError, StoreResult, fmt_time, parse_time};
+
+/// Migration 7 (lifecycle): access key status and lockout state; the audit
+/// table gains who (user), the error code, the HTTP status and the CTS
+/// rating; audit records can be deleted (retention) but never changed.
+pub(super) const MIGRATION: &str = r#"
+    ALTER TABLE access_keys ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE access_keys ADD COLUMN auth_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE access_keys ADD COLUMN locked_until TEXT;
+    ALTER TABLE audit ADD COLUMN user_id TEXT;
+    ALTER TABLE audit ADD COLUMN user_name TEXT;
+    ALTER TABLE audit ADD COLUMN error_code TEXT;
+    ALTER TABLE audit ADD COLUMN http_status INTEGER;
+    ALTER TABLE audit ADD COLUMN rating TEXT NOT NULL DEFAULT 'normal';
+    UPDATE audit SET rating = 'warning', error_code = substr(outcome, 10)
+        WHERE outcome LIKE 'rejected %';
+    CREATE INDEX audit_project_id ON audit(project_id, id DESC);
+    CREATE INDEX audit_at ON audit(at);
+    CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit BEGIN
+        SELECT RAISE(ABORT, 'the audit trail is append-only');
+    END;
+"#;
+
+/// Every column holding a secret sealed under the master key:
+/// (table, owner column, sealed column, owner prefix — the associated data
+/// is the prefix followed by the owner column's value). A new sealed column
+/// must be listed here, or master-key rotation leaves it behind (the test
+/// `every_sealed_column_is_rotated` checks the migrations).
+pub(super) const SEALED_COLUMNS: &[(&str, &str, &str, &str)] = &[
+    ("access_keys", "ak", "sk_sealed", ""),
+    ("work_keys", "public_key", "secret_sealed", "work-key:"),
+];
+
+fn backend(e: impl Into<crate::domain::error::BoxError>) -> StoreError {
+    StoreError::storage(e)
+}
+
+fn opt_time(v: Option<String>) -> StoreResult<Option<DateTime<Utc>>> {
+    v.as_deref().map(parse_time).transpose()
+}
+
+const AUDIT_COLS: &str = "id, at, request_id, project_id, actor, action, servers, dry_run, \
+    outcome, source, user_id, user_name, error_code, http_status, rating";
+
+fn audit_from_row(r: &rusqlite::Row<'_>) -> StoreResult<AuditRecord> {
+    let servers: String = r.get(6)?;
+    let rating: String = r.get(14)?;
+    Ok(AuditRecord {
+        trace_id: r.get(0)?,
+        entry: AuditEntry {
+            at: parse_time(&r.get::<_, String>(1)?)?,
+            request_id: r.get(2)?,
+            project_id: r.get(3)?,
+            actor: r.get(4)?,
+            action: r.get(5)?,
+            servers: serde_json::from_str(&servers).map_err(backend)?,
+            dry_run: r.get(7)?,
+            outcome: r.get(8)?,
+            source: r.get(9)?,
+            user_id: r.get(10)?,
+            user_name: r.get(11)?,
+            error_code: r.get(12)?,
+            http_status: r.get(13)?,
+        },
+        rating: TraceRating::parse(&rating)
+            .ok_or_else(|| backend(format!("bad rating {rating:?}")))?,
+    })
+}
+
+#[async_trait::async_trait]
+impl LifecycleStore for SqliteStore {
+    async fn list_access_keys(&self, project_id: Option<&str>) -> StoreResult<Vec<AccessKeyInfo>> {
+        let p = project_id.map(str::to_owned);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT ak, project_id, role, enabled, created_at, locked_until, auth_failures \
+                 FROM access_keys WHERE ?1 IS NULL OR project_id = ?1 ORDER BY created_at, ak",
+            )?;
+            let mut rows = stmt.query([p])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let role: String = r.get(2)?;
+                out.push(AccessKeyInfo {
+                    ak: r.get(0)?,
+                    project_id: r.get(1)?,
+                    role: Role::parse(&role).ok_or_else(|| backend("bad role"))?,
+                    enabled: r.get(3)?,
+                    created: parse_time(&r.get::<_, String>(4)?)?,
+                    locked_until: opt_time(r.get(5)?)?,
+                    failures: r.get(6)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_access_key_enabled(&self, ak: &str, enabled: bool) -> StoreResult<bool> {
+        let ak = ak.to_owned();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE access_keys SET enabled = ?2 WHERE ak = ?1",
+                params![ak, enabled],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn delete_access_key(&self, ak: &str) -> StoreResult<bool> {
+        let ak = ak.to_owned();
+        self.write(move |c| Ok(c.execute("DELETE FROM access_keys WHERE ak = ?1", [ak])? == 1))
+            .await
+    }
+
+    async fn unlock_access_key(&self, ak: &str) -> StoreResult<bool> {
+        let ak = ak.to_owned();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE access_keys SET locked_until = NULL, auth_failures = 0 WHERE ak = ?1",
+                [ak],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn key_gate(&self, ak: &str) -> StoreResult<Option<KeyGate>> {
+        let ak = ak.to_owned();
+        self.read(move |c| {
+            let row = c
+                .prepare_cached(
+                    "SELECT enabled, locked_until, auth_failures FROM access_keys WHERE ak = ?1",
+                )?
+                .query_row([ak], |r| {
+                    Ok((
+                        r.get::<_, bool>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, u32>(2)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(enabled, locked, failures)| {
+                Ok(KeyGate {
+                    enabled,
+                    locked_until: opt_time(locked)?,
+                    failures,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn record_auth_failure(
+        &self,
+        ak: &str,
+        now: DateTime<Utc>,
+        policy: LockPolicy,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        let ak = ak.to_owned();
+        self.write(move |c| {
+            // IMMEDIATE: the read and the write are one step for every replica.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let row: Option<(u32, Option<String>)> = tx
+                .query_row(
+                    "SELECT auth_failures, locked_until FROM access_keys WHERE ak = ?1",
+                    [&ak],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((failures, locked)) = row else {
+                return Ok(None);
+            };
+            if let Some(t) = opt_time(locked)?.filter(|t| *t > now) {
+                return Ok(Some(t)); // already locked: nothing to count
+            }
+            let (n, lock) = policy.after_failure(failures, now);
+            tx.execute(
+                "UPDATE access_keys SET auth_failures = ?2, locked_until = ?3 WHERE ak = ?1",
+                params![ak, n, lock.map(fmt_time)],
+            )?;
+            tx.commit()?;
+            Ok(lock)
+        })
+        .await
+    }
+
+    async fn reset_auth_failures(&self, ak: &str) -> StoreResult<()> {
+        let ak = ak.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE access_keys SET auth_failures = 0 WHERE ak = ?1 AND auth_failures != 0",
+                [ak],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deregister_server(&self, server_id: &str) -> StoreResult<Option<String>> {
+        let id = server_id.to_owned();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let project: Option<String> = tx
+                .query_row("SELECT project_id FROM servers WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if project.is_none() {
+                return Ok(None);
+            }
+            for sql in [
+                "DELETE FROM rekey_challenges WHERE server_id = ?1",
+                "DELETE FROM enroll_tokens WHERE server_id = ?1",
+                "DELETE FROM reset_targets WHERE server_id = ?1",
+                "DELETE FROM sub_jobs WHERE server_id = ?1",
+                "DELETE FROM servers WHERE id = ?1",
+            ] {
+                tx.execute(sql, [&id])?;
+            }
+            tx.commit()?;
+            Ok(project)
+        })
+        .await
+    }
+
+    async fn revoke_agent(&self, server_id: &str) -> StoreResult<bool> {
+        let id = server_id.to_owned();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE servers SET agent_credential_hash = NULL, updated_at = ?2 WHERE id = ?1",
+                params![id, fmt_time(Utc::now())],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn list_enroll_tokens(
+        &self,
+        project_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<EnrollTokenInfo>> {
+        let p = project_id.map(str::to_owned);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT token_hash, project_id, uses_left, expires_at, created_at, server_id \
+                 FROM enroll_tokens WHERE (?1 IS NULL OR project_id = ?1) \
+                 AND uses_left > 0 AND expires_at > ?2 ORDER BY created_at, token_hash",
+            )?;
+            let mut rows = stmt.query(params![p, fmt_time(now)])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let hash: String = r.get(0)?;
+                out.push(EnrollTokenInfo {
+                    id: hash.chars().take(TOKEN_ID_LEN).collect(),
+                    project_id: r.get(1)?,
+                    uses_left: r.get(2)?,
+                    expires: parse_time(&r.get::<_, String>(3)?)?,
+                    created: parse_time(&r.get::<_, String>(4)?)?,
+                    server_id: r.get(5)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn revoke_enroll_token(&self, id_prefix: &str) -> StoreResult<Revoked> {
+        let prefix = id_prefix.to_ascii_lowercase();
+        self.write(move |c| {
+            if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(Revoked::None);
+            }
+            let tx = c.transaction()?;
+            let hashes: Vec<String> = tx
+                .prepare(
+                    "SELECT token_hash FROM enroll_tokens WHERE substr(token_hash, 1, ?2) = ?1",
+                )?
+                .query_map(params![prefix, prefix.len()], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let out = match hashes.as_slice() {
+                [] => Revoked::None,
+                [one] => {
+                    tx.execute("DELETE FROM enroll_tokens WHERE token_hash = ?1", [one])?;
+                    Revoked::One(one.chars().take(TOKEN_ID_LEN).collect())
+                }
+                many => Revoked::Ambiguous(many.len()),
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn reseal_all(&self, reseal: Box<Reseal>) -> StoreResult<usize> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut n = 0;
+            for (table, owner_col, blob_col, prefix) in SEALED_COLUMNS {
+                let rows: Vec<(String, Vec<u8>)> = tx
+                    .prepare(&format!("SELECT {owner_col}, {blob_col} FROM {table}"))?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let mut update = tx.prepare(&format!(
+                    "UPDATE {table} SET {blob_col} = ?2 WHERE {owner_col} = ?1"
+                ))?;
+                for (owner, blob) in rows {
+                    let new = reseal(&format!("{prefix}{owner}"), &blob).map_err(|e| {
+                        backend(format!("re-encrypting {table}.{blob_col} of {owner}: {e}"))
+                    })?;
+                    update.execute(params![owner, new])?;
+                    n += 1;
+                }
+            }
+            // Dropping the transaction on an error above rolls everything back.
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn list_audit(&self, q: AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        self.read(move |c| {
+            let ratings = q
+                .ratings
+                .as_ref()
+                .map(|rs| serde_json::to_string(&rs.iter().map(|r| r.as_str()).collect::<Vec<_>>()))
+                .transpose()
+                .map_err(backend)?;
+            let sql = format!(
+                "SELECT {AUDIT_COLS} FROM audit WHERE project_id = ?1 \
+                 AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at <= ?3) \
+                 AND (?4 IS NULL OR user_name = ?4 OR user_id = ?4 OR actor = ?4) \
+                 AND (?5 IS NULL OR action = ?5) \
+                 AND (?6 IS NULL OR EXISTS (SELECT 1 FROM json_each(audit.servers) WHERE value = ?6)) \
+                 AND (?7 IS NULL OR rating IN (SELECT value FROM json_each(?7))) \
+                 AND (?8 IS NULL OR id < ?8) \
+                 ORDER BY id DESC LIMIT ?9"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params![
+                q.project_id,
+                q.from.map(fmt_time),
+                q.to.map(fmt_time),
+                q.user,
+                q.action,
+                q.resource_id,
+                ratings,
+                q.before,
+                q.limit
+            ])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(audit_from_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn prune_audit(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize> {
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ?1 ORDER BY at LIMIT ?2)",
+                params![fmt_time(before), batch],
+            )?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `*_sealed` column the migrations create is re-encrypted by a
+    /// master-key rotation.
+    #[test]
+    fn every_sealed_column_is_rotated() {
+        let src = include_str!("sqlite.rs");
+        let start = src.find("const MIGRATIONS").expect("the migration list");
+        let end = start + src[start..].find("\n];").expect("its end");
+        let mut found = Vec::new();
+        for (i, _) in src[start..end].match_indices("_sealed ") {
+            let head = &src[start..start + i];
+            let word_start = head
+                .rfind(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                .map_or(0, |p| p + 1);
+            found.push(format!("{}_sealed", &head[word_start..]));
+        }
+        assert!(found.len() >= 2, "{found:?}");
+        for col in found {
+            assert!(
+                SEALED_COLUMNS.iter().any(|(_, _, c, _)| *c == col),
+                "{col} is sealed under the master key but not in SEALED_COLUMNS"
+            );
+        }
+    }
+}
+
+/// The lifecycle conformance suite on SQLite: one fresh database per check.
+#[cfg(test)]
+mod conformance {
+    use super::SqliteStore;
+
+    fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("ecsd.sqlite")).expect("open");
+        (dir, store)
+    }
+
+    crate::lifecycle_conformance_tests!(fresh);
+}
