@@ -3,13 +3,18 @@
 //! backend implements the same trait without touching the API code.
 
 pub mod conformance;
+pub mod identity;
+#[cfg(test)]
+pub mod identity_conformance;
 pub mod sqlite;
+mod sqlite_identity;
 
 use chrono::{DateTime, Utc};
 use ecs_policy::OsType;
 
 pub use crate::config::DuplicateMachineId;
 
+pub use identity::IdentityStore;
 pub use sqlite::SqliteStore;
 
 /// The store reports the domain's errors: `Storage` (with its source),
