@@ -9,6 +9,7 @@
 //! read without an error.
 
 pub mod error;
+pub mod iam;
 pub mod job;
 pub mod reset;
 pub mod server;

@@ -55,6 +55,8 @@ pub struct Config {
     /// What enrolling with a machine id that an existing server already has
     /// (and no proof of its key) does: `new-server` or `refuse`.
     pub duplicate_machine_id: DuplicateMachineId,
+    /// How long a token from `POST /v3/auth/tokens` is valid (Huawei: 24 h).
+    pub token_ttl_secs: u64,
 }
 
 /// See [`Config::duplicate_machine_id`].
@@ -95,6 +97,7 @@ impl Default for Config {
             insecure_http: false,
             insecure_http_non_loopback: false,
             duplicate_machine_id: DuplicateMachineId::NewServer,
+            token_ttl_secs: 24 * 3600,
         }
     }
 }
@@ -119,6 +122,7 @@ const ENV_KEYS: &[&str] = &[
     "insecure_http",
     "insecure_http_non_loopback",
     "duplicate_machine_id",
+    "token_ttl_secs",
 ];
 
 impl Config {

@@ -10,6 +10,7 @@ pub mod dev;
 pub mod domain;
 pub mod enroll;
 pub mod error;
+pub mod identity;
 pub mod power;
 pub mod reset;
 pub mod secrets;

@@ -9,11 +9,13 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::secrets::MasterKey;
-use crate::store::Store;
+use crate::store::{IdentityStore, Store};
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Users, tokens, temporary credentials: the same store object as `store`.
+    pub identity: Arc<dyn IdentityStore>,
     pub master: Arc<MasterKey>,
     pub config: Arc<Config>,
     pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
@@ -26,9 +28,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, master: MasterKey, config: Config) -> Self {
+    pub fn new<S: Store + IdentityStore>(store: Arc<S>, master: MasterKey, config: Config) -> Self {
         let rate = NonZeroU32::new(config.rate_limit_per_sec.max(1)).expect("max(1) is non-zero");
         AppState {
+            identity: store.clone(),
             store,
             master: Arc::new(master),
             limiter: Arc::new(RateLimiter::keyed(Quota::per_second(rate))),

@@ -105,6 +105,8 @@ pub trait IdentityStore: Send + Sync + 'static {
     async fn project_domain(&self, project_id: &str) -> StoreResult<Option<Domain>>;
     /// Moves a project into a domain.
     async fn set_project_domain(&self, project_id: &str, domain_id: &str) -> StoreResult<()>;
+    /// The projects of a domain, by name.
+    async fn domain_projects(&self, domain_id: &str) -> StoreResult<Vec<super::Project>>;
     /// The project with this name in this domain.
     async fn project_in_domain(
         &self,

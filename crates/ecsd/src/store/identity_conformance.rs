@@ -74,10 +74,23 @@ pub async fn domains_hold_projects(store: &dyn Store, id: &dyn IdentityStore) {
     assert_eq!(id.domain_by_name("acme").await.unwrap(), Some(acme.clone()));
     assert_eq!(id.domain(&acme.id).await.unwrap(), Some(acme.clone()));
     assert_eq!(id.domain_by_name("nope").await.unwrap(), None);
+    let names = |ps: Vec<super::Project>| ps.into_iter().map(|p| p.name).collect::<Vec<_>>();
+    store.create_project("p0").await.unwrap();
+    assert_eq!(
+        names(id.domain_projects(&d.id).await.unwrap()),
+        ["p0", "p1"]
+    );
+    assert!(id.domain_projects(&acme.id).await.unwrap().is_empty());
     id.set_project_domain(&p.id, &acme.id).await.unwrap();
+    assert_eq!(names(id.domain_projects(&acme.id).await.unwrap()), ["p1"]);
     assert_eq!(id.project_domain(&p.id).await.unwrap(), Some(acme.clone()));
     assert!(id.project_in_domain(&d.id, "p1").await.unwrap().is_none());
-    assert!(id.project_in_domain(&acme.id, "p1").await.unwrap().is_some());
+    assert!(
+        id.project_in_domain(&acme.id, "p1")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 pub async fn users_are_unique_per_domain_and_can_be_disabled(

@@ -135,6 +135,18 @@ impl IdentityStore for SqliteStore {
         .await
     }
 
+    async fn domain_projects(&self, domain_id: &str) -> StoreResult<Vec<Project>> {
+        let d = domain_id.to_owned();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, name, created_at FROM projects WHERE domain_id = ?1 ORDER BY name",
+            )?;
+            let rows = st.query_map([d], project_from_row)?;
+            rows.map(|r| to_project(r?)).collect()
+        })
+        .await
+    }
+
     async fn project_in_domain(&self, domain_id: &str, name: &str) -> StoreResult<Option<Project>> {
         let (d, n) = (domain_id.to_owned(), name.to_owned());
         self.read(move |c| {
@@ -305,10 +317,7 @@ impl IdentityStore for SqliteStore {
     async fn revoke_token(&self, token_hash: &str) -> StoreResult<bool> {
         let h = token_hash.to_owned();
         self.write(move |c| {
-            Ok(c.execute(
-                "UPDATE tokens SET revoked = 1 WHERE token_hash = ?1",
-                [h],
-            )? == 1)
+            Ok(c.execute("UPDATE tokens SET revoked = 1 WHERE token_hash = ?1", [h])? == 1)
         })
         .await
     }
