@@ -90,7 +90,8 @@ impl IdentityStore for SqliteStore {
                 "INSERT INTO domains (id, name, created_at) VALUES (?1, ?2, ?3)",
                 params![d.id, d.name, fmt_time(d.created)],
             )?;
-            Ok(d)
+            // As stored (milliseconds).
+            query_domain(c, "id", &d.id)?.ok_or_else(|| backend("the new domain vanished"))
         })
         .await
     }
