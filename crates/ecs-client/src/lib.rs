@@ -788,6 +788,7 @@ mod tests {
             status: 404,
             request_id: "r1".into(),
             content_type: Some("application/json".into()),
+            subject_token: None,
             body: Bytes::from_static(
                 br#"{"error":{"code":"Ecs.0114","message":"Instance[x] could not be found."}}"#,
             ),
@@ -804,6 +805,7 @@ mod tests {
             status: 502,
             request_id: String::new(),
             content_type: None,
+            subject_token: None,
             body: Bytes::from_static(b"<html>bad gateway</html>"),
         };
         let Err(Error::Api(e)) = r.into_result::<ShowServerResponse>("GET") else {
@@ -819,6 +821,7 @@ mod tests {
             status: 200,
             request_id: "r".into(),
             content_type: None,
+            subject_token: None,
             body: Bytes::from_static(br#"{"job":"x"}"#),
         };
         assert!(matches!(
