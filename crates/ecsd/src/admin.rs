@@ -106,8 +106,15 @@ pub struct UserInfo {
     pub name: String,
     pub enabled: bool,
     pub created: String,
-    /// (project name, role) in the user's domain.
-    pub roles: Vec<(String, &'static str)>,
+    /// The user's role per project of its domain.
+    pub roles: Vec<ProjectRole>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRole {
+    pub project: String,
+    pub project_id: String,
+    pub role: &'static str,
 }
 
 async fn domain_named(state: &AppState, domain: &str) -> anyhow::Result<Domain> {
@@ -192,7 +199,11 @@ async fn user_info(state: &AppState, d: &Domain, u: User) -> anyhow::Result<User
     let mut roles = Vec::new();
     for p in state.identity.domain_projects(&d.id).await? {
         if let Some(r) = state.identity.user_role(&u.id, &p.id).await? {
-            roles.push((p.name, r.as_str()));
+            roles.push(ProjectRole {
+                project: p.name,
+                project_id: p.id,
+                role: r.as_str(),
+            });
         }
     }
     Ok(UserInfo {

@@ -576,7 +576,10 @@ async fn user_lifecycle_disable_enable_delete() {
     );
     let users = ecsd::admin::list_users(&t.state, "default").await.unwrap();
     assert_eq!(users.len(), 1);
-    assert_eq!(users[0].roles, vec![("test".to_owned(), "admin")]);
+    assert_eq!(users[0].roles.len(), 1);
+    assert_eq!(users[0].roles[0].project, "test");
+    assert_eq!(users[0].roles[0].project_id, t.project);
+    assert_eq!(users[0].roles[0].role, "admin");
     assert!(users[0].enabled);
 
     let tok = login(&t, "alice").await;
