@@ -119,6 +119,32 @@ fn dummy_hash() -> &'static str {
 
 // ------------------------------------------------------------- services --
 
+/// Records an IAM call in the audit table (contract §3.5): the actor is the
+/// token's or temporary AK's public id, never a secret.
+pub async fn audit(
+    state: &AppState,
+    project_id: &str,
+    actor: &str,
+    action: &str,
+    source: &str,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .record_audit(crate::store::AuditEntry {
+            at: Utc::now(),
+            request_id: crate::error::current_request_id(),
+            project_id: project_id.to_owned(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            servers: Vec::new(),
+            dry_run: false,
+            outcome: "ok".into(),
+            source: source.to_owned(),
+        })
+        .await
+        .map_err(storage)
+}
+
 fn storage(e: StoreError) -> ApiError {
     ApiError::internal("identity store", e)
 }
@@ -157,6 +183,7 @@ async fn password_matches(phc: String, pw: SecretString) -> bool {
 pub async fn login(
     state: &AppState,
     req: CreateTokenRequest,
+    source: &str,
 ) -> Result<(SecretString, TokenResponse), ApiError> {
     let identity = req.auth.identity;
     if !identity.methods.iter().any(|m| m == "password") {
@@ -256,6 +283,7 @@ pub async fn login(
         .await
         .map_err(storage)?;
     tracing::info!(user = %user.id, token = %stored.id, project = %project.id, "token issued");
+    audit(state, &project.id, &stored.id, "create-token", source).await?;
     let body = token_body(&stored, &user, &domain, &project, role);
     Ok((token, body))
 }
@@ -413,6 +441,7 @@ pub async fn issue_security_token(
     state: &AppState,
     headers: &HeaderMap,
     req: SecurityTokenRequest,
+    source: &str,
 ) -> Result<SecurityTokenResponse, ApiError> {
     let v = check_token(state, "x-auth-token", headers.get("x-auth-token")).await?;
     let identity = req.auth.identity;
@@ -440,6 +469,14 @@ pub async fn issue_security_token(
         .await
         .map_err(storage)?;
     tracing::info!(user = %v.user.id, token = %v.token.id, access_key = %ak, "temporary credentials issued");
+    audit(
+        state,
+        &v.token.project_id,
+        &v.token.id,
+        &format!("create-temporary-credentials {ak}"),
+        source,
+    )
+    .await?;
     Ok(SecurityTokenResponse {
         credential: WireCredential {
             access: ak,

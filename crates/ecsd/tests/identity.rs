@@ -379,10 +379,25 @@ async fn tokens_are_stored_only_as_hashes() {
         .query_row("SELECT password_hash FROM users", [], |r| r.get(0))
         .unwrap();
     assert!(phc.starts_with("$argon2id$"), "{phc}");
-    let actor: String = db
-        .query_row("SELECT actor FROM audit", [], |r| r.get(0))
+    // The login, the temporary credentials and the reset are audited, by the token's id.
+    let mut st = db
+        .prepare("SELECT actor, action FROM audit ORDER BY id")
         .unwrap();
-    assert!(actor.starts_with("tok-"), "{actor}");
+    let rows: Vec<(String, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[0].1, "create-token");
+    assert!(
+        rows[1].1.starts_with("create-temporary-credentials "),
+        "{rows:?}"
+    );
+    for (actor, _) in &rows {
+        assert!(actor.starts_with("tok-"), "{actor}");
+        assert_eq!(actor, &rows[0].0);
+    }
 }
 
 /// A client of the temporary AK/SK, with or without its security token.

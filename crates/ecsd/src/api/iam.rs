@@ -3,7 +3,7 @@
 //! is in `crate::identity`; these handlers parse and answer.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::identity;
-use crate::state::AppState;
+use crate::state::{AppState, Source};
 
 /// Parses a JSON body; the error names the field, never a value (a
 /// password may be in it).
@@ -52,12 +52,13 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     ))]
 pub async fn create_token(
     State(state): State<AppState>,
+    Extension(source): Extension<Source>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let body = crate::auth::read_body(&headers, body, state.config.max_body_bytes).await?;
     let req: CreateTokenRequest = parse(&body)?;
-    let (token, answer) = identity::login(&state, req).await?;
+    let (token, answer) = identity::login(&state, req, &source.0).await?;
     let mut resp = (StatusCode::CREATED, Json(answer)).into_response();
     let mut value = HeaderValue::from_str(token.expose_secret())
         .map_err(|e| ApiError::internal("token header", e))?;
@@ -110,9 +111,18 @@ pub async fn validate_token(
     ))]
 pub async fn revoke_token(
     State(state): State<AppState>,
+    Extension(source): Extension<Source>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (subject, _) = identity::subject_token(&state, &headers).await?;
+    identity::audit(
+        &state,
+        &subject.token.project_id,
+        &subject.token.id,
+        "revoke-token",
+        &source.0,
+    )
+    .await?;
     state
         .identity
         .revoke_token(&subject.token.token_hash)
@@ -138,6 +148,7 @@ pub async fn revoke_token(
     ))]
 pub async fn create_security_token(
     State(state): State<AppState>,
+    Extension(source): Extension<Source>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
@@ -145,6 +156,6 @@ pub async fn create_security_token(
     // The token first: an anonymous caller learns nothing about the body rules.
     identity::check_token(&state, "x-auth-token", headers.get("x-auth-token")).await?;
     let req: SecurityTokenRequest = parse(&body)?;
-    let answer = identity::issue_security_token(&state, &headers, req).await?;
+    let answer = identity::issue_security_token(&state, &headers, req, &source.0).await?;
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
