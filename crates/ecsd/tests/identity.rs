@@ -637,3 +637,53 @@ async fn user_lifecycle_disable_enable_delete() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn the_dev_user_is_written_to_the_dev_credentials_and_kept_across_restarts() {
+    let t = TestServer::start().await;
+    let fleet = ecsd::dev::DevFleet {
+        linux: 0,
+        windows: 0,
+    };
+    let (f1, path) = ecsd::dev::bootstrap(&t.state, &t.base, fleet, None)
+        .await
+        .unwrap();
+    f1.stop();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let read =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap() };
+    let first = read();
+    assert_eq!(first["user"], "dev-admin");
+    assert_eq!(first["domain"], "default");
+    let pw = first["password"].as_str().unwrap().to_owned();
+    assert!(pw.len() >= 20, "a random password");
+    // The dev user is an admin of the dev project and can log in.
+    let login = |pw: String| {
+        let base = t.base.clone();
+        let project = first["project_id"].as_str().unwrap().to_owned();
+        async move {
+            ecs_client::login(
+                &base,
+                Trust::System,
+                "default",
+                "dev-admin",
+                &secret(&pw),
+                ProjectScope::Id(project),
+            )
+            .await
+        }
+    };
+    let l = login(pw.clone()).await.unwrap();
+    assert_eq!(l.body.token.roles[0].name, "admin");
+    // A second start keeps the user and its password.
+    let (f2, _) = ecsd::dev::bootstrap(&t.state, &t.base, fleet, None)
+        .await
+        .unwrap();
+    f2.stop();
+    assert_eq!(read()["password"], pw.as_str());
+    assert!(login(pw).await.is_ok());
+}
