@@ -13,8 +13,11 @@ that ecsd answered are fed back into later `job_id` / `request_id`
 parameters. A deterministic share of cases keeps the generated values (a
 foreign project must be a documented 400 Ecs.0023, an unknown server a 404...).
 
+IAM operations (`/v3`) get fresh tokens of the dev user (its password is in
+the credentials file) in most cases, and valid bodies in half of them.
+
 Environment: ECSD_CREDENTIALS, the `--dev` credentials file (endpoint,
-project_id, ak, sk, ca_file, servers).
+project_id, ak, sk, ca_file, servers, domain, user, password).
 """
 
 import json
@@ -96,6 +99,41 @@ class SdkHmacSha256(requests.auth.AuthBase):
 AUTH = SdkHmacSha256()
 
 
+def _login_body():
+    """A valid password login of the dev user (dev-credentials.json) to the dev project."""
+    return {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "domain": {"name": CREDS["domain"]}, "name": CREDS["user"], "password": CREDS["password"]}}},
+        "scope": {"project": {"id": PROJECT}}}}
+
+
+def _fresh_token():
+    """A new token of the dev user (each case may revoke its own)."""
+    r = requests.post(CREDS["endpoint"] + "/v3/auth/tokens", json=_login_body(),
+                      verify=CREDS.get("ca_file"), timeout=30)
+    return r.headers.get("X-Subject-Token")
+
+
+def _iam_case(case, key):
+    """IAM operations: most cases get real tokens and half the bodies are valid, so that the
+    201/200/204 answers are checked too, not only the 401s."""
+    if case.path == "/v3/auth/tokens" and case.method == "POST":
+        if isinstance(case.body, dict) and key % 2 == 0 and CREDS.get("password"):
+            case.body = _login_body()
+        return
+    if key % 5 == 0 or not CREDS.get("password"):
+        return
+    token = _fresh_token()
+    if not token:
+        return
+    if case.headers is None:
+        case.headers = {}
+    case.headers["X-Auth-Token"] = token
+    if case.path == "/v3/auth/tokens":
+        case.headers["X-Subject-Token"] = token
+    elif isinstance(case.body, dict) and (key >> 3) % 2 == 0:
+        case.body = {"auth": {"identity": {"methods": ["token"], "token": {"duration_seconds": 900}}}}
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
     # One deterministic number per generated case (before we change it) picks what to replace.
@@ -128,6 +166,8 @@ def before_call(context, case, kwargs):
             holder["new_password"] = STRONG_PASSWORD
             if isinstance(body.get("apply"), str):
                 body["apply"] = "now"
+    if case.path.startswith("/v3"):
+        _iam_case(case, key)
     kwargs["auth"] = AUTH
 
 

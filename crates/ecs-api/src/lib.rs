@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod error;
+pub mod iam;
 pub mod job;
 pub mod reset;
 pub mod server;

@@ -3,6 +3,11 @@
 //! speaks TLS with rustls. Typed calls return `ecs-api` types; [`Client::send`]
 //! is the raw form the tests use to send what no well-behaved client would.
 //!
+//! Besides AK/SK it authenticates as the IAM APIs allow: with a token
+//! (`X-Auth-Token`, from [`login`]) instead of a signature, or with
+//! temporary AK/SK whose security token is sent, signed, as
+//! `X-Security-Token`.
+//!
 //! Plain `http://` is refused unless the host is a loopback address; the
 //! secret key lives in a `SecretString` and request bodies (which may hold a
 //! password) are zeroized once sent.
@@ -10,6 +15,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use ecs_api::iam::{
+    AuthScope, AuthScopeProject, CreateTokenRequest, IdentityToken, NameRef, PwdAuth, PwdIdentity,
+    PwdPassword, PwdPasswordUser, SecurityTokenRequest, SecurityTokenResponse, TokenAuth,
+    TokenAuthIdentity, TokenResponse,
+};
 use ecs_api::{
     BatchResetRequest, BatchResetResponse, EnrollTokenRequest, EnrollTokenResponse, ErrorBody,
     JobResult, ListServersResponse, ResetOutcome, ResetPwdFlagResponse, ServerAction, ServerDetail,
@@ -147,6 +157,11 @@ pub struct Config {
     pub timeout: Duration,
     pub user_agent: String,
     pub observer: Option<Observer>,
+    /// Send `X-Auth-Token` with this token instead of signing.
+    pub token: Option<SecretString>,
+    /// The security token of temporary AK/SK: sent (and signed) as
+    /// `X-Security-Token`.
+    pub security_token: Option<SecretString>,
 }
 
 impl std::fmt::Debug for Config {
@@ -157,6 +172,11 @@ impl std::fmt::Debug for Config {
             .field("credentials", &self.credentials)
             .field("trust", &self.trust)
             .field("timeout", &self.timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "security_token",
+                &self.security_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -179,7 +199,26 @@ impl Config {
             timeout: Duration::from_secs(60),
             user_agent: format!("ecs-client/{}", env!("CARGO_PKG_VERSION")),
             observer: None,
+            token: None,
+            security_token: None,
         }
+    }
+
+    /// A configuration that authenticates with a token (`X-Auth-Token`).
+    pub fn with_token(
+        endpoint: impl Into<String>,
+        project_id: impl Into<String>,
+        token: SecretString,
+    ) -> Self {
+        let mut c = Config::new(endpoint, project_id, "", SecretString::from(""));
+        c.token = Some(token);
+        c
+    }
+
+    /// Temporary AK/SK: requests are signed and carry `X-Security-Token`.
+    pub fn with_security_token(mut self, security_token: SecretString) -> Self {
+        self.security_token = Some(security_token);
+        self
     }
 }
 
@@ -248,6 +287,8 @@ pub struct Response {
     pub request_id: String,
     pub content_type: Option<String>,
     pub body: Bytes,
+    /// `X-Subject-Token` (the token of `POST /v3/auth/tokens`).
+    pub subject_token: Option<SecretString>,
 }
 
 impl Response {
@@ -371,8 +412,22 @@ impl Client {
         let mut headers: Vec<(String, String)> = vec![
             ("Host".into(), self.host.clone()),
             ("X-Sdk-Date".into(), date),
-            ("X-Project-Id".into(), self.cfg.project_id.clone()),
         ];
+        if !self.cfg.project_id.is_empty() {
+            headers.push(("X-Project-Id".into(), self.cfg.project_id.clone()));
+        }
+        // A token replaces the signature unless the request is signed as
+        // someone else; a security token is signed with the temporary AK/SK.
+        let token = self
+            .cfg
+            .token
+            .as_ref()
+            .filter(|_| req.credentials.is_none());
+        if req.credentials.is_none()
+            && let Some(st) = &self.cfg.security_token
+        {
+            headers.push(("X-Security-Token".into(), st.expose_secret().to_owned()));
+        }
         if let Some((ct, _)) = &req.body {
             headers.push(("Content-Type".into(), ct.clone()));
         }
@@ -389,7 +444,14 @@ impl Client {
                 out = out.header(k, v);
             }
         }
-        if !req.unsigned {
+        if let Some(t) = token
+            && !req.unsigned
+        {
+            let mut v = reqwest::header::HeaderValue::from_str(t.expose_secret())
+                .map_err(|_| Error::Sign("the token is not a valid header value".into()))?;
+            v.set_sensitive(true);
+            out = out.header("X-Auth-Token", v);
+        } else if !req.unsigned {
             let creds = req.credentials.as_ref().unwrap_or(&self.cfg.credentials);
             let auth = ecs_sign::sign(
                 &creds.access_key,
@@ -418,6 +480,7 @@ impl Client {
                 .map(str::to_owned)
         };
         let request_id = header("x-request-id").unwrap_or_default();
+        let subject_token = header("x-subject-token").map(SecretString::from);
         if let Some(observe) = &self.cfg.observer {
             observe(req.method.as_str(), path, status, &request_id);
         }
@@ -431,6 +494,7 @@ impl Client {
             request_id,
             content_type,
             body,
+            subject_token,
         })
     }
 
@@ -570,6 +634,119 @@ impl Client {
         self.call(reqwest::Method::POST, "/enroll-tokens", Some(req))
             .await
     }
+
+    /// `DELETE /v3/auth/tokens` of this client's own token (logout).
+    pub async fn revoke_token(&self) -> Result<Reply<()>> {
+        let token = self.cfg.token.as_ref().ok_or_else(|| {
+            Error::Sign("revoking a token needs a client made with a token".into())
+        })?;
+        let req = Request::new(reqwest::Method::DELETE, "/v3/auth/tokens")
+            .header("X-Subject-Token", token.expose_secret());
+        self.send(req).await?.into_result("DELETE /v3/auth/tokens")
+    }
+
+    /// `GET /v3/auth/tokens` of this client's own token.
+    pub async fn validate_token(&self) -> Result<Reply<TokenResponse>> {
+        let token = self.cfg.token.as_ref().ok_or_else(|| {
+            Error::Sign("validating a token needs a client made with a token".into())
+        })?;
+        let req = Request::new(reqwest::Method::GET, "/v3/auth/tokens")
+            .header("X-Subject-Token", token.expose_secret());
+        self.send(req).await?.into_result("GET /v3/auth/tokens")
+    }
+
+    /// `POST /v3.0/OS-CREDENTIAL/securitytokens`: temporary AK/SK for this
+    /// client's token (`duration_seconds` 900..86400, default 900).
+    pub async fn security_token(
+        &self,
+        duration_seconds: Option<i64>,
+    ) -> Result<Reply<SecurityTokenResponse>> {
+        let body = SecurityTokenRequest {
+            auth: TokenAuth {
+                identity: TokenAuthIdentity {
+                    methods: vec!["token".into()],
+                    token: Some(IdentityToken {
+                        id: None,
+                        duration_seconds,
+                    }),
+                },
+            },
+        };
+        let req = Request::new(reqwest::Method::POST, "/v3.0/OS-CREDENTIAL/securitytokens")
+            .json(&body)?;
+        self.send(req)
+            .await?
+            .into_result("POST /v3.0/OS-CREDENTIAL/securitytokens")
+    }
+}
+
+/// The project a token is for: by id, or by name within the user's domain.
+#[derive(Debug, Clone)]
+pub enum ProjectScope {
+    Id(String),
+    Name(String),
+}
+
+/// What [`login`] got: the token (for `X-Auth-Token`) and IAM's answer.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub token: SecretString,
+    pub body: TokenResponse,
+    pub request_id: String,
+}
+
+/// `POST /v3/auth/tokens` with a user's password: a project-scoped token.
+pub async fn login(
+    endpoint: &str,
+    trust: Trust,
+    domain: &str,
+    user: &str,
+    password: &SecretString,
+    project: ProjectScope,
+) -> Result<Login> {
+    let mut cfg = Config::new(endpoint, "", "", SecretString::from(""));
+    cfg.trust = trust;
+    let client = Client::new(cfg)?;
+    let (id, name) = match project {
+        ProjectScope::Id(id) => (Some(id), None),
+        ProjectScope::Name(n) => (None, Some(n)),
+    };
+    let body = CreateTokenRequest {
+        auth: PwdAuth {
+            identity: PwdIdentity {
+                methods: vec!["password".into()],
+                password: Some(PwdPassword {
+                    user: PwdPasswordUser {
+                        domain: NameRef {
+                            name: domain.to_owned(),
+                        },
+                        name: user.to_owned(),
+                        password: password.clone().into(),
+                    },
+                }),
+            },
+            scope: Some(AuthScope {
+                project: Some(AuthScopeProject { id, name }),
+            }),
+        },
+    };
+    let req = Request::new(reqwest::Method::POST, "/v3/auth/tokens")
+        .json(&body)?
+        .unsigned();
+    let resp = client.send(req).await?;
+    let token = resp.subject_token.clone();
+    let reply: Reply<TokenResponse> = resp.into_result("POST /v3/auth/tokens")?;
+    let token = token.ok_or_else(|| Error::Decode {
+        what: "POST /v3/auth/tokens".into(),
+        status: 201,
+        request_id: reply.request_id.clone(),
+        source: serde::de::Error::custom("no X-Subject-Token header"),
+    })?;
+    Ok(Login {
+        token,
+        body: reply.body,
+        request_id: reply.request_id,
+    })
 }
 
 /// Percent-encodes a path segment or query value as the SDKs do (everything
@@ -631,6 +808,7 @@ mod tests {
             status: 404,
             request_id: "r1".into(),
             content_type: Some("application/json".into()),
+            subject_token: None,
             body: Bytes::from_static(
                 br#"{"error":{"code":"Ecs.0114","message":"Instance[x] could not be found."}}"#,
             ),
@@ -647,6 +825,7 @@ mod tests {
             status: 502,
             request_id: String::new(),
             content_type: None,
+            subject_token: None,
             body: Bytes::from_static(b"<html>bad gateway</html>"),
         };
         let Err(Error::Api(e)) = r.into_result::<ShowServerResponse>("GET") else {
@@ -662,6 +841,7 @@ mod tests {
             status: 200,
             request_id: "r".into(),
             content_type: None,
+            subject_token: None,
             body: Bytes::from_static(br#"{"job":"x"}"#),
         };
         assert!(matches!(

@@ -17,6 +17,7 @@ impl Api {
     /// configured CA file. Plain HTTP only to a loopback address.
     pub fn new(cfg: Resolved, verbose: bool) -> anyhow::Result<Self> {
         let mut c = Config::new(cfg.endpoint, cfg.project_id, cfg.access_key, cfg.secret_key);
+        c.token = cfg.token;
         c.user_agent = format!("ecsctl/{}", env!("CARGO_PKG_VERSION"));
         if verbose {
             c.observer = Some(std::sync::Arc::new(|method, path, status, request_id| {

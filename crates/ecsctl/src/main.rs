@@ -93,6 +93,31 @@ enum Command {
         #[arg(long)]
         from_dev: Option<PathBuf>,
     },
+    /// Log in as an IAM user: the token (24 h) is kept in the profile
+    /// (mode 0600) and used by later commands until it expires.
+    ///
+    /// The password is asked without echo, or read from standard input with
+    /// --password-stdin; never from an argument.
+    ///
+    /// Examples:
+    ///   ecsctl login --endpoint https://ecsd:8443 --project-id P --domain default --user alice
+    ///   ecsctl --dev-credentials ecsd-data/dev-credentials.json login   (domain and user from the file)
+    Login {
+        /// The user's domain (default: the profile's, or the dev file's).
+        #[arg(long)]
+        domain: Option<String>,
+        /// The user name (default: the profile's, or the dev file's).
+        #[arg(long)]
+        user: Option<String>,
+        /// The project by name within the domain (default: --project-id or the profile's project).
+        #[arg(long)]
+        project: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Revoke the profile's login token and forget it.
+    Logout,
     /// List, show, start, stop and reboot servers.
     Servers {
         #[command(subcommand)]
@@ -319,6 +344,24 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Configure { from_dev } => configure(&cli.profile, from_dev),
+        Command::Login {
+            domain,
+            user,
+            project,
+            password_stdin,
+        } => {
+            login(
+                &overrides,
+                LoginArgs {
+                    domain,
+                    user,
+                    project,
+                    password_stdin,
+                },
+            )
+            .await
+        }
+        Command::Logout => logout(&overrides, cli.verbose).await,
         Command::Servers { command } => servers(&api()?, command, out).await,
         Command::Audit(args) => {
             let traces = audit::fetch(&api()?, &args).await?;
@@ -383,6 +426,132 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
     }
 }
 
+struct LoginArgs {
+    domain: Option<String>,
+    user: Option<String>,
+    project: Option<String>,
+    password_stdin: bool,
+}
+
+fn env_var(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+fn trust_of(ca_file: Option<&PathBuf>) -> anyhow::Result<ecs_client::Trust> {
+    Ok(match ca_file {
+        Some(f) => ecs_client::Trust::SystemAnd(
+            std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        ),
+        None => ecs_client::Trust::System,
+    })
+}
+
+/// `ecsctl login`: a token for the profile.
+async fn login(o: &config::Overrides, a: LoginArgs) -> anyhow::Result<u8> {
+    let p = config::effective_profile(o)?;
+    let endpoint = o
+        .endpoint
+        .clone()
+        .or_else(|| env_var("ECS_ENDPOINT"))
+        .or(p.endpoint)
+        .context("no endpoint: pass --endpoint, set ECS_ENDPOINT or configure the profile")?;
+    let ca_file = o
+        .ca_file
+        .clone()
+        .or_else(|| env_var("ECS_CA_FILE").map(PathBuf::from))
+        .or(p.ca_file);
+    let domain = a.domain.or(p.domain).context("pass --domain")?;
+    let user = a.user.or(p.user).context("pass --user")?;
+    let scope = match (
+        a.project,
+        o.project_id
+            .clone()
+            .or_else(|| env_var("ECS_PROJECT_ID"))
+            .or(p.project_id),
+    ) {
+        (Some(name), _) => ecs_client::ProjectScope::Name(name),
+        (None, Some(id)) => ecs_client::ProjectScope::Id(id),
+        (None, None) => bail!("pass --project NAME or --project-id ID"),
+    };
+    let password = if a.password_stdin {
+        let mut line = zeroize::Zeroizing::new(String::new());
+        std::io::stdin().lock().read_line(&mut line)?;
+        SecretString::from(line.trim_end_matches(['\r', '\n']).to_owned())
+    } else if std::io::stdin().is_terminal() {
+        SecretString::from(rpassword::prompt_password(format!(
+            "Password of {user} ({domain}): "
+        ))?)
+    } else {
+        bail!(Rejected(
+            "standard input is not a terminal: pass --password-stdin and write the password to it"
+                .into()
+        ));
+    };
+    let trust = trust_of(ca_file.as_ref())?;
+    let l = match ecs_client::login(&endpoint, trust, &domain, &user, &password, scope).await {
+        Ok(l) => l,
+        Err(ecs_client::Error::Api(e)) => return Err(anyhow::Error::new(*e)),
+        Err(e) => return Err(anyhow::Error::new(e).context("POST /v3/auth/tokens")),
+    };
+    let path = config::config_path();
+    let mut file = config::load_file(&path)?;
+    let entry = file.profiles.entry(o.profile.clone()).or_default();
+    entry.endpoint = Some(endpoint);
+    entry.project_id = Some(l.body.token.project.id.clone());
+    entry.ca_file = ca_file;
+    entry.domain = Some(domain.clone());
+    entry.user = Some(user.clone());
+    entry.token = Some(l.token.expose_secret().to_owned());
+    entry.token_expires_at = Some(l.body.token.expires_at.clone());
+    config::save_file(&path, &file)?;
+    eprintln!(
+        "logged in as {} ({}) to project {}; the token expires at {} (profile {}, {})",
+        api::cell(&user),
+        api::cell(&domain),
+        api::cell(&l.body.token.project.name),
+        api::cell(&l.body.token.expires_at),
+        o.profile,
+        path.display()
+    );
+    Ok(0)
+}
+
+/// `ecsctl logout`: revokes the profile's token and removes it.
+async fn logout(o: &config::Overrides, verbose: bool) -> anyhow::Result<u8> {
+    let path = config::config_path();
+    let mut file = config::load_file(&path)?;
+    let Some(p) = file.profiles.get_mut(&o.profile) else {
+        bail!("no profile {}", o.profile);
+    };
+    let Some(token) = p.token.take() else {
+        eprintln!("profile {} has no login token", o.profile);
+        return Ok(0);
+    };
+    p.token_expires_at = None;
+    if let Some(endpoint) = p.endpoint.clone() {
+        let mut c = ecs_client::Config::with_token(
+            endpoint,
+            p.project_id.clone().unwrap_or_default(),
+            SecretString::from(token),
+        );
+        c.trust = trust_of(p.ca_file.as_ref())?;
+        if verbose {
+            c.observer = Some(std::sync::Arc::new(|method, path, status, request_id| {
+                eprintln!("{method} {path} -> {status} (request {request_id})")
+            }));
+        }
+        match ecs_client::Client::new(c)?.revoke_token().await {
+            Ok(_) => {}
+            // Already expired or revoked: forgetting it is all that is left.
+            Err(ecs_client::Error::Api(e)) if e.status == 401 => {}
+            Err(e) => return Err(anyhow::Error::new(e).context("DELETE /v3/auth/tokens")),
+        }
+    }
+    config::save_file(&path, &file)?;
+    eprintln!("logged out (profile {})", o.profile);
+    Ok(0)
+}
+
 fn configure(profile: &str, from_dev: Option<PathBuf>) -> anyhow::Result<u8> {
     let path = config::config_path();
     let mut file = config::load_file(&path)?;
@@ -410,6 +579,7 @@ fn configure(profile: &str, from_dev: Option<PathBuf>) -> anyhow::Result<u8> {
                 access_key: Some(ak),
                 secret_key: Some(sk),
                 ca_file: (!ca.is_empty()).then(|| PathBuf::from(ca)),
+                ..Default::default()
             }
         }
     };

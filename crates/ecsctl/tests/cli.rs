@@ -550,3 +550,82 @@ fn audit_shows_changes_and_denials_and_admin_disables_a_key() {
     assert_eq!(code, Some(0), "{all}");
     assert!(tokens.is_array(), "{all}");
 }
+
+#[test]
+fn login_uses_the_token_until_it_expires_and_logout_revokes_it() {
+    // Tokens live 3 seconds on this ecsd.
+    let dev = Dev::start_with_env(&[("ECSD_TOKEN_TTL_SECS", "3")]);
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.creds).unwrap()).unwrap();
+    let password = creds["password"].as_str().unwrap();
+    assert_eq!(creds["user"], "dev-admin");
+    // Domain, user, endpoint, CA and project come from the dev file.
+    let o = dev.run(
+        &["login", "--password-stdin"],
+        Some(&format!("{password}\n")),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(err.contains("logged in as dev-admin"), "{err}");
+    let cfg_path = dev.dir.path().join("config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    assert!(cfg.contains("token = "), "{cfg}");
+    assert!(!cfg.contains(password), "the password was stored");
+    assert!(
+        !cfg.contains(creds["sk"].as_str().unwrap()),
+        "the dev SK was copied"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cfg_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Without the dev file, only the profile's token authenticates.
+    let profile_only = |args: &[&str]| {
+        let o = dev
+            .ecsctl()
+            .env_remove("ECS_DEV_CREDENTIALS")
+            .env_remove("ECS_ACCESS_KEY")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (o.status.success(), text(&o))
+    };
+    let (ok, (out, err)) = profile_only(&["-o", "json", "servers", "list"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("dev-linux-"), "{out}");
+    // Expired: the command says to log in again.
+    std::thread::sleep(std::time::Duration::from_millis(3300));
+    let (ok, (_, err)) = profile_only(&["servers", "list"]);
+    assert!(!ok);
+    assert!(err.contains("run `ecsctl login` again"), "{err}");
+    // A wrong password is refused with IAM's message.
+    let o = dev.run(&["login", "--password-stdin"], Some("Wrong-password-1\n"));
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("username or password"), "{err}");
+    // Log in again, then log out: the token is revoked on the server.
+    let o = dev.run(
+        &["login", "--password-stdin"],
+        Some(&format!("{password}\n")),
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let token = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("token = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let (ok, _) = profile_only(&["logout"]);
+    assert!(ok);
+    assert!(!std::fs::read_to_string(&cfg_path).unwrap().contains(&token));
+    let (ok, (_, err)) = profile_only(&["servers", "list"]);
+    assert!(!ok, "{err}");
+    // The server no longer accepts it: put it back, unexpired, and try.
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    let (ok, (_, err)) = profile_only(&["servers", "list"]);
+    assert!(!ok);
+    assert!(err.contains("decrypt token fail"), "{err}");
+}

@@ -1,4 +1,7 @@
-//! AK/SK authentication of the public API (`SDK-HMAC-SHA256`, contract §2.10).
+//! Authentication of the public API (contract §2.10): AK/SK
+//! (`SDK-HMAC-SHA256`, permanent keys and temporary ones with a signed
+//! `X-Security-Token`) or `X-Auth-Token` (a token from `POST /v3/auth/tokens`,
+//! see `crate::identity`).
 //!
 //! Order (sdk-wire.md): size limit, parse `Authorization`, look up the AK,
 //! check the date window, rebuild the canonical request over exactly the
@@ -110,13 +113,11 @@ async fn verify(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Caller, ApiError> {
+    // A token, when present, is the credential (a signature beside it is ignored).
+    if headers.contains_key("x-auth-token") {
+        return crate::identity::token_caller(state, headers).await;
+    }
     let Some(auth) = headers.get(header::AUTHORIZATION) else {
-        if headers.contains_key("x-auth-token") {
-            return Err(auth_fail(
-                "token authentication is not available on this endpoint; sign requests with AK/SK",
-                None,
-            ));
-        }
         return Err(auth_fail("Authorization header not found", None));
     };
     let auth = auth
@@ -136,20 +137,29 @@ async fn verify(
             Some(ak),
         ));
     }
-    let key = state
+    let permanent = state
         .store
         .access_key(ak)
         .await
-        .map_err(|e| ApiError::internal("looking up an access key", e))?
-        .ok_or_else(|| {
-            auth_fail(
-                &format!(
-                    "Get secretKey failed,ak:{},err:ak not exist",
-                    display_id(ak)
-                ),
-                Some(ak),
-            )
-        })?;
+        .map_err(|e| ApiError::internal("looking up an access key", e))?;
+    let (key, user) = match permanent {
+        Some(k) => (k, None),
+        // A temporary AK (identity): only with its signed X-Security-Token.
+        None => {
+            match crate::identity::temporary_key(state, ak, headers, &auth.signed_headers).await? {
+                Some((k, u)) => (k, Some(u)),
+                None => {
+                    return Err(auth_fail(
+                        &format!(
+                            "Get secretKey failed,ak:{},err:ak not exist",
+                            display_id(ak)
+                        ),
+                        Some(ak),
+                    ));
+                }
+            }
+        }
+    };
     let date_value = headers
         .get("x-sdk-date")
         .and_then(|v| v.to_str().ok())
@@ -215,7 +225,7 @@ async fn verify(
         access_key: key.ak,
         project_id: key.project_id,
         role: key.role,
-        user: None,
+        user,
     })
 }
 

@@ -61,6 +61,8 @@ pub struct Config {
     /// Failed authentications allowed per minute per source address and per
     /// access key (burst: the same number); beyond them, 429 `APIGW.0308`.
     pub auth_failures_per_minute: u32,
+    /// How long a token from `POST /v3/auth/tokens` is valid (Huawei: 24 h).
+    pub token_ttl_secs: u64,
 }
 
 /// See [`Config::duplicate_machine_id`].
@@ -103,6 +105,7 @@ impl Default for Config {
             duplicate_machine_id: DuplicateMachineId::NewServer,
             audit_retention_days: 365,
             auth_failures_per_minute: 30,
+            token_ttl_secs: 24 * 3600,
         }
     }
 }
@@ -129,6 +132,7 @@ const ENV_KEYS: &[&str] = &[
     "duplicate_machine_id",
     "audit_retention_days",
     "auth_failures_per_minute",
+    "token_ttl_secs",
 ];
 
 impl Config {

@@ -1,4 +1,5 @@
-//! `ecsd serve --dev`: a ready project on embedded defaults — an AK/SK, and a
+//! `ecsd serve --dev`: a ready project on embedded defaults — an AK/SK, an
+//! IAM user `dev-admin` (admin in the project, random password), and a
 //! simulated fleet (Linux and Windows) enrolled through the same enrollment
 //! path and running the same agent code as real servers, its root file
 //! systems under `<data_dir>/fleet`. The credentials go to
@@ -44,6 +45,63 @@ pub struct DevCredentials {
     /// `HttpConfig.ssl_ca_cert`; ecsctl: `--from-dev`); absent on plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// The dev IAM user (admin in the dev project) for `POST /v3/auth/tokens`
+    /// and `ecsctl login`: its domain, name and password.
+    #[serde(default)]
+    pub domain: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+/// The dev IAM user's name.
+pub const DEV_USER: &str = "dev-admin";
+
+/// The dev user, admin in the dev project: kept if the previous password
+/// still logs in, made anew (with a new random password) otherwise.
+async fn dev_user(
+    state: &AppState,
+    project: &crate::store::Project,
+    previous: Option<&DevCredentials>,
+) -> anyhow::Result<(String, SecretString)> {
+    let domain = state
+        .identity
+        .project_domain(&project.id)
+        .await?
+        .context("the dev project has no domain")?;
+    let existing = state.identity.user_by_name(&domain.id, DEV_USER).await?;
+    if let (Some(u), Some(p)) = (&existing, previous)
+        && p.user == DEV_USER
+        && !p.password.is_empty()
+    {
+        let pw = SecretString::from(p.password.clone());
+        let phc = u.password_hash.clone();
+        let check = pw.clone();
+        if tokio::task::spawn_blocking(move || crate::identity::verify_password(&phc, &check))
+            .await?
+        {
+            state
+                .identity
+                .assign_role(&u.id, &project.id, crate::store::identity::UserRole::Admin)
+                .await?;
+            return Ok((domain.name, pw));
+        }
+    }
+    if let Some(u) = existing {
+        state.identity.delete_user(&u.id).await?;
+    }
+    let pw = crate::secrets::new_secret_key();
+    crate::admin::create_user(
+        state,
+        &domain.name,
+        DEV_USER,
+        &pw,
+        crate::store::identity::UserRole::Admin,
+        Some(&project.id),
+    )
+    .await?;
+    Ok((domain.name, pw))
 }
 
 /// Writes a file readable by its owner only, atomically.
@@ -73,6 +131,7 @@ pub async fn bootstrap(
     let previous: Option<DevCredentials> = std::fs::read(&cred_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    let (domain, password) = dev_user(state, &project, previous.as_ref()).await?;
     let (ak, sk) = match previous {
         Some(p) if p.project_id == project.id && state.store.access_key(&p.ak).await?.is_some() => {
             (p.ak, SecretString::from(p.sk))
@@ -130,6 +189,9 @@ pub async fn bootstrap(
             .collect(),
         fleet_dir,
         ca_file: ca_file.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_owned())),
+        domain,
+        user: DEV_USER.to_owned(),
+        password: password.expose_secret().to_owned(),
     };
     let data = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&creds)?);
     write_private(&cred_path, &data)?;

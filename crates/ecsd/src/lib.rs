@@ -11,6 +11,7 @@ pub mod dev;
 pub mod domain;
 pub mod enroll;
 pub mod error;
+pub mod identity;
 pub mod lifecycle;
 pub mod power;
 pub mod reset;

@@ -72,10 +72,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Admin {
-    /// Create a project: ecsd admin project-create --name prod
+    /// Create a project: ecsd admin project-create --name prod [--domain acme]
     ProjectCreate {
         #[arg(long)]
         name: String,
+        /// The domain (account) holding the project; created if absent.
+        /// Default: the domain named "default".
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// IAM users (log in with POST /v3/auth/tokens or `ecsctl login`).
+    User {
+        #[command(subcommand)]
+        command: UserCmd,
     },
     /// Create an AK/SK pair (the SK is printed once): ecsd admin access-key-create --project ID
     AccessKeyCreate {
@@ -188,6 +197,128 @@ enum EnrollTokenCmd {
     },
     /// Revoke a token by the id `list` shows.
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a user; the password is read from standard input:
+    /// printf '%s' "$PW" | ecsd admin user create --domain default --name alice --role operator --password-stdin
+    Create {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        name: String,
+        /// admin, operator or readonly.
+        #[arg(long, default_value = "readonly")]
+        role: String,
+        /// The project (id or name) the role is for; default: every project
+        /// of the domain.
+        #[arg(long)]
+        project: Option<String>,
+        /// Read the password from standard input (required: never in argv).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a user's role in a project: ecsd admin user assign --domain D --name N --project P --role admin
+    Assign {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        role: String,
+    },
+    /// List a domain's users.
+    List {
+        #[arg(long, default_value = "default")]
+        domain: String,
+    },
+    /// Disable a user: no new login, and its tokens and temporary AK/SK stop working.
+    Disable {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Enable a disabled user.
+    Enable {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete a user with its roles, tokens and temporary AK/SK.
+    Delete {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn parse_role(role: &str) -> anyhow::Result<ecsd::store::identity::UserRole> {
+    ecsd::store::identity::UserRole::parse(role)
+        .with_context(|| format!("--role must be admin, operator or readonly, not {role:?}"))
+}
+
+/// The password on standard input (one line; the newline is not part of it).
+fn password_from_stdin() -> anyhow::Result<secrecy::SecretString> {
+    use std::io::Read;
+    let mut buf = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut buf)
+        .context("reading the password from standard input")?;
+    let pw = buf.strip_suffix('\n').unwrap_or(&buf);
+    let pw = pw.strip_suffix('\r').unwrap_or(pw);
+    anyhow::ensure!(!pw.is_empty(), "no password on standard input");
+    Ok(secrecy::SecretString::from(pw.to_owned()))
+}
+
+async fn user_command(
+    state: &ecsd::state::AppState,
+    cmd: UserCmd,
+) -> anyhow::Result<serde_json::Value> {
+    use ecsd::admin;
+    Ok(match cmd {
+        UserCmd::Create {
+            domain,
+            name,
+            role,
+            project,
+            password_stdin,
+        } => {
+            let role = parse_role(&role)?;
+            anyhow::ensure!(
+                password_stdin,
+                "give the password on standard input with --password-stdin (never as an argument)"
+            );
+            let pw = password_from_stdin()?;
+            let u =
+                admin::create_user(state, &domain, &name, &pw, role, project.as_deref()).await?;
+            serde_json::to_value(u)?
+        }
+        UserCmd::Assign {
+            domain,
+            name,
+            project,
+            role,
+        } => serde_json::to_value(
+            admin::assign_role(state, &domain, &name, &project, parse_role(&role)?).await?,
+        )?,
+        UserCmd::List { domain } => serde_json::to_value(admin::list_users(state, &domain).await?)?,
+        UserCmd::Disable { domain, name } => {
+            serde_json::to_value(admin::set_user_enabled(state, &domain, &name, false).await?)?
+        }
+        UserCmd::Enable { domain, name } => {
+            serde_json::to_value(admin::set_user_enabled(state, &domain, &name, true).await?)?
+        }
+        UserCmd::Delete { domain, name } => {
+            let id = admin::delete_user(state, &domain, &name).await?;
+            serde_json::json!({"deleted": id, "domain": domain, "name": name})
+        }
+    })
 }
 
 /// jemalloc: with 10,000 idle long-polling agents it keeps ecsd's resident
@@ -350,10 +481,11 @@ fn load_tls_pin(state: &ecsd::state::AppState) -> anyhow::Result<()> {
 async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
     let state = open_state(config)?;
     let out = match command {
-        Admin::ProjectCreate { name } => {
-            let p = ecsd::admin::create_project(&state, &name).await?;
-            serde_json::json!({"project_id": p.id, "name": p.name})
+        Admin::ProjectCreate { name, domain } => {
+            let (p, d) = ecsd::admin::create_project_in(&state, &name, domain.as_deref()).await?;
+            serde_json::json!({"project_id": p.id, "name": p.name, "domain": d.name, "domain_id": d.id})
         }
+        Admin::User { command } => user_command(&state, command).await?,
         Admin::AccessKeyCreate { project, read_only } => {
             let role = if read_only {
                 Role::ReadOnly

@@ -9,11 +9,13 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::secrets::MasterKey;
-use crate::store::{LifecycleStore, Store};
+use crate::store::{IdentityStore, LifecycleStore, Store};
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Users, tokens, temporary credentials: the same store object as `store`.
+    pub identity: Arc<dyn IdentityStore>,
     pub master: Arc<MasterKey>,
     pub config: Arc<Config>,
     pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
@@ -31,7 +33,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new<S: Store + LifecycleStore>(
+    pub fn new<S: Store + LifecycleStore + IdentityStore>(
         store: Arc<S>,
         master: MasterKey,
         config: Config,
@@ -39,6 +41,7 @@ impl AppState {
         let rate = NonZeroU32::new(config.rate_limit_per_sec.max(1)).expect("max(1) is non-zero");
         AppState {
             lifecycle: store.clone(),
+            identity: store.clone(),
             auth_failures: Arc::new(crate::throttle::FailureThrottle::new(
                 config.auth_failures_per_minute,
             )),

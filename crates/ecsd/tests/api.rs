@@ -465,7 +465,7 @@ async fn apigw_0301_authentication_failures() {
         .raw(reqwest::Client::new().put(t.url(&p)).body(body.clone()))
         .await;
     assert_gateway(&r, 401, "APIGW.0301");
-    // X-Auth-Token alone is not accepted (token auth is not implemented).
+    // An unknown X-Auth-Token is refused (decrypt token fail).
     let r = t
         .raw(
             reqwest::Client::new()

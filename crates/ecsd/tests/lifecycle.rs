@@ -5,6 +5,8 @@
 
 mod common;
 
+use ecs_api::audit::{ListTracesResponse, TraceRating};
+
 use std::time::Duration;
 
 use common::*;
@@ -21,8 +23,8 @@ async fn list_as(t: &TestServer, ak: &str, sk: &str) -> Resp {
     t.call_as(ak, sk, "GET", &detail(t), None, &[]).await
 }
 
-fn msg(r: &Resp) -> &str {
-    r.body["error_msg"].as_str().unwrap_or_default()
+fn msg(r: &Resp) -> String {
+    r.json::<ecs_api::GatewayErrorBody>().error_msg
 }
 
 #[tokio::test]
@@ -207,16 +209,16 @@ async fn a_deregistered_server_is_gone_and_its_agent_refused() {
         .await;
     assert_ecs(&r, 404, "Ecs.0114");
     let r = t.call("GET", &detail(&t), None).await;
-    let ids: Vec<&str> = r.body["servers"]
-        .as_array()
-        .unwrap()
+    let list: ecs_api::ListServersResponse = r.json();
+    let ids: Vec<&str> = list
+        .servers
         .iter()
-        .map(|s| s["id"].as_str().unwrap())
+        .map(|s| s.detail().unwrap().id.as_str())
         .collect();
     assert_eq!(ids, vec![b.server_id.as_str()]);
-    assert_eq!(r.body["count"], 1);
+    assert_eq!(list.count, 1);
     // The other server keeps its work.
-    assert!(raw_work(&t, &b.credential).await["reset"].is_object());
+    assert!(raw_work(&t, &b.credential).await.reset.is_some());
     assert!(
         ecsd::lifecycle::deregister_server(&t.state, &a.server_id)
             .await
@@ -344,8 +346,7 @@ async fn after_rotating_the_master_key_every_key_works_with_the_new_one_only() {
         t.call("PUT", &t.batch_path(), Some(&body)).await.status,
         200
     );
-    let poll: ecs_agent_proto::Poll =
-        serde_json::from_value(raw_work(&t, &a.credential).await).unwrap();
+    let poll = raw_work(&t, &a.credential).await;
     let work = poll.reset.expect("the reset");
     let verifier = ecs_trust::work::WorkVerifier::from_base64(&work_key).unwrap();
     let env = verifier
@@ -415,45 +416,46 @@ async fn changes_and_denials_are_traces_filtered_and_paged() {
             && !r.text.contains(&t.sk)
             && !r.text.contains(ro_sk.expose_secret())
     );
-    let all = r.body["traces"].as_array().unwrap();
+    let page: ListTracesResponse = r.json();
+    let all = &page.traces;
     assert_eq!(all.len(), 4, "{}", r.text);
-    assert_eq!(r.body["meta_data"]["count"], 4);
-    assert!(r.body["meta_data"]["marker"].is_null());
+    assert_eq!(page.meta_data.count, 4);
+    assert!(page.meta_data.marker.is_none());
     // Newest first.
     let by_request = |resp: &Resp| {
         all.iter()
-            .find(|x| x["request_id"] == resp.request_id.as_deref().unwrap())
+            .find(|x| Some(x.request_id.as_str()) == resp.request_id.as_deref())
             .unwrap_or_else(|| panic!("no trace for {:?}", resp.request_id))
             .clone()
     };
     let tr = by_request(&ok);
-    assert_eq!(tr["trace_name"], "batch-reset-password");
-    assert_eq!(tr["trace_rating"], "normal");
-    assert_eq!(tr["resource_id"], sid.as_str());
-    assert_eq!(tr["user"]["access_key_id"], t.ak.as_str());
-    assert_eq!(tr["source_ip"], "127.0.0.1");
-    assert!(tr["request"].is_null() && tr["response"].is_null());
-    assert_eq!(tr["dry_run"], false);
+    assert_eq!(tr.trace_name, "batch-reset-password");
+    assert_eq!(tr.trace_rating, TraceRating::Normal);
+    assert_eq!(tr.resource_id.as_deref(), Some(sid.as_str()));
+    assert_eq!(tr.user.access_key_id, t.ak);
+    assert_eq!(tr.source_ip, "127.0.0.1");
+    assert!(tr.request.is_none() && tr.response.is_none());
+    assert!(!tr.dry_run);
     let tr = by_request(&rejected);
     assert_eq!(
-        (tr["trace_rating"].as_str(), tr["error_code"].as_str()),
-        (Some("warning"), Some("Ecs.0114"))
+        (tr.trace_rating, tr.error_code.as_deref()),
+        (TraceRating::Warning, Some("Ecs.0114"))
     );
     let tr = by_request(&denied);
-    assert_eq!(tr["trace_name"], "list-servers");
+    assert_eq!(tr.trace_name, "list-servers");
     assert_eq!(
-        (tr["error_code"].as_str(), tr["code"].as_str()),
+        (tr.error_code.as_deref(), tr.code.as_deref()),
         (Some("APIGW.0301"), Some("401"))
     );
     let tr = by_request(&forbidden);
     assert_eq!(
-        (tr["error_code"].as_str(), tr["code"].as_str()),
+        (tr.error_code.as_deref(), tr.code.as_deref()),
         (Some("APIGW.0302"), Some("403"))
     );
-    assert_eq!(tr["user"]["access_key_id"], ro.as_str());
+    assert_eq!(tr.user.access_key_id, ro);
 
     // Filters.
-    let count = |r: Resp| r.body["traces"].as_array().unwrap().len();
+    let count = |r: Resp| r.json::<ListTracesResponse>().traces.len();
     assert_eq!(count(traces(&t, "?trace_status=fail&limit=50").await), 3);
     assert_eq!(count(traces(&t, "?trace_rating=normal").await), 1);
     assert_eq!(
@@ -474,13 +476,14 @@ async fn changes_and_denials_are_traces_filtered_and_paged() {
     loop {
         let r = traces(&t, &format!("?limit=1{next}")).await;
         assert_eq!(r.status, 200);
-        seen.push(r.body["traces"][0]["trace_id"].clone());
-        match r.body["meta_data"]["marker"].as_str() {
+        let page: ListTracesResponse = r.json();
+        seen.push(page.traces[0].trace_id.clone());
+        match page.meta_data.marker {
             Some(m) => next = format!("&next={m}"),
             None => break,
         }
     }
-    let ids: Vec<_> = all.iter().map(|x| x["trace_id"].clone()).collect();
+    let ids: Vec<_> = all.iter().map(|x| x.trace_id.clone()).collect();
     assert_eq!(seen, ids);
     assert_ecs(&traces(&t, "?limit=0").await, 400, "Ecs.0005");
     assert_ecs(&traces(&t, "?trace_rating=bad").await, 400, "Ecs.0005");
@@ -520,12 +523,8 @@ async fn audit_retention_prunes_only_old_records() {
         3
     );
     let r = traces(&t, "?limit=50").await;
-    let left: Vec<&str> = r.body["traces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["request_id"].as_str().unwrap())
-        .collect();
+    let page: ListTracesResponse = r.json();
+    let left: Vec<&str> = page.traces.iter().map(|x| x.request_id.as_str()).collect();
     assert_eq!(left, vec!["r1", "r29"]);
     // The trail is append-only: SQLite refuses to change a record.
     let c = rusqlite::Connection::open(t.db_path()).unwrap();
@@ -543,7 +542,7 @@ async fn tokens_enrollments_and_admin_changes_are_traced_without_secrets() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
-    let tok = r.body["token"].as_str().unwrap().to_owned();
+    let tok = r.json::<ecs_api::EnrollTokenResponse>().token;
     let dir = tempfile::tempdir().unwrap();
     let e = common::enroll(&t.base, &tok, dir.path(), "m-1", "h", "Linux")
         .await
@@ -553,22 +552,18 @@ async fn tokens_enrollments_and_admin_changes_are_traced_without_secrets() {
         .unwrap();
     let r = traces(&t, "?limit=50").await;
     assert!(!r.text.contains(&tok) && !r.text.contains(&e.credential));
-    let names: Vec<&str> = r.body["traces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["trace_name"].as_str().unwrap())
-        .collect();
+    let page: ListTracesResponse = r.json();
+    let names: Vec<&str> = page.traces.iter().map(|x| x.trace_name.as_str()).collect();
     assert_eq!(
         names,
         vec!["revoke-agent", "enroll-agent", "create-enroll-token"]
     );
     let r = traces(&t, &format!("?resource_id={}", e.server_id)).await;
-    let who: Vec<&str> = r.body["traces"]
-        .as_array()
-        .unwrap()
+    let page: ListTracesResponse = r.json();
+    let who: Vec<&str> = page
+        .traces
         .iter()
-        .map(|x| x["user"]["access_key_id"].as_str().unwrap())
+        .map(|x| x.user.access_key_id.as_str())
         .collect();
     assert_eq!(who, vec!["ecsd-admin", "agent"]);
 }

@@ -2,6 +2,7 @@
 //! API under `/agent/v1`, and the layers every request passes through.
 
 mod agent;
+pub mod iam;
 /// Kept for callers of the old path; the service is `crate::enroll`.
 pub use crate::enroll::{issue_enroll_token, issue_rekey_token};
 pub use servers::server_detail;
@@ -65,9 +66,22 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/v1/work", get(agent::work))
         .route("/agent/v1/ack", post(agent::ack))
         .route("/agent/v1/power-ack", post(agent::power_ack));
+    // IAM (identity): each handler checks its own token.
+    let iam = Router::new()
+        .route(
+            "/v3/auth/tokens",
+            post(iam::create_token)
+                .get(iam::validate_token)
+                .delete(iam::revoke_token),
+        )
+        .route(
+            "/v3.0/OS-CREDENTIAL/securitytokens",
+            post(iam::create_security_token),
+        );
     let app = Router::new()
         .merge(public)
         .merge(agents)
+        .merge(iam)
         .route("/health", get(openapi::health))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(no_such_api)

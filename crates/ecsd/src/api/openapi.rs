@@ -15,7 +15,8 @@ use utoipa::{Modify, OpenApi};
         description = "Huawei Cloud ECS-compatible API for fleet-wide root/Administrator password resets. \
 Huawei's operations keep Huawei's shapes (the official SDKs work unmodified); `x-ecsd`, `apply`, \
 `readiness`, the reset outcome and enroll tokens are ecsd's extensions. Every call is signed with \
-SDK-HMAC-SHA256 (AK/SK) as the Huawei SDKs sign; every response carries X-Request-Id.",
+SDK-HMAC-SHA256 (AK/SK, or a temporary AK/SK with a signed X-Security-Token) as the Huawei SDKs sign, \
+or carries an IAM user's X-Auth-Token from POST /v3/auth/tokens; every response carries X-Request-Id.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
@@ -29,17 +30,22 @@ SDK-HMAC-SHA256 (AK/SK) as the Huawei SDKs sign; every response carries X-Reques
         super::servers::job,
         super::agent::create_enroll_token,
         super::traces::list,
+        super::iam::create_token,
+        super::iam::validate_token,
+        super::iam::revoke_token,
+        super::iam::create_security_token,
         health,
         openapi_json,
     ),
     components(schemas(ecs_api::ErrorBody, ecs_api::GatewayErrorBody, ecs_api::EcsErrorBody)),
     modifiers(&CommonResponses),
-    security(("sdk-hmac-sha256" = [])),
+    security(("sdk-hmac-sha256" = []), ("x-auth-token" = [])),
     tags(
         (name = "resets", description = "Password resets (Huawei) and their per-server outcome (ecsd)."),
         (name = "servers", description = "Servers, start/stop/reboot, jobs (Huawei)."),
         (name = "agents", description = "Enrollment of password-reset agents (ecsd)."),
         (name = "audit", description = "The audit trail, in the shape of Huawei Cloud Trace Service ListTraces."),
+        (name = "iam", description = "Tokens and temporary AK/SK (Huawei IAM), for IAM users (identity)."),
         (name = "service", description = "Health and this document; no signature."),
     )
 )]
@@ -74,6 +80,13 @@ impl Modify for CommonResponses {
 canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the Huawei SDKs sign.",
             ))),
         );
+        components.add_security_scheme(
+            "x-auth-token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Auth-Token",
+                "A token from POST /v3/auth/tokens (its X-Subject-Token), instead of a signature.",
+            ))),
+        );
         let json = |schema: &str| {
             ContentBuilder::new()
                 .schema(Some(RefOr::Ref(Ref::from_schema_name(schema))))
@@ -90,7 +103,7 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             .response(
                 "401",
                 gateway(
-                    "Missing or wrong signature, unknown, disabled or locked AK, date outside the window (APIGW.0301).",
+                    "Missing or wrong signature, unknown, disabled or locked AK, date outside the window; unknown, revoked or expired X-Auth-Token; temporary AK without its X-Security-Token or expired (APIGW.0301).",
                 ),
             )
             .response(

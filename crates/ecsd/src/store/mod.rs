@@ -3,9 +3,13 @@
 //! backend implements the same trait without touching the API code.
 
 pub mod conformance;
+pub mod identity;
+#[cfg(test)]
+pub mod identity_conformance;
 pub mod lifecycle;
 pub mod lifecycle_conformance;
 pub mod sqlite;
+mod sqlite_identity;
 mod sqlite_lifecycle;
 
 use chrono::{DateTime, Utc};
@@ -13,6 +17,7 @@ use ecs_policy::OsType;
 
 pub use crate::config::DuplicateMachineId;
 
+pub use identity::IdentityStore;
 pub use lifecycle::LifecycleStore;
 pub use sqlite::SqliteStore;
 

@@ -156,15 +156,65 @@ const MIGRATIONS: &[&str] = &[
         expires_at TEXT NOT NULL
     );
     "#,
-    // 5: reserved for identity (issue #10); empty on the lifecycle branch.
-    "",
-    // 6: reserved for authz (issue #10); empty on the lifecycle branch.
+    // 5: identity (issue #10): domains (every project in one; existing and
+    // new projects without another go to "default"), IAM users, their role
+    // per project, tokens and temporary AK/SK (only hashes and sealed SKs).
+    r#"
+    CREATE TABLE domains (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    INSERT INTO domains (id, name, created_at)
+        VALUES (lower(hex(randomblob(16))), 'default', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+    ALTER TABLE projects ADD COLUMN domain_id TEXT REFERENCES domains(id);
+    UPDATE projects SET domain_id = (SELECT id FROM domains WHERE name = 'default');
+    CREATE TRIGGER projects_default_domain AFTER INSERT ON projects WHEN NEW.domain_id IS NULL BEGIN
+        UPDATE projects SET domain_id = (SELECT id FROM domains WHERE name = 'default') WHERE id = NEW.id;
+    END;
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        domain_id TEXT NOT NULL REFERENCES domains(id),
+        name TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (domain_id, name)
+    );
+    CREATE TABLE user_roles (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        role TEXT NOT NULL,
+        PRIMARY KEY (user_id, project_id)
+    );
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        issued_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX tokens_user ON tokens(user_id);
+    CREATE TABLE temporary_credentials (
+        ak TEXT PRIMARY KEY,
+        sk_sealed BLOB NOT NULL,
+        security_token_hash TEXT NOT NULL,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        expires_at TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX temporary_credentials_user ON temporary_credentials(user_id);
+    "#,
+    // 6: reserved for authz (issue #10).
     "",
     // 7: lifecycle: access key status and lockout, audit traces.
     super::sqlite_lifecycle::MIGRATION,
 ];
 
-fn backend(e: impl Into<domain::error::BoxError>) -> StoreError {
+pub(super) fn backend(e: impl Into<domain::error::BoxError>) -> StoreError {
     StoreError::storage(e)
 }
 
@@ -386,11 +436,11 @@ fn like_escape(s: &str) -> String {
         .replace('_', "\\_")
 }
 
-fn project_from_row(r: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
+pub(super) fn project_from_row(r: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
-fn to_project((id, name, created): (String, String, String)) -> StoreResult<Project> {
+pub(super) fn to_project((id, name, created): (String, String, String)) -> StoreResult<Project> {
     Ok(Project {
         id,
         name,

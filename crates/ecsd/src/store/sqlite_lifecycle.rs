@@ -37,6 +37,7 @@ pub(super) const MIGRATION: &str = r#"
 pub(super) const SEALED_COLUMNS: &[(&str, &str, &str, &str)] = &[
     ("access_keys", "ak", "sk_sealed", ""),
     ("work_keys", "public_key", "secret_sealed", "work-key:"),
+    ("temporary_credentials", "ak", "sk_sealed", ""),
 ];
 
 fn backend(e: impl Into<crate::domain::error::BoxError>) -> StoreError {
