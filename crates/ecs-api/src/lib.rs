@@ -13,6 +13,7 @@ pub mod job;
 pub mod reset;
 pub mod server;
 mod status;
+pub mod tags;
 
 pub use ecs_agent_proto as agent;
 pub use ecs_agent_proto::{EnrollTokenRequest, EnrollTokenResponse};
@@ -31,6 +32,7 @@ pub use server::{
     ServerImage, ServerSecurityGroup, ServerSystemTag, ShowServerResponse, VolumeAttached,
 };
 pub use status::{HostStatus, JobStatus, ParseStatusError, ResetState, ServerStatus};
+pub use tags::{ServerTag, ServerTagsAction, ServerTagsResponse, TagAction, TagInput};
 
 /// `GET /health`: the process serves requests.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]

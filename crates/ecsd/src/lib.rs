@@ -4,6 +4,9 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod authorize;
+pub mod authz;
+pub mod authz_admin;
 pub mod batch;
 pub mod config;
 pub mod dev;

@@ -9,11 +9,15 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::secrets::MasterKey;
-use crate::store::Store;
+use crate::store::{AuthzStore, Store};
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Groups, policies and grants: the same store object as `store`.
+    pub authz_store: Arc<dyn AuthzStore>,
+    /// Compiled policy sets, cached across requests.
+    pub authorizer: Arc<crate::authorize::Authorizer>,
     pub master: Arc<MasterKey>,
     pub config: Arc<Config>,
     pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
@@ -26,9 +30,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, master: MasterKey, config: Config) -> Self {
+    pub fn new<S: Store + AuthzStore>(store: Arc<S>, master: MasterKey, config: Config) -> Self {
         let rate = NonZeroU32::new(config.rate_limit_per_sec.max(1)).expect("max(1) is non-zero");
         AppState {
+            authz_store: store.clone(),
+            authorizer: Arc::new(crate::authorize::Authorizer::default()),
             store,
             master: Arc::new(master),
             limiter: Arc::new(RateLimiter::keyed(Quota::per_second(rate))),

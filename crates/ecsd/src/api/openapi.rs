@@ -27,6 +27,8 @@ SDK-HMAC-SHA256 (AK/SK) as the Huawei SDKs sign; every response carries X-Reques
         super::servers::show,
         super::servers::action,
         super::servers::job,
+        super::tags::tags_action,
+        super::tags::show_tags,
         super::agent::create_enroll_token,
         health,
         openapi_json,
@@ -94,7 +96,7 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             .response(
                 "403",
                 gateway(
-                    "The key may not do this: a read-only key on a mutating call (APIGW.0302).",
+                    "The key may not do this: a read-only key on a mutating call, or the caller's policies do not allow the action (APIGW.0302).",
                 ),
             )
             .response(

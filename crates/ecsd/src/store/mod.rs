@@ -2,8 +2,10 @@
 //! [`Store`] trait; `sqlite` is the embedded implementation. A PostgreSQL
 //! backend implements the same trait without touching the API code.
 
+pub mod authz;
 pub mod conformance;
 pub mod sqlite;
+mod sqlite_authz;
 
 use chrono::{DateTime, Utc};
 use ecs_policy::OsType;
@@ -11,6 +13,8 @@ use ecs_policy::OsType;
 pub use crate::config::DuplicateMachineId;
 
 pub use sqlite::SqliteStore;
+
+pub use authz::AuthzStore;
 
 /// The store reports the domain's errors: `Storage` (with its source),
 /// `NotFound`, `Busy` (with the server ids), `Conflict`.

@@ -156,9 +156,48 @@ const MIGRATIONS: &[&str] = &[
         expires_at TEXT NOT NULL
     );
     "#,
+    // 6 (authz; 5 is identity's): IAM user groups and members (user ids are
+    // opaque here), custom policies, grants (a system role or a custom policy
+    // attached to a group in a project), access keys bound to a user.
+    r#"
+    CREATE TABLE iam_groups (
+        id TEXT PRIMARY KEY,
+        domain_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (domain_id, name)
+    );
+    CREATE TABLE iam_group_members (
+        group_id TEXT NOT NULL REFERENCES iam_groups(id) ON DELETE CASCADE,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+    );
+    CREATE INDEX iam_group_members_user ON iam_group_members(user_id, group_id);
+    CREATE TABLE iam_policies (
+        id TEXT PRIMARY KEY,
+        domain_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        document TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (domain_id, name)
+    );
+    CREATE TABLE iam_group_grants (
+        group_id TEXT NOT NULL REFERENCES iam_groups(id) ON DELETE CASCADE,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        grant_ref TEXT NOT NULL,
+        PRIMARY KEY (group_id, project_id, grant_ref)
+    );
+    CREATE INDEX iam_group_grants_policy ON iam_group_grants(grant_ref);
+    CREATE TABLE iam_key_users (
+        ak TEXT PRIMARY KEY REFERENCES access_keys(ak) ON DELETE CASCADE,
+        user_id TEXT NOT NULL
+    );
+    "#,
 ];
 
-fn backend(e: impl Into<domain::error::BoxError>) -> StoreError {
+pub(super) fn backend(e: impl Into<domain::error::BoxError>) -> StoreError {
     StoreError::storage(e)
 }
 
@@ -310,7 +349,7 @@ impl SqliteStore {
         MIGRATIONS.len()
     }
 
-    async fn write<R: Send + 'static>(
+    pub(super) async fn write<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
@@ -320,7 +359,7 @@ impl SqliteStore {
             .map_err(backend)?
     }
 
-    async fn read<R: Send + 'static>(
+    pub(super) async fn read<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
