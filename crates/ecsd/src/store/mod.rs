@@ -3,6 +3,7 @@
 //! backend implements the same trait without touching the API code.
 
 pub mod authz;
+pub mod authz_conformance;
 pub mod conformance;
 pub mod sqlite;
 mod sqlite_authz;

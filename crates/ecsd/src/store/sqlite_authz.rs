@@ -9,6 +9,11 @@ use super::{StoreError, StoreResult, fmt_time, parse_time};
 use crate::authz::tags;
 use crate::domain::Entity;
 
+/// Now, at the precision the store keeps (milliseconds).
+fn now() -> chrono::DateTime<Utc> {
+    parse_time(&fmt_time(Utc::now())).expect("our own format parses")
+}
+
 fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -86,7 +91,7 @@ impl AuthzStore for SqliteStore {
             domain_id: domain_id.to_owned(),
             name: name.to_owned(),
             description: description.to_owned(),
-            created: Utc::now(),
+            created: now(),
         };
         let row = g.clone();
         self.write(move |c| {
@@ -194,7 +199,7 @@ impl AuthzStore for SqliteStore {
             name: name.to_owned(),
             description: description.to_owned(),
             document: document.to_owned(),
-            created: Utc::now(),
+            created: now(),
         };
         let row = p.clone();
         self.write(move |c| {
@@ -421,4 +426,18 @@ fn read_tags(c: &rusqlite::Connection, p: &str, s: &str) -> StoreResult<Option<V
         .optional()?;
     raw.map(|t| serde_json::from_str(&t).map_err(backend))
         .transpose()
+}
+
+/// The authorization store conformance suite on SQLite.
+#[cfg(test)]
+mod conformance {
+    use super::SqliteStore;
+
+    fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("ecsd.sqlite")).expect("open");
+        (dir, store)
+    }
+
+    crate::authz_store_conformance_tests!(fresh);
 }
