@@ -38,7 +38,7 @@ fn document(i: usize) -> String {
         "Action": ["ecs:cloudServers:resetServerPwd", "ecs:cloudServers:get"],
         "Condition": {"StringEquals": {"ecs:ResourceTag/env": [env]}}
     })];
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         statements.push(serde_json::json!({
             "Effect": "Deny",
             "Action": ["ecs:cloudServers:reboot"],
