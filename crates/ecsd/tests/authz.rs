@@ -707,3 +707,166 @@ async fn a_tag_condition_decides_power_actions_per_server_and_nothing_is_done() 
     let r = call(&t, &k, "POST", &path, Some(&body(&[&staging]))).await;
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+/// `ecsd admin ...` on the data directory of a running ecsd.
+fn admin(t: &TestServer, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        .arg("--data-dir")
+        .arg(&t.state.config.data_dir)
+        .arg("admin")
+        .args(args)
+        .env(
+            "ECSD_MASTER_KEY",
+            t.state.config.master_key.as_ref().unwrap().expose_secret(),
+        )
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    (
+        o.status.success(),
+        serde_json::from_str(&out).unwrap_or(serde_json::Value::Null),
+        format!("{out}{}", String::from_utf8_lossy(&o.stderr)),
+    )
+}
+
+#[tokio::test]
+async fn the_admin_cli_makes_groups_policies_and_user_keys_that_the_api_enforces() {
+    let t = TestServer::start().await;
+    let (staging, _) = t.server(&t.project, "s", OsType::Linux, true).await;
+    let (prod, _) = t.server(&t.project, "p", OsType::Linux, true).await;
+    tag(&t, &staging, "env", "staging").await;
+    tag(&t, &prod, "env", "production").await;
+    let file = t.dir.path().join("policy.json");
+    // A malformed document is refused, naming the field.
+    std::fs::write(
+        &file,
+        r#"{"Version": "1.1", "Statement": [{"Effect": "Allow", "Action": ["ecs:cloudServers:get"], "Resource": ["*"]}]}"#,
+    )
+    .unwrap();
+    let (ok, _, text) = admin(
+        &t,
+        &[
+            "policy",
+            "create",
+            "--name",
+            "bad",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok);
+    assert!(text.contains("Statement[0].Resource"), "{text}");
+    std::fs::write(&file, STAGING_RESETS).unwrap();
+    let (ok, v, text) = admin(
+        &t,
+        &[
+            "policy",
+            "create",
+            "--name",
+            "staging-resets",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(v["policy"]["Statement"][0]["Effect"], "Allow");
+    let (ok, _, text) = admin(&t, &["group", "create", "--name", "staging-operators"]);
+    assert!(ok, "{text}");
+    let (ok, _, text) = admin(
+        &t,
+        &[
+            "group",
+            "add-user",
+            "--group",
+            "staging-operators",
+            "--user",
+            "alice",
+        ],
+    );
+    assert!(ok, "{text}");
+    let (ok, _, text) = admin(
+        &t,
+        &[
+            "group",
+            "attach",
+            "--group",
+            "staging-operators",
+            "--project",
+            &t.project,
+            "--policy",
+            "staging-resets",
+        ],
+    );
+    assert!(ok, "{text}");
+    let (ok, _, text) = admin(
+        &t,
+        &[
+            "group",
+            "attach",
+            "--group",
+            "staging-operators",
+            "--project",
+            &t.project,
+            "--role",
+            "root",
+        ],
+    );
+    assert!(
+        !ok && text.contains("admin, operator or readonly"),
+        "{text}"
+    );
+    let (ok, v, text) = admin(&t, &["group", "show", "--group", "staging-operators"]);
+    assert!(ok, "{text}");
+    assert_eq!(v["users"], serde_json::json!(["alice"]));
+    assert_eq!(v["attachments"].as_array().unwrap().len(), 1);
+    let (ok, v, text) = admin(
+        &t,
+        &[
+            "user-key-create",
+            "--project",
+            &t.project,
+            "--user",
+            "alice",
+        ],
+    );
+    assert!(ok, "{text}");
+    let alice = Key {
+        ak: v["ak"].as_str().unwrap().to_owned(),
+        sk: v["sk"].as_str().unwrap().to_owned(),
+    };
+    let body = serde_json::json!({"reset-password": {"new_password": PASSWORD}}).to_string();
+    let single = |id: &str| format!("/v1/{}/cloudservers/{id}/os-reset-password", t.project);
+    assert_eq!(
+        call(&t, &alice, "PUT", &single(&staging), Some(&body))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        call(&t, &alice, "PUT", &single(&prod), Some(&body))
+            .await
+            .status,
+        403
+    );
+    // Detaching by the CLI takes effect on the running server's next call.
+    let (ok, v, text) = admin(
+        &t,
+        &[
+            "group",
+            "detach",
+            "--group",
+            "staging-operators",
+            "--project",
+            &t.project,
+            "--policy",
+            "staging-resets",
+        ],
+    );
+    assert!(ok && v["removed"] == true, "{text}");
+    assert_eq!(
+        call(&t, &alice, "PUT", &single(&staging), Some(&body))
+            .await
+            .status,
+        403
+    );
+}
