@@ -1,10 +1,12 @@
 //! Enforcement: every public handler names its [`Action`] and calls
 //! [`authorize`] after authentication. The caller's effective policies are
-//! resolved once per request (one store read: the grants of the caller's
-//! groups in the project) and compiled once per distinct set of grants
-//! (policies never change after creation, so the compiled set is cached by
-//! the grant list). A project access key without a user keeps its role,
-//! mapped to the `admin` or `readonly` system role.
+//! resolved once per request: one small store read gives the authorization
+//! data's version and the user an access key acts as; the compiled set of
+//! that (project, user) is reused while the version stands. Otherwise the
+//! grants of the user's groups in the project are read and compiled (a set
+//! is also cached by its grant list, and a policy by its id: policies never
+//! change after creation). A project access key without a user keeps its
+//! role, mapped to the `admin` or `readonly` system role.
 //!
 //! Denials answer 403 `APIGW.0302` and are audited.
 
@@ -21,9 +23,13 @@ use crate::store::{AuditEntry, Role, Server};
 /// Compiled sets by grant list, at most this many kept.
 const MAX_CACHED_SETS: usize = 4096;
 
+/// (project id, user id).
+type CallerKey = (String, String);
+
 /// Caches of compiled policies (shared by all requests).
 #[derive(Default)]
 pub struct Authorizer {
+    callers: Mutex<HashMap<CallerKey, (i64, Arc<PolicySet>)>>,
     sets: Mutex<HashMap<Vec<Grant>, Arc<PolicySet>>>,
     policies: Mutex<HashMap<String, Arc<Policy>>>,
 }
@@ -35,20 +41,30 @@ impl Authorizer {
         store: &dyn AuthzStore,
         caller: &Caller,
     ) -> Result<Arc<PolicySet>, Error> {
-        let grants = store
-            .caller_grants(
-                &caller.project_id,
-                &caller.access_key,
-                caller.user.as_ref().map(|u| u.id.as_str()),
-            )
-            .await?;
-        let Some(grants) = grants else {
+        let (version, bound) = store.authz_version(&caller.access_key).await?;
+        let Some(user) = caller.user.as_ref().map(|u| u.id.clone()).or(bound) else {
             return Ok(match caller.role {
                 Role::Admin => SystemRole::Admin.set(),
                 Role::ReadOnly => SystemRole::ReadOnly.set(),
             });
         };
-        self.compile(store, grants).await
+        let key = (caller.project_id.clone(), user);
+        if let Some((v, set)) = self.callers.lock().expect("authz cache").get(&key)
+            && *v == version
+        {
+            return Ok(set.clone());
+        }
+        let grants = store
+            .caller_grants(&key.0, &caller.access_key, Some(&key.1))
+            .await?
+            .unwrap_or_default();
+        let set = self.compile(store, grants).await?;
+        let mut callers = self.callers.lock().expect("authz cache");
+        if callers.len() >= MAX_CACHED_SETS {
+            callers.clear();
+        }
+        callers.insert(key, (version, set.clone()));
+        Ok(set)
     }
 
     /// The compiled set of these grants (sorted), from the cache when seen before.

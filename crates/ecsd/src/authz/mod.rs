@@ -9,6 +9,7 @@
 pub mod policy;
 pub mod tags;
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 pub use policy::{Condition, Effect, Operator, Policy, PolicyError, Statement};
@@ -159,14 +160,74 @@ impl Decision {
     }
 }
 
+/// The statements of one effect for one action, indexed: a statement with a
+/// `StringEquals` condition can only apply to a resource carrying one of its
+/// values for that key, so it is found by the resource's tags (at most ten
+/// lookups) instead of by scanning every statement.
+#[derive(Debug, Clone, Default)]
+struct Rules {
+    /// An unconditional statement exists.
+    always: bool,
+    conds: Vec<Arc<[Condition]>>,
+    /// Statements with a `StringEquals`: tag key -> value -> indices into `conds`.
+    by_tag: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// The other conditional statements (scanned).
+    scan: Vec<usize>,
+}
+
+impl Rules {
+    fn add(&mut self, conditions: &Arc<[Condition]>) {
+        if conditions.is_empty() {
+            self.always = true;
+            return;
+        }
+        let i = self.conds.len();
+        match conditions
+            .iter()
+            .find(|c| c.operator == Operator::StringEquals)
+        {
+            Some(eq) => {
+                let by_value = self.by_tag.entry(eq.tag_key.clone()).or_default();
+                for v in &eq.values {
+                    let ix = by_value.entry(v.clone()).or_default();
+                    if ix.last() != Some(&i) {
+                        ix.push(i);
+                    }
+                }
+            }
+            None => self.scan.push(i),
+        }
+        self.conds.push(conditions.clone());
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.always && self.conds.is_empty()
+    }
+
+    /// Does some statement apply to this resource?
+    fn any_applies(&self, resource: Tags<'_>) -> bool {
+        if self.always {
+            return true;
+        }
+        let holds = |i: &usize| self.conds[*i].iter().all(|c| c.holds(resource));
+        if let Some(tags) = resource {
+            for t in tags {
+                let (k, v) = tags::split(t);
+                if let Some(ix) = self.by_tag.get(k).and_then(|m| m.get(v))
+                    && ix.iter().any(holds)
+                {
+                    return true;
+                }
+            }
+        }
+        self.scan.iter().any(holds)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct ForAction {
-    /// `Deny` statements' conditions (an empty list = always applies).
-    deny: Vec<Arc<[Condition]>>,
-    allow: Vec<Arc<[Condition]>>,
-    /// An unconditional `Deny` / `Allow` exists.
-    deny_always: bool,
-    allow_always: bool,
+    deny: Rules,
+    allow: Rules,
 }
 
 /// Compiled policies: per action, the statements that can apply.
@@ -186,16 +247,9 @@ impl PolicySet {
                         continue;
                     }
                     let slot = &mut set.by_action[action.index()];
-                    let always = conditions.is_empty();
                     match s.effect {
-                        Effect::Deny => {
-                            slot.deny_always |= always;
-                            slot.deny.push(conditions.clone());
-                        }
-                        Effect::Allow => {
-                            slot.allow_always |= always;
-                            slot.allow.push(conditions.clone());
-                        }
+                        Effect::Deny => slot.deny.add(&conditions),
+                        Effect::Allow => slot.allow.add(&conditions),
                     }
                 }
             }
@@ -206,11 +260,10 @@ impl PolicySet {
     /// The decision for `action` on a resource with these tags.
     pub fn decide(&self, action: Action, resource: Tags<'_>) -> Decision {
         let slot = &self.by_action[action.index()];
-        let applies = |c: &Arc<[Condition]>| c.iter().all(|c| c.holds(resource));
-        if slot.deny_always || slot.deny.iter().any(applies) {
+        if slot.deny.any_applies(resource) {
             return Decision::ExplicitDeny;
         }
-        if slot.allow_always || slot.allow.iter().any(applies) {
+        if slot.allow.any_applies(resource) {
             return Decision::Allow;
         }
         Decision::ImplicitDeny
@@ -221,7 +274,7 @@ impl PolicySet {
     /// is refused before any resource is looked at.
     pub fn may_allow(&self, action: Action) -> bool {
         let slot = &self.by_action[action.index()];
-        !slot.deny_always && !slot.allow.is_empty()
+        !slot.deny.always && !slot.allow.is_empty()
     }
 }
 

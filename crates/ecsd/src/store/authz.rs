@@ -126,6 +126,10 @@ pub trait AuthzStore: Send + Sync + 'static {
         access_key: &str,
         user_id: Option<&str>,
     ) -> StoreResult<Option<Vec<Grant>>>;
+    /// The authorization data's version (any change of groups, members,
+    /// policies, grants or key bindings, by any process, makes it larger)
+    /// and the user the access key is bound to, in one cheap read.
+    async fn authz_version(&self, access_key: &str) -> StoreResult<(i64, Option<String>)>;
     /// Binds an access key to a user id (until IAM users issue their own
     /// credentials, this makes an access key act as that user).
     async fn bind_access_key_user(&self, ak: &str, user_id: &str) -> StoreResult<()>;

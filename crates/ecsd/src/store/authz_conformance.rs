@@ -18,6 +18,7 @@ macro_rules! authz_store_conformance_tests {
             groups_members_and_names,
             policies_and_attachments,
             caller_grants_follow_groups_projects_and_key_bindings,
+            every_change_bumps_the_version,
             server_tags_change_and_match_the_list_filters
         );
     };
@@ -193,6 +194,48 @@ pub async fn caller_grants_follow_groups_projects_and_key_bindings<S: Store + Au
         s.bind_access_key_user("NOSUCHKEY", "alice").await,
         Err(Error::Conflict(_))
     ));
+}
+
+pub async fn every_change_bumps_the_version<S: Store + AuthzStore>(s: &S) {
+    let p = project(s, "version").await;
+    s.create_access_key(AccessKey {
+        ak: "AK1".into(),
+        project_id: p.clone(),
+        sk_sealed: vec![0],
+        role: Role::Admin,
+    })
+    .await
+    .unwrap();
+    let mut last = s.authz_version("AK1").await.unwrap();
+    assert_eq!(last.1, None);
+    let mut bumped = async |what: &str| {
+        let now = s.authz_version("AK1").await.unwrap();
+        assert!(now.0 > last.0, "{what} did not bump the version");
+        last = now;
+        last.clone()
+    };
+    let g = s.create_group("d", "g", "").await.unwrap();
+    bumped("create group").await;
+    s.add_group_member(&g.id, "u").await.unwrap();
+    bumped("add member").await;
+    let pol = s.create_policy("d", "p", "", POLICY).await.unwrap();
+    bumped("create policy").await;
+    s.attach(&g.id, &p, &Grant::Policy(pol.id.clone()))
+        .await
+        .unwrap();
+    bumped("attach").await;
+    s.bind_access_key_user("AK1", "u").await.unwrap();
+    assert_eq!(bumped("bind key").await.1.as_deref(), Some("u"));
+    s.detach(&g.id, &p, &Grant::Policy(pol.id.clone()))
+        .await
+        .unwrap();
+    bumped("detach").await;
+    s.remove_group_member(&g.id, "u").await.unwrap();
+    bumped("remove member").await;
+    s.delete_policy(&pol.id).await.unwrap();
+    bumped("delete policy").await;
+    s.delete_group(&g.id).await.unwrap();
+    bumped("delete group").await;
 }
 
 fn t(k: &str, v: Option<&str>) -> (String, Option<String>) {

@@ -158,7 +158,8 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 6 (authz; 5 is identity's): IAM user groups and members (user ids are
     // opaque here), custom policies, grants (a system role or a custom policy
-    // attached to a group in a project), access keys bound to a user.
+    // attached to a group in a project), access keys bound to a user, and a
+    // version number every change of these bumps (triggers).
     r#"
     CREATE TABLE iam_groups (
         id TEXT PRIMARY KEY,
@@ -194,6 +195,55 @@ const MIGRATIONS: &[&str] = &[
         ak TEXT PRIMARY KEY REFERENCES access_keys(ak) ON DELETE CASCADE,
         user_id TEXT NOT NULL
     );
+    -- Bumped by every change above (also by `ecsd admin` in another process),
+    -- so a replica knows when its compiled policies are stale.
+    CREATE TABLE iam_version (n INTEGER NOT NULL);
+    INSERT INTO iam_version (n) VALUES (0);
+    CREATE TRIGGER iam_groups_insert_version AFTER INSERT ON iam_groups BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_groups_update_version AFTER UPDATE ON iam_groups BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_groups_delete_version AFTER DELETE ON iam_groups BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_members_insert_version AFTER INSERT ON iam_group_members BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_members_update_version AFTER UPDATE ON iam_group_members BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_members_delete_version AFTER DELETE ON iam_group_members BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_policies_insert_version AFTER INSERT ON iam_policies BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_policies_update_version AFTER UPDATE ON iam_policies BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_policies_delete_version AFTER DELETE ON iam_policies BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_grants_insert_version AFTER INSERT ON iam_group_grants BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_grants_update_version AFTER UPDATE ON iam_group_grants BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_grants_delete_version AFTER DELETE ON iam_group_grants BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_key_users_insert_version AFTER INSERT ON iam_key_users BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_key_users_update_version AFTER UPDATE ON iam_key_users BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_key_users_delete_version AFTER DELETE ON iam_key_users BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
     "#,
 ];
 

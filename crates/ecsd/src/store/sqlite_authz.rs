@@ -354,6 +354,17 @@ impl AuthzStore for SqliteStore {
         .await
     }
 
+    async fn authz_version(&self, access_key: &str) -> StoreResult<(i64, Option<String>)> {
+        let ak = access_key.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT (SELECT n FROM iam_version), (SELECT user_id FROM iam_key_users WHERE ak = ?1)",
+            )?
+            .query_row([ak], |r| Ok((r.get(0)?, r.get(1)?)))?)
+        })
+        .await
+    }
+
     async fn bind_access_key_user(&self, ak: &str, user_id: &str) -> StoreResult<()> {
         let (ak, u) = (ak.to_owned(), user_id.to_owned());
         self.write(move |c| {
