@@ -152,8 +152,10 @@ impl Permit {
         ids: &[String],
         server: impl Fn(&str) -> Option<&'a Server>,
     ) -> Vec<ServerFailure> {
+        // An action the caller may do on no server refuses every id, known or not.
+        let none = !self.set.may_allow(self.action);
         ids.iter()
-            .filter(|id| server(id).is_some_and(|s| !self.allows(s)))
+            .filter(|id| none || server(id).is_some_and(|s| !self.allows(s)))
             .map(|id| ServerFailure::new(id.clone(), Problem::Forbidden(self.action.as_str())))
             .collect()
     }
@@ -203,8 +205,8 @@ pub async fn permits(state: &AppState, caller: &Caller) -> Result<Permits, ApiEr
 
 /// Resolves the caller's policies and checks that `action` can be allowed
 /// at all (an action allowed only on tagged resources passes here and is
-/// decided per server). Project-level calls (`resource` = false: list,
-/// jobs, enroll tokens, reset outcomes) must be allowed without a resource.
+/// decided per server). Project-level calls (`project_level`: list, jobs,
+/// enroll tokens, reset outcomes) must be allowed without a resource.
 pub async fn authorize(
     state: &AppState,
     caller: &Caller,

@@ -119,7 +119,7 @@ pub async fn batch_action(
         .collect();
     let action_name = format!("{}-servers", action.kind.as_str());
     // The action is known once the body names it; a caller who may not do
-    // it at all is refused for every server of the project in the batch.
+    // it on any server is refused for every server of the batch.
     let permit = permits.permit(crate::authorize::power_action(action.kind));
     let refused = permit.refused(&action.ids, |id| by_id.get(id).copied());
     if !refused.is_empty() {

@@ -706,6 +706,25 @@ async fn a_tag_condition_decides_power_actions_per_server_and_nothing_is_done() 
     assert_eq!(jobs, 0);
     let r = call(&t, &k, "POST", &path, Some(&body(&[&staging]))).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    // A caller who may reboot no server at all is refused for every id,
+    // unknown ones included (nothing about them is revealed).
+    let reader = user_with(&t, "readers", Grant::system(SystemRole::ReadOnly)).await;
+    let r = call(
+        &t,
+        &reader,
+        "POST",
+        &path,
+        Some(&body(&[&prod, "no-such-server"])),
+    )
+    .await;
+    assert_ecs(&r, 403, "APIGW.0302");
+    let ids: Vec<&str> = r.body["internalError"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [prod.as_str(), "no-such-server"]);
 }
 
 /// `ecsd admin ...` on the data directory of a running ecsd.
