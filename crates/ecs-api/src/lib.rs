@@ -15,6 +15,7 @@ pub mod job;
 pub mod reset;
 pub mod server;
 mod status;
+pub mod tags;
 
 pub use audit::{ListTracesResponse, Trace, TraceMetaData, TraceRating, TraceUser};
 pub use ecs_agent_proto as agent;
@@ -34,6 +35,7 @@ pub use server::{
     ServerImage, ServerSecurityGroup, ServerSystemTag, ShowServerResponse, VolumeAttached,
 };
 pub use status::{HostStatus, JobStatus, ParseStatusError, ResetState, ServerStatus};
+pub use tags::{ServerTag, ServerTagsAction, ServerTagsResponse, TagAction, TagInput};
 
 /// `GET /health`: the process serves requests.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]

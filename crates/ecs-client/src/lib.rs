@@ -594,6 +594,30 @@ impl Client {
         .await
     }
 
+    /// Huawei `ShowServerTags`.
+    pub async fn server_tags(&self, id: &str) -> Result<Reply<ecs_api::ServerTagsResponse>> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/cloudservers/{}/tags", encode(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Huawei `BatchCreateServerTags` / `BatchDeleteServerTags` (204).
+    pub async fn server_tags_action(
+        &self,
+        id: &str,
+        req: &ecs_api::ServerTagsAction,
+    ) -> Result<Reply<()>> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/cloudservers/{}/tags/action", encode(id)),
+            Some(req),
+        )
+        .await
+    }
+
     pub async fn reset_flag(&self, id: &str) -> Result<Reply<ResetPwdFlagResponse>> {
         self.call(
             reqwest::Method::GET,

@@ -203,6 +203,17 @@ enum Servers {
     },
     /// Show one server: ecsctl servers show ID
     Show { id: String },
+    /// Add or remove a server's tags, then show them:
+    /// ecsctl servers tag ID --add env=staging --remove team
+    Tag {
+        id: String,
+        /// KEY=VALUE (or KEY for an empty value); repeatable.
+        #[arg(long)]
+        add: Vec<String>,
+        /// KEY (any value) or KEY=VALUE; repeatable.
+        #[arg(long)]
+        remove: Vec<String>,
+    },
     /// Reboot servers: ecsctl servers reboot --name 'web-*' [--hard]
     Reboot(PowerArgs),
     /// Start stopped servers: ecsctl servers start ID...
@@ -640,6 +651,51 @@ async fn servers(api: &Api, cmd: Servers, out: &Out) -> anyhow::Result<u8> {
                 out.table(
                     &["ID", "NAME", "STATUS", "OS", "AGENT", "LAST RESET"],
                     vec![server_row(&r.body.server)],
+                );
+            }
+            Ok(0)
+        }
+        Servers::Tag { id, add, remove } => {
+            let parse = |list: &[String], on_add: bool| -> Vec<ecs_api::TagInput> {
+                list.iter()
+                    .map(|t| match t.split_once('=') {
+                        Some((k, v)) => ecs_api::TagInput {
+                            key: k.to_owned(),
+                            value: Some(v.to_owned()),
+                        },
+                        None => ecs_api::TagInput {
+                            key: t.clone(),
+                            value: on_add.then(String::new),
+                        },
+                    })
+                    .collect()
+            };
+            let client = api.client();
+            for (action, tags) in [
+                (ecs_api::TagAction::Delete, parse(&remove, false)),
+                (ecs_api::TagAction::Create, parse(&add, true)),
+            ] {
+                if tags.is_empty() {
+                    continue;
+                }
+                api.api_result(
+                    "POST /cloudservers/{id}/tags/action",
+                    client
+                        .server_tags_action(&id, &ecs_api::ServerTagsAction { action, tags })
+                        .await,
+                )?;
+            }
+            let r = api.api_result("GET /cloudservers/{id}/tags", client.server_tags(&id).await)?;
+            if out.json {
+                say!("{}", serde_json::to_string(&r.body)?);
+            } else {
+                out.table(
+                    &["KEY", "VALUE"],
+                    r.body
+                        .tags
+                        .iter()
+                        .map(|t| vec![t.key.clone(), t.value.clone()])
+                        .collect(),
                 );
             }
             Ok(0)

@@ -629,3 +629,47 @@ fn login_uses_the_token_until_it_expires_and_logout_revokes_it() {
     assert!(!ok);
     assert!(err.contains("decrypt token fail"), "{err}");
 }
+
+#[test]
+fn servers_tag_adds_removes_and_the_list_filter_sees_it() {
+    let dev = Dev::start();
+    let o = dev.run(&["servers", "list", "-o", "json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = v["servers"][0]["id"].as_str().unwrap().to_owned();
+    let o = dev.run(
+        &[
+            "servers",
+            "tag",
+            &id,
+            "--add",
+            "env=staging",
+            "--add",
+            "team=db",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"tags": [{"key": "env", "value": "staging"}, {"key": "team", "value": "db"}]})
+    );
+    let o = dev.run(
+        &["servers", "tag", &id, "--remove", "team", "-o", "json"],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"tags": [{"key": "env", "value": "staging"}]})
+    );
+    let o = dev.run(&["servers", "show", &id, "-o", "json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["env=staging"]));
+    // A bad key is the API's 400, named.
+    let o = dev.run(&["servers", "tag", &id, "--add", "bad key=x"], None);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("tags[0].key"), "{:?}", text(&o));
+}

@@ -132,6 +132,7 @@ fn bench(c: &mut Criterion) {
             let r = rt.block_on(batch_reset(
                 &f.state,
                 &ctx,
+                &ecsd::authorize::Permit::all(ecsd::authz::Action::ResetServerPwd),
                 Some("application/json;charset=UTF-8"),
                 f.body.clone(),
             ));

@@ -170,9 +170,16 @@ impl From<Error> for ApiError {
                 ..
             } => ApiError::invalid("Invalid query parameter marker: no such server."),
             Error::NotFound {
-                entity: Entity::Project,
+                entity: Entity::Project | Entity::Group | Entity::Policy,
                 ..
             } => ApiError::ecs(StatusCode::NOT_FOUND, code, e.to_string()),
+            Error::Refused(ServerFailure {
+                id,
+                problem: Problem::Forbidden(action),
+            }) => ApiError::forbidden(format!(
+                "the policies do not allow {action} on server {}",
+                display_id(&id)
+            )),
             Error::Refused(f) => {
                 let status = match f.problem {
                     Problem::NotFound => StatusCode::NOT_FOUND,
@@ -213,8 +220,15 @@ fn rejected(e: Error) -> ApiError {
             id: f.id,
         })
         .collect();
+    // Servers the caller may not touch are named like any failing server,
+    // under the gateway's 403 (the batch is refused before other checks).
+    let status = if code == "APIGW.0302" {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     ApiError::Ecs {
-        status: StatusCode::BAD_REQUEST,
+        status,
         code,
         message,
         internal: Some(internal),

@@ -146,6 +146,24 @@ enum Admin {
         #[arg(long)]
         new_key_file: Option<PathBuf>,
     },
+    /// IAM user groups: create, add-user, attach a role or policy in a project, ...
+    Group {
+        #[command(subcommand)]
+        command: ecsd::authz_admin::GroupCommand,
+    },
+    /// Custom IAM policies (Huawei's JSON): create --file F, list, show, delete.
+    Policy {
+        #[command(subcommand)]
+        command: ecsd::authz_admin::PolicyCommand,
+    },
+    /// Create an AK/SK pair that acts as an IAM user (its groups' policies decide):
+    /// ecsd admin user-key-create --project ID --user USER_ID
+    UserKeyCreate {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        user: String,
+    },
     /// Create an enrollment token for `ecs-agent enroll`.
     EnrollTokenCreate {
         #[arg(long)]
@@ -513,6 +531,11 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("no server {server}"))?;
             serde_json::to_value(t)?
+        }
+        Admin::Group { command } => ecsd::authz_admin::group(&state, command).await?,
+        Admin::Policy { command } => ecsd::authz_admin::policy(&state, command).await?,
+        Admin::UserKeyCreate { project, user } => {
+            ecsd::authz_admin::user_key(&state, &project, &user).await?
         }
         Admin::WorkKeyRotate => {
             let public = ecsd::work::WorkKeys::rotate(&*state.store, &state.master).await?;

@@ -106,6 +106,7 @@ fn parse_action(content_type: Option<&str>, body: &Bytes) -> Result<Action, Erro
 pub async fn batch_action(
     state: &AppState,
     ctx: &CallContext<'_>,
+    permits: &crate::authorize::Permits,
     content_type: Option<&str>,
     body: Bytes,
 ) -> Result<String, Error> {
@@ -116,6 +117,16 @@ pub async fn batch_action(
         .filter(|s| s.project_id == ctx.caller.project_id)
         .map(|s| (s.id.as_str(), s))
         .collect();
+    let action_name = format!("{}-servers", action.kind.as_str());
+    // The action is known once the body names it; a caller who may not do
+    // it on any server is refused for every server of the batch.
+    let permit = permits.permit(crate::authorize::power_action(action.kind));
+    let refused = permit.refused(&action.ids, |id| by_id.get(id).copied());
+    if !refused.is_empty() {
+        let err = reject(refused, action.ids.len());
+        audit_rejection(state, ctx, &action_name, action.ids.clone(), false, &err).await;
+        return Err(err);
+    }
     let mut failures = Vec::new();
     for id in &action.ids {
         let checked = enrolled(
@@ -134,7 +145,6 @@ pub async fn batch_action(
             failures.push(ServerFailure::new(id.clone(), problem));
         }
     }
-    let action_name = format!("{}-servers", action.kind.as_str());
     if !failures.is_empty() {
         let err = reject(failures, action.ids.len());
         audit_rejection(state, ctx, &action_name, action.ids.clone(), false, &err).await;

@@ -14,6 +14,7 @@ use ecs_seal::PublicKey;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
+use crate::authorize::Permit;
 pub use crate::batch::{CallContext, MAX_BATCH, MAX_ID_LEN, parse_json};
 use crate::batch::{ServerRef, audit_rejection, enrolled, parse_body, reject, validate_ids, wipe};
 use crate::domain::{Error, Problem, ServerFailure, server as server_rules};
@@ -142,6 +143,7 @@ pub fn seal_all(
 pub async fn batch_reset(
     state: &AppState,
     ctx: &CallContext<'_>,
+    permit: &Permit,
     content_type: Option<&str>,
     body: Bytes,
 ) -> Result<BatchResetResponse, Error> {
@@ -149,7 +151,7 @@ pub async fn batch_reset(
     wipe(body);
     let result = async {
         let req = validate_batch_shape(parsed?)?;
-        let outcome = plan_and_store(state, ctx, &req).await;
+        let outcome = plan_and_store(state, ctx, permit, &req).await;
         Ok::<_, Error>((req, outcome))
     }
     .await;
@@ -176,6 +178,7 @@ pub async fn batch_reset(
 async fn plan_and_store(
     state: &AppState,
     ctx: &CallContext<'_>,
+    permit: &Permit,
     req: &BatchRequest,
 ) -> Result<BatchResetResponse, Error> {
     // Password rules, once per OS.
@@ -197,6 +200,16 @@ async fn plan_and_store(
     }
     let found = state.store.servers_by_ids(&req.ids).await?;
     let by_id: HashMap<&str, &Server> = found.iter().map(|s| (s.id.as_str(), s)).collect();
+    // Servers of this project the caller may not touch refuse the batch first.
+    let refused = permit.refused(&req.ids, |id| {
+        by_id
+            .get(id)
+            .copied()
+            .filter(|s| s.project_id == ctx.caller.project_id)
+    });
+    if !refused.is_empty() {
+        return Err(reject(refused, req.ids.len()));
+    }
     let mut failures = Vec::new();
     let mut mine = 0usize;
     let mut password_failures = 0usize;
@@ -317,13 +330,14 @@ async fn store_reset(
 pub async fn single_reset(
     state: &AppState,
     ctx: &CallContext<'_>,
+    permit: &Permit,
     server_id: &str,
     content_type: Option<&str>,
     body: Bytes,
 ) -> Result<(), Error> {
     let parsed = parse_body::<SingleResetBody>(content_type, &body);
     wipe(body);
-    let result = single_reset_inner(state, ctx, server_id, parsed).await;
+    let result = single_reset_inner(state, ctx, permit, server_id, parsed).await;
     if let Err(e) = &result {
         audit_rejection(
             state,
@@ -341,6 +355,7 @@ pub async fn single_reset(
 async fn single_reset_inner(
     state: &AppState,
     ctx: &CallContext<'_>,
+    permit: &Permit,
     server_id: &str,
     parsed: Result<SingleResetBody, Error>,
 ) -> Result<(), Error> {
@@ -364,6 +379,9 @@ async fn single_reset_inner(
         .server(&ctx.caller.project_id, server_id)
         .await?
         .ok_or_else(|| Error::server_not_found(server_id))?;
+    if !permit.allows(&server) {
+        return Err(permit.refuse(server_id));
+    }
     let strictness = if inner.is_check_password == Some(true) {
         Strictness::Full
     } else {

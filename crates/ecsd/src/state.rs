@@ -9,13 +9,17 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::secrets::MasterKey;
-use crate::store::{IdentityStore, LifecycleStore, Store};
+use crate::store::{AuthzStore, IdentityStore, LifecycleStore, Store};
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Users, tokens, temporary credentials: the same store object as `store`.
     pub identity: Arc<dyn IdentityStore>,
+    /// Groups, policies and grants: the same store object as `store`.
+    pub authz_store: Arc<dyn AuthzStore>,
+    /// Compiled policy sets, cached across requests.
+    pub authorizer: Arc<crate::authorize::Authorizer>,
     pub master: Arc<MasterKey>,
     pub config: Arc<Config>,
     pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
@@ -33,7 +37,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new<S: Store + LifecycleStore + IdentityStore>(
+    pub fn new<S: Store + LifecycleStore + IdentityStore + AuthzStore>(
         store: Arc<S>,
         master: MasterKey,
         config: Config,
@@ -42,6 +46,8 @@ impl AppState {
         AppState {
             lifecycle: store.clone(),
             identity: store.clone(),
+            authz_store: store.clone(),
+            authorizer: Arc::new(crate::authorize::Authorizer::default()),
             auth_failures: Arc::new(crate::throttle::FailureThrottle::new(
                 config.auth_failures_per_minute,
             )),

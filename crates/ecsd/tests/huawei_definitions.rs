@@ -1,5 +1,6 @@
 //! Huawei's own API definitions as the reference: a real ecsd with a
-//! simulated fleet answers each of nine operations for real, and every
+//! simulated fleet answers each of nine operations (and the three tag
+//! operations) for real, and every
 //! response body is validated against the response schema of that operation
 //! in Huawei's API Explorer definition (vendored in `tests/huawei-definitions/`,
 //! see its README.md): every required property present, with its type,
@@ -391,4 +392,48 @@ fn the_checker_refuses_a_missing_property_and_a_wrong_type() {
     let mut wrong = example;
     wrong["job_type"] = Value::Null;
     assert!(!violations(&schema, &wrong, false).is_empty());
+}
+
+/// Server tags: Huawei's BatchCreateServerTags, BatchDeleteServerTags and
+/// ShowServerTags, requests and answers checked against their definitions.
+#[tokio::test]
+async fn the_tag_operations_answer_as_huawei_defines_them() {
+    let t = TestServer::start().await;
+    let (id, _) = t
+        .server(&t.project, "tagged", ecs_policy::OsType::Linux, true)
+        .await;
+    let params = [
+        ("project_id", t.project.as_str()),
+        ("server_id", id.as_str()),
+    ];
+    let (create, delete, show) = (
+        Op::load("BatchCreateServerTags"),
+        Op::load("BatchDeleteServerTags"),
+        Op::load("ShowServerTags"),
+    );
+    let r = create
+        .call(
+            &t,
+            &params,
+            Some(json!({"action": "create", "tags": [{"key": "env", "value": "staging"}, {"key": "team"}]})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = show.call(&t, &params, None).await;
+    assert_eq!(
+        r.value(),
+        json!({"tags": [{"key": "env", "value": "staging"}, {"key": "team", "value": ""}]})
+    );
+    delete
+        .call(
+            &t,
+            &params,
+            Some(json!({"action": "delete", "tags": [{"key": "team"}]})),
+        )
+        .await;
+    let r = show.call(&t, &params, None).await;
+    assert_eq!(
+        r.value(),
+        json!({"tags": [{"key": "env", "value": "staging"}]})
+    );
 }

@@ -14,6 +14,8 @@ use ecs_agent_proto as proto;
 use serde::Deserialize;
 
 use crate::auth::read_body;
+use crate::authorize::authorize;
+use crate::authz::Action;
 use crate::enroll;
 use crate::error::ApiError;
 use crate::secrets::bearer_hash;
@@ -60,6 +62,7 @@ async fn agent(state: &AppState, headers: &HeaderMap) -> Result<Server, ApiError
     responses(
         (status = 201, description = "The token (shown once) and the join token with the CA pin.", body = ecs_api::EnrollTokenResponse),
         (status = 400, description = "Invalid body (Ecs.0005).", body = ecs_api::EcsErrorBody),
+        (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action .", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn create_enroll_token(
     State(state): State<AppState>,
@@ -67,6 +70,7 @@ pub async fn create_enroll_token(
     Extension(source): Extension<crate::state::Source>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    authorize(&state, &caller, &source.0, Action::CreateEnrollToken, true).await?;
     let req: proto::EnrollTokenRequest = if body.is_empty() {
         Default::default()
     } else {

@@ -9,6 +9,7 @@ pub use servers::server_detail;
 pub mod openapi;
 mod resets;
 pub mod servers;
+mod tags;
 mod traces;
 
 use std::net::SocketAddr;
@@ -51,6 +52,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/{project_id}/cloudservers/{server_id}",
             get(servers::show),
+        )
+        .route(
+            "/v1/{project_id}/cloudservers/{server_id}/tags/action",
+            post(tags::tags_action),
+        )
+        .route(
+            "/v1/{project_id}/cloudservers/{server_id}/tags",
+            get(tags::show_tags),
         )
         .route("/v1/{project_id}/jobs/{job_id}", get(servers::job))
         .route(

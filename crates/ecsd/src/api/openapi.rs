@@ -28,6 +28,8 @@ or carries an IAM user's X-Auth-Token from POST /v3/auth/tokens; every response 
         super::servers::show,
         super::servers::action,
         super::servers::job,
+        super::tags::tags_action,
+        super::tags::show_tags,
         super::agent::create_enroll_token,
         super::traces::list,
         super::iam::create_token,
@@ -109,7 +111,7 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             .response(
                 "403",
                 gateway(
-                    "The key may not do this: a read-only key on a mutating call (APIGW.0302).",
+                    "The key may not do this: a read-only key on a mutating call, or the caller's policies do not allow the action (APIGW.0302).",
                 ),
             )
             .response(

@@ -10,6 +10,8 @@ use ecs_api::{
     TargetOutcome,
 };
 
+use crate::authorize::{self, authorize};
+use crate::authz::Action;
 use crate::error::{ApiError, current_request_id};
 use crate::reset::{self, CallContext};
 use crate::state::{AppState, Caller, Source};
@@ -36,6 +38,7 @@ fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     responses(
         (status = 200, description = "Accepted for every server (or, with dry_run, checked).", body = BatchResetResponse),
         (status = 400, description = "Nothing was done: an invalid body (Ecs.0005, Common.0002), too many servers (Ecs.0118), a password rule (Ecs.0011), or servers that cannot take it — unknown or another project's (Ecs.0114), no plug-in or a state that forbids it (Ecs.0100); internalError lists each failing server.", body = ecs_api::EcsErrorBody),
+        (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action at all (gateway body), or not on some servers of the batch (nothing done; the batch body with internalError naming each such server).", body = ecs_api::ErrorBody),
     ))]
 pub async fn batch_reset(
     State(state): State<AppState>,
@@ -44,6 +47,7 @@ pub async fn batch_reset(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<BatchResetResponse>, ApiError> {
+    let permit = authorize(&state, &caller, &source.0, Action::ResetServerPwd, false).await?;
     let request_id = current_request_id();
     let ctx = CallContext {
         caller: &caller,
@@ -51,7 +55,7 @@ pub async fn batch_reset(
         source: &source.0,
     };
     Ok(Json(
-        reset::batch_reset(&state, &ctx, content_type(&headers), body).await?,
+        reset::batch_reset(&state, &ctx, &permit, content_type(&headers), body).await?,
     ))
 }
 
@@ -64,6 +68,7 @@ pub async fn batch_reset(
         (status = 204, description = "Accepted."),
         (status = 400, description = "Invalid body, password rules, or server state (Ecs.0005, Ecs.0100, ...).", body = ecs_api::EcsErrorBody),
         (status = 404, description = "No such server in this project (Ecs.0114).", body = ecs_api::EcsErrorBody),
+        (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action (on this server, with its tags).", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn single_reset(
     State(state): State<AppState>,
@@ -74,13 +79,22 @@ pub async fn single_reset(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let (_project, server_id) = path(p)?;
+    let permit = authorize(&state, &caller, &source.0, Action::ResetServerPwd, false).await?;
     let request_id = current_request_id();
     let ctx = CallContext {
         caller: &caller,
         request_id: &request_id,
         source: &source.0,
     };
-    reset::single_reset(&state, &ctx, &server_id, content_type(&headers), body).await?;
+    reset::single_reset(
+        &state,
+        &ctx,
+        &permit,
+        &server_id,
+        content_type(&headers),
+        body,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -92,19 +106,33 @@ pub async fn single_reset(
         (status = 200, description = "The flag.", body = ResetPwdFlagResponse),
         (status = 400, description = "Malformed path (Ecs.0005).", body = ecs_api::EcsErrorBody),
         (status = 404, description = "No such server in this project (Ecs.0114).", body = ecs_api::EcsErrorBody),
+        (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action (on this server, with its tags).", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn resetpwd_flag(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(source): Extension<Source>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<ResetPwdFlagResponse>, ApiError> {
     let (_project, server_id) = path(p)?;
+    let permit = authorize(&state, &caller, &source.0, Action::Get, false).await?;
     let server = state
         .store
         .server(&caller.project_id, &server_id)
         .await
         .map_err(|e| ApiError::internal("looking up a server", e))?
         .ok_or_else(|| ApiError::server_not_found(&server_id))?;
+    if !permit.allows(&server) {
+        authorize::audit_denial(
+            &state,
+            &caller,
+            &source.0,
+            permit.action,
+            vec![server_id.clone()],
+        )
+        .await;
+        return Err(permit.refuse(&server_id).into());
+    }
     let ready = server.agent_public_key.is_some() && server.agent_last_seen.is_some();
     Ok(Json(ResetPwdFlagResponse {
         resetpwd_flag: if ready {
@@ -124,13 +152,16 @@ pub async fn resetpwd_flag(
     responses(
         (status = 200, description = "Each server's state in that request.", body = ResetOutcome),
         (status = 400, description = "No such reset request in this project (Common.0011).", body = ecs_api::EcsErrorBody),
+        (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action.", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn reset_outcome(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(source): Extension<Source>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<ResetOutcome>, ApiError> {
     let (_project, request_id) = path(p)?;
+    authorize(&state, &caller, &source.0, Action::Get, true).await?;
     let invalid = || {
         ApiError::ecs(
             StatusCode::BAD_REQUEST,

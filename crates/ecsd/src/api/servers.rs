@@ -16,6 +16,8 @@ use ecs_api::{
     ServerStatus, ShowJobResponse, ShowServerResponse,
 };
 
+use crate::authorize::{self, authorize};
+use crate::authz::Action;
 use crate::error::{ApiError, current_request_id};
 use crate::reset::CallContext;
 use crate::state::{AppState, Caller, Source};
@@ -160,12 +162,15 @@ fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Api
     responses(
         (status = 200, description = "One page, newest first, and the total count.", body = ListServersResponse),
         (status = 400, description = "An invalid query parameter (Ecs.0005).", body = ecs_api::EcsErrorBody),
+        (status = 403, description = "Not authorized (APIGW.0302): listing needs ecs:cloudServers:list allowed for the whole project (a tag-conditioned Allow does not list).", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(source): Extension<Source>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<ListServersResponse>, ApiError> {
+    authorize(&state, &caller, &source.0, Action::List, true).await?;
     let Query(q) = query.map_err(|_| ApiError::invalid("Invalid query string."))?;
     let limit = int_param(&q, "limit")?.unwrap_or(25);
     if !(1..=1000).contains(&limit) {
@@ -250,21 +255,28 @@ pub async fn list(
         (status = 200, description = "The server.", body = ShowServerResponse),
         (status = 400, description = "Malformed path (Ecs.0005).", body = ecs_api::EcsErrorBody),
         (status = 404, description = "No such server in this project (Ecs.0114).", body = ecs_api::EcsErrorBody),
+        (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action (on this server, with its tags).", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn show(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(source): Extension<Source>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<ShowServerResponse>, ApiError> {
     let (_, id) = p
         .map(|Path(t)| t)
         .map_err(|_| ApiError::invalid("Invalid request: a path parameter is malformed."))?;
+    let permit = authorize(&state, &caller, &source.0, Action::Get, false).await?;
     let s = state
         .store
         .server(&caller.project_id, &id)
         .await
         .map_err(|e| ApiError::internal("looking up a server", e))?
         .ok_or_else(|| ApiError::server_not_found(&id))?;
+    if !permit.allows(&s) {
+        authorize::audit_denial(&state, &caller, &source.0, permit.action, vec![id.clone()]).await;
+        return Err(permit.refuse(&id).into());
+    }
     Ok(Json(ShowServerResponse {
         server: server_detail(&s, state.config.agent_stale_secs, Utc::now()),
     }))
@@ -279,6 +291,7 @@ pub async fn show(
     responses(
         (status = 200, description = "A job with one sub-job per server.", body = JobResult),
         (status = 400, description = "Nothing was done: an invalid body (Ecs.0005, Common.0002), or servers that cannot take it — unknown or another project's (Ecs.0114), no plug-in or a state that forbids it (Ecs.0100), another operation in progress (Ecs.0603); internalError lists each failing server.", body = ecs_api::EcsErrorBody),
+        (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action at all (gateway body), or not on some servers of the batch (nothing done; the batch body with internalError naming each such server).", body = ecs_api::ErrorBody),
     ))]
 pub async fn action(
     State(state): State<AppState>,
@@ -287,15 +300,21 @@ pub async fn action(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<JobResult>, ApiError> {
+    let permits = authorize::permits(&state, &caller).await?;
     let request_id = current_request_id();
     let ctx = CallContext {
         caller: &caller,
         request_id: &request_id,
         source: &source.0,
     };
-    let job_id =
-        crate::power::batch_action(&state, &ctx, super::resets::content_type(&headers), body)
-            .await?;
+    let job_id = crate::power::batch_action(
+        &state,
+        &ctx,
+        &permits,
+        super::resets::content_type(&headers),
+        body,
+    )
+    .await?;
     Ok(Json(JobResult { job_id }))
 }
 
@@ -306,12 +325,15 @@ pub async fn action(
     responses(
         (status = 200, description = "The job and its sub-jobs.", body = ShowJobResponse),
         (status = 400, description = "Invalid or unknown job id (Common.0011).", body = ecs_api::EcsErrorBody),
+        (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action.", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn job(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(source): Extension<Source>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<ShowJobResponse>, ApiError> {
+    authorize(&state, &caller, &source.0, Action::GetJob, true).await?;
     let invalid = || ApiError::ecs(StatusCode::BAD_REQUEST, "Common.0011", "Invalid job ID.");
     let (_, job_id) = p.map(|Path(t)| t).map_err(|_| invalid())?;
     if uuid::Uuid::parse_str(&job_id).is_err() {

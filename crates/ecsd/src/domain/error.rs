@@ -18,6 +18,10 @@ pub enum Entity {
     /// The `marker` of a server list page.
     Marker,
     Project,
+    /// An IAM user group.
+    Group,
+    /// A custom IAM policy.
+    Policy,
 }
 
 impl Entity {
@@ -26,6 +30,8 @@ impl Entity {
             Entity::Server => "server",
             Entity::Marker => "marker",
             Entity::Project => "project",
+            Entity::Group => "group",
+            Entity::Policy => "policy",
         }
     }
 }
@@ -44,6 +50,8 @@ pub enum Problem {
     Password(Violation),
     /// Another power action is open on the server.
     Busy,
+    /// The caller's policies do not allow this action (named) on the server.
+    Forbidden(&'static str),
 }
 
 impl Problem {
@@ -56,6 +64,7 @@ impl Problem {
             | Problem::PowerNotAllowed(..) => "Ecs.0100",
             Problem::Password(_) => "Ecs.0011",
             Problem::Busy => "Ecs.0603",
+            Problem::Forbidden(_) => "APIGW.0302",
         }
     }
 
@@ -77,6 +86,10 @@ impl Problem {
             Problem::Busy => {
                 "Another operation is in progress on this server; retry when it ends.".into()
             }
+            Problem::Forbidden(action) => format!(
+                "The IAM user is not authorized to access the API: the policies do not allow {action} on server {}.",
+                display_id(id)
+            ),
         }
     }
 }

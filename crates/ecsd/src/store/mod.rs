@@ -2,6 +2,8 @@
 //! [`Store`] trait; `sqlite` is the embedded implementation. A PostgreSQL
 //! backend implements the same trait without touching the API code.
 
+pub mod authz;
+pub mod authz_conformance;
 pub mod conformance;
 pub mod identity;
 #[cfg(test)]
@@ -9,6 +11,7 @@ pub mod identity_conformance;
 pub mod lifecycle;
 pub mod lifecycle_conformance;
 pub mod sqlite;
+mod sqlite_authz;
 mod sqlite_identity;
 mod sqlite_lifecycle;
 
@@ -20,6 +23,8 @@ pub use crate::config::DuplicateMachineId;
 pub use identity::IdentityStore;
 pub use lifecycle::LifecycleStore;
 pub use sqlite::SqliteStore;
+
+pub use authz::AuthzStore;
 
 /// The store reports the domain's errors: `Storage` (with its source),
 /// `NotFound`, `Busy` (with the server ids), `Conflict`.

@@ -208,8 +208,95 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX temporary_credentials_user ON temporary_credentials(user_id);
     "#,
-    // 6: reserved for authz (issue #10).
-    "",
+    // 6 (authz; 5 is identity's): IAM user groups and members (user ids are
+    // opaque here), custom policies, grants (a system role or a custom policy
+    // attached to a group in a project), access keys bound to a user, and a
+    // version number every change of these bumps (triggers).
+    r#"
+    CREATE TABLE iam_groups (
+        id TEXT PRIMARY KEY,
+        domain_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (domain_id, name)
+    );
+    CREATE TABLE iam_group_members (
+        group_id TEXT NOT NULL REFERENCES iam_groups(id) ON DELETE CASCADE,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+    );
+    CREATE INDEX iam_group_members_user ON iam_group_members(user_id, group_id);
+    CREATE TABLE iam_policies (
+        id TEXT PRIMARY KEY,
+        domain_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        document TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (domain_id, name)
+    );
+    CREATE TABLE iam_group_grants (
+        group_id TEXT NOT NULL REFERENCES iam_groups(id) ON DELETE CASCADE,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        grant_ref TEXT NOT NULL,
+        PRIMARY KEY (group_id, project_id, grant_ref)
+    );
+    CREATE INDEX iam_group_grants_policy ON iam_group_grants(grant_ref);
+    CREATE TABLE iam_key_users (
+        ak TEXT PRIMARY KEY REFERENCES access_keys(ak) ON DELETE CASCADE,
+        user_id TEXT NOT NULL
+    );
+    -- Bumped by every change above (also by `ecsd admin` in another process),
+    -- so a replica knows when its compiled policies are stale.
+    CREATE TABLE iam_version (n INTEGER NOT NULL);
+    INSERT INTO iam_version (n) VALUES (0);
+    CREATE TRIGGER iam_groups_insert_version AFTER INSERT ON iam_groups BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_groups_update_version AFTER UPDATE ON iam_groups BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_groups_delete_version AFTER DELETE ON iam_groups BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_members_insert_version AFTER INSERT ON iam_group_members BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_members_update_version AFTER UPDATE ON iam_group_members BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_members_delete_version AFTER DELETE ON iam_group_members BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_policies_insert_version AFTER INSERT ON iam_policies BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_policies_update_version AFTER UPDATE ON iam_policies BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_policies_delete_version AFTER DELETE ON iam_policies BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_grants_insert_version AFTER INSERT ON iam_group_grants BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_grants_update_version AFTER UPDATE ON iam_group_grants BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_group_grants_delete_version AFTER DELETE ON iam_group_grants BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_key_users_insert_version AFTER INSERT ON iam_key_users BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_key_users_update_version AFTER UPDATE ON iam_key_users BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    CREATE TRIGGER iam_key_users_delete_version AFTER DELETE ON iam_key_users BEGIN
+        UPDATE iam_version SET n = n + 1;
+    END;
+    "#,
     // 7: lifecycle: access key status and lockout, audit traces.
     super::sqlite_lifecycle::MIGRATION,
 ];
