@@ -673,3 +673,188 @@ fn servers_tag_adds_removes_and_the_list_filter_sees_it() {
     assert!(!o.status.success());
     assert!(text(&o).1.contains("tags[0].key"), "{:?}", text(&o));
 }
+
+/// `ecsd admin` with `stdin` written to its standard input.
+fn ecsd_admin_stdin(
+    dev: &Dev,
+    args: &[&str],
+    stdin: &str,
+) -> (Option<i32>, serde_json::Value, String) {
+    let ecsd = Path::new(env!("CARGO_BIN_EXE_ecsctl")).with_file_name("ecsd");
+    let data = dev.dir.path().join("data");
+    let mut child = Command::new(ecsd)
+        .args(["--data-dir", data.to_str().unwrap(), "admin"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = text(&o);
+    (
+        o.status.code(),
+        serde_json::from_str(&out).unwrap_or(serde_json::Value::Null),
+        format!("{out}{err}"),
+    )
+}
+
+/// Issue #10's "done when": an admin creates a user whose group's policy
+/// allows resets only on servers tagged env=staging; the user logs in with
+/// `ecsctl login`, resets the staging servers, is refused on a production
+/// server with 403 naming it, and both calls are in `ecsctl audit`.
+#[test]
+fn a_staging_only_user_logs_in_resets_staging_is_refused_on_production_and_both_are_audited() {
+    let dev = Dev::start();
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.creds).unwrap()).unwrap();
+    let project = creds["project_id"].as_str().unwrap().to_owned();
+    // The admin (dev AK/SK) tags two Linux servers staging, one production.
+    let o = dev.run(&["servers", "list", "--os", "linux", "-o", "json"], None);
+    let list: ecs_api::ListServersResponse = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<String> = list
+        .servers
+        .iter()
+        .map(|s| s.detail().unwrap().id.clone())
+        .collect();
+    assert!(ids.len() >= 3, "{ids:?}");
+    let (staging, prod) = (&ids[..2], &ids[2]);
+    for (id, env) in [
+        (&staging[0], "env=staging"),
+        (&staging[1], "env=staging"),
+        (prod, "env=production"),
+    ] {
+        let o = dev.run(&["servers", "tag", id, "--add", env], None);
+        assert!(o.status.success(), "{:?}", text(&o));
+    }
+    // A read-only user, in a group whose policy allows resets on staging only.
+    let (code, user, all) = ecsd_admin_stdin(
+        &dev,
+        &[
+            "user",
+            "create",
+            "--domain",
+            "default",
+            "--name",
+            "alice",
+            "--role",
+            "readonly",
+            "--project",
+            &project,
+            "--password-stdin",
+        ],
+        "Alice-Staging-42!\n",
+    );
+    assert_eq!(code, Some(0), "{all}");
+    let user_id = user["id"].as_str().expect("the user's id").to_owned();
+    let policy = dev.dir.path().join("staging.json");
+    std::fs::write(
+        &policy,
+        r#"{"Version": "1.1", "Statement": [{"Effect": "Allow",
+            "Action": ["ecs:cloudServers:resetServerPwd"],
+            "Condition": {"StringEquals": {"ecs:ResourceTag/env": ["staging"]}}}]}"#,
+    )
+    .unwrap();
+    for args in [
+        vec![
+            "policy",
+            "create",
+            "--name",
+            "staging-resets",
+            "--file",
+            policy.to_str().unwrap(),
+        ],
+        vec!["group", "create", "--name", "staging-ops"],
+        vec![
+            "group",
+            "add-user",
+            "--group",
+            "staging-ops",
+            "--user",
+            &user_id,
+        ],
+        vec![
+            "group",
+            "attach",
+            "--group",
+            "staging-ops",
+            "--project",
+            &project,
+            "--policy",
+            "staging-resets",
+        ],
+    ] {
+        let (code, _, all) = ecsd_admin(&dev, &args);
+        assert_eq!(code, Some(0), "{args:?}: {all}");
+    }
+    // alice logs in and resets the staging servers: accepted.
+    let o = dev.run(
+        &["login", "--user", "alice", "--password-stdin"],
+        Some("Alice-Staging-42!\n"),
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    // From here on only the profile's token speaks for alice (no dev AK/SK).
+    let as_alice = |args: &[&str]| {
+        let mut child = dev
+            .ecsctl()
+            .env_remove("ECS_DEV_CREDENTIALS")
+            .env_remove("ECS_ACCESS_KEY")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let mut args = vec!["reset-password", "--password-stdin"];
+    args.extend(staging.iter().map(String::as_str));
+    let o = as_alice(&args);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    // ... and is refused on the production server, which the error names.
+    let o = as_alice(&["reset-password", "--password-stdin", prod]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("APIGW.0302") && err.contains(prod.as_str()),
+        "{err}"
+    );
+    // Both calls are in the audit trail, read by the admin.
+    let o = dev.run(&["logout"], None);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = dev.run(
+        &["audit", "--action", "batch-reset-password", "-o", "json"],
+        None,
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let traces = v["traces"].as_array().unwrap();
+    let by_alice: Vec<&serde_json::Value> = traces
+        .iter()
+        .filter(|t| t["user"]["user_name"] == "alice" || t["user"]["name"] == "alice")
+        .collect();
+    let ok = by_alice
+        .iter()
+        .find(|t| t["trace_rating"] == "normal")
+        .unwrap_or_else(|| panic!("no accepted reset by alice in {v}"));
+    assert_eq!(ok["resource_ids"], serde_json::json!(staging));
+    let denied = by_alice
+        .iter()
+        .find(|t| t["error_code"] == "APIGW.0302")
+        .unwrap_or_else(|| panic!("no denied reset by alice in {v}"));
+    assert!(denied.to_string().contains(prod.as_str()), "{denied}");
+    assert!(
+        !o.stdout
+            .windows(PASSWORD.len())
+            .any(|w| w == PASSWORD.as_bytes())
+    );
+}

@@ -79,7 +79,12 @@ pub async fn authenticate(
             "The project ID in the request does not match the project of the credential.",
         ));
     }
-    if caller.role == Role::ReadOnly && parts.method != Method::GET && parts.method != Method::HEAD
+    // A read-only project access key is refused here; an IAM user's calls are
+    // decided by authorization (its role is one grant among its groups').
+    if caller.user.is_none()
+        && caller.role == Role::ReadOnly
+        && parts.method != Method::GET
+        && parts.method != Method::HEAD
     {
         let reason = "the access key is read-only";
         let e = ApiError::forbidden(reason);
