@@ -17,7 +17,7 @@ fn kv(key: &str, value: &str) -> ServerTag {
 
 use std::collections::BTreeSet;
 
-use common::{TestServer, assert_ecs, assert_gateway, ids_body};
+use common::{TestServer, assert_ecs, assert_gateway, ids_body, secret};
 use ecs_policy::OsType;
 use ecsd::authz::SystemRole;
 use ecsd::store::Role;
@@ -894,4 +894,89 @@ async fn the_admin_cli_makes_groups_policies_and_user_keys_that_the_api_enforces
             .status,
         403
     );
+}
+
+/// The matrix's last two callers of issue #10: a revoked (disabled) access
+/// key and an expired token are refused with 401 `APIGW.0301` on every
+/// public operation — the rows come from the same table, so a new route is
+/// covered as soon as it has its row.
+#[tokio::test]
+async fn a_revoked_key_and_an_expired_token_are_refused_on_every_public_route() {
+    let f = fixture().await;
+    // A revoked key: an admin's, disabled.
+    let (ak, sk) = ecsd::admin::create_access_key(&f.t.state, &f.t.project, Role::Admin)
+        .await
+        .unwrap();
+    ecsd::lifecycle::change_access_key(&f.t.state, &ak, ecsd::lifecycle::KeyChange::Disable)
+        .await
+        .unwrap();
+    let revoked = Key {
+        ak,
+        sk: sk.expose_secret().to_owned(),
+    };
+    // An expired token: an admin user's token whose expiry has passed.
+    let pw = secret("Admin-Token-77!");
+    ecsd::admin::create_user(
+        &f.t.state,
+        "default",
+        "expiring-admin",
+        &pw,
+        ecsd::store::identity::UserRole::Admin,
+        Some(&f.t.project),
+    )
+    .await
+    .unwrap();
+    let token = ecs_client::login(
+        &f.t.base,
+        ecs_client::Trust::System,
+        "default",
+        "expiring-admin",
+        &pw,
+        ecs_client::ProjectScope::Id(f.t.project.clone()),
+    )
+    .await
+    .unwrap()
+    .token;
+    let c = rusqlite::Connection::open(f.t.db_path()).unwrap();
+    let expired = c
+        .execute(
+            "UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000Z'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(expired, 1);
+    let mut wrong = Vec::new();
+    for row in rows() {
+        let (path, body) = (row.call)(&f, 0);
+        let by_key = call(&f.t, &revoked, row.method, &path, body.as_deref()).await;
+        let mut req = common::http()
+            .request(row.method.parse().unwrap(), f.t.url(&path))
+            .header("X-Auth-Token", token.expose_secret());
+        if let Some(b) = &body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.clone());
+        }
+        let by_token = f.t.raw(req).await;
+        for (who, r, tail) in [
+            ("revoked key", &by_key, "ak not exist"),
+            ("expired token", &by_token, "token expires"),
+        ] {
+            if r.status != 401 {
+                wrong.push(format!(
+                    "{} {} as {who}: {}",
+                    row.method, row.template, r.status
+                ));
+                continue;
+            }
+            let e = assert_gateway(r, 401, "APIGW.0301");
+            if !e.error_msg.contains(tail) {
+                wrong.push(format!(
+                    "{} {} as {who}: {}",
+                    row.method, row.template, e.error_msg
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
