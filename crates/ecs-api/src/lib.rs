@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod error;
 pub mod iam;
+pub mod iam_admin;
 pub mod job;
 pub mod reset;
 pub mod server;

@@ -514,6 +514,207 @@ impl Client {
         self.send(req).await?.into_result(&what)
     }
 
+    /// A signed call to an absolute path (IAM administration: `/v3/...`,
+    /// `/v3.0/...`), answered with `T` or an API error.
+    pub async fn call_path<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<Reply<T>> {
+        let what = format!("{method} {path}");
+        let mut req = Request::new(method, path.to_owned());
+        if let Some(b) = body {
+            req = req.json(b)?;
+        }
+        self.send(req).await?.into_result(&what)
+    }
+
+    /// IAM `CreateUser` (201).
+    pub async fn create_user(
+        &self,
+        req: &ecs_api::iam_admin::CreateUserRequest,
+    ) -> Result<Reply<ecs_api::iam_admin::UserResponse>> {
+        self.call_path(reqwest::Method::POST, "/v3.0/OS-USER/users", Some(req))
+            .await
+    }
+
+    /// IAM `KeystoneListUsers`: the users of the caller's domain.
+    pub async fn list_users(&self) -> Result<Reply<ecs_api::iam_admin::ListUsersResponse>> {
+        self.call_path(reqwest::Method::GET, "/v3/users", None::<&()>)
+            .await
+    }
+
+    /// IAM `UpdateUser`: enables or disables.
+    pub async fn set_user_enabled(
+        &self,
+        user_id: &str,
+        enabled: bool,
+    ) -> Result<Reply<ecs_api::iam_admin::UserResponse>> {
+        let body = ecs_api::iam_admin::UpdateUserRequest {
+            user: ecs_api::iam_admin::UpdateUserOption { enabled },
+        };
+        self.call_path(
+            reqwest::Method::PUT,
+            &format!("/v3.0/OS-USER/users/{}", encode(user_id)),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// IAM `KeystoneDeleteUser` (204).
+    pub async fn delete_user(&self, user_id: &str) -> Result<Reply<()>> {
+        self.call_path(
+            reqwest::Method::DELETE,
+            &format!("/v3/users/{}", encode(user_id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// IAM `KeystoneCreateGroup` (201).
+    pub async fn create_group(
+        &self,
+        name: &str,
+    ) -> Result<Reply<ecs_api::iam_admin::GroupResponse>> {
+        let body = ecs_api::iam_admin::CreateGroupRequest {
+            group: ecs_api::iam_admin::CreateGroupOption {
+                name: name.to_owned(),
+                description: None,
+                domain_id: None,
+            },
+        };
+        self.call_path(reqwest::Method::POST, "/v3/groups", Some(&body))
+            .await
+    }
+
+    /// IAM `KeystoneListGroups`.
+    pub async fn list_groups(&self) -> Result<Reply<ecs_api::iam_admin::ListGroupsResponse>> {
+        self.call_path(reqwest::Method::GET, "/v3/groups", None::<&()>)
+            .await
+    }
+
+    /// IAM `KeystoneAddUserToGroup` / `KeystoneRemoveUserFromGroup` (204).
+    pub async fn group_member(
+        &self,
+        group_id: &str,
+        user_id: &str,
+        add: bool,
+    ) -> Result<Reply<()>> {
+        let method = if add {
+            reqwest::Method::PUT
+        } else {
+            reqwest::Method::DELETE
+        };
+        self.call_path(
+            method,
+            &format!("/v3/groups/{}/users/{}", encode(group_id), encode(user_id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// IAM `CreateCloudServiceCustomPolicy` (201).
+    pub async fn create_role(
+        &self,
+        req: &ecs_api::iam_admin::CreateRoleRequest,
+    ) -> Result<Reply<ecs_api::iam_admin::RoleResponse>> {
+        self.call_path(reqwest::Method::POST, "/v3.0/OS-ROLE/roles", Some(req))
+            .await
+    }
+
+    /// IAM `ListCustomPolicies`: system roles and custom policies.
+    pub async fn list_roles(&self) -> Result<Reply<ecs_api::iam_admin::ListRolesResponse>> {
+        self.call_path(reqwest::Method::GET, "/v3.0/OS-ROLE/roles", None::<&()>)
+            .await
+    }
+
+    /// IAM `KeystoneAssociateGroupWithProjectPermission` / `DeleteProjectPermission`
+    /// in the client's project (204); `role_id` is a policy id or a system role name.
+    pub async fn grant_role(
+        &self,
+        group_id: &str,
+        role_id: &str,
+        grant: bool,
+    ) -> Result<Reply<()>> {
+        let method = if grant {
+            reqwest::Method::PUT
+        } else {
+            reqwest::Method::DELETE
+        };
+        self.call_path(
+            method,
+            &format!(
+                "/v3/projects/{}/groups/{}/roles/{}",
+                encode(&self.config().project_id),
+                encode(group_id),
+                encode(role_id)
+            ),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// IAM `CreatePermanentAccessKey` (201): the SK is in the answer only.
+    pub async fn create_credential(
+        &self,
+        user_id: &str,
+    ) -> Result<Reply<ecs_api::iam_admin::CreateCredentialResponse>> {
+        let body = ecs_api::iam_admin::CreateCredentialRequest {
+            credential: ecs_api::iam_admin::CreateCredentialOption {
+                user_id: user_id.to_owned(),
+                description: None,
+            },
+        };
+        self.call_path(
+            reqwest::Method::POST,
+            "/v3.0/OS-CREDENTIAL/credentials",
+            Some(&body),
+        )
+        .await
+    }
+
+    /// IAM `ListPermanentAccessKeys` (never an SK).
+    pub async fn list_credentials(
+        &self,
+    ) -> Result<Reply<ecs_api::iam_admin::ListCredentialsResponse>> {
+        self.call_path(
+            reqwest::Method::GET,
+            "/v3.0/OS-CREDENTIAL/credentials",
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// IAM `UpdatePermanentAccessKey`: `active` or `inactive`.
+    pub async fn set_credential_status(
+        &self,
+        ak: &str,
+        status: &str,
+    ) -> Result<Reply<ecs_api::iam_admin::CredentialResponse>> {
+        let body = ecs_api::iam_admin::UpdateCredentialRequest {
+            credential: ecs_api::iam_admin::UpdateCredentialOption {
+                status: status.to_owned(),
+            },
+        };
+        self.call_path(
+            reqwest::Method::PUT,
+            &format!("/v3.0/OS-CREDENTIAL/credentials/{}", encode(ak)),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// IAM `DeletePermanentAccessKey` (204).
+    pub async fn delete_credential(&self, ak: &str) -> Result<Reply<()>> {
+        self.call_path(
+            reqwest::Method::DELETE,
+            &format!("/v3.0/OS-CREDENTIAL/credentials/{}", encode(ak)),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// One page of `ListServersDetails`; `query` as `(name, value)` pairs.
     pub async fn list_servers(&self, query: &[(&str, &str)]) -> Result<Reply<ListServersResponse>> {
         let q: String = query

@@ -8,6 +8,7 @@
 mod api;
 mod audit;
 mod config;
+mod iam;
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -122,6 +123,26 @@ enum Command {
     Servers {
         #[command(subcommand)]
         command: Servers,
+    },
+    /// IAM users of the domain (admins): create, list, disable, enable, delete.
+    Users {
+        #[command(subcommand)]
+        command: iam::Users,
+    },
+    /// IAM user groups: create, list, add-user, remove-user, grant a role or policy.
+    Groups {
+        #[command(subcommand)]
+        command: iam::Groups,
+    },
+    /// Custom IAM policies: create from a JSON file, list.
+    Policies {
+        #[command(subcommand)]
+        command: iam::Policies,
+    },
+    /// Access keys acting as IAM users: create (SK printed once), list, disable, enable, delete.
+    Keys {
+        #[command(subcommand)]
+        command: iam::Keys,
     },
     /// Reset the root/Administrator password of servers.
     ///
@@ -374,6 +395,10 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
         }
         Command::Logout => logout(&overrides, cli.verbose).await,
         Command::Servers { command } => servers(&api()?, command, out).await,
+        Command::Users { command } => iam::users(&api()?, command, out).await,
+        Command::Groups { command } => iam::groups(&api()?, command, out).await,
+        Command::Policies { command } => iam::policies(&api()?, command, out).await,
+        Command::Keys { command } => iam::keys(&api()?, command, out).await,
         Command::Audit(args) => {
             let traces = audit::fetch(&api()?, &args).await?;
             if out.json {

@@ -144,22 +144,24 @@ pub async fn find_user(state: &AppState, domain: &str, name: &str) -> anyhow::Re
 }
 
 /// Creates a user with `role` in `project` (id or name), or in every
-/// project of the domain when `project` is `None`. The password is hashed
+/// project of the domain when `project` is `None`; without a role the user
+/// has none (its groups decide). The password is hashed
 /// (argon2id) before it is stored.
 pub async fn create_user(
     state: &AppState,
     domain: &str,
     name: &str,
     password: &SecretString,
-    role: UserRole,
+    role: Option<UserRole>,
     project: Option<&str>,
 ) -> anyhow::Result<UserInfo> {
     identity::check_user_name(name).map_err(anyhow::Error::msg)?;
     identity::check_new_password(password.expose_secret()).map_err(anyhow::Error::msg)?;
     let d = domain_named(state, domain).await?;
-    let projects = match project {
-        Some(p) => vec![domain_project(state, &d, p).await?],
-        None => state.identity.domain_projects(&d.id).await?,
+    let projects = match (role, project) {
+        (None, _) => Vec::new(),
+        (Some(_), Some(p)) => vec![domain_project(state, &d, p).await?],
+        (Some(_), None) => state.identity.domain_projects(&d.id).await?,
     };
     let pw = password.clone();
     let hash = tokio::task::spawn_blocking(move || identity::hash_password(&pw))
@@ -174,8 +176,10 @@ pub async fn create_user(
         created: chrono::Utc::now(),
     };
     state.identity.create_user(user.clone()).await?;
-    for p in &projects {
-        state.identity.assign_role(&user.id, &p.id, role).await?;
+    if let Some(role) = role {
+        for p in &projects {
+            state.identity.assign_role(&user.id, &p.id, role).await?;
+        }
     }
     user_info(state, &d, user).await
 }

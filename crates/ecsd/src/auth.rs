@@ -40,10 +40,32 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
 }
 
 /// Middleware: authenticates the request and adds a [`Caller`] extension.
+/// The project in the URL (`/v1/{project_id}/...`) must be the credential's.
 pub async fn authenticate(
     State(state): State<AppState>,
     req: Request,
     next: Next,
+) -> Result<Response, ApiError> {
+    authenticate_with(state, req, next, true).await
+}
+
+/// Middleware of the IAM administration routes (`/v3/users`, ...): their
+/// URL names no project first; the caller acts in its credential's project
+/// and that project's domain (an `X-Project-Id`, when sent, must match; a
+/// project in the path is checked by the handler).
+pub async fn authenticate_iam(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    authenticate_with(state, req, next, false).await
+}
+
+async fn authenticate_with(
+    state: AppState,
+    req: Request,
+    next: Next,
+    url_project: bool,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
@@ -67,12 +89,14 @@ pub async fn authenticate(
         return Err(ApiError::throttled());
     }
     // The project named in the URL (and in X-Project-Id) must be the credential's.
-    let url_project = parts.uri.path().split('/').nth(2).unwrap_or_default();
+    let in_url = parts.uri.path().split('/').nth(2).unwrap_or_default();
     let header_project = parts
         .headers
         .get("x-project-id")
         .map(|v| v.to_str().unwrap_or("\u{0}"));
-    if url_project != caller.project_id || header_project.is_some_and(|p| p != caller.project_id) {
+    if (url_project && in_url != caller.project_id)
+        || header_project.is_some_and(|p| p != caller.project_id)
+    {
         return Err(ApiError::ecs(
             StatusCode::BAD_REQUEST,
             "Ecs.0023",

@@ -97,7 +97,7 @@ async fn dev_user(
         &domain.name,
         DEV_USER,
         &pw,
-        crate::store::identity::UserRole::Admin,
+        Some(crate::store::identity::UserRole::Admin),
         Some(&project.id),
     )
     .await?;

@@ -313,8 +313,8 @@ async fn user_command(
                 "give the password on standard input with --password-stdin (never as an argument)"
             );
             let pw = password_from_stdin()?;
-            let u =
-                admin::create_user(state, &domain, &name, &pw, role, project.as_deref()).await?;
+            let u = admin::create_user(state, &domain, &name, &pw, Some(role), project.as_deref())
+                .await?;
             serde_json::to_value(u)?
         }
         UserCmd::Assign {

@@ -21,7 +21,7 @@ async fn user(t: &TestServer, name: &str, role: UserRole) {
         "default",
         name,
         &secret(PW),
-        role,
+        Some(role),
         Some(&t.project),
     )
     .await
@@ -566,7 +566,7 @@ async fn user_lifecycle_disable_enable_delete() {
             "default",
             "alice",
             &secret(PW),
-            UserRole::Admin,
+            Some(UserRole::Admin),
             None
         )
         .await
@@ -579,7 +579,7 @@ async fn user_lifecycle_disable_enable_delete() {
             "default",
             "shorty",
             &secret("short"),
-            UserRole::Admin,
+            Some(UserRole::Admin),
             None
         )
         .await

@@ -3,6 +3,7 @@
 
 mod agent;
 pub mod iam;
+mod iam_admin;
 /// Kept for callers of the old path; the service is `crate::enroll`.
 pub use crate::enroll::{issue_enroll_token, issue_rekey_token};
 pub use servers::server_detail;
@@ -20,7 +21,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 
 use crate::error::{ApiError, ErrorCode, REQUEST_ID, new_request_id};
 use crate::state::{AppState, Source};
@@ -68,6 +69,40 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v3/{project_id}/traces", get(traces::list))
         .route_layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
+    // IAM administration: signed like /v1, in the credential's project and domain.
+    let iam_admin = Router::new()
+        .route("/v3.0/OS-USER/users", post(iam_admin::create_user))
+        .route("/v3/users", get(iam_admin::list_users))
+        .route("/v3.0/OS-USER/users/{user_id}", put(iam_admin::update_user))
+        .route("/v3/users/{user_id}", delete(iam_admin::delete_user))
+        .route(
+            "/v3/groups",
+            post(iam_admin::create_group).get(iam_admin::list_groups),
+        )
+        .route(
+            "/v3/groups/{group_id}/users/{user_id}",
+            put(iam_admin::add_user_to_group).delete(iam_admin::remove_user_from_group),
+        )
+        .route(
+            "/v3.0/OS-ROLE/roles",
+            post(iam_admin::create_role).get(iam_admin::list_roles),
+        )
+        .route(
+            "/v3/projects/{project_id}/groups/{group_id}/roles/{role_id}",
+            put(iam_admin::grant_role).delete(iam_admin::revoke_role),
+        )
+        .route(
+            "/v3.0/OS-CREDENTIAL/credentials",
+            post(iam_admin::create_credential).get(iam_admin::list_credentials),
+        )
+        .route(
+            "/v3.0/OS-CREDENTIAL/credentials/{access_key}",
+            put(iam_admin::update_credential).delete(iam_admin::delete_credential),
+        )
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate_iam,
+        ));
     let agents = Router::new()
         .route("/agent/v1/enroll", post(agent::enroll))
         .route("/agent/v1/rekey-challenge", post(agent::rekey_challenge))
@@ -89,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         );
     let app = Router::new()
         .merge(public)
+        .merge(iam_admin)
         .merge(agents)
         .merge(iam)
         .route("/health", get(openapi::health))

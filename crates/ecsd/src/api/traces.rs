@@ -9,8 +9,9 @@ use axum::extract::{Extension, Query, State};
 use chrono::{DateTime, Utc};
 use ecs_api::{ListTracesResponse, TraceMetaData};
 
+use crate::authz::Action;
 use crate::error::ApiError;
-use crate::state::{AppState, Caller};
+use crate::state::{AppState, Caller, Source};
 use crate::store::lifecycle::{AuditQuery, TraceRating};
 
 /// Largest page.
@@ -128,12 +129,15 @@ fn audit_query(project_id: &str, q: &HashMap<String, String>) -> Result<AuditQue
     responses(
         (status = 200, description = "One page of traces and the marker of the next.", body = ListTracesResponse),
         (status = 400, description = "An invalid query parameter (Ecs.0005).", body = ecs_api::EcsErrorBody),
+        (status = 403, description = "Not authorized (APIGW.0302): cts:traces:list (every system role has it).", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(source): Extension<Source>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<ListTracesResponse>, ApiError> {
+    crate::authorize::authorize(&state, &caller, &source.0, Action::ListTraces, true).await?;
     let Query(q) = query.map_err(|_| ApiError::invalid("Invalid query string."))?;
     let mut aq = audit_query(&caller.project_id, &q)?;
     let limit = aq.limit as usize;

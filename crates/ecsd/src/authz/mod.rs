@@ -15,7 +15,10 @@ use std::sync::{Arc, LazyLock};
 pub use policy::{Condition, Effect, Operator, Policy, PolicyError, Statement};
 
 /// Every action a public call needs. Huawei's names where Huawei has one;
-/// `ecs:enrollTokens:create` is ecsd's.
+/// `ecs:enrollTokens:create` is ecsd's. The `iam:` actions are the remote
+/// administration of users, groups, policies, grants and access keys
+/// (system role `admin` only); `cts:traces:list` reads the audit trail
+/// (every system role).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     ResetServerPwd,
@@ -28,10 +31,27 @@ pub enum Action {
     ShowServerTags,
     SetServerTags,
     CreateEnrollToken,
+    CreateUser,
+    ListUsers,
+    UpdateUser,
+    DeleteUser,
+    CreateGroup,
+    ListGroups,
+    AddUserToGroup,
+    RemoveUserFromGroup,
+    CreateRole,
+    ListRoles,
+    GrantRole,
+    RevokeRole,
+    CreateCredential,
+    ListCredentials,
+    UpdateCredential,
+    DeleteCredential,
+    ListTraces,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 27] = [
         Action::ResetServerPwd,
         Action::Reboot,
         Action::Start,
@@ -42,6 +62,23 @@ impl Action {
         Action::ShowServerTags,
         Action::SetServerTags,
         Action::CreateEnrollToken,
+        Action::CreateUser,
+        Action::ListUsers,
+        Action::UpdateUser,
+        Action::DeleteUser,
+        Action::CreateGroup,
+        Action::ListGroups,
+        Action::AddUserToGroup,
+        Action::RemoveUserFromGroup,
+        Action::CreateRole,
+        Action::ListRoles,
+        Action::GrantRole,
+        Action::RevokeRole,
+        Action::CreateCredential,
+        Action::ListCredentials,
+        Action::UpdateCredential,
+        Action::DeleteCredential,
+        Action::ListTraces,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,6 +92,23 @@ impl Action {
             Action::ShowServerTags => "ecs:cloudServers:showServerTags",
             Action::SetServerTags => "ecs:cloudServers:batchSetServerTags",
             Action::CreateEnrollToken => "ecs:enrollTokens:create",
+            Action::CreateUser => "iam:users:createUser",
+            Action::ListUsers => "iam:users:listUsers",
+            Action::UpdateUser => "iam:users:updateUser",
+            Action::DeleteUser => "iam:users:deleteUser",
+            Action::CreateGroup => "iam:groups:createGroup",
+            Action::ListGroups => "iam:groups:listGroups",
+            Action::AddUserToGroup => "iam:groups:addUserToGroup",
+            Action::RemoveUserFromGroup => "iam:groups:removeUserFromGroup",
+            Action::CreateRole => "iam:roles:createRole",
+            Action::ListRoles => "iam:roles:listRoles",
+            Action::GrantRole => "iam:permissions:grantRoleToGroupOnProject",
+            Action::RevokeRole => "iam:permissions:revokeRoleFromGroupOnProject",
+            Action::CreateCredential => "iam:credentials:createCredential",
+            Action::ListCredentials => "iam:credentials:listCredentials",
+            Action::UpdateCredential => "iam:credentials:updateCredential",
+            Action::DeleteCredential => "iam:credentials:deleteCredential",
+            Action::ListTraces => "cts:traces:list",
         }
     }
     fn index(self) -> usize {
@@ -281,12 +335,13 @@ impl PolicySet {
 /// Built-in system roles, attached like custom policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SystemRole {
-    /// Every action.
+    /// Every action, IAM administration included.
     Admin,
-    /// Resets, power actions, reading servers, jobs and tags; not enroll
-    /// tokens and not tag changes.
+    /// Resets, power actions, reading servers, jobs, tags and the audit
+    /// trail; not enroll tokens, not tag changes, no IAM administration.
     Operator,
-    /// Reading only (`get*`, `list*`, `show*`).
+    /// Reading only (`get*`, `list*`, `show*` of `ecs:`, and the audit
+    /// trail); no IAM administration.
     ReadOnly,
 }
 
@@ -316,17 +371,17 @@ impl SystemRole {
     pub fn document(self) -> &'static str {
         match self {
             SystemRole::Admin => {
-                r#"{"Version": "1.1", "Statement": [{"Effect": "Allow", "Action": ["ecs:*:*"]}]}"#
+                r#"{"Version": "1.1", "Statement": [{"Effect": "Allow", "Action": ["ecs:*:*", "iam:*:*", "cts:*:*"]}]}"#
             }
             SystemRole::Operator => {
                 r#"{"Version": "1.1", "Statement": [{"Effect": "Allow", "Action": [
                 "ecs:cloudServers:resetServerPwd", "ecs:cloudServers:reboot", "ecs:cloudServers:start",
                 "ecs:cloudServers:stop", "ecs:cloudServers:list", "ecs:cloudServers:get",
-                "ecs:cloudServers:showServerTags", "ecs:jobs:get"]}]}"#
+                "ecs:cloudServers:showServerTags", "ecs:jobs:get", "cts:traces:list"]}]}"#
             }
             SystemRole::ReadOnly => {
                 r#"{"Version": "1.1", "Statement": [{"Effect": "Allow", "Action": [
-                "ecs:*:get*", "ecs:*:list*", "ecs:*:show*"]}]}"#
+                "ecs:*:get*", "ecs:*:list*", "ecs:*:show*", "cts:traces:list"]}]}"#
             }
         }
     }
@@ -505,11 +560,13 @@ mod tests {
             Action::Get,
             Action::GetJob,
             Action::ShowServerTags,
+            Action::ListTraces,
         ];
         for a in Action::ALL {
             let read = reads.contains(&a);
             assert_eq!(ro.decide(a, None).allowed(), read, "readonly {a:?}");
-            let op_may = !matches!(a, Action::CreateEnrollToken | Action::SetServerTags);
+            let iam = a.as_str().starts_with("iam:");
+            let op_may = !iam && !matches!(a, Action::CreateEnrollToken | Action::SetServerTags);
             assert_eq!(op.decide(a, None).allowed(), op_may, "operator {a:?}");
         }
         assert_eq!(SystemRole::parse("operator"), Some(SystemRole::Operator));
