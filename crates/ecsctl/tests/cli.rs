@@ -858,3 +858,102 @@ fn a_staging_only_user_logs_in_resets_staging_is_refused_on_production_and_both_
             .any(|w| w == PASSWORD.as_bytes())
     );
 }
+
+/// The same scenario administered entirely remotely with ecsctl (no access
+/// to ecsd's data directory): the admin creates a user with no role of its
+/// own, a policy, a group with the read-only role and the policy; the user
+/// logs in (its groups' grants are its only rights), resets staging, and is
+/// refused on production.
+#[test]
+fn an_admin_sets_up_a_staging_only_user_remotely_with_ecsctl() {
+    let dev = Dev::start();
+    let o = dev.run(&["servers", "list", "--os", "linux", "-o", "json"], None);
+    let list: ecs_api::ListServersResponse = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<String> = list
+        .servers
+        .iter()
+        .map(|s| s.detail().unwrap().id.clone())
+        .collect();
+    let (staging, prod) = (&ids[0], &ids[1]);
+    for (id, env) in [(staging, "env=staging"), (prod, "env=production")] {
+        let o = dev.run(&["servers", "tag", id, "--add", env], None);
+        assert!(o.status.success(), "{:?}", text(&o));
+    }
+    let policy = dev.dir.path().join("staging.json");
+    std::fs::write(
+        &policy,
+        r#"{"Version": "1.1", "Statement": [{"Effect": "Allow",
+            "Action": ["ecs:cloudServers:resetServerPwd"],
+            "Condition": {"StringEquals": {"ecs:ResourceTag/env": ["staging"]}}}]}"#,
+    )
+    .unwrap();
+    for (args, stdin) in [
+        (
+            vec!["users", "create", "bob", "--password-stdin"],
+            Some("Bob-Staging-42!\n"),
+        ),
+        (
+            vec![
+                "policies",
+                "create",
+                "staging-resets",
+                "--file",
+                policy.to_str().unwrap(),
+            ],
+            None,
+        ),
+        (vec!["groups", "create", "staging-ops"], None),
+        (vec!["groups", "add-user", "staging-ops", "bob"], None),
+        (
+            vec!["groups", "grant", "staging-ops", "--role", "readonly"],
+            None,
+        ),
+        (
+            vec![
+                "groups",
+                "grant",
+                "staging-ops",
+                "--policy",
+                "staging-resets",
+            ],
+            None,
+        ),
+    ] {
+        let o = dev.run(&args, stdin);
+        assert!(o.status.success(), "{args:?}: {:?}", text(&o));
+    }
+    let o = dev.run(
+        &["login", "--user", "bob", "--password-stdin"],
+        Some("Bob-Staging-42!\n"),
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let as_bob = |args: &[&str]| {
+        let mut child = dev
+            .ecsctl()
+            .env_remove("ECS_DEV_CREDENTIALS")
+            .env_remove("ECS_ACCESS_KEY")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let o = as_bob(&["reset-password", "--password-stdin", staging]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let o = as_bob(&["reset-password", "--password-stdin", prod]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("APIGW.0302") && err.contains(prod.as_str()),
+        "{err}"
+    );
+    // bob may not administer IAM.
+    let o = as_bob(&["users", "list"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("APIGW.0302"), "{:?}", text(&o));
+}

@@ -161,11 +161,30 @@ pub async fn role_of(
     user_id: &str,
     project_id: &str,
 ) -> Result<Option<Role>, StoreError> {
-    Ok(state
-        .identity
-        .user_role(user_id, project_id)
+    Ok(project_access(state, user_id, project_id)
         .await?
-        .map(UserRole::caller_role))
+        .map(|direct| direct.map_or(Role::ReadOnly, UserRole::caller_role)))
+}
+
+/// Whether a user may work in a project at all: `Some(Some(role))` with a
+/// role of its own there, `Some(None)` when only its groups have grants there
+/// (authorization then decides every call from those), `None` otherwise.
+/// The `Role` a group-only user's caller carries is never consulted for
+/// users (auth.rs leaves IAM users to authorization).
+pub async fn project_access(
+    state: &AppState,
+    user_id: &str,
+    project_id: &str,
+) -> Result<Option<Option<UserRole>>, StoreError> {
+    if let Some(role) = state.identity.user_role(user_id, project_id).await? {
+        return Ok(Some(Some(role)));
+    }
+    let grants = state
+        .authz_store
+        .caller_grants(project_id, "", Some(user_id))
+        .await?
+        .unwrap_or_default();
+    Ok((!grants.is_empty()).then_some(None))
 }
 
 const BAD_LOGIN: &str = "The username or password is wrong.";
@@ -260,9 +279,7 @@ pub async fn login(
             "the project is not in the user's domain",
         ));
     };
-    let Some(role) = state
-        .identity
-        .user_role(&user.id, &project.id)
+    let Some(role) = project_access(state, &user.id, &project.id)
         .await
         .map_err(storage)?
     else {
@@ -306,7 +323,7 @@ fn token_body(
     user: &User,
     domain: &crate::store::identity::Domain,
     project: &crate::store::Project,
-    role: UserRole,
+    role: Option<UserRole>,
 ) -> TokenResponse {
     let domain = IdName {
         id: domain.id.clone(),
@@ -328,10 +345,13 @@ fn token_body(
                 domain,
                 password_expires_at: String::new(),
             },
-            roles: vec![IdName {
-                id: role.as_str().into(),
-                name: role.as_str().into(),
-            }],
+            roles: role
+                .into_iter()
+                .map(|r| IdName {
+                    id: r.as_str().into(),
+                    name: r.as_str().into(),
+                })
+                .collect(),
             catalog: Vec::new(),
         },
     }
@@ -434,9 +454,7 @@ pub async fn subject_token(
         .domain(&subject.user.domain_id)
         .await
         .map_err(storage)?;
-    let role = state
-        .identity
-        .user_role(&subject.user.id, &subject.token.project_id)
+    let role = project_access(state, &subject.user.id, &subject.token.project_id)
         .await
         .map_err(storage)?;
     let (Some(project), Some(domain), Some(role)) = (project, domain, role) else {

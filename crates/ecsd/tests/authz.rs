@@ -1126,7 +1126,7 @@ async fn a_revoked_key_and_an_expired_token_are_refused_on_every_public_route() 
         "default",
         "expiring-admin",
         &pw,
-        ecsd::store::identity::UserRole::Admin,
+        Some(ecsd::store::identity::UserRole::Admin),
         Some(&f.t.project),
     )
     .await

@@ -156,7 +156,6 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             ))
             .build();
         for (path, item) in doc.paths.paths.iter_mut() {
-            let signed = path.starts_with("/v1/");
             for op in [
                 &mut item.get,
                 &mut item.put,
@@ -167,6 +166,11 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             .into_iter()
             .flatten()
             {
+                // Signed (AK/SK or X-Auth-Token through the auth layer): every /v1
+                // operation and the /v3 ones that do not declare their own
+                // security (the IAM token routes authenticate themselves).
+                let signed =
+                    path.starts_with("/v1/") || (path.starts_with("/v3") && op.security.is_none());
                 if signed {
                     // The auth layer answers a foreign project (URL or X-Project-Id) with
                     // 400 Ecs.0023 before any handler; every signed operation documents a 400.
