@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -112,6 +112,36 @@ pub fn with_common_layers(app: Router) -> Router {
     .layer(from_fn(request_context))
 }
 
+/// Headers that must appear at most once: which of two `Authorization`s was
+/// signed, or which `Content-Type` the body is, would be a guess. The
+/// credential headers are refused as the gateway refuses a bad credential
+/// (401 `APIGW.0301`), a repeated `Content-Type` as a malformed request
+/// (400 `Ecs.0005`).
+fn repeated_header(headers: &axum::http::HeaderMap) -> Option<ApiError> {
+    use axum::http::header;
+    let repeated = |name: &HeaderName| headers.get_all(name).iter().nth(1).is_some();
+    for name in [
+        header::AUTHORIZATION,
+        header::HOST,
+        HeaderName::from_static("x-sdk-date"),
+        HeaderName::from_static("x-auth-token"),
+        HeaderName::from_static("x-security-token"),
+    ] {
+        if repeated(&name) {
+            tracing::warn!(header = %name, "a credential header is repeated");
+            return Some(ApiError::unauthenticated(format!(
+                "the {name} header is repeated"
+            )));
+        }
+    }
+    if repeated(&header::CONTENT_TYPE) {
+        return Some(ApiError::invalid(
+            "Invalid request: the Content-Type header is repeated.",
+        ));
+    }
+    None
+}
+
 async fn no_such_api() -> ApiError {
     ApiError::no_such_api()
 }
@@ -130,9 +160,13 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unknown".into());
     req.extensions_mut().insert(Source(source));
     let mut resp = REQUEST_ID
-        .scope(id.clone(), next.run(req))
-        .await
-        .into_response();
+        .scope(id.clone(), async move {
+            match repeated_header(req.headers()) {
+                Some(e) => e.into_response(),
+                None => next.run(req).await,
+            }
+        })
+        .await;
     resp.headers_mut().insert(
         "x-request-id",
         HeaderValue::from_str(&id).expect("hex is a valid header value"),

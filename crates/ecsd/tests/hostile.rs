@@ -1,0 +1,210 @@
+//! Hostile input (issue #11): bodies with bytes after the JSON value,
+//! `null` where a value is required, repeated credential headers, and bodies
+//! that stop arriving. Each case shows the request was refused and that
+//! nothing was stored.
+
+mod common;
+
+use common::*;
+use ecs_policy::OsType::Linux;
+
+const GOOD: &str = "Gx7!pLq2vR";
+
+/// What a trailing garbage test appends to a valid body.
+const TRAILERS: [&[u8]; 5] = [b" trailing", b"]", b"{}", b"\x00garbage", b"\n{\"a\":1}"];
+
+/// Rows of a table in the SQLite file.
+fn rows(t: &TestServer, table: &str) -> i64 {
+    let c = rusqlite::Connection::open(t.db_path()).unwrap();
+    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+async fn signed(t: &TestServer, method: &str, path: &str, body: Vec<u8>) -> Resp {
+    let (ak, sk) = (t.ak.clone(), t.sk.clone());
+    t.call_as(
+        &ak,
+        &sk,
+        method,
+        path,
+        Some(("application/json", body)),
+        &[],
+    )
+    .await
+}
+
+fn with(valid: &str, trailer: &[u8]) -> Vec<u8> {
+    let mut b = valid.as_bytes().to_vec();
+    b.extend_from_slice(trailer);
+    b
+}
+
+#[track_caller]
+fn trailing_refused(r: &Resp) {
+    let e = assert_ecs(r, 400, "Ecs.0005");
+    assert!(
+        e.error.message.contains("after the JSON value"),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains(GOOD), "the password is echoed: {}", r.text);
+}
+
+#[tokio::test]
+async fn trailing_bytes_after_a_reset_body_are_refused_and_nothing_is_reset() {
+    let t = TestServer::start().await;
+    let (a, _) = t.server(&t.project, "a", Linux, true).await;
+    let batch = ids_body(Some(GOOD), None, &[&a]);
+    let single = body(&ecs_api::SingleResetRequest {
+        reset_password: ecs_api::ResetPasswordOption {
+            new_password: secret(GOOD).into(),
+            is_check_password: None,
+        },
+    });
+    let single_path = format!("/v1/{}/cloudservers/{a}/os-reset-password", t.project);
+    for trailer in TRAILERS {
+        trailing_refused(&signed(&t, "PUT", &t.batch_path(), with(&batch, trailer)).await);
+        trailing_refused(&signed(&t, "PUT", &single_path, with(&single, trailer)).await);
+    }
+    assert_eq!(rows(&t, "resets"), 0);
+    assert_eq!(rows(&t, "reset_targets"), 0);
+    let s = t
+        .state
+        .store
+        .servers_by_ids(std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    assert!(
+        s[0].last_reset.is_none(),
+        "a refused request reset the server"
+    );
+    // Trailing whitespace is not garbage.
+    let r = signed(&t, "PUT", &t.batch_path(), with(&batch, b" \r\n\t")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(rows(&t, "resets"), 1);
+}
+
+#[tokio::test]
+async fn trailing_bytes_are_refused_on_every_other_json_route() {
+    let t = TestServer::start().await;
+    let (a, _) = t.server(&t.project, "a", Linux, true).await;
+    let action = serde_json::json!({"os-stop": {"servers": [{"id": a}]}}).to_string();
+    let tags =
+        serde_json::json!({"action": "create", "tags": [{"key": "k", "value": "v"}]}).to_string();
+    let tags_path = format!("/v1/{}/cloudservers/{a}/tags/action", t.project);
+    let tokens_path = format!("/v1/{}/enroll-tokens", t.project);
+    for trailer in TRAILERS {
+        trailing_refused(&signed(&t, "POST", &t.action_path(), with(&action, trailer)).await);
+        trailing_refused(&signed(&t, "POST", &tags_path, with(&tags, trailer)).await);
+        trailing_refused(&signed(&t, "POST", &tokens_path, with(r#"{"uses": 2}"#, trailer)).await);
+        // IAM and the agent API (unauthenticated parsers).
+        let token = r#"{"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "u", "password": "p", "domain": {"name": "d"}}}}, "scope": {"project": {"id": "x"}}}}"#;
+        let r = send(
+            http()
+                .post(t.url("/v3/auth/tokens"))
+                .header("content-type", "application/json")
+                .body(with(token, trailer)),
+        )
+        .await;
+        trailing_refused(&r);
+        let r = send(
+            http()
+                .post(t.url("/agent/v1/rekey-challenge"))
+                .header("content-type", "application/json")
+                .body(with(&format!(r#"{{"server_id": "{a}"}}"#), trailer)),
+        )
+        .await;
+        trailing_refused(&r);
+    }
+    assert_eq!(rows(&t, "jobs"), 0);
+    assert_eq!(rows(&t, "sub_jobs"), 0);
+    assert_eq!(rows(&t, "enroll_tokens"), 0);
+    assert_eq!(rows(&t, "tokens"), 0);
+    assert_eq!(rows(&t, "rekey_challenges"), 0);
+    let s = t.state.store.servers_by_ids(&[a]).await.unwrap();
+    assert!(s[0].tags.is_empty(), "a refused request tagged the server");
+}
+
+#[tokio::test]
+async fn null_dry_run_or_apply_is_refused_not_taken_as_absent() {
+    let t = TestServer::start().await;
+    let (a, _) = t.server(&t.project, "a", Linux, true).await;
+    for body in [
+        format!(r#"{{"new_password": "{GOOD}", "dry_run": null, "servers": [{{"id": "{a}"}}]}}"#),
+        format!(r#"{{"new_password": "{GOOD}", "apply": null, "servers": [{{"id": "{a}"}}]}}"#),
+    ] {
+        let r = t.call("PUT", &t.batch_path(), Some(&body)).await;
+        let e = assert_ecs(&r, 400, "Ecs.0005");
+        assert!(
+            e.error.message.contains("dry_run") || e.error.message.contains("apply"),
+            "{}",
+            r.text
+        );
+    }
+    assert_eq!(rows(&t, "resets"), 0);
+    let s = t.state.store.servers_by_ids(&[a]).await.unwrap();
+    assert!(s[0].last_reset.is_none());
+}
+
+#[tokio::test]
+async fn enroll_token_bodies_of_only_unknown_fields_are_refused() {
+    let t = TestServer::start().await;
+    let p = format!("/v1/{}/enroll-tokens", t.project);
+    for body in [
+        r#"{"usez": 5}"#,
+        r#"{"ttl": 60, "count": 2}"#,
+        r#"{"uses": 2, "ttl": 60}"#,
+    ] {
+        let r = t.call("POST", &p, Some(body)).await;
+        let e = assert_ecs(&r, 400, "Ecs.0005");
+        assert!(e.error.message.contains("unknown field"), "{}", r.text);
+    }
+    assert_eq!(rows(&t, "enroll_tokens"), 0);
+    // An empty body and an empty object still mean the defaults.
+    for body in ["", "{}"] {
+        let r = t.call("POST", &p, Some(body)).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    assert_eq!(rows(&t, "enroll_tokens"), 2);
+}
+
+#[tokio::test]
+async fn repeated_credential_or_content_type_headers_are_refused() {
+    let t = TestServer::start().await;
+    let (a, _) = t.server(&t.project, "a", Linux, true).await;
+    let batch = ids_body(Some(GOOD), None, &[&a]);
+    let date = chrono::Utc::now().format(ecs_sign::DATE_FORMAT).to_string();
+    for (name, first, second) in [
+        (
+            "authorization",
+            "SDK-HMAC-SHA256 Access=x",
+            "SDK-HMAC-SHA256 Access=y",
+        ),
+        ("x-sdk-date", date.as_str(), date.as_str()),
+        ("host", t.host.as_str(), "evil.example"),
+    ] {
+        let r = send(
+            http()
+                .put(t.url(&t.batch_path()))
+                .header("content-type", "application/json")
+                .header(name, first)
+                .header(name, second)
+                .body(batch.clone()),
+        )
+        .await;
+        let e = assert_gateway(&r, 401, "APIGW.0301");
+        assert!(e.error_msg.contains("repeated"), "{}", r.text);
+    }
+    // A second Content-Type.
+    let r = send(
+        http()
+            .put(t.url(&t.batch_path()))
+            .header("content-type", "application/json")
+            .header("content-type", "text/plain")
+            .body(ids_body(Some(GOOD), None, &[&a])),
+    )
+    .await;
+    let e = assert_ecs(&r, 400, "Ecs.0005");
+    assert!(e.error.message.contains("Content-Type"), "{}", r.text);
+    assert_eq!(rows(&t, "resets"), 0);
+}
