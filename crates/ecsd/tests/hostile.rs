@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use ecs_policy::OsType::Linux;
+use std::time::{Duration, Instant};
 
 const GOOD: &str = "Gx7!pLq2vR";
 
@@ -207,4 +208,128 @@ async fn repeated_credential_or_content_type_headers_are_refused() {
     let e = assert_ecs(&r, 400, "Ecs.0005");
     assert!(e.error.message.contains("Content-Type"), "{}", r.text);
     assert_eq!(rows(&t, "resets"), 0);
+}
+
+/// Sends `head` and `body` on a raw connection, then reads until the server
+/// closes it (at most `wait`); returns what came back and how long it took.
+async fn raw_exchange(
+    t: &TestServer,
+    head: &str,
+    body: &[u8],
+    trickle: Option<Duration>,
+    wait: Duration,
+) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    match trickle {
+        None => s.write_all(body).await.unwrap(),
+        Some(gap) => {
+            // A byte at a time until the server stops reading.
+            let mut out = Vec::new();
+            let (mut rd, mut wr) = s.into_split();
+            let reader = tokio::spawn(async move {
+                let _ = rd.read_to_end(&mut out).await;
+                out
+            });
+            for b in body {
+                if wr.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(gap).await;
+            }
+            let out = tokio::time::timeout(wait, reader)
+                .await
+                .expect("the connection is closed")
+                .unwrap();
+            return (
+                String::from_utf8_lossy(&out).into_owned(),
+                started.elapsed(),
+            );
+        }
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(wait, s.read_to_end(&mut out))
+        .await
+        .expect("the connection is closed")
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[track_caller]
+fn assert_408(answer: &str) {
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("\r\nconnection: close\r\n"), "{answer}");
+    let rid = lower
+        .split("\r\nx-request-id: ")
+        .nth(1)
+        .and_then(|r| r.get(..32))
+        .expect("X-Request-Id");
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    let e: ecs_api::GatewayErrorBody = serde_json::from_str(body).unwrap();
+    assert_eq!(e.error_code, "APIGW.0408");
+    assert_eq!(e.request_id, rid);
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_answered_408_and_the_connection_closed() {
+    let t = TestServer::start_with(|c| c.request_timeout_secs = 1).await;
+    let (a, _) = t.server(&t.project, "a", Linux, true).await;
+    let wait = Duration::from_secs(10);
+    for path in [
+        t.batch_path(),
+        "/v3/auth/tokens".to_owned(),
+        "/agent/v1/enroll".to_owned(),
+    ] {
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+            t.host
+        );
+        let head = if path.starts_with("/v1") {
+            head
+        } else {
+            head.replacen("PUT", "POST", 1)
+        };
+        let (answer, took) = raw_exchange(&t, &head, b"{", None, wait).await;
+        assert_408(&answer);
+        assert!(took >= Duration::from_millis(900), "{took:?}");
+    }
+    // A body sent a byte at a time, each in time, but not all of it in time.
+    let body = ids_body(Some(GOOD), None, &[&a]);
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        t.batch_path(),
+        t.host,
+        body.len()
+    );
+    let (answer, took) = raw_exchange(
+        &t,
+        &head,
+        body.as_bytes(),
+        Some(Duration::from_millis(100)),
+        wait,
+    )
+    .await;
+    assert_408(&answer);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(rows(&t, "resets"), 0);
+    // A head that stops arriving: the connection is closed.
+    let (answer, took) =
+        raw_exchange(&t, "PUT /v1/x HTTP/1.1\r\nHost: a\r\n", b"", None, wait).await;
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The server still answers.
+    let r = t
+        .call(
+            "GET",
+            &t.batch_path().replace("os-reset-passwords", "detail"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
 }

@@ -95,6 +95,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(no_such_api)
         .method_not_allowed_fallback(no_such_api)
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::deadline::limit_body,
+        ))
         .with_state(state);
     with_common_layers(app)
 }
@@ -171,6 +175,13 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         "x-request-id",
         HeaderValue::from_str(&id).expect("hex is a valid header value"),
     );
+    if resp.status() == axum::http::StatusCode::REQUEST_TIMEOUT {
+        // The rest of the body may still come: the connection cannot be reused.
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
     let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
     tracing::info!(
         request_id = %id,
