@@ -18,6 +18,7 @@ pub mod error;
 pub mod identity;
 pub mod lifecycle;
 pub mod power;
+pub mod raw_errors;
 pub mod reset;
 pub mod secrets;
 pub mod server;

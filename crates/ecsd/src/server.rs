@@ -117,6 +117,7 @@ impl Server {
             let svc = TowerToHyperService::new(svc);
             match &self.tls {
                 None => {
+                    let stream = crate::raw_errors::GatewayErrors::new(stream, peer);
                     let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
@@ -147,6 +148,7 @@ impl Server {
                                 return;
                             }
                         };
+                        let stream = crate::raw_errors::GatewayErrors::new(stream, peer);
                         let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), svc));
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection ended with an error");

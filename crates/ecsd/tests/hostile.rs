@@ -333,3 +333,67 @@ async fn a_body_that_stops_arriving_is_answered_408_and_the_connection_closed() 
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+/// The gateway body of an answer read off the wire, checked against its
+/// `X-Request-Id` and `Connection: close`; returns (status, error_code).
+fn wire_gateway(answer: &str) -> (u16, String) {
+    let status: u16 = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(
+        lower.contains("\r\ncontent-type: application/json"),
+        "{answer}"
+    );
+    let rid = lower
+        .split("\r\nx-request-id: ")
+        .nth(1)
+        .and_then(|r| r.get(..32))
+        .expect("X-Request-Id");
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    let e: ecs_api::GatewayErrorBody = serde_json::from_str(body).unwrap();
+    assert_eq!(e.request_id, rid);
+    assert!(!e.error_msg.is_empty());
+    (status, e.error_code)
+}
+
+#[tokio::test]
+async fn requests_hyper_refuses_are_answered_in_the_gateway_shape_with_a_request_id() {
+    let t = TestServer::start().await;
+    let wait = Duration::from_secs(10);
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let huge = format!("X-Huge: {}\r\n", "a".repeat(500 * 1024));
+    let cases: Vec<(String, u16)> = vec![
+        ("GET /health HTTP/1.1\r\nHost: a\r\nX-Bad: a\x01b\r\n\r\n".into(), 400),
+        (
+            "POST /agent/v1/ack HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "POST /agent/v1/ack HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n".into(),
+            400,
+        ),
+        (format!("GET /health HTTP/1.1\r\nHost: a\r\n{many}\r\n"), 431),
+        (format!("GET /health HTTP/1.1\r\nHost: a\r\n{huge}\r\n"), 431),
+        ("GARBAGE\r\n\r\n".into(), 400),
+    ];
+    for (request, want) in &cases {
+        let (answer, _) = raw_exchange(&t, request, b"", None, wait).await;
+        let (status, code) = wire_gateway(&answer);
+        assert_eq!(status, *want, "{answer}");
+        assert_eq!(code, format!("APIGW.0{want}"), "{answer}");
+    }
+    // The application's own answers are untouched.
+    let (answer, _) = raw_exchange(
+        &t,
+        "GET /nowhere HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"",
+        None,
+        wait,
+    )
+    .await;
+    assert_eq!(wire_gateway(&answer), (404, "APIGW.0101".to_owned()));
+}
