@@ -65,10 +65,10 @@ async fn agent(state: &AppState, headers: &HeaderMap) -> Result<Server, ApiError
     operation_id = "CreateEnrollToken", tag = "agents",
     params(("project_id" = String, Path, description = "The project (X-Project-Id must match).")),
     request_body(content = Option<ecs_api::EnrollTokenRequest>, content_type = "application/json",
-        description = "Optional; defaults: 1 use, 3600 s."),
+        description = "Optional: an empty body means the defaults (1 use, 3600 s), as does `{}`. An object with any field other than `uses` and `ttl_secs` is refused (Ecs.0005)."),
     responses(
         (status = 201, description = "The token (shown once) and the join token with the CA pin.", body = ecs_api::EnrollTokenResponse),
-        (status = 400, description = "Invalid body (Ecs.0005).", body = ecs_api::EcsErrorBody),
+        (status = 400, description = "Invalid body (Ecs.0005): malformed JSON, bytes after the JSON value, an unknown field, a wrong type.", body = ecs_api::EcsErrorBody),
         (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action .", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn create_enroll_token(
