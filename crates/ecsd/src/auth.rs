@@ -35,6 +35,10 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::body_too_large(limit))
         }
+        Err(e) if let Some(secs) = crate::deadline::timed_out(&*e) => {
+            tracing::warn!("the request body did not arrive in time");
+            Err(ApiError::request_timeout(secs))
+        }
         Err(_) => Err(ApiError::invalid("The request body could not be read.")),
     }
 }

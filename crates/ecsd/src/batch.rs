@@ -56,31 +56,74 @@ pub fn parse_body<T: for<'de> Deserialize<'de>>(
             "Invalid request: Content-Type must be application/json.",
         ));
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    from_json(body).map_err(|e| match e {
+        JsonError::Field(path) => Error::invalid(
+            path.clone(),
+            format!("Invalid request body: the value of {path} is missing or has the wrong type."),
+        ),
+        JsonError::Shape => Error::invalid(
+            "",
+            "Invalid request body: the body must be a JSON object of the documented shape.",
+        ),
+        JsonError::Syntax { line, column, .. } => Error::invalid(
+            "",
+            format!("Invalid request body: malformed JSON at line {line} column {column}."),
+        ),
+        JsonError::Trailing => Error::invalid("", TRAILING_MESSAGE),
+    })
+}
+
+/// The message for bytes after the JSON value.
+pub const TRAILING_MESSAGE: &str = "Invalid request body: unexpected data after the JSON value.";
+
+/// Why a body is not the JSON expected (never a value from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonError {
+    /// Valid JSON, but the field at this path is missing or of the wrong type.
+    Field(String),
+    /// Valid JSON, but not of the expected shape at the top level.
+    Shape,
+    /// Not JSON (`path`: where the parser was, `.` at the top).
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+    },
+    /// A complete JSON value followed by something other than whitespace.
+    Trailing,
+}
+
+/// The one JSON body parser of every route (public, IAM and agent API):
+/// exactly one JSON value, optionally surrounded by whitespace. Anything
+/// after the value (`]`, a second object, a NUL) is refused, so what the
+/// signature covered is exactly what is acted on.
+pub fn from_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, JsonError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data if path != "." => Error::invalid(
-                path.clone(),
-                format!(
-                    "Invalid request body: the value of {path} is missing or has the wrong type."
-                ),
-            ),
-            serde_json::error::Category::Data => Error::invalid(
-                "",
-                "Invalid request body: the body must be a JSON object of the documented shape.",
-            ),
-            _ => Error::invalid(
-                "",
-                format!(
-                    "Invalid request body: malformed JSON at line {} column {}.",
-                    inner.line(),
-                    inner.column()
-                ),
-            ),
+            serde_json::error::Category::Data if path != "." => JsonError::Field(path),
+            serde_json::error::Category::Data => JsonError::Shape,
+            _ => JsonError::Syntax {
+                path,
+                line: inner.line(),
+                column: inner.column(),
+            },
         }
-    })
+    })?;
+    de.end().map_err(|_| JsonError::Trailing)?;
+    Ok(value)
+}
+
+/// For `Option` fields where `null` is refused rather than taken as absent
+/// (`#[serde(default, deserialize_with = "crate::batch::present")]`).
+pub fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// The server list of a batch (reset or power action): 1..=1000 entries,

@@ -26,6 +26,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Allowed distance between `X-Sdk-Date` and the server clock.
     pub clock_skew_secs: u64,
+    /// How long a client has to send a request's head, and then its body
+    /// (a body that stops arriving is answered 408 and the connection closed).
+    pub request_timeout_secs: u64,
     /// Requests per second allowed per access key (burst: the same number).
     pub rate_limit_per_sec: u32,
     /// `text` or `json`.
@@ -91,6 +94,7 @@ impl Default for Config {
             master_key: None,
             max_body_bytes: 1024 * 1024,
             clock_skew_secs: 15 * 60,
+            request_timeout_secs: 30,
             rate_limit_per_sec: 200,
             log_format: LogFormat::Text,
             agent_poll_secs: 25,
@@ -118,6 +122,7 @@ const ENV_KEYS: &[&str] = &[
     "master_key",
     "max_body_bytes",
     "clock_skew_secs",
+    "request_timeout_secs",
     "rate_limit_per_sec",
     "log_format",
     "agent_poll_secs",

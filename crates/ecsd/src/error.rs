@@ -127,6 +127,15 @@ impl ApiError {
             format!("Request entity too large: the body exceeds {limit} bytes"),
         )
     }
+    /// 408 `APIGW.0408` (ours): the request body did not arrive within
+    /// `request_timeout_secs`; the connection is closed after the answer.
+    pub fn request_timeout(secs: u64) -> Self {
+        Self::gateway(
+            StatusCode::REQUEST_TIMEOUT,
+            "APIGW.0408",
+            format!("Request timeout: the request was not received within {secs} seconds"),
+        )
+    }
     /// 404 `APIGW.0101`.
     pub fn no_such_api() -> Self {
         Self::gateway(

@@ -33,9 +33,12 @@ impl<'de> Deserialize<'de> for Password {
 #[derive(Deserialize)]
 struct BatchResetBody {
     new_password: Option<Password>,
+    /// `null` is refused (not taken as `false`).
+    #[serde(default, deserialize_with = "crate::batch::present")]
     dry_run: Option<bool>,
     servers: Option<Vec<ServerRef>>,
     /// Our extension (contract §3.4): `"now"` asks running agents to apply at once.
+    #[serde(default, deserialize_with = "crate::batch::present")]
     apply: Option<String>,
 }
 

@@ -82,13 +82,15 @@ impl Server {
         use tower::ServiceExt;
 
         let wakers = self.state.wakers.clone();
+        let request_timeout =
+            std::time::Duration::from_secs(self.state.config.request_timeout_secs);
         let sweeper = tokio::spawn(sweep_jobs(self.state.clone()));
         let retention = tokio::spawn(crate::lifecycle::retention_task(self.state.clone()));
         let app = crate::api::router(self.state);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(std::time::Duration::from_secs(30));
+            .header_read_timeout(request_timeout);
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -115,6 +117,7 @@ impl Server {
             let svc = TowerToHyperService::new(svc);
             match &self.tls {
                 None => {
+                    let stream = crate::raw_errors::GatewayErrors::new(stream, peer);
                     let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
@@ -145,6 +148,7 @@ impl Server {
                                 return;
                             }
                         };
+                        let stream = crate::raw_errors::GatewayErrors::new(stream, peer);
                         let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), svc));
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection ended with an error");

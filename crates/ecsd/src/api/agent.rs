@@ -25,9 +25,16 @@ use crate::store::{Heartbeat, Server};
 /// Largest agent request body.
 const AGENT_BODY_LIMIT: usize = 16 * 1024;
 
+/// The fields of `POST /v1/{project_id}/enroll-tokens`.
+const ENROLL_TOKEN_FIELDS: [&str; 2] = ["uses", "ttl_secs"];
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|_| ApiError::invalid("Invalid request body for the agent API."))
+    crate::batch::from_json(body).map_err(|e| {
+        ApiError::invalid(match e {
+            crate::batch::JsonError::Trailing => crate::batch::TRAILING_MESSAGE,
+            _ => "Invalid request body for the agent API.",
+        })
+    })
 }
 
 async fn body(headers: &HeaderMap, b: axum::body::Body) -> Result<Bytes, ApiError> {
@@ -58,10 +65,10 @@ async fn agent(state: &AppState, headers: &HeaderMap) -> Result<Server, ApiError
     operation_id = "CreateEnrollToken", tag = "agents",
     params(("project_id" = String, Path, description = "The project (X-Project-Id must match).")),
     request_body(content = Option<ecs_api::EnrollTokenRequest>, content_type = "application/json",
-        description = "Optional; defaults: 1 use, 3600 s."),
+        description = "Optional: an empty body means the defaults (1 use, 3600 s), as does `{}`. An object with any field other than `uses` and `ttl_secs` is refused (Ecs.0005)."),
     responses(
         (status = 201, description = "The token (shown once) and the join token with the CA pin.", body = ecs_api::EnrollTokenResponse),
-        (status = 400, description = "Invalid body (Ecs.0005).", body = ecs_api::EcsErrorBody),
+        (status = 400, description = "Invalid body (Ecs.0005): malformed JSON, bytes after the JSON value, an unknown field, a wrong type.", body = ecs_api::EcsErrorBody),
         (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action .", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn create_enroll_token(
@@ -71,10 +78,24 @@ pub async fn create_enroll_token(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&state, &caller, &source.0, Action::CreateEnrollToken, true).await?;
+    // An empty body means the defaults; a JSON object must name only the
+    // documented fields (an object of unknown fields is a mistake, not a
+    // request for the defaults).
     let req: proto::EnrollTokenRequest = if body.is_empty() {
         Default::default()
     } else {
-        parse(&body)?
+        let fields: serde_json::Map<String, serde_json::Value> = parse(&body)?;
+        if let Some(unknown) = fields
+            .keys()
+            .find(|k| !ENROLL_TOKEN_FIELDS.contains(&k.as_str()))
+        {
+            let name: String = unknown.chars().take(64).collect();
+            return Err(ApiError::invalid(format!(
+                "Invalid request body: unknown field {name:?} (known: uses, ttl_secs)."
+            )));
+        }
+        serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|_| ApiError::invalid("Invalid request body for the agent API."))?
     };
     let issued = enroll::requested_enroll_token(&state, &caller.project_id, req).await;
     // The audit record (lifecycle, #10): never the token.

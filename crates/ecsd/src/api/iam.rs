@@ -25,13 +25,15 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
             "The request body is empty.",
         ));
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::invalid(if path == "." {
-            "Invalid request body: not the expected JSON object.".to_owned()
-        } else {
-            format!("Invalid request body at {path}.")
+    crate::batch::from_json(body).map_err(|e| {
+        ApiError::invalid(match e {
+            crate::batch::JsonError::Field(path) | crate::batch::JsonError::Syntax { path, .. }
+                if path != "." =>
+            {
+                format!("Invalid request body at {path}.")
+            }
+            crate::batch::JsonError::Trailing => crate::batch::TRAILING_MESSAGE.to_owned(),
+            _ => "Invalid request body: not the expected JSON object.".to_owned(),
         })
     })
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -131,6 +131,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(no_such_api)
         .method_not_allowed_fallback(no_such_api)
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::deadline::limit_body,
+        ))
         .with_state(state);
     with_common_layers(app)
 }
@@ -146,6 +150,36 @@ pub fn with_common_layers(app: Router) -> Router {
         },
     ))
     .layer(from_fn(request_context))
+}
+
+/// Headers that must appear at most once: which of two `Authorization`s was
+/// signed, or which `Content-Type` the body is, would be a guess. The
+/// credential headers are refused as the gateway refuses a bad credential
+/// (401 `APIGW.0301`), a repeated `Content-Type` as a malformed request
+/// (400 `Ecs.0005`).
+fn repeated_header(headers: &axum::http::HeaderMap) -> Option<ApiError> {
+    use axum::http::header;
+    let repeated = |name: &HeaderName| headers.get_all(name).iter().nth(1).is_some();
+    for name in [
+        header::AUTHORIZATION,
+        header::HOST,
+        HeaderName::from_static("x-sdk-date"),
+        HeaderName::from_static("x-auth-token"),
+        HeaderName::from_static("x-security-token"),
+    ] {
+        if repeated(&name) {
+            tracing::warn!(header = %name, "a credential header is repeated");
+            return Some(ApiError::unauthenticated(format!(
+                "the {name} header is repeated"
+            )));
+        }
+    }
+    if repeated(&header::CONTENT_TYPE) {
+        return Some(ApiError::invalid(
+            "Invalid request: the Content-Type header is repeated.",
+        ));
+    }
+    None
 }
 
 async fn no_such_api() -> ApiError {
@@ -166,13 +200,24 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unknown".into());
     req.extensions_mut().insert(Source(source));
     let mut resp = REQUEST_ID
-        .scope(id.clone(), next.run(req))
-        .await
-        .into_response();
+        .scope(id.clone(), async move {
+            match repeated_header(req.headers()) {
+                Some(e) => e.into_response(),
+                None => next.run(req).await,
+            }
+        })
+        .await;
     resp.headers_mut().insert(
         "x-request-id",
         HeaderValue::from_str(&id).expect("hex is a valid header value"),
     );
+    if resp.status() == axum::http::StatusCode::REQUEST_TIMEOUT {
+        // The rest of the body may still come: the connection cannot be reused.
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
     let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
     tracing::info!(
         request_id = %id,
