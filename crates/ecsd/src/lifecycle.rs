@@ -179,14 +179,15 @@ pub async fn forbidden(
     a.deny(state, e, reason, user).await
 }
 
-/// Deletes audit records older than the retention, a small batch at a time
+/// Deletes audit records older than `retention_days`, a small batch at a time
 /// (a pause between batches leaves the writer to the API); returns how many.
 pub async fn prune_audit(
     state: &AppState,
     now: DateTime<Utc>,
+    retention_days: u32,
     batch: u32,
 ) -> anyhow::Result<usize> {
-    let before = now - chrono::Duration::days(i64::from(state.config.audit_retention_days));
+    let before = now - chrono::Duration::days(i64::from(retention_days));
     let mut total = 0;
     loop {
         let n = state.lifecycle.prune_audit(before, batch).await?;
@@ -201,7 +202,7 @@ pub async fn prune_audit(
 /// The retention task: prunes at start and then every hour.
 pub async fn retention_task(state: AppState) {
     loop {
-        match prune_audit(&state, Utc::now(), 500).await {
+        match prune_audit(&state, Utc::now(), state.config.audit_retention_days, 500).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(records = n, "audit records past retention deleted"),
             Err(e) => tracing::error!(error = %format!("{e:#}"), "pruning the audit trail failed"),

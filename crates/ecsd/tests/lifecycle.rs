@@ -493,7 +493,10 @@ async fn changes_and_denials_are_traces_filtered_and_paged() {
 
 #[tokio::test]
 async fn audit_retention_prunes_only_old_records() {
-    let t = TestServer::start_with(|c| c.audit_retention_days = 30).await;
+    // The server's own retention task (365 days by default) runs at start and
+    // must not touch these records; the pruning under test is called with 30.
+    let t = TestServer::start().await;
+    assert_eq!(t.state.config.audit_retention_days, 365);
     let now = chrono::Utc::now();
     for days in [40, 35, 31, 29, 1] {
         t.state
@@ -517,7 +520,7 @@ async fn audit_retention_prunes_only_old_records() {
             .unwrap();
     }
     assert_eq!(
-        ecsd::lifecycle::prune_audit(&t.state, now, 2)
+        ecsd::lifecycle::prune_audit(&t.state, now, 30, 2)
             .await
             .unwrap(),
         3
