@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use ecs_api::{BatchResetRequest, ServerRef};
 use secrecy::{ExposeSecret, SecretString};
 
-const ROUNDS: usize = 4;
+const ROUNDS: usize = 8;
 const TASKS: usize = 4;
 const BATCH: usize = 20;
 const SERVERS: usize = 40;
@@ -152,6 +152,8 @@ async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
 
     // Every reset answered 200, with the servers of its batch.
     let mut acknowledged: Vec<(String, Vec<String>)> = Vec::new();
+    // Requests sent and not yet answered at each kill, summed.
+    let mut in_flight_at_kills = 0;
     let (mut child, mut base) = serve(&data, &key).await;
     for round in 0..ROUNDS {
         let client = ecs_client::Client::new(ecs_client::Config::new(
@@ -163,12 +165,14 @@ async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
         .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let replies = Arc::new(AtomicUsize::new(0));
+        let sent = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for task in 0..TASKS {
-            let (client, stop, replies, servers) = (
+            let (client, stop, replies, sent, servers) = (
                 client.clone(),
                 stop.clone(),
                 replies.clone(),
+                sent.clone(),
                 servers.clone(),
             );
             // Batches overlap: a reset supersedes the open targets of the
@@ -189,9 +193,10 @@ async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
                         servers: ids.iter().map(|i| ServerRef::new(i.as_str())).collect(),
                         apply: None,
                     };
+                    sent.fetch_add(1, Ordering::SeqCst);
                     match client.batch_reset(&req).await {
                         Ok(reply) => {
-                            replies.fetch_add(1, Ordering::Relaxed);
+                            replies.fetch_add(1, Ordering::SeqCst);
                             acked.push((reply.request_id, ids.clone()));
                         }
                         // The kill: the connection breaks.
@@ -203,14 +208,16 @@ async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
         }
         // Kill at a random moment once some replies have arrived (requests
         // are then in flight: every task sends again at once).
-        let want = 2 + rng.below(10) as usize;
+        let want = 2 + rng.below(30) as usize;
         let deadline = Instant::now() + Duration::from_secs(10);
         while replies.load(Ordering::Relaxed) < want {
             assert!(Instant::now() < deadline, "no replies in round {round}");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
+        let in_flight = sent.load(Ordering::SeqCst) - replies.load(Ordering::SeqCst);
         child.kill().unwrap(); // SIGKILL
+        in_flight_at_kills += in_flight;
         child.wait().unwrap();
         stop.store(true, Ordering::Relaxed);
         let mut this_round = 0;
@@ -223,7 +230,8 @@ async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
             acknowledged.extend(acked);
         }
         eprintln!(
-            "round {round}: killed after {want}+ replies; {this_round} acknowledged ({:?})",
+            "round {round}: killed after {want}+ replies with {in_flight} in flight; \
+             {this_round} acknowledged ({:?})",
             started.elapsed()
         );
 
@@ -232,6 +240,7 @@ async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    assert!(in_flight_at_kills > 0, "no kill found a request in flight");
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "the crash test took {:?}",
@@ -280,6 +289,11 @@ async fn check(
         .map(Result::unwrap)
         .collect();
     assert!(rows.len() >= acknowledged.len());
+    eprintln!(
+        "  {} resets in the database, {} acknowledged",
+        rows.len(),
+        acknowledged.len()
+    );
     for (rid, n) in rows {
         assert_eq!(n, BATCH as i64, "partial batch {rid} in the database");
     }
