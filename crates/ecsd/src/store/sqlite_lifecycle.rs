@@ -29,6 +29,12 @@ pub(super) const MIGRATION: &str = r#"
     END;
 "#;
 
+/// Retention of resets and jobs: finds the old ones without a scan.
+pub(super) const RETENTION_MIGRATION: &str = r#"
+    CREATE INDEX resets_created ON resets(created_at);
+    CREATE INDEX jobs_begin ON jobs(begin_time);
+"#;
+
 /// Every column holding a secret sealed under the master key:
 /// (table, owner column, sealed column, owner prefix — the associated data
 /// is the prefix followed by the owner column's value). A new sealed column
@@ -372,6 +378,64 @@ impl LifecycleStore for SqliteStore {
                 "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ?1 ORDER BY at LIMIT ?2)",
                 params![fmt_time(before), batch],
             )?)
+        })
+        .await
+    }
+
+    async fn prune_resets(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT r.request_id FROM resets r WHERE r.created_at < ?1 AND NOT EXISTS \
+                     (SELECT 1 FROM reset_targets t WHERE t.request_id = r.request_id \
+                      AND t.state NOT IN ('APPLIED', 'FAILED', 'SUPERSEDED')) \
+                     ORDER BY r.created_at LIMIT ?2",
+                )?
+                .query_map(params![fmt_time(before), batch], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in &ids {
+                // servers.last_reset_id may still name it: the server's
+                // last reset is joined through its target, so it reads as none.
+                tx.prepare_cached("DELETE FROM reset_targets WHERE request_id = ?1")?
+                    .execute([id])?;
+                tx.prepare_cached("DELETE FROM resets WHERE request_id = ?1")?
+                    .execute([id])?;
+            }
+            tx.commit()?;
+            Ok(ids.len())
+        })
+        .await
+    }
+
+    async fn prune_jobs(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT j.job_id FROM jobs j WHERE j.begin_time < ?1 AND NOT EXISTS \
+                     (SELECT 1 FROM sub_jobs s WHERE s.job_id = j.job_id \
+                      AND s.status NOT IN ('SUCCESS', 'FAIL')) \
+                     ORDER BY j.begin_time LIMIT ?2",
+                )?
+                .query_map(params![fmt_time(before), batch], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in &ids {
+                tx.prepare_cached("DELETE FROM sub_jobs WHERE job_id = ?1")?
+                    .execute([id])?;
+                tx.prepare_cached("DELETE FROM jobs WHERE job_id = ?1")?
+                    .execute([id])?;
+            }
+            tx.commit()?;
+            Ok(ids.len())
+        })
+        .await
+    }
+
+    async fn checkpoint(&self) -> StoreResult<()> {
+        self.write(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
         })
         .await
     }
