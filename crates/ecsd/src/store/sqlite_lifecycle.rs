@@ -470,6 +470,86 @@ mod tests {
     }
 }
 
+/// The write-ahead log stays bounded under constant writes (autocheckpoint
+/// and `journal_size_limit`) and is truncated by a retention round.
+#[cfg(test)]
+mod wal {
+    use super::super::sqlite::{JOURNAL_SIZE_LIMIT, SqliteStore};
+    use super::super::*;
+    use crate::store::lifecycle::LifecycleStore;
+    use chrono::{Duration, Utc};
+    use ecs_policy::OsType;
+
+    fn audit(project: &str, at: DateTime<Utc>) -> AuditEntry {
+        AuditEntry {
+            at,
+            request_id: uuid::Uuid::new_v4().to_string(),
+            project_id: project.to_owned(),
+            actor: "wal".into(),
+            action: "batch-reset-password".into(),
+            servers: vec![],
+            dry_run: false,
+            outcome: "accepted".into(),
+            source: "test".into(),
+            user_id: None,
+            user_name: None,
+            error_code: None,
+            http_status: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn wal_is_bounded_and_truncated_by_a_retention_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecsd.sqlite");
+        let wal = dir.path().join("ecsd.sqlite-wal");
+        let store = SqliteStore::open(&path).unwrap();
+        let p = store.create_project("p").await.unwrap();
+        let s = store
+            .register_server(NewServer {
+                id: uuid::Uuid::new_v4().to_string(),
+                project_id: p.id.clone(),
+                name: "s".into(),
+                os_type: OsType::Linux,
+                agent_public_key: Some(vec![7; 32]),
+            })
+            .await
+            .unwrap();
+        let old = Utc::now() - Duration::days(40);
+        // Each reset supersedes the previous one: all finished but the last.
+        let bound = 2 * JOURNAL_SIZE_LIMIT as u64;
+        let mut max = 0;
+        for i in 0..1500 {
+            store
+                .create_reset(NewReset {
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    project_id: p.id.clone(),
+                    apply_now: false,
+                    created: old + Duration::milliseconds(i),
+                    targets: vec![(s.id.clone(), vec![0; 512])],
+                    audit: audit(&p.id, old),
+                })
+                .await
+                .unwrap();
+            max = max.max(std::fs::metadata(&wal).unwrap().len());
+        }
+        assert!(max <= bound, "the WAL grew to {max} bytes (bound {bound})");
+        let cutoff = Utc::now() - Duration::days(30);
+        let mut pruned = 0;
+        loop {
+            let n = store.prune_resets(cutoff, 500).await.unwrap();
+            pruned += n;
+            if n < 500 {
+                break;
+            }
+        }
+        assert_eq!(pruned, 1499, "all but the open one");
+        store.checkpoint().await.unwrap();
+        let after = std::fs::metadata(&wal).unwrap().len();
+        assert_eq!(after, 0, "the WAL is truncated after a retention round");
+    }
+}
+
 /// The lifecycle conformance suite on SQLite: one fresh database per check.
 #[cfg(test)]
 mod conformance {
