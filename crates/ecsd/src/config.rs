@@ -61,6 +61,12 @@ pub struct Config {
     /// Audit records older than this many days are deleted (in small
     /// batches, by a background task).
     pub audit_retention_days: u32,
+    /// Finished reset requests (every target APPLIED, FAILED or SUPERSEDED)
+    /// created more than this many days ago are deleted with their targets.
+    pub reset_retention_days: u32,
+    /// Finished power jobs (every sub-job SUCCESS or FAIL) begun more than
+    /// this many days ago are deleted with their sub-jobs.
+    pub job_retention_days: u32,
     /// Failed authentications allowed per minute per source address and per
     /// access key (burst: the same number); beyond them, 429 `APIGW.0308`.
     pub auth_failures_per_minute: u32,
@@ -108,6 +114,8 @@ impl Default for Config {
             insecure_http_non_loopback: false,
             duplicate_machine_id: DuplicateMachineId::NewServer,
             audit_retention_days: 365,
+            reset_retention_days: 30,
+            job_retention_days: 30,
             auth_failures_per_minute: 30,
             token_ttl_secs: 24 * 3600,
         }
@@ -136,6 +144,8 @@ const ENV_KEYS: &[&str] = &[
     "insecure_http_non_loopback",
     "duplicate_machine_id",
     "audit_retention_days",
+    "reset_retention_days",
+    "job_retention_days",
     "auth_failures_per_minute",
     "token_ttl_secs",
 ];

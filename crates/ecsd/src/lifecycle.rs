@@ -187,10 +187,49 @@ pub async fn prune_audit(
     retention_days: u32,
     batch: u32,
 ) -> anyhow::Result<usize> {
-    let before = now - chrono::Duration::days(i64::from(retention_days));
+    let before = cutoff(now, retention_days);
+    in_batches(batch, || state.lifecycle.prune_audit(before, batch)).await
+}
+
+/// Deletes finished reset requests (every target final) created more than
+/// `retention_days` before `now`, with their targets, a batch at a time;
+/// returns how many requests.
+pub async fn prune_resets(
+    state: &AppState,
+    now: DateTime<Utc>,
+    retention_days: u32,
+    batch: u32,
+) -> anyhow::Result<usize> {
+    let before = cutoff(now, retention_days);
+    in_batches(batch, || state.lifecycle.prune_resets(before, batch)).await
+}
+
+/// Deletes finished power jobs (every sub-job SUCCESS or FAIL) begun more
+/// than `retention_days` before `now`, with their sub-jobs, a batch at a
+/// time; returns how many jobs.
+pub async fn prune_jobs(
+    state: &AppState,
+    now: DateTime<Utc>,
+    retention_days: u32,
+    batch: u32,
+) -> anyhow::Result<usize> {
+    let before = cutoff(now, retention_days);
+    in_batches(batch, || state.lifecycle.prune_jobs(before, batch)).await
+}
+
+fn cutoff(now: DateTime<Utc>, retention_days: u32) -> DateTime<Utc> {
+    now - chrono::Duration::days(i64::from(retention_days))
+}
+
+/// Calls `prune` until it deletes fewer than `batch`, pausing between calls.
+async fn in_batches<F, Fut>(batch: u32, mut prune: F) -> anyhow::Result<usize>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::store::StoreResult<usize>>,
+{
     let mut total = 0;
     loop {
-        let n = state.lifecycle.prune_audit(before, batch).await?;
+        let n = prune().await?;
         total += n;
         if n < batch as usize {
             return Ok(total);
@@ -199,13 +238,69 @@ pub async fn prune_audit(
     }
 }
 
-/// The retention task: prunes at start and then every hour.
+/// How long each kind of record is kept, in days, and the batch size.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub audit_days: u32,
+    pub reset_days: u32,
+    pub job_days: u32,
+    pub batch: u32,
+}
+
+impl Retention {
+    /// The configured retention, in batches of 500.
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Retention {
+            audit_days: c.audit_retention_days,
+            reset_days: c.reset_retention_days,
+            job_days: c.job_retention_days,
+            batch: 500,
+        }
+    }
+}
+
+/// What one retention round deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub audit: usize,
+    pub resets: usize,
+    pub jobs: usize,
+}
+
+/// One retention round: prunes the audit trail, finished resets and
+/// finished jobs as of `now`, then checkpoints and truncates the WAL. Each
+/// part is tried even if an earlier one failed; the first error is returned.
+pub async fn retention_round(
+    state: &AppState,
+    now: DateTime<Utc>,
+    r: Retention,
+) -> anyhow::Result<Pruned> {
+    let audit = prune_audit(state, now, r.audit_days, r.batch).await;
+    let resets = prune_resets(state, now, r.reset_days, r.batch).await;
+    let jobs = prune_jobs(state, now, r.job_days, r.batch).await;
+    let checkpoint = state.lifecycle.checkpoint().await;
+    let pruned = Pruned {
+        audit: audit?,
+        resets: resets?,
+        jobs: jobs?,
+    };
+    checkpoint?;
+    Ok(pruned)
+}
+
+/// The retention task: a retention round at start and then every hour.
 pub async fn retention_task(state: AppState) {
+    let r = Retention::from_config(&state.config);
     loop {
-        match prune_audit(&state, Utc::now(), state.config.audit_retention_days, 500).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(records = n, "audit records past retention deleted"),
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "pruning the audit trail failed"),
+        match retention_round(&state, Utc::now(), r).await {
+            Ok(p) if p == Pruned::default() => {}
+            Ok(p) => tracing::info!(
+                audit = p.audit,
+                resets = p.resets,
+                jobs = p.jobs,
+                "records past retention deleted"
+            ),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "the retention round failed"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }

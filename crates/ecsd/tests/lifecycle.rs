@@ -611,3 +611,70 @@ async fn rotate_master_key_takes_a_key_file_or_writes_a_dev_key_after_the_commit
         .await;
     assert_eq!(t.call("GET", &detail(&t), None).await.status, 200);
 }
+
+#[tokio::test]
+async fn finished_resets_past_retention_are_pruned_and_servers_still_served() {
+    // Pruning is called with an explicit `now` 31 days ahead: the server's own
+    // start-up round (as of the real now) cannot see these resets as old.
+    let t = TestServer::start().await;
+    assert_eq!(t.state.config.reset_retention_days, 30);
+    let (a, _) = t
+        .server(&t.project, "a", ecs_policy::OsType::Linux, true)
+        .await;
+    let (b, _) = t
+        .server(&t.project, "b", ecs_policy::OsType::Linux, true)
+        .await;
+    let put = |ids: Vec<String>| {
+        let t = &t;
+        async move {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let r = t
+                .call(
+                    "PUT",
+                    &t.batch_path(),
+                    Some(&ids_body(Some("Gx7!pLq2vR"), None, &ids)),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.request_id.unwrap()
+        }
+    };
+    let first = put(vec![a.clone()]).await; // superseded by the second
+    let second = put(vec![a.clone()]).await;
+    assert!(
+        t.state
+            .store
+            .ack(&a, &second, true, None, chrono::Utc::now())
+            .await
+            .unwrap()
+    );
+    let open = put(vec![b.clone()]).await; // never acknowledged
+    assert!(t.show(&a).await.ecsd.last_reset.is_some());
+
+    let r = ecsd::lifecycle::Retention {
+        audit_days: 3650,
+        reset_days: 30,
+        job_days: 30,
+        batch: 1,
+    };
+    let later = chrono::Utc::now() + chrono::Duration::days(31);
+    let pruned = ecsd::lifecycle::retention_round(&t.state, later, r)
+        .await
+        .unwrap();
+    assert_eq!((pruned.resets, pruned.audit), (2, 0));
+
+    for rid in [&first, &second] {
+        let o = t
+            .call("GET", &format!("{}/{rid}", t.batch_path()), None)
+            .await;
+        assert_ecs(&o, 400, "Common.0011");
+    }
+    // Open work stays; the server whose last reset is gone is still served.
+    assert_eq!(t.outcome(&open).await.servers[0].id, b);
+    assert!(t.show(&a).await.ecsd.last_reset.is_none());
+    assert!(t.show(&b).await.ecsd.last_reset.is_some());
+    // And takes new resets.
+    let next = put(vec![a.clone()]).await;
+    assert_eq!(t.outcome(&next).await.servers[0].id, a);
+    assert!(t.show(&a).await.ecsd.last_reset.is_some());
+}

@@ -206,6 +206,19 @@ pub trait LifecycleStore: Send + Sync + 'static {
     async fn list_audit(&self, q: AuditQuery) -> StoreResult<Vec<AuditRecord>>;
     /// Deletes at most `batch` records older than `before`; returns how many.
     async fn prune_audit(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize>;
+    /// Deletes at most `batch` finished reset requests (every target
+    /// APPLIED, FAILED or SUPERSEDED) created before `before`, with their
+    /// targets, in one transaction; returns how many requests. A request
+    /// with an open target is never deleted. A server whose last reset is
+    /// deleted reports no last reset.
+    async fn prune_resets(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize>;
+    /// Deletes at most `batch` finished power jobs (every sub-job SUCCESS or
+    /// FAIL) begun before `before`, with their sub-jobs, in one transaction;
+    /// returns how many jobs. A job with an open sub-job is never deleted.
+    async fn prune_jobs(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize>;
+    /// Checkpoints the write-ahead log and truncates it (if the backend has
+    /// one; readers in the way leave it for the next round).
+    async fn checkpoint(&self) -> StoreResult<()>;
 }
 
 #[cfg(test)]

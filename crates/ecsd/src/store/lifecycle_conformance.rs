@@ -20,7 +20,9 @@ macro_rules! lifecycle_conformance_tests {
             enroll_tokens_are_listed_by_id_and_revoked,
             reseal_all_is_all_or_nothing,
             audit_filters_and_pages,
-            audit_is_pruned_in_batches
+            audit_is_pruned_in_batches,
+            finished_old_resets_are_pruned_in_batches,
+            finished_old_jobs_are_pruned_in_batches
         );
     };
     (@each $make:path; $($name:ident),+) => {
@@ -573,4 +575,203 @@ pub async fn audit_is_pruned_in_batches(store: &dyn Both) {
         .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].entry.action, "new");
+}
+
+async fn server(store: &dyn Both, project: &str, name: &str) -> Server {
+    store
+        .register_server(NewServer {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: project.to_owned(),
+            name: name.to_owned(),
+            os_type: OsType::Linux,
+            agent_public_key: Some(vec![7; 32]),
+        })
+        .await
+        .expect("register")
+}
+
+/// Stores a reset of `servers` created at `created`; returns its id.
+async fn reset(
+    store: &dyn Both,
+    project: &str,
+    servers: &[&Server],
+    created: DateTime<Utc>,
+) -> String {
+    let request_id = uid();
+    store
+        .create_reset(NewReset {
+            request_id: request_id.clone(),
+            project_id: project.to_owned(),
+            apply_now: false,
+            created,
+            targets: servers
+                .iter()
+                .map(|s| (s.id.clone(), b"sealed".to_vec()))
+                .collect(),
+            audit: entry(project, created, "batch-reset-password", &[]),
+        })
+        .await
+        .unwrap();
+    request_id
+}
+
+async fn reset_exists(store: &dyn Both, project: &str, request_id: &str) -> bool {
+    store
+        .reset_outcome(project, request_id)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+pub async fn finished_old_resets_are_pruned_in_batches(store: &dyn Both) {
+    let p = project(store).await;
+    let (a, b, c) = (
+        server(store, &p.id, "a").await,
+        server(store, &p.id, "b").await,
+        server(store, &p.id, "c").await,
+    );
+    let now = t0();
+    let old = now - Duration::days(40);
+    let cutoff = now - Duration::days(30);
+    // Three old finished: two SUPERSEDED by the next, the last APPLIED.
+    let mut finished = Vec::new();
+    for i in 0..3 {
+        finished.push(reset(store, &p.id, &[&a], old + Duration::seconds(i)).await);
+    }
+    assert!(
+        store
+            .ack(&a.id, &finished[2], true, None, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .server(&p.id, &a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_reset,
+        Some((finished[2].clone(), ResetState::Applied))
+    );
+    // Old but open: one target FAILED, the other still PENDING.
+    let open = reset(store, &p.id, &[&b, &c], old + Duration::seconds(3)).await;
+    assert!(
+        store
+            .ack(&c.id, &open, false, Some("x"), now)
+            .await
+            .unwrap()
+    );
+    // Finished but young.
+    let young = reset(store, &p.id, &[&c], now).await;
+    assert!(store.ack(&c.id, &young, true, None, now).await.unwrap());
+
+    assert_eq!(store.prune_resets(cutoff, 2).await.unwrap(), 2);
+    assert_eq!(store.prune_resets(cutoff, 2).await.unwrap(), 1);
+    assert_eq!(store.prune_resets(cutoff, 2).await.unwrap(), 0);
+    for id in &finished {
+        assert!(!reset_exists(store, &p.id, id).await, "{id} kept");
+    }
+    assert!(reset_exists(store, &p.id, &open).await, "open work pruned");
+    assert!(
+        reset_exists(store, &p.id, &young).await,
+        "young reset pruned"
+    );
+    // The server whose last reset is gone is still served, with none.
+    let a_now = store.server(&p.id, &a.id).await.unwrap().expect("server a");
+    assert_eq!(a_now.last_reset, None);
+    let c_now = store.server(&p.id, &c.id).await.unwrap().expect("server c");
+    assert_eq!(c_now.last_reset, Some((young.clone(), ResetState::Applied)));
+    // It still takes new resets.
+    let next = reset(store, &p.id, &[&a], now).await;
+    assert!(reset_exists(store, &p.id, &next).await);
+
+    // Once the open one finishes it goes too.
+    assert!(store.ack(&b.id, &open, true, None, now).await.unwrap());
+    assert_eq!(store.prune_resets(cutoff, 2).await.unwrap(), 1);
+    assert!(!reset_exists(store, &p.id, &open).await);
+    assert!(reset_exists(store, &p.id, &young).await);
+}
+
+/// Stores a job begun at `created`: one sub-job per (server, failed at
+/// once?); returns its id and sub-job ids.
+async fn job(
+    store: &dyn Both,
+    project: &str,
+    subs: &[(&Server, bool)],
+    created: DateTime<Utc>,
+) -> String {
+    let job_id = uuid::Uuid::new_v4().to_string();
+    store
+        .create_job(NewJob {
+            job_id: job_id.clone(),
+            project_id: project.to_owned(),
+            kind: PowerKind::Reboot,
+            hard: false,
+            created,
+            subs: subs
+                .iter()
+                .map(|(s, failed)| {
+                    (
+                        uuid::Uuid::new_v4().to_string(),
+                        s.id.clone(),
+                        failed.then(|| "offline".to_owned()),
+                    )
+                })
+                .collect(),
+            audit: entry(project, created, "reboot-servers", &[]),
+        })
+        .await
+        .unwrap();
+    job_id
+}
+
+async fn job_exists(store: &dyn Both, project: &str, job_id: &str) -> bool {
+    store.job(project, job_id).await.unwrap().is_some()
+}
+
+pub async fn finished_old_jobs_are_pruned_in_batches(store: &dyn Both) {
+    let p = project(store).await;
+    let (a, b) = (
+        server(store, &p.id, "a").await,
+        server(store, &p.id, "b").await,
+    );
+    let now = t0();
+    let old = now - Duration::days(40);
+    let cutoff = now - Duration::days(30);
+    let mut finished = Vec::new();
+    for i in 0..3 {
+        finished.push(
+            job(
+                store,
+                &p.id,
+                &[(&a, true), (&b, true)],
+                old + Duration::seconds(i),
+            )
+            .await,
+        );
+    }
+    // Old but open: b's sub-job failed at once, a's is still INIT.
+    let open = job(
+        store,
+        &p.id,
+        &[(&a, false), (&b, true)],
+        old + Duration::seconds(3),
+    )
+    .await;
+    let young = job(store, &p.id, &[(&b, true)], now).await;
+
+    assert_eq!(store.prune_jobs(cutoff, 2).await.unwrap(), 2);
+    assert_eq!(store.prune_jobs(cutoff, 2).await.unwrap(), 1);
+    assert_eq!(store.prune_jobs(cutoff, 2).await.unwrap(), 0);
+    for id in &finished {
+        assert!(!job_exists(store, &p.id, id).await, "{id} kept");
+    }
+    assert!(job_exists(store, &p.id, &open).await, "open work pruned");
+    assert!(job_exists(store, &p.id, &young).await, "young job pruned");
+
+    // Once its last sub-job fails (timed out) the old job goes too.
+    assert_eq!(store.expire_sub_jobs(now, now).await.unwrap(), 1);
+    assert_eq!(store.prune_jobs(cutoff, 2).await.unwrap(), 1);
+    assert!(!job_exists(store, &p.id, &open).await);
+    assert!(job_exists(store, &p.id, &young).await);
 }

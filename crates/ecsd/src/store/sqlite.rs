@@ -299,6 +299,8 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 7: lifecycle: access key status and lockout, audit traces.
     super::sqlite_lifecycle::MIGRATION,
+    // 8: retention of finished resets and jobs.
+    super::sqlite_lifecycle::RETENTION_MIGRATION,
 ];
 
 pub(super) fn backend(e: impl Into<domain::error::BoxError>) -> StoreError {
@@ -395,10 +397,21 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
 }
 
+/// Pages written to the WAL before it is checkpointed (4 MiB at 4 KiB pages).
+pub const WAL_AUTOCHECKPOINT: i64 = 1000;
+/// Bytes the WAL file is truncated to after a checkpoint.
+pub const JOURNAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // The WAL is checkpointed every WAL_AUTOCHECKPOINT pages (SQLite's
+    // default, set explicitly) and, after a checkpoint, truncated back to
+    // JOURNAL_SIZE_LIMIT bytes: without the limit the file stays at its
+    // high-water mark forever.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     Ok(())
 }
 

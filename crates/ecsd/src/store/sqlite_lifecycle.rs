@@ -29,6 +29,12 @@ pub(super) const MIGRATION: &str = r#"
     END;
 "#;
 
+/// Retention of resets and jobs: finds the old ones without a scan.
+pub(super) const RETENTION_MIGRATION: &str = r#"
+    CREATE INDEX resets_created ON resets(created_at);
+    CREATE INDEX jobs_begin ON jobs(begin_time);
+"#;
+
 /// Every column holding a secret sealed under the master key:
 /// (table, owner column, sealed column, owner prefix — the associated data
 /// is the prefix followed by the owner column's value). A new sealed column
@@ -375,6 +381,64 @@ impl LifecycleStore for SqliteStore {
         })
         .await
     }
+
+    async fn prune_resets(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT r.request_id FROM resets r WHERE r.created_at < ?1 AND NOT EXISTS \
+                     (SELECT 1 FROM reset_targets t WHERE t.request_id = r.request_id \
+                      AND t.state NOT IN ('APPLIED', 'FAILED', 'SUPERSEDED')) \
+                     ORDER BY r.created_at LIMIT ?2",
+                )?
+                .query_map(params![fmt_time(before), batch], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in &ids {
+                // servers.last_reset_id may still name it: the server's
+                // last reset is joined through its target, so it reads as none.
+                tx.prepare_cached("DELETE FROM reset_targets WHERE request_id = ?1")?
+                    .execute([id])?;
+                tx.prepare_cached("DELETE FROM resets WHERE request_id = ?1")?
+                    .execute([id])?;
+            }
+            tx.commit()?;
+            Ok(ids.len())
+        })
+        .await
+    }
+
+    async fn prune_jobs(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT j.job_id FROM jobs j WHERE j.begin_time < ?1 AND NOT EXISTS \
+                     (SELECT 1 FROM sub_jobs s WHERE s.job_id = j.job_id \
+                      AND s.status NOT IN ('SUCCESS', 'FAIL')) \
+                     ORDER BY j.begin_time LIMIT ?2",
+                )?
+                .query_map(params![fmt_time(before), batch], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in &ids {
+                tx.prepare_cached("DELETE FROM sub_jobs WHERE job_id = ?1")?
+                    .execute([id])?;
+                tx.prepare_cached("DELETE FROM jobs WHERE job_id = ?1")?
+                    .execute([id])?;
+            }
+            tx.commit()?;
+            Ok(ids.len())
+        })
+        .await
+    }
+
+    async fn checkpoint(&self) -> StoreResult<()> {
+        self.write(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -403,6 +467,86 @@ mod tests {
                 "{col} is sealed under the master key but not in SEALED_COLUMNS"
             );
         }
+    }
+}
+
+/// The write-ahead log stays bounded under constant writes (autocheckpoint
+/// and `journal_size_limit`) and is truncated by a retention round.
+#[cfg(test)]
+mod wal {
+    use super::super::sqlite::{JOURNAL_SIZE_LIMIT, SqliteStore};
+    use super::super::*;
+    use crate::store::lifecycle::LifecycleStore;
+    use chrono::{Duration, Utc};
+    use ecs_policy::OsType;
+
+    fn audit(project: &str, at: DateTime<Utc>) -> AuditEntry {
+        AuditEntry {
+            at,
+            request_id: uuid::Uuid::new_v4().to_string(),
+            project_id: project.to_owned(),
+            actor: "wal".into(),
+            action: "batch-reset-password".into(),
+            servers: vec![],
+            dry_run: false,
+            outcome: "accepted".into(),
+            source: "test".into(),
+            user_id: None,
+            user_name: None,
+            error_code: None,
+            http_status: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn wal_is_bounded_and_truncated_by_a_retention_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecsd.sqlite");
+        let wal = dir.path().join("ecsd.sqlite-wal");
+        let store = SqliteStore::open(&path).unwrap();
+        let p = store.create_project("p").await.unwrap();
+        let s = store
+            .register_server(NewServer {
+                id: uuid::Uuid::new_v4().to_string(),
+                project_id: p.id.clone(),
+                name: "s".into(),
+                os_type: OsType::Linux,
+                agent_public_key: Some(vec![7; 32]),
+            })
+            .await
+            .unwrap();
+        let old = Utc::now() - Duration::days(40);
+        // Each reset supersedes the previous one: all finished but the last.
+        let bound = 2 * JOURNAL_SIZE_LIMIT as u64;
+        let mut max = 0;
+        for i in 0..1500 {
+            store
+                .create_reset(NewReset {
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    project_id: p.id.clone(),
+                    apply_now: false,
+                    created: old + Duration::milliseconds(i),
+                    targets: vec![(s.id.clone(), vec![0; 512])],
+                    audit: audit(&p.id, old),
+                })
+                .await
+                .unwrap();
+            max = max.max(std::fs::metadata(&wal).unwrap().len());
+        }
+        assert!(max <= bound, "the WAL grew to {max} bytes (bound {bound})");
+        let cutoff = Utc::now() - Duration::days(30);
+        let mut pruned = 0;
+        loop {
+            let n = store.prune_resets(cutoff, 500).await.unwrap();
+            pruned += n;
+            if n < 500 {
+                break;
+            }
+        }
+        assert_eq!(pruned, 1499, "all but the open one");
+        store.checkpoint().await.unwrap();
+        let after = std::fs::metadata(&wal).unwrap().len();
+        assert_eq!(after, 0, "the WAL is truncated after a retention round");
     }
 }
 
