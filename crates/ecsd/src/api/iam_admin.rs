@@ -20,6 +20,8 @@ use ecs_api::iam_admin::{
 };
 use std::collections::HashMap;
 
+use super::{content_type, path};
+
 use crate::authorize::authorize;
 use crate::authz::{Action, PolicyError, SystemRole};
 use crate::batch::{CallContext, parse_body};
@@ -28,16 +30,6 @@ use crate::error::{ApiError, current_request_id, display_id};
 use crate::state::{AppState, Caller, Source};
 use crate::store::authz::{Grant, Group, StoredPolicy};
 use crate::store::identity::{Domain, User, UserRole};
-
-fn content_type(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-}
-
-fn bad_path() -> ApiError {
-    ApiError::invalid("Invalid request: a path parameter is malformed.")
-}
 
 fn not_found(what: &str, id: &str) -> ApiError {
     ApiError::ecs(
@@ -253,7 +245,7 @@ pub async fn update_user(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<UserResponse>, ApiError> {
-    let Path(id) = p.map_err(|_| bad_path())?;
+    let id = path(p)?;
     authorize(&state, &caller, &source.0, Action::UpdateUser, true).await?;
     let req: UpdateUserRequest = parse_body(content_type(&headers), &body)?;
     let d = domain(&state, &caller).await?;
@@ -290,7 +282,7 @@ pub async fn delete_user(
     Extension(source): Extension<Source>,
     p: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Path(id) = p.map_err(|_| bad_path())?;
+    let id = path(p)?;
     authorize(&state, &caller, &source.0, Action::DeleteUser, true).await?;
     let d = domain(&state, &caller).await?;
     let u = user_in(&state, &d, &id).await?;
@@ -380,7 +372,7 @@ async fn membership(
     p: Result<Path<(String, String)>, PathRejection>,
     add: bool,
 ) -> Result<StatusCode, ApiError> {
-    let Path((group_id, user_id)) = p.map_err(|_| bad_path())?;
+    let (group_id, user_id) = path(p)?;
     let action = if add {
         Action::AddUserToGroup
     } else {
@@ -538,7 +530,7 @@ async fn grant(
     p: Result<Path<(String, String, String)>, PathRejection>,
     add: bool,
 ) -> Result<StatusCode, ApiError> {
-    let Path((project_id, group_id, role_id)) = p.map_err(|_| bad_path())?;
+    let (project_id, group_id, role_id) = path(p)?;
     if project_id != caller.project_id {
         return Err(ApiError::ecs(
             StatusCode::BAD_REQUEST,
@@ -757,7 +749,7 @@ pub async fn update_credential(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<CredentialResponse>, ApiError> {
-    let Path(ak) = p.map_err(|_| bad_path())?;
+    let ak = path(p)?;
     authorize(&state, &caller, &source.0, Action::UpdateCredential, true).await?;
     let req: UpdateCredentialRequest = parse_body(content_type(&headers), &body)?;
     let enabled = match req.credential.status.as_str() {
@@ -799,7 +791,7 @@ pub async fn delete_credential(
     Extension(source): Extension<Source>,
     p: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Path(ak) = p.map_err(|_| bad_path())?;
+    let ak = path(p)?;
     authorize(&state, &caller, &source.0, Action::DeleteCredential, true).await?;
     key_in(&state, &caller, &ak).await?;
     state.lifecycle.delete_access_key(&ak).await?;

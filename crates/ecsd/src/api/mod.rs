@@ -26,6 +26,21 @@ use axum::routing::{delete, get, post, put};
 use crate::error::{ApiError, ErrorCode, REQUEST_ID, new_request_id};
 use crate::state::{AppState, Source};
 
+/// The request's `Content-Type`, if it is text (the body parser checks it).
+pub(crate) fn content_type(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// A path extractor's value, or 400 `Ecs.0005` naming no value.
+pub(crate) fn path<T>(
+    p: Result<axum::extract::Path<T>, axum::extract::rejection::PathRejection>,
+) -> Result<T, ApiError> {
+    p.map(|axum::extract::Path(t)| t)
+        .map_err(|_| ApiError::invalid("Invalid request: a path parameter is malformed."))
+}
+
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let public = Router::new()

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use ecs_api::{
     BatchResetResponse, ResetOutcome, ResetPwdFlag, ResetPwdFlagResponse, ResetSummary,
@@ -17,16 +17,7 @@ use crate::reset::{self, CallContext};
 use crate::state::{AppState, Caller, Source};
 use crate::store::fmt_time;
 
-pub(super) fn content_type(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-}
-
-fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
-    p.map(|Path(t)| t)
-        .map_err(|_| ApiError::invalid("Invalid request: a path parameter is malformed."))
-}
+use super::{content_type, path};
 
 /// Huawei `BatchResetServersPassword`: stores one sealed password per server
 /// (all or nothing); agents apply it at the next boot, or at once with

@@ -263,9 +263,7 @@ pub async fn show(
     Extension(source): Extension<Source>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<ShowServerResponse>, ApiError> {
-    let (_, id) = p
-        .map(|Path(t)| t)
-        .map_err(|_| ApiError::invalid("Invalid request: a path parameter is malformed."))?;
+    let (_, id) = super::path(p)?;
     let permit = authorize(&state, &caller, &source.0, Action::Get, false).await?;
     let s = state
         .store
@@ -307,14 +305,9 @@ pub async fn action(
         request_id: &request_id,
         source: &source.0,
     };
-    let job_id = crate::power::batch_action(
-        &state,
-        &ctx,
-        &permits,
-        super::resets::content_type(&headers),
-        body,
-    )
-    .await?;
+    let job_id =
+        crate::power::batch_action(&state, &ctx, &permits, super::content_type(&headers), body)
+            .await?;
     Ok(Json(JobResult { job_id }))
 }
 

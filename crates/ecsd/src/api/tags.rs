@@ -15,11 +15,6 @@ use crate::error::{ApiError, current_request_id};
 use crate::state::{AppState, Caller, Source};
 use crate::store::authz::TagChange;
 
-fn path(p: Result<Path<(String, String)>, PathRejection>) -> Result<String, ApiError> {
-    p.map(|Path((_, id))| id)
-        .map_err(|_| ApiError::invalid("Invalid request: a path parameter is malformed."))
-}
-
 /// Huawei `BatchCreateServerTags` / `BatchDeleteServerTags`. Create sets a
 /// key's value (an existing key takes the new value); delete removes the
 /// tags with these keys (and these values, when given).
@@ -41,9 +36,9 @@ pub async fn tags_action(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let server_id = path(p)?;
+    let (_, server_id) = super::path(p)?;
     let permit = authorize(&state, &caller, &source.0, Action::SetServerTags, false).await?;
-    let req: ServerTagsAction = parse_body(super::resets::content_type(&headers), &body)?;
+    let req: ServerTagsAction = parse_body(super::content_type(&headers), &body)?;
     let list: Vec<(String, Option<String>)> =
         req.tags.into_iter().map(|t| (t.key, t.value)).collect();
     tags::validate(&list).map_err(|e| Error::invalid(e.field, e.message))?;
@@ -101,7 +96,7 @@ pub async fn show_tags(
     Extension(source): Extension<Source>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<ServerTagsResponse>, ApiError> {
-    let server_id = path(p)?;
+    let (_, server_id) = super::path(p)?;
     let permit = authorize(&state, &caller, &source.0, Action::ShowServerTags, false).await?;
     let current = state
         .authz_store
