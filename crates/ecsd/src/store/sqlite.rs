@@ -492,7 +492,7 @@ const SERVER_COLS: &str = "s.id, s.project_id, s.name, s.os_type, s.status, s.ag
     s.last_reset_id, (SELECT t.state FROM reset_targets t WHERE t.request_id = s.last_reset_id AND t.server_id = s.id), \
     s.task_state, s.addresses, s.tags, s.power_driver";
 
-fn opt_time(v: Option<String>) -> StoreResult<Option<DateTime<Utc>>> {
+pub(super) fn opt_time(v: Option<String>) -> StoreResult<Option<DateTime<Utc>>> {
     v.as_deref().map(parse_time).transpose()
 }
 

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::lifecycle::*;
-use super::sqlite::SqliteStore;
-use super::{AuditEntry, Role, StoreError, StoreResult, fmt_time, parse_time};
+use super::sqlite::{SqliteStore, backend, opt_time};
+use super::{AuditEntry, Role, StoreResult, fmt_time, parse_time};
 
 /// Migration 7 (lifecycle): access key status and lockout state; the audit
 /// table gains who (user), the error code, the HTTP status and the CTS
@@ -45,14 +45,6 @@ pub(super) const SEALED_COLUMNS: &[(&str, &str, &str, &str)] = &[
     ("work_keys", "public_key", "secret_sealed", "work-key:"),
     ("temporary_credentials", "ak", "sk_sealed", ""),
 ];
-
-fn backend(e: impl Into<crate::domain::error::BoxError>) -> StoreError {
-    StoreError::storage(e)
-}
-
-fn opt_time(v: Option<String>) -> StoreResult<Option<DateTime<Utc>>> {
-    v.as_deref().map(parse_time).transpose()
-}
 
 const AUDIT_COLS: &str = "id, at, request_id, project_id, actor, action, servers, dry_run, \
     outcome, source, user_id, user_name, error_code, http_status, rating";
