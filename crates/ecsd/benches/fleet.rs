@@ -3,7 +3,11 @@
 //!
 //! 1. 1000 simulated servers: a batch reset, then a restart of all of them;
 //!    time until the API shows every server APPLIED.
-//! 2. ecsd's resident memory with 10,000 idle agents long-polling.
+//! 2. ecsd's resident memory with 10,000 idle agents long-polling, and the
+//!    public API's latency meanwhile (a list call every 20 ms).
+//! 3. ecsd restarted and all 10,000 agents reconnecting at once: peak RSS and
+//!    the same API latency during the storm, as ratios to step 2 (issue #11:
+//!    at most 2x).
 //!
 //! Both over HTTPS (what `--dev` serves, agents pinned to its CA) and over
 //! plain HTTP (`--insecure-http`), one after the other in the same run.
@@ -13,123 +17,12 @@
 
 mod support;
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ecs_agent::simulate::{Fleet, FleetSpec};
-use ecs_api::{EnrollTokenResponse, ResetOutcome, ResetState, ResetSummary};
+use ecs_api::{ResetOutcome, ResetState, ResetSummary};
 use support::Api;
-
-struct Ecsd {
-    child: Child,
-    api: Api,
-    endpoint: String,
-    data: std::path::PathBuf,
-    tls: bool,
-}
-
-impl Ecsd {
-    fn start(data: &std::path::Path, tls: bool) -> Ecsd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
-            .args([
-                "--data-dir",
-                data.to_str().unwrap(),
-                "serve",
-                "--dev",
-                "--dev-linux",
-                "0",
-                "--dev-windows",
-                "0",
-            ])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(if tls {
-                &[][..]
-            } else {
-                &["--insecure-http"][..]
-            })
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut cred_path = None;
-        for line in out.lines() {
-            let line = line.unwrap();
-            if let Some(p) = line.strip_prefix("credentials: ") {
-                cred_path = Some(p.to_owned());
-                break;
-            }
-        }
-        let creds: ecsd::dev::DevCredentials =
-            serde_json::from_slice(&std::fs::read(cred_path.unwrap()).unwrap()).unwrap();
-        let ca_pem = creds.ca_file.as_ref().map(|ca| std::fs::read(ca).unwrap());
-        Ecsd {
-            child,
-            tls,
-            api: Api::new(
-                &creds.endpoint,
-                &creds.project_id,
-                &creds.ak,
-                &creds.sk,
-                ca_pem,
-            ),
-            endpoint: creds.endpoint,
-            data: data.to_owned(),
-        }
-    }
-
-    fn token(&self, uses: usize) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_ecsd"))
-            .args([
-                "--data-dir",
-                self.data.to_str().unwrap(),
-                "admin",
-                "enroll-token-create",
-            ])
-            .args(["--project", &self.api.project, "--uses", &uses.to_string()])
-            .output()
-            .unwrap();
-        let v: EnrollTokenResponse = serde_json::from_slice(&out.stdout).unwrap();
-        // Over HTTPS, the join token carries the CA pin.
-        if self.tls {
-            v.join_token.expect("a join token over HTTPS")
-        } else {
-            v.token
-        }
-    }
-
-    fn rss_mib(&self) -> f64 {
-        rss_mib(&self.child.id().to_string())
-    }
-}
-
-/// Resident memory of a process (`self` or a pid), in MiB.
-fn rss_mib(pid: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
-/// Open sockets of a process (its connections and its listener).
-fn sockets(pid: &str) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
+use support::process::{Ecsd, cpu_secs, rss_mib, sockets};
 
 /// Lets every agent report in and settle into its long poll, then samples
 /// ecsd's RSS five times a second apart: (median, max). Prints how many
@@ -149,24 +42,63 @@ async fn settled_rss(ecsd: &Ecsd) -> (f64, f64) {
     (samples[2], samples[4])
 }
 
-impl Drop for Ecsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The public API as an operator sees it while something else happens: a
+/// signed `GET .../cloudservers/detail?limit=50` every 20 ms, and ecsd's RSS
+/// every 100 ms, until stopped.
+struct Probe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    calls: tokio::task::JoinHandle<(Vec<Duration>, usize)>,
+    rss: tokio::task::JoinHandle<Vec<f64>>,
 }
 
-/// CPU seconds (user + system) a process has used.
-fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
+impl Probe {
+    fn start(ecsd: &Ecsd) -> Probe {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let api = ecsd.api.clone();
+        let s = stop.clone();
+        let calls = tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = ecs_client::Request::new(
+                    reqwest::Method::GET,
+                    api.path("/cloudservers/detail?limit=50"),
+                );
+                let t = Instant::now();
+                match api.client.send(req).await {
+                    Ok(r) if r.status == 200 => lat.push(t.elapsed()),
+                    _ => errors += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (lat, errors)
+        });
+        let pid = ecsd.child.id().to_string();
+        let s = stop.clone();
+        let rss = tokio::spawn(async move {
+            let mut v = Vec::new();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                v.push(rss_mib(&pid));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            v
+        });
+        Probe { stop, calls, rss }
+    }
+
+    /// (p50 ms, p99 ms, calls, errors, peak RSS MiB)
+    async fn finish(self) -> (f64, f64, usize, usize, f64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut lat, errors) = self.calls.await.unwrap();
+        let rss = self.rss.await.unwrap();
+        lat.sort();
+        let q = |f: f64| {
+            lat.get(((lat.len() as f64 * f) as usize).min(lat.len().saturating_sub(1)))
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+        };
+        let peak = rss.iter().copied().fold(0.0, f64::max);
+        (q(0.5), q(0.99), lat.len(), errors, peak)
+    }
 }
 
 async fn summary(api: &Api, rid: &str) -> ResetSummary {
@@ -222,6 +154,8 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
+    // 10,000 agents are 10,000 sockets in this process too.
+    let _ = ecsd::conn_limits::raise_nofile_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -287,6 +221,7 @@ fn run(rt: &tokio::runtime::Runtime, tls: bool, n: usize, idle: usize) {
     let ecsd = Ecsd::start(&dir.path().join("data"), tls);
     let before = ecsd.rss_mib();
     let token = ecsd.token(idle);
+    let normal_figures = std::sync::Mutex::new(None);
     rt.block_on(async {
         let started = Instant::now();
         let fleet = Fleet::start(spec(&ecsd, token, &dir.path().join("fleet"), idle)).await.unwrap();
@@ -296,6 +231,14 @@ fn run(rt: &tokio::runtime::Runtime, tls: bool, n: usize, idle: usize) {
             "ecsd RSS: {before:.1} MiB before agents, median {median:.1} MiB (max {max:.1}) with {idle} idle agents long-polling; simulator process {:.1} MiB",
             rss_mib("self")
         );
+        let probe = Probe::start(&ecsd);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let normal = probe.finish().await;
+        println!(
+            "public API with {idle} idle agents: list p50 {:.1} ms, p99 {:.1} ms ({} calls, {} errors), RSS peak {:.1} MiB",
+            normal.0, normal.1, normal.2, normal.3, normal.4
+        );
+        *normal_figures.lock().unwrap() = Some(normal);
         fleet.stop();
         drop(fleet);
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -307,7 +250,28 @@ fn run(rt: &tokio::runtime::Runtime, tls: bool, n: usize, idle: usize) {
     rt.block_on(async {
         let mut s = spec(&ecsd, String::new(), &dir.path().join("fleet"), idle);
         s.token = None;
+        // The storm: every agent reconnects at once; the probe runs from
+        // just before until all have settled into their long polls.
+        let probe = Probe::start(&ecsd);
+        let started = Instant::now();
         let fleet = Fleet::start(s).await.unwrap();
+        while sockets(&ecsd.child.id().to_string()) < idle && started.elapsed() < Duration::from_secs(120) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let reconnected = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let storm = probe.finish().await;
+        println!(
+            "reconnect storm: {idle} agents connected within {:.1} s; public API list p50 {:.1} ms, p99 {:.1} ms ({} calls, {} errors), RSS peak {:.1} MiB",
+            reconnected.as_secs_f64(), storm.0, storm.1, storm.2, storm.3, storm.4
+        );
+        if let Some(normal) = *normal_figures.lock().unwrap() {
+            println!(
+                "reconnect storm vs idle: p99 {:.2}x, RSS peak {:.2}x (issue #11 goal: <= 2x each)",
+                storm.1 / normal.1,
+                storm.4 / normal.4
+            );
+        }
         let (median, max) = settled_rss(&ecsd).await;
         println!(
             "ecsd restarted, same {idle} agents reconnected and long-polling: RSS median {median:.1} MiB (max {max:.1})"

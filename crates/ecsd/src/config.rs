@@ -31,6 +31,18 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// Requests per second allowed per access key (burst: the same number).
     pub rate_limit_per_sec: u32,
+    /// Requests per second allowed per agent credential on the agent API
+    /// (burst: the same number); beyond, 429 `APIGW.0308`.
+    pub agent_rate_limit_per_sec: u32,
+    /// Most connections open on the listener at once; at the cap, `ecsd`
+    /// stops accepting until one closes. Lowered at start to stay below the
+    /// open-files limit (whose soft value is raised to the hard one).
+    pub max_connections: usize,
+    /// Most connections open at once from one source address (0: no cap);
+    /// one more is answered 429 `APIGW.0308` and closed. A connection on
+    /// which an agent has authenticated no longer counts. Behind a proxy
+    /// every client has the proxy's address: set 0 and cap at the proxy.
+    pub max_connections_per_source: usize,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// How long an agent's long poll waits for work.
@@ -102,6 +114,9 @@ impl Default for Config {
             clock_skew_secs: 15 * 60,
             request_timeout_secs: 30,
             rate_limit_per_sec: 200,
+            agent_rate_limit_per_sec: 5,
+            max_connections: 16_384,
+            max_connections_per_source: 256,
             log_format: LogFormat::Text,
             agent_poll_secs: 25,
             agent_stale_secs: 120,
@@ -132,6 +147,9 @@ const ENV_KEYS: &[&str] = &[
     "clock_skew_secs",
     "request_timeout_secs",
     "rate_limit_per_sec",
+    "agent_rate_limit_per_sec",
+    "max_connections",
+    "max_connections_per_source",
     "log_format",
     "agent_poll_secs",
     "agent_stale_secs",

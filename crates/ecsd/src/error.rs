@@ -119,6 +119,14 @@ impl ApiError {
             "The throttling threshold has been reached: policy user over ratelimit",
         )
     }
+    /// 429 `APIGW.0308`: the connection is over `max_connections_per_source`.
+    pub fn too_many_connections() -> Self {
+        Self::gateway(
+            StatusCode::TOO_MANY_REQUESTS,
+            "APIGW.0308",
+            "The throttling threshold has been reached: too many connections from this address",
+        )
+    }
     /// 413 `APIGW.0201`.
     pub fn body_too_large(limit: usize) -> Self {
         Self::gateway(

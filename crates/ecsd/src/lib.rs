@@ -10,6 +10,7 @@ pub mod authz;
 pub mod authz_admin;
 pub mod batch;
 pub mod config;
+pub mod conn_limits;
 pub mod deadline;
 pub mod dev;
 pub mod domain;

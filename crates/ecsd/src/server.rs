@@ -84,15 +84,38 @@ impl Server {
         let wakers = self.state.wakers.clone();
         let request_timeout =
             std::time::Duration::from_secs(self.state.config.request_timeout_secs);
+        let limits = {
+            let cfg = &self.state.config;
+            let nofile = crate::conn_limits::raise_nofile_limit();
+            let max = crate::conn_limits::effective_max(cfg.max_connections, nofile);
+            if max < cfg.max_connections {
+                tracing::warn!(
+                    configured = cfg.max_connections,
+                    open_files_limit = nofile,
+                    using = max,
+                    "max_connections lowered below the open-files limit"
+                );
+            }
+            crate::conn_limits::ConnLimits::new(max, cfg.max_connections_per_source)
+        };
         let sweeper = tokio::spawn(sweep_jobs(self.state.clone()));
         let retention = tokio::spawn(crate::lifecycle::retention_task(self.state.clone()));
         let app = crate::api::router(self.state);
+        let refusal = crate::api::too_many_connections_router();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(request_timeout);
+        let mut refusing = http.clone();
+        refusing.keep_alive(false);
         tokio::pin!(shutdown);
         loop {
+            // A place under the listener cap first: at the cap, new clients
+            // wait in the kernel's backlog.
+            let permit = tokio::select! {
+                p = limits.reserve() => p,
+                _ = &mut shutdown => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
@@ -106,14 +129,20 @@ impl Server {
                 _ = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let svc = app
-                .clone()
-                .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let mut req = req.map(axum::body::Body::new);
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req
-                });
+            let (router, slot, http) = match limits.admit(peer.ip(), permit) {
+                Ok(slot) => (app.clone(), slot, http.clone()),
+                Err(slot) => {
+                    tracing::debug!(%peer, "connection over max_connections_per_source");
+                    (refusal.clone(), slot, refusing.clone())
+                }
+            };
+            let svc = router.map_request(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req.extensions_mut().insert(slot.clone());
+                req
+            });
             let svc = TowerToHyperService::new(svc);
             match &self.tls {
                 None => {
@@ -129,7 +158,6 @@ impl Server {
                     // The handshake runs in the connection's task, bounded in time,
                     // so a slow client never holds up the accept loop.
                     let acceptor = tls.acceptor.clone();
-                    let http = http.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
                         let stream = match tokio::time::timeout(

@@ -23,6 +23,8 @@ pub struct AppState {
     pub master: Arc<MasterKey>,
     pub config: Arc<Config>,
     pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Agent API requests per agent credential (its hash).
+    pub agent_limiter: Arc<DefaultKeyedRateLimiter<String>>,
     pub wakers: Arc<Wakers>,
     /// The pin of the CA agents enroll against; set when serving HTTPS.
     pub ca_pin: Arc<std::sync::OnceLock<ecs_trust::CaPin>>,
@@ -43,6 +45,8 @@ impl AppState {
         config: Config,
     ) -> Self {
         let rate = NonZeroU32::new(config.rate_limit_per_sec.max(1)).expect("max(1) is non-zero");
+        let agent_rate =
+            NonZeroU32::new(config.agent_rate_limit_per_sec.max(1)).expect("max(1) is non-zero");
         AppState {
             lifecycle: store.clone(),
             identity: store.clone(),
@@ -54,6 +58,7 @@ impl AppState {
             store,
             master: Arc::new(master),
             limiter: Arc::new(RateLimiter::keyed(Quota::per_second(rate))),
+            agent_limiter: Arc::new(RateLimiter::keyed(Quota::per_second(agent_rate))),
             config: Arc::new(config),
             wakers: Arc::new(Wakers::default()),
             ca_pin: Arc::default(),

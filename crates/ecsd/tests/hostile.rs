@@ -397,3 +397,260 @@ async fn requests_hyper_refuses_are_answered_in_the_gateway_shape_with_a_request
     .await;
     assert_eq!(wire_gateway(&answer), (404, "APIGW.0101".to_owned()));
 }
+
+/// One request on an open connection (keep-alive); returns the answer's
+/// head and body, or `None` if nothing came within `wait`.
+async fn request_on(
+    s: &mut tokio::net::TcpStream,
+    head: &str,
+    wait: Duration,
+) -> Option<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out);
+            if let Some((h, b)) = text.split_once("\r\n\r\n") {
+                let len = h
+                    .to_ascii_lowercase()
+                    .split("\r\ncontent-length: ")
+                    .nth(1)
+                    .and_then(|v| v.split("\r\n").next())
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if b.len() >= len {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(wait, read).await.ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (h, b) = text.split_once("\r\n\r\n")?;
+    Some((h.to_owned(), b.to_owned()))
+}
+
+fn get(path: &str, host: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n")
+}
+
+/// The refusal of a connection over `max_connections_per_source`.
+#[track_caller]
+fn assert_refused_connection(head: &str, body: &str) {
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("\r\nconnection: close"), "{head}");
+    assert!(lower.contains("\r\nretry-after: 1"), "{head}");
+    let rid = lower
+        .split("\r\nx-request-id: ")
+        .nth(1)
+        .and_then(|r| r.get(..32))
+        .expect("X-Request-Id");
+    let e: ecs_api::GatewayErrorBody = serde_json::from_str(body).unwrap();
+    assert_eq!(e.error_code, "APIGW.0308");
+    assert!(e.error_msg.contains("too many connections"), "{body}");
+    assert_eq!(e.request_id, rid);
+}
+
+#[tokio::test]
+async fn a_source_over_its_connection_cap_is_answered_429_and_freed_places_are_reused() {
+    let t = TestServer::start_with(|c| c.max_connections_per_source = 3).await;
+    let wait = Duration::from_secs(5);
+    let health = get("/health", &t.host, "");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+        let (h, _) = request_on(&mut s, &health, wait).await.expect("an answer");
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        open.push(s);
+    }
+    // The fourth connection from the same address gets one answer and is closed.
+    let mut fourth = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+    let (h, b) = request_on(&mut fourth, &health, wait)
+        .await
+        .expect("an answer");
+    assert_refused_connection(&h, &b);
+    // The three admitted connections still work.
+    for s in &mut open {
+        let (h, _) = request_on(s, &health, wait).await.expect("an answer");
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    }
+    // Closing one frees its place.
+    drop(open.pop());
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut s = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+        let (h, _) = request_on(&mut s, &health, wait).await.expect("an answer");
+        if h.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place never came back: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_on_which_an_agent_authenticated_stops_counting_against_its_address() {
+    let t = TestServer::start_with(|c| c.max_connections_per_source = 2).await;
+    let wait = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let tok = token(&t, 1).await;
+    let enrolled = enroll(&t.base, &tok, dir.path(), "m-1", "h", "Linux")
+        .await
+        .unwrap();
+    // The agent's long-lived connection: authenticated by its first request.
+    let mut agent = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+    let poll = get(
+        "/agent/v1/work?wait=0",
+        &t.host,
+        &format!("Authorization: Bearer {}\r\n", enrolled.credential),
+    );
+    let (h, _) = request_on(&mut agent, &poll, wait)
+        .await
+        .expect("an answer");
+    assert!(h.starts_with("HTTP/1.1 204"), "no work: {h}");
+    // Two more connections from the same address are admitted (without the
+    // exemption the second would be refused) ...
+    let health = get("/health", &t.host, "");
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+        let (h, _) = request_on(&mut s, &health, wait).await.expect("an answer");
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        others.push(s);
+    }
+    // ... and the cap still holds for the rest.
+    let mut third = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+    let (h, b) = request_on(&mut third, &health, wait)
+        .await
+        .expect("an answer");
+    assert_refused_connection(&h, &b);
+    // The agent's connection keeps working.
+    let (h, _) = request_on(&mut agent, &poll, wait)
+        .await
+        .expect("an answer");
+    assert!(h.starts_with("HTTP/1.1 204"), "no work: {h}");
+}
+
+#[tokio::test]
+async fn an_unknown_agent_credential_does_not_exempt_its_connection() {
+    let t = TestServer::start_with(|c| c.max_connections_per_source = 1).await;
+    let wait = Duration::from_secs(5);
+    let mut s = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+    let poll = get(
+        "/agent/v1/work?wait=0",
+        &t.host,
+        "Authorization: Bearer not-a-credential\r\n",
+    );
+    let (h, _) = request_on(&mut s, &poll, wait).await.expect("an answer");
+    assert!(h.starts_with("HTTP/1.1 401"), "{h}");
+    let mut other = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+    let (h, b) = request_on(&mut other, &get("/health", &t.host, ""), wait)
+        .await
+        .expect("an answer");
+    assert_refused_connection(&h, &b);
+}
+
+#[tokio::test]
+async fn the_listener_cap_holds_new_connections_until_one_closes() {
+    let t = TestServer::start_with(|c| c.max_connections = 2).await;
+    let wait = Duration::from_secs(5);
+    let health = get("/health", &t.host, "");
+    let mut a = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+    let mut b = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+    for s in [&mut a, &mut b] {
+        let (h, _) = request_on(s, &health, wait).await.expect("an answer");
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    }
+    // The kernel completes the third handshake, but ecsd does not serve it ...
+    let mut c = tokio::net::TcpStream::connect(&t.host).await.unwrap();
+    assert!(
+        request_on(&mut c, &health, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a third connection was served over max_connections = 2"
+    );
+    // ... until one of the two closes; then it is (its request was waiting).
+    drop(a);
+    use tokio::io::AsyncReadExt;
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(wait, c.read(&mut out))
+        .await
+        .expect("served once a place was free")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_agent_over_its_request_rate_is_answered_429_with_retry_after_and_others_are_not() {
+    let t = TestServer::start_with(|c| c.agent_rate_limit_per_sec = 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tok = token(&t, 2).await;
+    let noisy = enroll(&t.base, &tok, &dir.path().join("1"), "m-1", "h1", "Linux")
+        .await
+        .unwrap();
+    let quiet = enroll(&t.base, &tok, &dir.path().join("2"), "m-2", "h2", "Linux")
+        .await
+        .unwrap();
+    let poll = |cred: &str| {
+        reqwest::Client::new()
+            .get(t.url("/agent/v1/work?wait=0"))
+            .bearer_auth(cred)
+    };
+    let mut statuses = Vec::new();
+    let mut refused = None;
+    for _ in 0..10 {
+        let r = send(poll(&noisy.credential)).await;
+        if r.status == 429 && refused.is_none() {
+            refused = Some(r.request_id.clone());
+            let e = assert_gateway(&r, 429, "APIGW.0308");
+            assert_eq!(Some(e.request_id), r.request_id);
+        }
+        statuses.push(r.status);
+    }
+    let ok = statuses.iter().filter(|s| **s == 204).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert!((2..=3).contains(&ok), "{statuses:?}");
+    assert_eq!(ok + throttled, 10, "{statuses:?}");
+    let r = poll(&noisy.credential).send().await.unwrap();
+    if r.status() == 429 {
+        let secs: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&secs), "Retry-After {secs}");
+    }
+    // Another agent has its own budget.
+    assert_eq!(send(poll(&quiet.credential)).await.status, 204);
+    // And the noisy one gets its budget back with time.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(send(poll(&noisy.credential)).await.status, 204);
+}
+
+#[tokio::test]
+async fn unknown_agent_credentials_are_throttled_per_source_before_any_lookup() {
+    let t = TestServer::start_with(|c| c.auth_failures_per_minute = 3).await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let r = send(
+            reqwest::Client::new()
+                .get(t.url("/agent/v1/work?wait=0"))
+                .bearer_auth(format!("guess-{i}")),
+        )
+        .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429]);
+}

@@ -3,6 +3,8 @@
 //! bodies from the `ecs-api` types.
 #![allow(dead_code)]
 
+pub mod process;
+
 use ecs_api::{BatchResetRequest, ServerRef};
 use ecs_client::{Client, Config, Request, Response, Trust};
 use secrecy::SecretString;

@@ -41,22 +41,86 @@ async fn body(headers: &HeaderMap, b: axum::body::Body) -> Result<Bytes, ApiErro
     read_body(headers, b, AGENT_BODY_LIMIT).await
 }
 
-/// The server whose agent sent this request.
-async fn agent(state: &AppState, headers: &HeaderMap) -> Result<Server, ApiError> {
-    let cred = headers
+/// The server whose agent sent the request, put in the request's extensions
+/// by [`authenticate_agent`].
+#[derive(Clone)]
+pub struct AgentServer(pub Server);
+
+/// The agent API's authentication layer (heartbeat, work, acknowledgements):
+/// the bearer credential names the server. In order, before any handler:
+/// a source over its failed-authentication budget is refused (429); a
+/// credential over `agent_rate_limit_per_sec` is refused (429, `Retry-After`);
+/// an unknown credential is 401 and charged to its source; a known one
+/// exempts its connection from the per-source connection cap.
+pub async fn authenticate_agent(
+    State(state): State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cred = req
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthenticated("agent credential missing"))?;
-    state
+        .map(|c| bearer_hash(c.trim()));
+    match agent(&state, &source, cred).await {
+        Ok(server) => {
+            if let Some(slot) = req
+                .extensions()
+                .get::<std::sync::Arc<crate::conn_limits::ConnSlot>>()
+            {
+                slot.exempt();
+            }
+            req.extensions_mut().insert(AgentServer(server));
+            next.run(req).await
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// `hash`: the SHA-256 of the bearer credential presented, if any.
+async fn agent(state: &AppState, source: &str, hash: Option<String>) -> Result<Server, Response> {
+    let source_key = format!("ip:{source}");
+    let now = std::time::Instant::now();
+    if !state.auth_failures.allows(&source_key, now) {
+        tracing::warn!(%source, "failed agent authentications throttled");
+        return Err(ApiError::throttled().into_response());
+    }
+    let hash =
+        hash.ok_or_else(|| ApiError::unauthenticated("agent credential missing").into_response())?;
+    // Charged to the credential as presented: an unknown one costs its
+    // source a failure below as well.
+    if let Err(not_until) = state.agent_limiter.check_key(&hash) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        tracing::warn!(%source, "agent over agent_rate_limit_per_sec");
+        let mut resp = ApiError::throttled().into_response();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from(secs.max(1)),
+        );
+        return Err(resp);
+    }
+    match state
         .store
-        .agent_server(&bearer_hash(cred.trim()))
+        .agent_server(&hash)
         .await
-        .map_err(|e| ApiError::internal("looking up an agent", e))?
-        .ok_or_else(|| {
-            tracing::warn!("agent call with an unknown credential");
-            ApiError::unauthenticated("agent credential not recognised")
-        })
+        .map_err(|e| ApiError::internal("looking up an agent", e).into_response())?
+    {
+        Some(server) => Ok(server),
+        None => {
+            state.auth_failures.fail(&source_key, now);
+            tracing::warn!(%source, "agent call with an unknown credential");
+            Err(ApiError::unauthenticated("agent credential not recognised").into_response())
+        }
+    }
 }
 
 /// `POST /v1/{project_id}/enroll-tokens`: a token for onboarding servers.
@@ -166,10 +230,10 @@ pub async fn enroll(
 pub async fn heartbeat(
     State(state): State<AppState>,
     Extension(source): Extension<crate::state::Source>,
+    Extension(AgentServer(server)): Extension<AgentServer>,
     headers: HeaderMap,
     raw: axum::body::Body,
 ) -> Result<StatusCode, ApiError> {
-    let server = agent(&state, &headers).await?;
     let req: proto::HeartbeatRequest = parse(&body(&headers, raw).await?)?;
     if req.boot_id.len() > 64 || req.agent_version.len() > 64 {
         return Err(ApiError::invalid(
@@ -209,14 +273,11 @@ pub struct WorkQuery {
 /// `GET /agent/v1/work`: long poll for the newest open reset.
 pub async fn work(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(AgentServer(server)): Extension<AgentServer>,
     query: Result<Query<WorkQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     // Keep only what the wait needs: an idle long poll should hold little memory.
-    let server_id = {
-        let headers = headers;
-        agent(&state, &headers).await?.id
-    };
+    let server_id = server.id;
     let Query(q) = query.map_err(|_| ApiError::invalid("Invalid query parameters."))?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.config.agent_poll_secs));
     let deadline = tokio::time::Instant::now() + wait;
@@ -300,10 +361,10 @@ async fn next_work(
 /// `POST /agent/v1/power-ack`.
 pub async fn power_ack(
     State(state): State<AppState>,
+    Extension(AgentServer(server)): Extension<AgentServer>,
     headers: HeaderMap,
     raw: axum::body::Body,
 ) -> Result<Json<proto::AckResponse>, ApiError> {
-    let server = agent(&state, &headers).await?;
     let req: proto::PowerAck = parse(&body(&headers, raw).await?)?;
     let reason = req
         .reason
@@ -327,10 +388,10 @@ pub async fn power_ack(
 /// `POST /agent/v1/ack`.
 pub async fn ack(
     State(state): State<AppState>,
+    Extension(AgentServer(server)): Extension<AgentServer>,
     headers: HeaderMap,
     raw: axum::body::Body,
 ) -> Result<Json<proto::AckResponse>, ApiError> {
-    let server = agent(&state, &headers).await?;
     let req: proto::AckRequest = parse(&body(&headers, raw).await?)?;
     let reason = req
         .reason

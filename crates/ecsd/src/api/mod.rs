@@ -121,10 +121,14 @@ pub fn router(state: AppState) -> Router {
     let agents = Router::new()
         .route("/agent/v1/enroll", post(agent::enroll))
         .route("/agent/v1/rekey-challenge", post(agent::rekey_challenge))
-        .route("/agent/v1/heartbeat", post(agent::heartbeat))
-        .route("/agent/v1/work", get(agent::work))
-        .route("/agent/v1/ack", post(agent::ack))
-        .route("/agent/v1/power-ack", post(agent::power_ack));
+        .merge(
+            Router::new()
+                .route("/agent/v1/heartbeat", post(agent::heartbeat))
+                .route("/agent/v1/work", get(agent::work))
+                .route("/agent/v1/ack", post(agent::ack))
+                .route("/agent/v1/power-ack", post(agent::power_ack))
+                .route_layer(from_fn_with_state(state.clone(), agent::authenticate_agent)),
+        );
     // IAM (identity): each handler checks its own token.
     let iam = Router::new()
         .route(
@@ -195,6 +199,20 @@ fn repeated_header(headers: &axum::http::HeaderMap) -> Option<ApiError> {
         ));
     }
     None
+}
+
+/// What a connection over `max_connections_per_source` is served: 429
+/// `APIGW.0308` with a request id (and the access-log line) for its one
+/// request; the connection is then closed.
+pub fn too_many_connections_router() -> Router {
+    with_common_layers(Router::new().fallback(|| async {
+        let mut resp = ApiError::too_many_connections().into_response();
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
+        resp
+    }))
 }
 
 async fn no_such_api() -> ApiError {
