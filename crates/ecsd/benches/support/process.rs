@@ -18,6 +18,11 @@ pub struct Ecsd {
 
 impl Ecsd {
     pub fn start(data: &std::path::Path, tls: bool) -> Ecsd {
+        Self::start_with_env(data, tls, &[])
+    }
+
+    /// `env`: extra `ECSD_*` settings.
+    pub fn start_with_env(data: &std::path::Path, tls: bool, env: &[(&str, &str)]) -> Ecsd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
             .args([
                 "--data-dir",
@@ -40,6 +45,7 @@ impl Ecsd {
             // connection cap (real fleets have an address per server, and
             // agents are excepted once authenticated anyway).
             .env("ECSD_MAX_CONNECTIONS_PER_SOURCE", "0")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
