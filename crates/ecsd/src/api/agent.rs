@@ -52,7 +52,7 @@ async fn agent(state: &AppState, headers: &HeaderMap) -> Result<Server, ApiError
         .store
         .agent_server(&bearer_hash(cred.trim()))
         .await
-        .map_err(|e| ApiError::internal("looking up an agent", e))?
+        .map_err(|e| ApiError::store("looking up an agent", e))?
         .ok_or_else(|| {
             tracing::warn!("agent call with an unknown credential");
             ApiError::unauthenticated("agent credential not recognised")
@@ -194,7 +194,7 @@ pub async fn heartbeat(
             Utc::now(),
         )
         .await
-        .map_err(|e| ApiError::internal("recording a heartbeat", e))?;
+        .map_err(|e| ApiError::store("recording a heartbeat", e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -259,7 +259,7 @@ async fn next_work(
         .store
         .take_power(server_id, now)
         .await
-        .map_err(|e| ApiError::internal("reading power actions", e))?
+        .map_err(|e| ApiError::store("reading power actions", e))?
     {
         return Ok(Some(proto::Poll {
             reset: None,
@@ -279,7 +279,7 @@ async fn next_work(
         .store
         .take_work(server_id, now)
         .await
-        .map_err(|e| ApiError::internal("reading agent work", e))?;
+        .map_err(|e| ApiError::store("reading agent work", e))?;
     Ok(work
         .filter(|w| q.have.as_deref() != Some(w.request_id.as_str()))
         .map(|w| proto::Poll {
@@ -319,7 +319,7 @@ pub async fn power_ack(
             Utc::now(),
         )
         .await
-        .map_err(|e| ApiError::internal("recording a power outcome", e))?;
+        .map_err(|e| ApiError::store("recording a power outcome", e))?;
     tracing::info!(server_id = %server.id, sub_job = %req.job_id, ok = req.ok, recorded, "power action acknowledged");
     Ok(Json(proto::AckResponse { recorded }))
 }
@@ -347,7 +347,7 @@ pub async fn ack(
             Utc::now(),
         )
         .await
-        .map_err(|e| ApiError::internal("recording an outcome", e))?;
+        .map_err(|e| ApiError::store("recording an outcome", e))?;
     tracing::info!(server_id = %server.id, request_id = %req.request_id, outcome = ?req.outcome, recorded, "reset outcome");
     Ok(Json(proto::AckResponse { recorded }))
 }
