@@ -299,7 +299,10 @@ pub const RECLAIM_PAGES: u32 = 1024;
 /// Gives the pages that pruning freed back to the file system, a batch at a
 /// time (the database file shrinks at the checkpoint that follows).
 pub async fn reclaim_pages(state: &AppState) -> anyhow::Result<usize> {
-    in_batches(RECLAIM_PAGES, || state.lifecycle.reclaim_pages(RECLAIM_PAGES)).await
+    in_batches(RECLAIM_PAGES, || {
+        state.lifecycle.reclaim_pages(RECLAIM_PAGES)
+    })
+    .await
 }
 
 /// The retention task: a retention round at start and then every hour.

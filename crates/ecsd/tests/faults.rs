@@ -120,7 +120,11 @@ async fn a_full_disk_answers_503_stores_nothing_and_recovers_without_a_restart()
     assert!(t.db_path().starts_with(fs.path()));
     let mut ids = Vec::new();
     for i in 0..40 {
-        ids.push(t.server(&t.project, &format!("full-{i}"), Linux, true).await.0);
+        ids.push(
+            t.server(&t.project, &format!("full-{i}"), Linux, true)
+                .await
+                .0,
+        );
     }
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     let batch = ids_body(Some(PW), None, &ids);
@@ -143,7 +147,11 @@ async fn a_full_disk_answers_503_stores_nothing_and_recovers_without_a_restart()
     }
     // Reads still work on a full disk.
     let r = t
-        .call("GET", &format!("/v1/{}/cloudservers/detail", t.project), None)
+        .call(
+            "GET",
+            &format!("/v1/{}/cloudservers/detail", t.project),
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 
@@ -242,10 +250,20 @@ fn serve_must_fail(data: &Path, key: Option<&SecretString>) -> (Option<i32>, Str
 #[track_caller]
 fn assert_clean_failure(code: Option<i32>, stderr: &str, wanted: &[&str]) -> String {
     assert_eq!(code, Some(1), "stderr: {stderr}");
-    for bad in ["panicked", "stack backtrace", "Stack backtrace", "RUST_BACKTRACE"] {
+    for bad in [
+        "panicked",
+        "stack backtrace",
+        "Stack backtrace",
+        "RUST_BACKTRACE",
+    ] {
         assert!(!stderr.contains(bad), "{bad:?} on stderr: {stderr}");
     }
-    let last = stderr.trim_end().lines().last().unwrap_or_default().to_owned();
+    let last = stderr
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
     assert!(last.starts_with("error: "), "stderr: {stderr}");
     for w in wanted {
         assert!(last.contains(w), "{w:?} not in {last:?}");
@@ -270,7 +288,11 @@ fn a_read_only_database_stops_start_up_with_a_clear_error() {
     let line = assert_clean_failure(
         code,
         &err,
-        &[&db.display().to_string(), "cannot write the database", "writable"],
+        &[
+            &db.display().to_string(),
+            "cannot write the database",
+            "writable",
+        ],
     );
     eprintln!("{line}");
     fs.remount("rw");
@@ -329,7 +351,11 @@ fn start_up_without_the_master_key_is_one_clear_error_without_a_backtrace() {
     let key = ecsd::secrets::MasterKey::generate_base64();
     data_dir(&data, &key);
     let (code, err) = serve_must_fail(&data, None);
-    let line = assert_clean_failure(code, &err, &["master_key is not configured", "ECSD_MASTER_KEY"]);
+    let line = assert_clean_failure(
+        code,
+        &err,
+        &["master_key is not configured", "ECSD_MASTER_KEY"],
+    );
     eprintln!("{line}");
     // A wrong key (not base64 of 32 bytes) too.
     let (code, err) = serve_must_fail(&data, Some(&SecretString::from("nope".to_owned())));
@@ -341,15 +367,20 @@ async fn signatures_are_judged_by_the_server_clock_within_the_window_after_a_jum
     let t = TestServer::start().await;
     let path = format!("/v1/{}/cloudservers/detail", t.project);
     let (ak, sk) = (t.ak.clone(), t.sk.clone());
-    let signed_at = |at: chrono::DateTime<chrono::Utc>| {
-        at.format(ecs_sign::DATE_FORMAT).to_string()
-    };
+    let signed_at =
+        |at: chrono::DateTime<chrono::Utc>| at.format(ecs_sign::DATE_FORMAT).to_string();
     for jump in [chrono::Duration::hours(1), chrono::Duration::hours(-1)] {
         t.state.clock.jump(jump);
         let server_now = t.state.clock.now();
         // Successes between the refusals: never five failures in a row
         // (that would lock the key).
-        for (offset_min, ok) in [(0, true), (16, false), (14, true), (-16, false), (-14, true)] {
+        for (offset_min, ok) in [
+            (0, true),
+            (16, false),
+            (14, true),
+            (-16, false),
+            (-14, true),
+        ] {
             let date = signed_at(server_now + chrono::Duration::minutes(offset_min));
             let r = t
                 .call_signed_at(&ak, &sk, &date, "GET", &path, None, &[])
@@ -386,7 +417,12 @@ async fn power_jobs_expire_by_stored_wall_clock_times_across_clock_jumps() {
     let id = r.json::<JobResult>().job_id;
     // Read the job signed by the server's clock (which has jumped).
     let show = async |t: &TestServer, id: &str| {
-        let date = t.state.clock.now().format(ecs_sign::DATE_FORMAT).to_string();
+        let date = t
+            .state
+            .clock
+            .now()
+            .format(ecs_sign::DATE_FORMAT)
+            .to_string();
         let path = format!("/v1/{}/jobs/{id}", t.project);
         let r = t
             .call_signed_at(&t.ak, &t.sk, &date, "GET", &path, None, &[])
@@ -394,7 +430,8 @@ async fn power_jobs_expire_by_stored_wall_clock_times_across_clock_jumps() {
         assert_eq!(r.status, 200, "{}", r.text);
         r.json::<ecs_api::ShowJobResponse>()
     };
-    let open = |j: &ecs_api::ShowJobResponse| !matches!(j.status, JobStatus::Fail | JobStatus::Success);
+    let open =
+        |j: &ecs_api::ShowJobResponse| !matches!(j.status, JobStatus::Fail | JobStatus::Success);
 
     // Forward by less than the timeout (5 of 10 minutes): not expired.
     t.state.clock.jump(chrono::Duration::minutes(5));

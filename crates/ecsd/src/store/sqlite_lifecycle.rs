@@ -579,7 +579,8 @@ mod vacuum {
     use chrono::{Duration, Utc};
     use ecs_policy::OsType;
 
-    /// 1500 finished resets (one open), 40 days old, with 2 KiB sealed blobs.
+    /// 1500 resets, 40 days old, each superseding the one before (finished,
+    /// but the last), with their audit records.
     async fn fill(store: &SqliteStore) {
         let p = store.create_project("p").await.unwrap();
         let s = store
@@ -656,10 +657,10 @@ mod vacuum {
         assert_eq!(auto_vacuum(&path), 2, "a new database is INCREMENTAL");
         fill(&store).await;
         let full = std::fs::metadata(&path).unwrap().len();
-        assert!(full > 4_000_000, "{full} bytes");
+        assert!(full > 1_000_000, "{full} bytes");
         let pages = prune_and_reclaim(&store).await;
         let after = std::fs::metadata(&path).unwrap().len();
-        assert!(pages > 700, "{pages} pages reclaimed");
+        assert!(pages > 300, "{pages} pages reclaimed");
         assert!(after < full / 4, "{full} -> {after} bytes");
     }
 
