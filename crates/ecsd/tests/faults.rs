@@ -213,7 +213,20 @@ fn data_dir(data: &Path, key: &SecretString) {
 /// `ecsd serve` on `data` (with RUST_BACKTRACE=1), which must exit on its
 /// own within 30 s: its exit code and stderr.
 fn serve_must_fail(data: &Path, key: Option<&SecretString>) -> (Option<i32>, String) {
+    serve_as_must_fail(data, key, None)
+}
+
+/// [`serve_must_fail`] as user and group `uid`.
+fn serve_as_must_fail(
+    data: &Path,
+    key: Option<&SecretString>,
+    uid: Option<u32>,
+) -> (Option<i32>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ecsd"));
+    if let Some(id) = uid {
+        std::os::unix::process::CommandExt::uid(&mut cmd, id);
+        std::os::unix::process::CommandExt::gid(&mut cmd, id);
+    }
     cmd.arg("--data-dir")
         .arg(data)
         .args(["serve", "--insecure-http", "--listen", "127.0.0.1:0"])
@@ -296,6 +309,78 @@ fn a_read_only_database_stops_start_up_with_a_clear_error() {
     );
     eprintln!("{line}");
     fs.remount("rw");
+
+    // Left by a killed ecsd (its -wal and -shm still there), then read-only:
+    // SQLite opens it read-only without an error, and ecsd must refuse.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["serve", "--insecure-http", "--listen", "127.0.0.1:0"])
+        .env("ECSD_MASTER_KEY", key.expose_secret())
+        .env_remove("ECSD_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let shm = data.join("ecsd.db-shm");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(shm.exists() && data.join("ecsd.db-wal").exists()) {
+        assert!(Instant::now() < deadline, "ecsd made no -wal/-shm");
+        assert!(child.try_wait().unwrap().is_none(), "ecsd exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(shm.exists());
+    fs.remount("ro");
+    let (code, err) = serve_must_fail(&data, Some(&key));
+    let line = assert_clean_failure(
+        code,
+        &err,
+        &[
+            &db.display().to_string(),
+            "cannot write the database",
+            "writable",
+        ],
+    );
+    eprintln!("{line}");
+}
+
+/// A 0400 database in a directory its (unprivileged) user may write:
+/// SQLite opens it read-only without an error, and ecsd must refuse at once
+/// rather than at its first write. Run as uid 65534 (root ignores modes);
+/// skipped when the test cannot switch users.
+#[test]
+fn a_database_file_its_user_may_not_write_stops_start_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let key = ecsd::secrets::MasterKey::generate_base64();
+    data_dir(&data, &key);
+    let db = data.join("ecsd.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let nobody = 65534;
+    if std::os::unix::fs::chown(&data, Some(nobody), Some(nobody))
+        .and_then(|()| std::os::unix::fs::chown(&db, Some(nobody), Some(nobody)))
+        .is_err()
+    {
+        eprintln!("SKIPPED a_database_file_its_user_may_not_write: cannot chown (not root)");
+        return;
+    }
+    let (code, err) = serve_as_must_fail(&data, Some(&key), Some(nobody));
+    let line = assert_clean_failure(
+        code,
+        &err,
+        &[
+            &db.display().to_string(),
+            "cannot write the database",
+            "the file or its file system is read-only",
+        ],
+    );
+    eprintln!("{line}");
 }
 
 #[test]

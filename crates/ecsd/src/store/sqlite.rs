@@ -536,10 +536,14 @@ impl SqliteStore {
         }
         let mut writer = Connection::open(path)?;
         // Pages freed by the retention rounds go back to the file system
-        // (`reclaim_pages`). Only takes effect on a database without tables
-        // (a new one); an older database keeps auto_vacuum NONE until
-        // `ecsd admin vacuum` converts it once (docs/operations.md).
-        writer.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        // (`reclaim_pages`). Set only on a new (empty) database, the only
+        // time it can be (setting it again on an existing one would write);
+        // an older database keeps auto_vacuum NONE until `ecsd admin
+        // vacuum` converts it once (docs/operations.md).
+        let pages: i64 = writer.pragma_query_value(None, "page_count", |r| r.get(0))?;
+        if pages == 0 {
+            writer.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        }
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
         // SQLite opens a file it may not write read-only, without an error;
