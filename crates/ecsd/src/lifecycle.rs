@@ -270,7 +270,8 @@ pub struct Pruned {
 }
 
 /// One retention round: prunes the audit trail, finished resets and
-/// finished jobs as of `now`, then checkpoints and truncates the WAL. Each
+/// finished jobs as of `now`, gives the freed pages back to the file system,
+/// then checkpoints and truncates the WAL. Each
 /// part is tried even if an earlier one failed; the first error is returned.
 pub async fn retention_round(
     state: &AppState,

@@ -534,3 +534,68 @@ async fn power_jobs_expire_by_stored_wall_clock_times_across_clock_jumps() {
     assert_eq!(j.status, JobStatus::Fail);
     assert_eq!(j.error_code.as_deref(), Some("Ecs.0227"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_file_shrinks_after_a_retention_round() {
+    let t = TestServer::start().await;
+    let mut servers = Vec::new();
+    for i in 0..20 {
+        servers.push(t.server(&t.project, &format!("v{i}"), Linux, true).await.0);
+    }
+    // 1000 resets of 20 servers, 40 days old, every one superseded by the
+    // next but the last: all past reset_retention_days (30).
+    let old = chrono::Utc::now() - chrono::Duration::days(40);
+    for i in 0..1000 {
+        let rid = uuid::Uuid::new_v4().simple().to_string();
+        t.state
+            .store
+            .create_reset(ecsd::store::NewReset {
+                request_id: rid.clone(),
+                project_id: t.project.clone(),
+                apply_now: false,
+                created: old + chrono::Duration::milliseconds(i),
+                targets: servers.iter().map(|s| (s.clone(), vec![3; 200])).collect(),
+                audit: ecsd::store::AuditEntry {
+                    at: chrono::Utc::now(),
+                    request_id: rid,
+                    project_id: t.project.clone(),
+                    actor: "faults".into(),
+                    action: "batch-reset-password".into(),
+                    servers: servers.clone(),
+                    dry_run: false,
+                    outcome: "accepted".into(),
+                    source: "test".into(),
+                    user_id: None,
+                    user_name: None,
+                    error_code: None,
+                    http_status: None,
+                },
+            })
+            .await
+            .unwrap();
+    }
+    t.state.lifecycle.checkpoint().await.unwrap();
+    let size = || std::fs::metadata(t.db_path()).unwrap().len();
+    let full = size();
+    let pruned = ecsd::lifecycle::retention_round(
+        &t.state,
+        chrono::Utc::now(),
+        ecsd::lifecycle::Retention::from_config(&t.state.config),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pruned.resets, 999, "all but the open one");
+    let after = size();
+    assert!(pruned.pages > 0, "{pruned:?}");
+    assert!(after < full / 2, "{full} -> {after} bytes ({pruned:?})");
+    eprintln!("{full} -> {after} bytes ({pruned:?})");
+    // The server still serves and takes new resets.
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some(PW), None, &[servers[0].as_str()])),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
