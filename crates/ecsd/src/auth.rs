@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use chrono::Utc;
 use http_body_util::BodyExt;
 
 use crate::error::{ApiError, display_id};
@@ -174,7 +173,7 @@ async fn verify(
         .store
         .access_key(ak)
         .await
-        .map_err(|e| ApiError::internal("looking up an access key", e))?;
+        .map_err(|e| ApiError::store("looking up an access key", e))?;
     let (key, user) = match permanent {
         Some(k) => (k, None),
         // A temporary AK (identity): only with its signed X-Security-Token.
@@ -199,7 +198,7 @@ async fn verify(
         .ok_or_else(|| auth_fail("verify aksk signature fail: X-Sdk-Date missing", Some(ak)))?;
     let date = ecs_sign::parse_date(date_value)
         .ok_or_else(|| auth_fail("verify aksk signature fail: X-Sdk-Date malformed", Some(ak)))?;
-    let skew = (Utc::now() - date).num_seconds().unsigned_abs();
+    let skew = (state.clock.now() - date).num_seconds().unsigned_abs();
     if skew > state.config.clock_skew_secs {
         return Err(auth_fail(
             &format!(

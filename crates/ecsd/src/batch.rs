@@ -247,6 +247,8 @@ pub async fn audit_rejection(
     // is left to the one error mapping (`error.rs`).
     if matches!(err, Error::Storage(_) | Error::Internal { .. }) {
         entry.http_status = Some(500);
+    } else if matches!(err, Error::Unavailable(_)) {
+        entry.http_status = Some(503);
     }
     if let Err(e) = state.store.record_audit(entry).await {
         tracing::error!(error = %e.chain(), "writing the audit record failed");

@@ -32,7 +32,7 @@ pub struct Config {
     /// Requests per second allowed per access key (burst: the same number).
     pub rate_limit_per_sec: u32,
     /// Requests per second allowed per agent credential on the agent API
-    /// (burst: the same number); beyond, 429 `APIGW.0308`.
+    /// (burst: four times as many); beyond, 429 `APIGW.0308`.
     pub agent_rate_limit_per_sec: u32,
     /// Most connections open on the listener at once; at the cap, `ecsd`
     /// stops accepting until one closes. Lowered at start to stay below the

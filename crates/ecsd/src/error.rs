@@ -88,6 +88,14 @@ impl ApiError {
             "System exception. Retry later or contact the administrator.",
         )
     }
+    /// A failed store call: 503 `APIGW.0503` when the storage is full or
+    /// unavailable, else the 500 of [`ApiError::internal`].
+    pub fn store(context: &str, e: Error) -> Self {
+        match e {
+            Error::Unavailable(_) => Self::storage_unavailable(format!("{context}: {}", e.chain())),
+            e => Self::internal(context, e.chain()),
+        }
+    }
     fn gateway(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError::Gateway {
             status,
@@ -142,6 +150,17 @@ impl ApiError {
             StatusCode::REQUEST_TIMEOUT,
             "APIGW.0408",
             format!("Request timeout: the request was not received within {secs} seconds"),
+        )
+    }
+    /// 503 `APIGW.0503` (ours): the storage is full or unavailable (disk
+    /// full, I/O error, read-only); nothing was stored, retry later. The
+    /// cause goes to the log.
+    pub fn storage_unavailable(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "storage full or unavailable");
+        Self::gateway(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "APIGW.0503",
+            "Service unavailable: storage full or unavailable; nothing was stored, retry later",
         )
     }
     /// 404 `APIGW.0101`.
@@ -219,6 +238,7 @@ impl From<Error> for ApiError {
             Error::Storage(_) | Error::Internal { .. } => {
                 ApiError::internal("internal error", e.chain())
             }
+            Error::Unavailable(_) => ApiError::storage_unavailable(e.chain()),
         }
     }
 }
@@ -415,6 +435,20 @@ mod tests {
             (StatusCode::INTERNAL_SERVER_ERROR, "Common.0001")
         );
         assert!(!message.contains("secret path"));
+    }
+
+    #[test]
+    fn an_unavailable_storage_is_a_gateway_503_without_details() {
+        let e = ApiError::from(Error::unavailable(std::io::Error::other("/var/lib/ecsd")));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "APIGW.0503")
+        );
+        let ApiError::Gateway { message, .. } = e else {
+            panic!("not a gateway error")
+        };
+        assert!(message.contains("storage full or unavailable"), "{message}");
+        assert!(!message.contains("/var/lib"), "{message}");
     }
 
     #[test]

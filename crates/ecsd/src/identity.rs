@@ -151,7 +151,7 @@ pub async fn audit(
 }
 
 fn storage(e: StoreError) -> ApiError {
-    ApiError::internal("identity store", e)
+    ApiError::store("identity store", e)
 }
 
 /// The one place that says which [`Role`] a user has in a project (the

@@ -146,6 +146,11 @@ enum Admin {
         #[arg(long)]
         new_key_file: Option<PathBuf>,
     },
+    /// Compact the database once and turn on incremental auto_vacuum, so
+    /// that retention rounds give freed pages back to the file system (only
+    /// needed for a database made before this version). Stop ecsd first; it
+    /// needs free space the size of the database: ecsd admin vacuum
+    Vacuum,
     /// IAM user groups: create, add-user, attach a role or policy in a project, ...
     Group {
         #[command(subcommand)]
@@ -355,15 +360,26 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static MALLOC_CONF: &[u8; 63] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
 
-fn main() -> anyhow::Result<()> {
+/// Any error ends ecsd with `error: <what failed>: <why>` on stderr and exit
+/// code 1: never a backtrace (anyhow's `Debug`, which `fn main() ->
+/// Result` prints, adds one when RUST_BACKTRACE is set), which tells an
+/// operator nothing more.
+fn main() -> std::process::ExitCode {
     // The store runs blocking SQLite calls on two connections, so a few
     // blocking threads are plenty; an unbounded pool only costs memory.
-    tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(8)
         .build()
-        .context("starting the runtime")?
-        .block_on(run())
+        .context("starting the runtime")
+        .and_then(|rt| rt.block_on(run()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -575,6 +591,14 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
                 ecsd::lifecycle::revoke_enroll_token(&state, &id).await?
             }
         },
+        Admin::Vacuum => {
+            let db = state.config.database_path();
+            let size = || std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+            let before = size();
+            state.lifecycle.vacuum().await?;
+            state.lifecycle.checkpoint().await?;
+            serde_json::json!({"database": db.display().to_string(), "bytes_before": before, "bytes_after": size(), "auto_vacuum": "incremental"})
+        }
         Admin::RotateMasterKey { new_key_file } => {
             ecsd::lifecycle::rotate_master_key_cli(&state, new_key_file.as_deref()).await?
         }

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use chrono::Utc;
 use ecs_api::{JobEntities, ShowJobResponse, SubJob, SubJobEntities};
 use serde_json::Value;
 
@@ -165,7 +164,7 @@ pub async fn batch_action(
         project_id: ctx.caller.project_id.clone(),
         kind: action.kind,
         hard: action.hard,
-        created: Utc::now(),
+        created: state.clock.now(),
         subs,
         audit: ctx.audit(
             &action_name,

@@ -20,7 +20,8 @@ pub fn open_state(config: Config) -> anyhow::Result<AppState> {
         .context("master_key is not configured (set ECSD_MASTER_KEY or master_key in the config file, or use --dev)")?;
     let master = MasterKey::from_base64(master)?;
     let db = config.database_path();
-    let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let store = SqliteStore::open(&db)
+        .map_err(|e| anyhow::anyhow!(crate::store::explain_open_error(&db, &e)))?;
     Ok(AppState::new(Arc::new(store), master, config))
 }
 
@@ -202,17 +203,27 @@ impl Server {
 /// Fails power sub-jobs whose agent never completed them (jobs survive
 /// restarts in the database, so this also catches jobs of a previous run).
 async fn sweep_jobs(state: AppState) {
-    let timeout = chrono::Duration::seconds(state.config.job_timeout_secs as i64);
     let period = std::time::Duration::from_secs(state.config.job_timeout_secs.clamp(1, 5));
     loop {
-        let now = chrono::Utc::now();
-        match state.store.expire_sub_jobs(now - timeout, now).await {
+        match expire_jobs(&state).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(sub_jobs = n, "power sub-jobs timed out"),
-            Err(e) => tracing::error!(error = %e, "expiring sub-jobs failed"),
+            Err(e) => tracing::error!(error = %e.chain(), "expiring sub-jobs failed"),
         }
         tokio::time::sleep(period).await;
     }
+}
+
+/// One sweep: fails the open sub-jobs begun more than `job_timeout_secs`
+/// before now. Begin times are stored wall-clock times (they must survive a
+/// restart, and replicas share them), compared with the wall clock
+/// (`state.clock`): a forward jump of the clock by more than the timeout
+/// expires open sub-jobs early; a smaller one does not; a backward jump
+/// delays expiry by the jump (docs/reliability.md, "Faults").
+pub async fn expire_jobs(state: &AppState) -> crate::store::StoreResult<usize> {
+    let timeout = chrono::Duration::seconds(state.config.job_timeout_secs as i64);
+    let now = state.clock.now();
+    state.store.expire_sub_jobs(now - timeout, now).await
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -11,6 +11,9 @@ use crate::config::Config;
 use crate::secrets::MasterKey;
 use crate::store::{AuthzStore, IdentityStore, LifecycleStore, Store};
 
+/// An agent credential may send this many seconds' worth of its rate at once.
+pub const AGENT_BURST_FACTOR: u32 = 4;
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
@@ -36,6 +39,36 @@ pub struct AppState {
     pub lifecycle: Arc<dyn LifecycleStore>,
     /// Failed authentications per source address and per access key.
     pub auth_failures: Arc<crate::throttle::FailureThrottle>,
+    /// The wall clock of the X-Sdk-Date window and of power-job expiry.
+    pub clock: Clock,
+}
+
+/// The wall clock that the X-Sdk-Date window (`auth.rs`) and power jobs
+/// (their stored begin time, the sweeper's cutoff) read: the system's
+/// `Utc::now()`, plus an offset that only tests set ([`Clock::jump`]), to
+/// play an NTP step or an operator's `date -s` without changing the
+/// machine's clock. Timeouts of requests and connections use tokio's
+/// monotonic `Instant` and are not affected by wall-clock jumps at all
+/// (docs/reliability.md, "Faults").
+#[derive(Clone, Default)]
+pub struct Clock {
+    offset_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Clock {
+    /// The current time as this process sees it.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+            + chrono::Duration::milliseconds(
+                self.offset_ms.load(std::sync::atomic::Ordering::Relaxed),
+            )
+    }
+
+    /// Moves this clock (every copy of it) by `by`, forward or back.
+    pub fn jump(&self, by: chrono::Duration) {
+        self.offset_ms
+            .fetch_add(by.num_milliseconds(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl AppState {
@@ -58,11 +91,18 @@ impl AppState {
             store,
             master: Arc::new(master),
             limiter: Arc::new(RateLimiter::keyed(Quota::per_second(rate))),
-            agent_limiter: Arc::new(RateLimiter::keyed(Quota::per_second(agent_rate))),
+            // An agent's start is a burst (heartbeat, polls, acknowledgements).
+            agent_limiter: Arc::new(RateLimiter::keyed(
+                Quota::per_second(agent_rate).allow_burst(
+                    agent_rate
+                        .saturating_mul(NonZeroU32::new(AGENT_BURST_FACTOR).expect("non-zero")),
+                ),
+            )),
             config: Arc::new(config),
             wakers: Arc::new(Wakers::default()),
             ca_pin: Arc::default(),
             work_keys: Arc::default(),
+            clock: Clock::default(),
         }
     }
 

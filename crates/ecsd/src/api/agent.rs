@@ -112,7 +112,7 @@ async fn agent(state: &AppState, source: &str, hash: Option<String>) -> Result<S
         .store
         .agent_server(&hash)
         .await
-        .map_err(|e| ApiError::internal("looking up an agent", e).into_response())?
+        .map_err(|e| ApiError::store("looking up an agent", e).into_response())?
     {
         Some(server) => Ok(server),
         None => {
@@ -258,7 +258,7 @@ pub async fn heartbeat(
             Utc::now(),
         )
         .await
-        .map_err(|e| ApiError::internal("recording a heartbeat", e))?;
+        .map_err(|e| ApiError::store("recording a heartbeat", e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -320,7 +320,7 @@ async fn next_work(
         .store
         .take_power(server_id, now)
         .await
-        .map_err(|e| ApiError::internal("reading power actions", e))?
+        .map_err(|e| ApiError::store("reading power actions", e))?
     {
         return Ok(Some(proto::Poll {
             reset: None,
@@ -340,7 +340,7 @@ async fn next_work(
         .store
         .take_work(server_id, now)
         .await
-        .map_err(|e| ApiError::internal("reading agent work", e))?;
+        .map_err(|e| ApiError::store("reading agent work", e))?;
     Ok(work
         .filter(|w| q.have.as_deref() != Some(w.request_id.as_str()))
         .map(|w| proto::Poll {
@@ -380,7 +380,7 @@ pub async fn power_ack(
             Utc::now(),
         )
         .await
-        .map_err(|e| ApiError::internal("recording a power outcome", e))?;
+        .map_err(|e| ApiError::store("recording a power outcome", e))?;
     tracing::info!(server_id = %server.id, sub_job = %req.job_id, ok = req.ok, recorded, "power action acknowledged");
     Ok(Json(proto::AckResponse { recorded }))
 }
@@ -408,7 +408,7 @@ pub async fn ack(
             Utc::now(),
         )
         .await
-        .map_err(|e| ApiError::internal("recording an outcome", e))?;
+        .map_err(|e| ApiError::store("recording an outcome", e))?;
     tracing::info!(server_id = %server.id, request_id = %req.request_id, outcome = ?req.outcome, recorded, "reset outcome");
     Ok(Json(proto::AckResponse { recorded }))
 }

@@ -130,7 +130,7 @@ pub async fn revoke_token(
         .identity
         .revoke_token(&subject.token.token_hash)
         .await
-        .map_err(|e| ApiError::internal("revoking a token", e))?;
+        .map_err(|e| ApiError::store("revoking a token", e))?;
     tracing::info!(token = %subject.token.id, user = %subject.user.id, "token revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -80,7 +80,8 @@ pub fn document_json() -> String {
 }
 
 /// Adds what every signed operation can answer — the gateway's 401, 403,
-/// 413 and 429, a project that is not the key's (400 Ecs.0023), the 500 —
+/// 413 and 429, a project that is not the key's (400 Ecs.0023), the 500,
+/// the 503 of a full or unavailable storage —
 /// and the X-Request-Id header to every response, and declares the
 /// signature scheme.
 struct CommonResponses;
@@ -145,6 +146,9 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             .content("application/json", json("EcsErrorBody"))
             .build()
             .into();
+        let unavailable = gateway(
+            "The storage is full or unavailable (disk full, I/O error, read-only): nothing was stored; retry later (APIGW.0503).",
+        );
         let request_id = utoipa::openapi::HeaderBuilder::new()
             .schema(
                 utoipa::openapi::ObjectBuilder::new()
@@ -200,6 +204,12 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
                     .responses
                     .entry("500".into())
                     .or_insert_with(|| internal.clone());
+                if path != "/health" && path != "/openapi.json" {
+                    op.responses
+                        .responses
+                        .entry("503".into())
+                        .or_insert_with(|| unavailable.clone());
+                }
                 for resp in op.responses.responses.values_mut() {
                     if let RefOr::T(r) = resp {
                         r.headers.insert("X-Request-Id".into(), request_id.clone());

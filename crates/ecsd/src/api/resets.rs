@@ -111,7 +111,7 @@ pub async fn resetpwd_flag(
         .store
         .server(&caller.project_id, &server_id)
         .await
-        .map_err(|e| ApiError::internal("looking up a server", e))?
+        .map_err(|e| ApiError::store("looking up a server", e))?
         .ok_or_else(|| ApiError::server_not_found(&server_id))?;
     if !permit.allows(&server) {
         authorize::audit_denial(
@@ -165,7 +165,7 @@ pub async fn reset_outcome(
             .store
             .latest_reset_id(&caller.project_id)
             .await
-            .map_err(|e| ApiError::internal("reading the latest reset", e))?
+            .map_err(|e| ApiError::store("reading the latest reset", e))?
             .ok_or_else(invalid)?
     } else {
         request_id
@@ -177,7 +177,7 @@ pub async fn reset_outcome(
         .store
         .reset_outcome(&caller.project_id, &request_id.to_ascii_lowercase())
         .await
-        .map_err(|e| ApiError::internal("reading a reset outcome", e))?
+        .map_err(|e| ApiError::store("reading a reset outcome", e))?
         .ok_or_else(invalid)?;
     let servers = outcome
         .targets

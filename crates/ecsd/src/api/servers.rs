@@ -269,7 +269,7 @@ pub async fn show(
         .store
         .server(&caller.project_id, &id)
         .await
-        .map_err(|e| ApiError::internal("looking up a server", e))?
+        .map_err(|e| ApiError::store("looking up a server", e))?
         .ok_or_else(|| ApiError::server_not_found(&id))?;
     if !permit.allows(&s) {
         authorize::audit_denial(&state, &caller, &source.0, permit.action, vec![id.clone()]).await;
@@ -336,7 +336,7 @@ pub async fn job(
         .store
         .job(&caller.project_id, &job_id)
         .await
-        .map_err(|e| ApiError::internal("reading a job", e))?
+        .map_err(|e| ApiError::store("reading a job", e))?
         .ok_or_else(invalid)?;
     Ok(Json(crate::power::show_job(&job)))
 }

@@ -146,7 +146,7 @@ pub async fn list(
         .lifecycle
         .list_audit(aq)
         .await
-        .map_err(|e| ApiError::internal("listing audit traces", e.chain()))?;
+        .map_err(|e| ApiError::store("listing audit traces", e))?;
     let more = records.len() > limit;
     records.truncate(limit);
     let traces: Vec<_> = records.iter().map(crate::audit::to_trace).collect();

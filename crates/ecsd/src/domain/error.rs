@@ -154,6 +154,11 @@ pub enum Error {
     /// The storage backend failed.
     #[error("storage backend")]
     Storage(#[source] BoxError),
+    /// The storage cannot take the write now: the disk is full, an I/O
+    /// error, a read-only file or file system. Nothing was stored; the same
+    /// request can succeed once the operator frees space (no restart).
+    #[error("storage full or unavailable")]
+    Unavailable(#[source] BoxError),
     /// Anything else that should not happen.
     #[error("{context}")]
     Internal {
@@ -174,6 +179,9 @@ impl Error {
     }
     pub fn storage(e: impl Into<BoxError>) -> Self {
         Error::Storage(e.into())
+    }
+    pub fn unavailable(e: impl Into<BoxError>) -> Self {
+        Error::Unavailable(e.into())
     }
     pub fn internal(context: &'static str, e: impl Into<BoxError>) -> Self {
         Error::Internal {
@@ -209,6 +217,7 @@ impl Error {
             Error::BadToken | Error::BadProof | Error::NotEnrolled => "APIGW.0301",
             Error::DuplicateMachine { .. } => "APIGW.0302",
             Error::Storage(_) | Error::Internal { .. } => "Common.0001",
+            Error::Unavailable(_) => "APIGW.0503",
         }
     }
 
@@ -315,6 +324,16 @@ mod tests {
             "disk on fire"
         );
         assert_eq!(e.chain(), "storage backend: disk on fire");
+    }
+
+    #[test]
+    fn an_unavailable_storage_is_apigw_0503_and_keeps_its_source() {
+        let e = Error::unavailable(std::io::Error::other("No space left on device"));
+        assert_eq!(e.code(), "APIGW.0503");
+        assert_eq!(
+            e.chain(),
+            "storage full or unavailable: No space left on device"
+        );
     }
 
     #[test]

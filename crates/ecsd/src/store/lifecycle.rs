@@ -219,6 +219,16 @@ pub trait LifecycleStore: Send + Sync + 'static {
     /// Checkpoints the write-ahead log and truncates it (if the backend has
     /// one; readers in the way leave it for the next round).
     async fn checkpoint(&self) -> StoreResult<()>;
+    /// Gives up to `max_pages` free pages (left by pruning) back to the file
+    /// system, in one transaction; returns how many. SQLite: `PRAGMA
+    /// incremental_vacuum(N)` on an `auto_vacuum = INCREMENTAL` database
+    /// (0 on an older one until `ecsd admin vacuum`); the file itself
+    /// shrinks at the next checkpoint.
+    async fn reclaim_pages(&self, max_pages: u32) -> StoreResult<usize>;
+    /// Rewrites the database compactly and (SQLite) turns on `auto_vacuum =
+    /// INCREMENTAL` for good: `ecsd admin vacuum`, once, for a database made
+    /// before auto_vacuum was set. Holds the write lock throughout.
+    async fn vacuum(&self) -> StoreResult<()>;
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub use crate::config::DuplicateMachineId;
 
 pub use identity::IdentityStore;
 pub use lifecycle::LifecycleStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, explain_open_error};
 
 pub use authz::AuthzStore;
 

@@ -303,13 +303,109 @@ const MIGRATIONS: &[&str] = &[
     super::sqlite_lifecycle::RETENTION_MIGRATION,
 ];
 
+/// A backend error as the domain's: a failure of the disk (see
+/// [`disk_failure`]) is `Unavailable` (503, retry later), anything else
+/// `Storage` (500).
 pub(super) fn backend(e: impl Into<domain::error::BoxError>) -> StoreError {
-    StoreError::storage(e)
+    let e = e.into();
+    let e = match e.downcast::<rusqlite::Error>() {
+        Ok(e) => return StoreError::from(*e),
+        Err(e) => e,
+    };
+    match e.downcast::<std::io::Error>() {
+        Ok(io) if io_disk_failure(&io) => StoreError::unavailable(io),
+        Ok(io) => StoreError::storage(io),
+        Err(e) => StoreError::Storage(e),
+    }
+}
+
+/// SQLite's codes for "the disk, not the data": SQLITE_FULL (no space),
+/// SQLITE_IOERR (a read or write failed), SQLITE_READONLY (a read-only file
+/// or file system), SQLITE_CANTOPEN (the file or its -wal/-shm cannot be
+/// opened). The transaction was rolled back; the connection stays usable.
+pub(super) fn disk_failure(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(
+        e.sqlite_error_code(),
+        Some(C::DiskFull | C::SystemIoFailure | C::ReadOnly | C::CannotOpen)
+    )
+}
+
+fn io_disk_failure(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull | K::ReadOnlyFilesystem | K::QuotaExceeded
+    ) || e.raw_os_error() == Some(5) // EIO
+}
+
+/// SQLITE_NOTADB or SQLITE_CORRUPT: the file is not (or no longer) a
+/// whole SQLite database.
+pub(super) fn corrupt(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(
+        e.sqlite_error_code(),
+        Some(C::NotADatabase | C::DatabaseCorrupt)
+    )
+}
+
+/// The database file (or its file system) cannot be written.
+#[derive(Debug, thiserror::Error)]
+#[error("the file or its file system is read-only")]
+pub struct ReadOnlyDatabase;
+
+/// Why the database at `path` could not be opened, for the operator: the
+/// file, the cause and what to do, in one paragraph (`ecsd serve` and
+/// `ecsd admin` print it and exit 1).
+pub fn explain_open_error(path: &Path, e: &StoreError) -> String {
+    let p = path.display();
+    let mut cause = None;
+    let mut readonly = false;
+    let mut next = std::error::Error::source(e);
+    while let Some(s) = next {
+        if let Some(r) = s.downcast_ref::<rusqlite::Error>() {
+            cause = Some(r);
+        }
+        readonly |= s.is::<ReadOnlyDatabase>();
+        next = s.source();
+    }
+    let detail = match e {
+        StoreError::Storage(s) | StoreError::Unavailable(s) => s.to_string(),
+        e => e.chain(),
+    };
+    use rusqlite::ErrorCode as C;
+    let code = cause.and_then(rusqlite::Error::sqlite_error_code);
+    if readonly || matches!(code, Some(C::ReadOnly | C::CannotOpen)) {
+        format!(
+            "cannot write the database {p} ({detail}). ecsd writes its database and creates \
+             {p}-wal and {p}-shm beside it: make the file and its directory writable by the \
+             user ecsd runs as (chown, chmod u+rw) on a file system mounted read-write, then \
+             start ecsd again."
+        )
+    } else if matches!(code, Some(C::NotADatabase | C::DatabaseCorrupt)) {
+        format!(
+            "the database {p} is damaged or is not an SQLite database ({detail}). Do not delete \
+             it: stop every ecsd using it, restore the last backup (docs/operations.md, \
+             \"Backups\") and start ecsd again; to start with an empty database instead, move \
+             {p} and any {p}-wal and {p}-shm aside."
+        )
+    } else if matches!(e, StoreError::Unavailable(_)) {
+        format!(
+            "cannot open the database {p} ({detail}): the disk is full or failing. Free space \
+             on its file system (or check the disk and the kernel log), then start ecsd again."
+        )
+    } else {
+        format!("cannot open the database {p}: {}", e.chain())
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::storage(e)
+        if disk_failure(&e) {
+            StoreError::unavailable(e)
+        } else {
+            StoreError::storage(e)
+        }
     }
 }
 
@@ -439,11 +535,40 @@ impl SqliteStore {
             o.open(path).map_err(backend)?;
         }
         let mut writer = Connection::open(path)?;
+        // Pages freed by the retention rounds go back to the file system
+        // (`reclaim_pages`). Set only on a new (empty) database, the only
+        // time it can be (setting it again on an existing one would write);
+        // an older database keeps auto_vacuum NONE until `ecsd admin
+        // vacuum` converts it once (docs/operations.md).
+        let pages: i64 = writer.pragma_query_value(None, "page_count", |r| r.get(0))?;
+        if pages == 0 {
+            writer.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        }
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
+        // SQLite opens a file it may not write read-only, without an error;
+        // ecsd must write, so it says so now rather than at the first reset.
+        if writer.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(StoreError::unavailable(ReadOnlyDatabase));
+        }
         Self::migrations()
             .to_latest(&mut writer)
-            .map_err(|e| backend(format!("migrating the schema: {e:?}")))?;
+            .map_err(|e| match e {
+                rusqlite_migration::Error::RusqliteError { err, .. }
+                    if disk_failure(&err) || corrupt(&err) =>
+                {
+                    StoreError::from(err)
+                }
+                e => backend(format!("migrating the schema: {e:?}")),
+            })?;
+        let auto_vacuum: i64 = writer.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
+        if auto_vacuum != 2 {
+            tracing::warn!(
+                db = %path.display(),
+                "the database file does not shrink after pruning (auto_vacuum is off: it was made \
+                 before ecsd set it); stop ecsd and run `ecsd admin vacuum` once"
+            );
+        }
         let reader = Connection::open(path)?;
         configure(&reader)?;
         Ok(SqliteStore {

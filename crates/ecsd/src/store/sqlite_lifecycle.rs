@@ -431,6 +431,32 @@ impl LifecycleStore for SqliteStore {
         })
         .await
     }
+
+    async fn reclaim_pages(&self, max_pages: u32) -> StoreResult<usize> {
+        self.write(move |c| {
+            let free = |c: &rusqlite::Connection| {
+                c.pragma_query_value(None, "freelist_count", |r| r.get::<_, i64>(0))
+            };
+            let before = free(c)?;
+            // Without auto_vacuum = INCREMENTAL this is a no-op.
+            let mut stmt = c.prepare(&format!("PRAGMA incremental_vacuum({max_pages})"))?;
+            let mut rows = stmt.query([])?;
+            while rows.next()?.is_some() {}
+            drop(rows);
+            drop(stmt);
+            Ok((before - free(c)?).max(0) as usize)
+        })
+        .await
+    }
+
+    async fn vacuum(&self) -> StoreResult<()> {
+        self.write(|c| {
+            c.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+            c.execute_batch("VACUUM")?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -539,6 +565,125 @@ mod wal {
         store.checkpoint().await.unwrap();
         let after = std::fs::metadata(&wal).unwrap().len();
         assert_eq!(after, 0, "the WAL is truncated after a retention round");
+    }
+}
+
+/// Pruned pages go back to the file system: the database file shrinks
+/// (`auto_vacuum = INCREMENTAL` on new databases, `ecsd admin vacuum` for
+/// older ones).
+#[cfg(test)]
+mod vacuum {
+    use super::super::sqlite::SqliteStore;
+    use super::super::*;
+    use crate::store::lifecycle::LifecycleStore;
+    use chrono::{Duration, Utc};
+    use ecs_policy::OsType;
+
+    /// 1500 resets, 40 days old, each superseding the one before (finished,
+    /// but the last), with their audit records.
+    async fn fill(store: &SqliteStore) {
+        let p = store.create_project("p").await.unwrap();
+        let s = store
+            .register_server(NewServer {
+                id: uuid::Uuid::new_v4().to_string(),
+                project_id: p.id.clone(),
+                name: "s".into(),
+                os_type: OsType::Linux,
+                agent_public_key: Some(vec![7; 32]),
+            })
+            .await
+            .unwrap();
+        let old = Utc::now() - Duration::days(40);
+        for i in 0..1500 {
+            let rid = uuid::Uuid::new_v4().to_string();
+            store
+                .create_reset(NewReset {
+                    request_id: rid.clone(),
+                    project_id: p.id.clone(),
+                    apply_now: false,
+                    created: old + Duration::milliseconds(i),
+                    targets: vec![(s.id.clone(), vec![1; 2048])],
+                    audit: AuditEntry {
+                        at: old,
+                        request_id: rid,
+                        project_id: p.id.clone(),
+                        actor: "vacuum".into(),
+                        action: "batch-reset-password".into(),
+                        servers: vec![s.id.clone()],
+                        dry_run: false,
+                        outcome: "accepted".into(),
+                        source: "test".into(),
+                        user_id: None,
+                        user_name: None,
+                        error_code: None,
+                        http_status: None,
+                    },
+                })
+                .await
+                .unwrap();
+        }
+        store.checkpoint().await.unwrap();
+    }
+
+    /// Prunes everything finished, then reclaims as a retention round does.
+    async fn prune_and_reclaim(store: &SqliteStore) -> usize {
+        let cutoff = Utc::now() - Duration::days(30);
+        while store.prune_resets(cutoff, 500).await.unwrap() == 500 {}
+        while store.prune_audit(cutoff, 500).await.unwrap() == 500 {}
+        let mut pages = 0;
+        loop {
+            let n = store.reclaim_pages(100).await.unwrap();
+            pages += n;
+            if n < 100 {
+                break;
+            }
+        }
+        store.checkpoint().await.unwrap();
+        pages
+    }
+
+    fn auto_vacuum(path: &std::path::Path) -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_file_shrinks_after_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecsd.db");
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(auto_vacuum(&path), 2, "a new database is INCREMENTAL");
+        fill(&store).await;
+        let full = std::fs::metadata(&path).unwrap().len();
+        assert!(full > 1_000_000, "{full} bytes");
+        let pages = prune_and_reclaim(&store).await;
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert!(pages > 300, "{pages} pages reclaimed");
+        assert!(after < full / 4, "{full} -> {after} bytes");
+    }
+
+    #[tokio::test]
+    async fn an_older_database_shrinks_only_after_admin_vacuum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecsd.db");
+        // As an older ecsd made it: tables before any auto_vacuum setting.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE older (x); DROP TABLE older;")
+            .unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(auto_vacuum(&path), 0);
+        fill(&store).await;
+        let full = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(prune_and_reclaim(&store).await, 0, "auto_vacuum is off");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), full);
+        store.vacuum().await.unwrap();
+        store.checkpoint().await.unwrap();
+        assert_eq!(auto_vacuum(&path), 2);
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert!(after < full / 4, "{full} -> {after} bytes");
     }
 }
 
