@@ -43,6 +43,10 @@ pub struct Config {
     /// which an agent has authenticated no longer counts. Behind a proxy
     /// every client has the proxy's address: set 0 and cap at the proxy.
     pub max_connections_per_source: usize,
+    /// Serve `GET /metrics` on this address (plain HTTP, no authentication:
+    /// a private address) instead of on the API listener for loopback
+    /// clients only.
+    pub metrics_listen: Option<SocketAddr>,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// How long an agent's long poll waits for work.
@@ -117,6 +121,7 @@ impl Default for Config {
             agent_rate_limit_per_sec: 5,
             max_connections: 16_384,
             max_connections_per_source: 256,
+            metrics_listen: None,
             log_format: LogFormat::Text,
             agent_poll_secs: 25,
             agent_stale_secs: 120,
@@ -150,6 +155,7 @@ const ENV_KEYS: &[&str] = &[
     "agent_rate_limit_per_sec",
     "max_connections",
     "max_connections_per_source",
+    "metrics_listen",
     "log_format",
     "agent_poll_secs",
     "agent_stale_secs",

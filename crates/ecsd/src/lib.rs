@@ -18,6 +18,7 @@ pub mod enroll;
 pub mod error;
 pub mod identity;
 pub mod lifecycle;
+pub mod metrics;
 pub mod power;
 pub mod raw_errors;
 pub mod reset;

@@ -133,6 +133,7 @@ pub async fn before_verify(state: &AppState, a: &mut Attempt<'_>) -> Result<(), 
 /// recorded.
 pub async fn verify_failed(state: &AppState, a: &Attempt<'_>, e: ApiError) -> ApiError {
     let now = Instant::now();
+    crate::metrics::auth_failure("public");
     state.auth_failures.fail(&format!("ip:{}", a.ip), now);
     if let Some(ak) = &a.ak {
         state.auth_failures.fail(&format!("ak:{ak}"), now);

@@ -471,7 +471,8 @@ async fn serve(mut config: Config, dev: Option<ecsd::dev::DevFleet>) -> anyhow::
             let banner = format!(
                 "ecsd --dev is ready at {endpoint}\ncredentials: {path}\n\
                  try it with the official Huawei Python SDK:\n  \
-                 .venv/bin/python examples/reset_fleet.py {path}\n",
+                 .venv/bin/python examples/reset_fleet.py {path}\n\
+                 metrics (Prometheus, loopback clients): {endpoint}/metrics\n",
                 path = path.display()
             );
             let mut stdout = std::io::stdout().lock();

@@ -173,8 +173,9 @@ pub async fn batch_action(
             format!("accepted job {job_id}"),
         ),
     };
+    let subs = job.subs.len() as u64;
     match state.store.create_job(job).await {
-        Ok(()) => {}
+        Ok(()) => crate::metrics::sub_jobs("accepted", subs),
         Err(Error::Busy { ids }) => {
             let failures = ids
                 .into_iter()

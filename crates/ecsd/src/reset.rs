@@ -310,7 +310,11 @@ async fn store_reset(
     let request_id = ctx.request_id.to_owned();
     let password = password.clone();
     let (targets, sealed) = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
         let sealed = seal_all(&targets, &request_id, &password);
+        crate::metrics::METRICS
+            .seal_seconds
+            .observe(started.elapsed().as_secs_f64());
         (targets, sealed)
     })
     .await
@@ -325,6 +329,8 @@ async fn store_reset(
         audit: ctx.audit(action, ids.to_vec(), false, "accepted".into()),
     };
     state.store.create_reset(reset).await?;
+    crate::metrics::METRICS.resets.inc();
+    crate::metrics::targets("accepted", ids.len() as u64);
     state.wakers.wake(ids.iter().map(String::as_str));
     Ok(())
 }

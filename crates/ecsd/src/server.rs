@@ -30,6 +30,8 @@ pub struct Server {
     listener: TcpListener,
     state: AppState,
     tls: Option<crate::tls::Tls>,
+    /// `metrics_listen`, when set.
+    metrics: Option<TcpListener>,
 }
 
 /// How long a client has to complete the TLS handshake.
@@ -47,10 +49,19 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
+        let metrics = match state.config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding metrics_listen {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Server {
             listener,
             state,
             tls,
+            metrics,
         })
     }
 
@@ -63,6 +74,11 @@ impl Server {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The address of the `metrics_listen` listener, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -99,6 +115,14 @@ impl Server {
             }
             crate::conn_limits::ConnLimits::new(max, cfg.max_connections_per_source)
         };
+        let metrics = self.metrics.map(|l| {
+            let app = crate::api::metrics::router(self.state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            })
+        });
         let sweeper = tokio::spawn(sweep_jobs(self.state.clone()));
         let retention = tokio::spawn(crate::lifecycle::retention_task(self.state.clone()));
         let app = crate::api::router(self.state);
@@ -196,6 +220,9 @@ impl Server {
         }
         sweeper.abort();
         retention.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         Ok(())
     }
 }
@@ -223,7 +250,9 @@ async fn sweep_jobs(state: AppState) {
 pub async fn expire_jobs(state: &AppState) -> crate::store::StoreResult<usize> {
     let timeout = chrono::Duration::seconds(state.config.job_timeout_secs as i64);
     let now = state.clock.now();
-    state.store.expire_sub_jobs(now - timeout, now).await
+    let n = state.store.expire_sub_jobs(now - timeout, now).await?;
+    crate::metrics::sub_jobs("fail", n as u64);
+    Ok(n)
 }
 
 /// Completes on SIGINT or SIGTERM.

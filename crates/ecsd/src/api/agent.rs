@@ -117,6 +117,7 @@ async fn agent(state: &AppState, source: &str, hash: Option<String>) -> Result<S
         Some(server) => Ok(server),
         None => {
             state.auth_failures.fail(&source_key, now);
+            crate::metrics::auth_failure("agent");
             tracing::warn!(%source, "agent call with an unknown credential");
             Err(ApiError::unauthenticated("agent credential not recognised").into_response())
         }
@@ -282,6 +283,7 @@ pub async fn work(
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.config.agent_poll_secs));
     let deadline = tokio::time::Instant::now() + wait;
     let notify = state.wakers.subscribe(&server_id);
+    let _polling = crate::metrics::Polling::start();
     let result = loop {
         let notified = notify.notified();
         tokio::pin!(notified);
@@ -341,21 +343,23 @@ async fn next_work(
         .take_work(server_id, now)
         .await
         .map_err(|e| ApiError::store("reading agent work", e))?;
-    Ok(work
-        .filter(|w| q.have.as_deref() != Some(w.request_id.as_str()))
-        .map(|w| proto::Poll {
-            reset: Some(proto::Work {
-                server_id: server_id.to_owned(),
-                envelope: Some(keys.sign_reset(server_id, &w)),
-                keys: keys.chain().to_vec(),
-                sealed: ecs_seal::Sealed::from_bytes(w.sealed)
-                    .map(|s| s.to_base64())
-                    .unwrap_or_default(),
-                request_id: w.request_id,
-                apply_now: w.apply_now,
-            }),
-            power: None,
-        }))
+    let work = work.filter(|w| q.have.as_deref() != Some(w.request_id.as_str()));
+    if work.is_some() {
+        crate::metrics::targets("delivered", 1);
+    }
+    Ok(work.map(|w| proto::Poll {
+        reset: Some(proto::Work {
+            server_id: server_id.to_owned(),
+            envelope: Some(keys.sign_reset(server_id, &w)),
+            keys: keys.chain().to_vec(),
+            sealed: ecs_seal::Sealed::from_bytes(w.sealed)
+                .map(|s| s.to_base64())
+                .unwrap_or_default(),
+            request_id: w.request_id,
+            apply_now: w.apply_now,
+        }),
+        power: None,
+    }))
 }
 
 /// `POST /agent/v1/power-ack`.
@@ -381,6 +385,9 @@ pub async fn power_ack(
         )
         .await
         .map_err(|e| ApiError::store("recording a power outcome", e))?;
+    if recorded {
+        crate::metrics::sub_jobs(if req.ok { "success" } else { "fail" }, 1);
+    }
     tracing::info!(server_id = %server.id, sub_job = %req.job_id, ok = req.ok, recorded, "power action acknowledged");
     Ok(Json(proto::AckResponse { recorded }))
 }
@@ -409,6 +416,16 @@ pub async fn ack(
         )
         .await
         .map_err(|e| ApiError::store("recording an outcome", e))?;
+    if recorded {
+        crate::metrics::targets(if applied { "applied" } else { "failed" }, 1);
+        if applied {
+            // Metrics only: a failed lookup costs the histogram one sample.
+            if let Ok(Some(at)) = state.store.reset_accepted_at(&req.request_id).await {
+                let secs = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
+                crate::metrics::METRICS.reset_apply_seconds.observe(secs);
+            }
+        }
+    }
     tracing::info!(server_id = %server.id, request_id = %req.request_id, outcome = ?req.outcome, recorded, "reset outcome");
     Ok(Json(proto::AckResponse { recorded }))
 }

@@ -4,6 +4,7 @@
 mod agent;
 pub mod iam;
 mod iam_admin;
+pub mod metrics;
 /// Kept for callers of the old path; the service is `crate::enroll`.
 pub use crate::enroll::{issue_enroll_token, issue_rekey_token};
 pub use servers::server_detail;
@@ -148,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .merge(iam)
         .route("/health", get(openapi::health))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(metrics::on_api_listener))
         .fallback(no_such_api)
         .method_not_allowed_fallback(no_such_api)
         .layer(from_fn_with_state(
@@ -232,6 +234,11 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         .map(|c| c.0.to_string())
         .unwrap_or_else(|| "unknown".into());
     req.extensions_mut().insert(Source(source));
+    // The route's template, not the path: ids must not become label values.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let mut resp = REQUEST_ID
         .scope(id.clone(), async move {
             match repeated_header(req.headers()) {
@@ -252,14 +259,30 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         );
     }
     let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
-    tracing::info!(
-        request_id = %id,
-        %method,
-        path = %path,
-        status = resp.status().as_u16(),
-        code,
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    let m = &crate::metrics::METRICS;
+    m.http_requests
+        .get_or_create(&crate::metrics::HttpLabels {
+            method: method.to_string(),
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    m.http_seconds
+        .get_or_create(&crate::metrics::RouteLabels {
+            method: method.to_string(),
+            route,
+        })
+        .observe(elapsed.as_secs_f64());
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+    // The agent protocol's routine traffic (long polls, heartbeats) and
+    // scrapes at DEBUG, so the operator's own calls stand out at INFO;
+    // their errors stay at INFO.
+    if status < 400 && (path.starts_with("/agent/v1/") || path == "/metrics") {
+        tracing::debug!(request_id = %id, %method, path = %path, status, code, elapsed_ms, "request");
+    } else {
+        tracing::info!(request_id = %id, %method, path = %path, status, code, elapsed_ms, "request");
+    }
     resp
 }

@@ -54,6 +54,7 @@ or carries an IAM user's X-Auth-Token from POST /v3/auth/tokens; every response 
         super::iam_admin::delete_credential,
         health,
         openapi_json,
+        super::metrics::on_api_listener,
     ),
     components(schemas(ecs_api::ErrorBody, ecs_api::GatewayErrorBody, ecs_api::EcsErrorBody)),
     modifiers(&CommonResponses),
@@ -65,7 +66,7 @@ or carries an IAM user's X-Auth-Token from POST /v3/auth/tokens; every response 
         (name = "audit", description = "The audit trail, in the shape of Huawei Cloud Trace Service ListTraces."),
         (name = "iam", description = "Tokens and temporary AK/SK (Huawei IAM), for IAM users (identity)."),
         (name = "iam-admin", description = "Remote IAM administration of the caller's domain (Huawei IAM shapes): users, groups, custom policies, grants, access keys; system role admin."),
-        (name = "service", description = "Health and this document; no signature."),
+        (name = "service", description = "Health, metrics and this document; no signature."),
     )
 )]
 pub struct ApiDoc;

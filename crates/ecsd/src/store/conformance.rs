@@ -428,6 +428,14 @@ pub async fn resets_supersede_deliver_and_ack(store: &dyn Store) {
     let w2 = store.take_work(&a.id, now).await.unwrap().expect("work");
     assert_eq!(w2.request_id, r2.request_id);
     assert!(w2.seq > w1.seq, "the work sequence grows");
+    assert_eq!(
+        store.reset_accepted_at(&r2.request_id).await.unwrap(),
+        Some(now + Duration::seconds(1))
+    );
+    assert_eq!(
+        store.reset_accepted_at("no-such-request").await.unwrap(),
+        None
+    );
 
     // Acknowledgements: only for the open request of that server, once.
     let at = now + Duration::seconds(2);
@@ -771,6 +779,48 @@ pub async fn heartbeats_bring_servers_back(store: &dyn Store) {
     let p = project(store).await;
     let a = server(store, &p.id, "a", true).await;
     let now = t0();
+    // The census counts every server with an agent in the store (other
+    // checks may share it), so this one reports a version of its own. Before
+    // any heartbeat: an agent (it has a key) of unknown version, stale.
+    let unknown = |c: &[AgentCount]| {
+        c.iter()
+            .find(|c| c.version == "unknown")
+            .map_or((0, 0), |c| (c.up, c.stale))
+    };
+    let census = store.agent_census(now).await.unwrap();
+    assert!(unknown(&census).1 >= 1, "{census:?}");
+    let hb = |version: &str| Heartbeat {
+        agent_version: version.into(),
+        boot_id: "boot-1".into(),
+        uptime_secs: 5,
+        address: None,
+        power_driver: true,
+    };
+    store.heartbeat(&a.id, hb("census-9"), now).await.unwrap();
+    let after = store.agent_census(now).await.unwrap();
+    let v = after
+        .iter()
+        .find(|c| c.version == "census-9")
+        .expect("census-9");
+    assert_eq!((v.up, v.stale), (1, 0), "{after:?}");
+    assert_eq!(unknown(&after).1, unknown(&census).1 - 1, "{after:?}");
+    let later = store
+        .agent_census(now + Duration::seconds(1))
+        .await
+        .unwrap();
+    let v = later
+        .iter()
+        .find(|c| c.version == "census-9")
+        .expect("census-9");
+    assert_eq!(
+        (v.up, v.stale),
+        (0, 1),
+        "heard from before the cutoff: {later:?}"
+    );
+    assert!(
+        later.windows(2).all(|w| w[0].version < w[1].version),
+        "ordered by version: {later:?}"
+    );
     beat(store, &a.id, "boot-1", now).await;
     let s = get(store, &a).await;
     assert_eq!(s.boot_id.as_deref(), Some("boot-1"));

@@ -262,6 +262,14 @@ pub struct ListFilter {
     pub server_ids: Option<Vec<String>>,
 }
 
+/// One line of [`Store::agent_census`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCount {
+    pub version: String,
+    pub up: u64,
+    pub stale: u64,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     // --- administration ---
@@ -360,6 +368,13 @@ pub trait Store: Send + Sync + 'static {
     /// Adds a work-signing key; with `first`, only if there is none yet
     /// (returns false then).
     async fn add_work_key(&self, key: StoredWorkKey, first: bool) -> StoreResult<bool>;
+    /// When the reset request was accepted (`None`: unknown or pruned).
+    async fn reset_accepted_at(&self, request_id: &str) -> StoreResult<Option<DateTime<Utc>>>;
+    /// Servers with an agent (a key, or a heartbeat) by agent version: how many
+    /// were heard from at or after `stale_before` (`up`) and how many not.
+    /// Ordered by version; an agent that never reported counts as version
+    /// `unknown`.
+    async fn agent_census(&self, stale_before: DateTime<Utc>) -> StoreResult<Vec<AgentCount>>;
     /// The server whose agent holds this credential.
     async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>>;
     async fn heartbeat(

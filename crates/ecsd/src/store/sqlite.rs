@@ -596,9 +596,12 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
         let conn = self.writer.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("store lock")))
+        let started = std::time::Instant::now();
+        let r = tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("store lock")))
             .await
-            .map_err(backend)?
+            .map_err(backend)?;
+        crate::metrics::store_call("write", started.elapsed());
+        r
     }
 
     pub(super) async fn read<R: Send + 'static>(
@@ -606,9 +609,12 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
         let conn = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&conn.lock().expect("store lock")))
+        let started = std::time::Instant::now();
+        let r = tokio::task::spawn_blocking(move || f(&conn.lock().expect("store lock")))
             .await
-            .map_err(backend)?
+            .map_err(backend)?;
+        crate::metrics::store_call("read", started.elapsed());
+        r
     }
 }
 
@@ -1172,6 +1178,40 @@ impl Store for SqliteStore {
             )?;
             tx.commit()?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn reset_accepted_at(&self, request_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        let rid = request_id.to_owned();
+        self.read(move |c| {
+            let t: Option<String> = c
+                .prepare_cached("SELECT created_at FROM resets WHERE request_id = ?1")?
+                .query_row([rid], |r| r.get(0))
+                .optional()?;
+            t.as_deref().map(parse_time).transpose()
+        })
+        .await
+    }
+
+    async fn agent_census(&self, stale_before: DateTime<Utc>) -> StoreResult<Vec<AgentCount>> {
+        let cutoff = fmt_time(stale_before);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT COALESCE(agent_version, 'unknown'), \
+                        SUM(agent_last_seen IS NOT NULL AND agent_last_seen >= ?1), \
+                        SUM(agent_last_seen IS NULL OR agent_last_seen < ?1) \
+                 FROM servers WHERE agent_public_key IS NOT NULL OR agent_last_seen IS NOT NULL \
+                 GROUP BY 1 ORDER BY 1",
+            )?;
+            let rows = stmt.query_map([cutoff], |r| {
+                Ok(AgentCount {
+                    version: r.get(0)?,
+                    up: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
+                    stale: r.get::<_, i64>(2)?.try_into().unwrap_or(0),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

@@ -29,6 +29,8 @@ pub struct TestServer {
     pub project: String,
     pub ak: String,
     pub sk: String,
+    /// The `metrics_listen` listener's address, when configured.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -96,6 +98,7 @@ impl TestServer {
         let state = ecsd::server::open_state(config).unwrap();
         let server = Server::bind(state.clone()).await.unwrap();
         let addr = server.local_addr();
+        let metrics_addr = server.metrics_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = server
@@ -116,6 +119,7 @@ impl TestServer {
             project: project.id,
             ak,
             sk: sk.expose_secret().to_owned(),
+            metrics_addr,
             stop: Some(tx),
             task: Some(task),
         }
