@@ -498,6 +498,22 @@ mod wal {
     use chrono::{Duration, Utc};
     use ecs_policy::OsType;
 
+    /// A project with one Linux server that has an agent key.
+    pub(super) async fn one_server(store: &SqliteStore) -> (Project, Server) {
+        let p = store.create_project("p").await.unwrap();
+        let s = store
+            .register_server(NewServer {
+                id: uuid::Uuid::new_v4().to_string(),
+                project_id: p.id.clone(),
+                name: "s".into(),
+                os_type: OsType::Linux,
+                agent_public_key: Some(vec![7; 32]),
+            })
+            .await
+            .unwrap();
+        (p, s)
+    }
+
     fn audit(project: &str, at: DateTime<Utc>) -> AuditEntry {
         AuditEntry {
             at,
@@ -522,17 +538,7 @@ mod wal {
         let path = dir.path().join("ecsd.sqlite");
         let wal = dir.path().join("ecsd.sqlite-wal");
         let store = SqliteStore::open(&path).unwrap();
-        let p = store.create_project("p").await.unwrap();
-        let s = store
-            .register_server(NewServer {
-                id: uuid::Uuid::new_v4().to_string(),
-                project_id: p.id.clone(),
-                name: "s".into(),
-                os_type: OsType::Linux,
-                agent_public_key: Some(vec![7; 32]),
-            })
-            .await
-            .unwrap();
+        let (p, s) = one_server(&store).await;
         let old = Utc::now() - Duration::days(40);
         // Each reset supersedes the previous one: all finished but the last.
         let bound = 2 * JOURNAL_SIZE_LIMIT as u64;
@@ -575,24 +581,14 @@ mod wal {
 mod vacuum {
     use super::super::sqlite::SqliteStore;
     use super::super::*;
+    use super::wal::one_server;
     use crate::store::lifecycle::LifecycleStore;
     use chrono::{Duration, Utc};
-    use ecs_policy::OsType;
 
     /// 1500 resets, 40 days old, each superseding the one before (finished,
     /// but the last), with their audit records.
     async fn fill(store: &SqliteStore) {
-        let p = store.create_project("p").await.unwrap();
-        let s = store
-            .register_server(NewServer {
-                id: uuid::Uuid::new_v4().to_string(),
-                project_id: p.id.clone(),
-                name: "s".into(),
-                os_type: OsType::Linux,
-                agent_public_key: Some(vec![7; 32]),
-            })
-            .await
-            .unwrap();
+        let (p, s) = one_server(store).await;
         let old = Utc::now() - Duration::days(40);
         for i in 0..1500 {
             let rid = uuid::Uuid::new_v4().to_string();
