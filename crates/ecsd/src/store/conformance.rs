@@ -25,7 +25,7 @@ pub async fn run_all(store: &dyn Store) {
 }
 
 /// One `#[tokio::test]` per check; `$make` is a function returning
-/// `(guard, store)` (the guard, e.g. a temporary directory, lives as long as
+/// `(guard, store)`, or `Option` of it (`None` skips; see [`Made`]) (the guard, e.g. a temporary directory, lives as long as
 /// the test).
 #[macro_export]
 macro_rules! store_conformance_tests {
@@ -47,11 +47,36 @@ macro_rules! store_conformance_tests {
         $(
             #[tokio::test]
             async fn $name() {
-                let (_guard, store) = $make();
+                let Some((_guard, store)) = $crate::store::conformance::made($make()) else {
+                    return; // this backend is skipped here
+                };
                 $crate::store::conformance::$name(&store).await;
             }
         )+
     };
+}
+
+/// What a backend's constructor returns: `(guard, store)`, or an `Option`
+/// of it where the backend may be unavailable on purpose (`None` skips).
+pub trait Made<G, S> {
+    fn made(self) -> Option<(G, S)>;
+}
+
+impl<G, S> Made<G, S> for (G, S) {
+    fn made(self) -> Option<(G, S)> {
+        Some(self)
+    }
+}
+
+impl<G, S> Made<G, S> for Option<(G, S)> {
+    fn made(self) -> Option<(G, S)> {
+        self
+    }
+}
+
+/// Used by the conformance macros: the constructor's store, if any.
+pub fn made<G, S>(m: impl Made<G, S>) -> Option<(G, S)> {
+    m.made()
 }
 
 fn uid() -> String {
