@@ -1402,6 +1402,42 @@ pub mod testing {
         r
     }
 
+    /// Runs `sql` (CREATE SCHEMA); a missing test database is created first
+    /// (from the server's `postgres` database) on a fresh machine.
+    async fn create_schema(base: String, sql: String) -> Result<(), String> {
+        let config = parse_config(&base).map_err(|e| e.chain())?;
+        match config.connect(NoTls).await {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
+                let db = config.get_dbname().unwrap_or("test").to_owned();
+                let mut admin = config.clone();
+                admin.dbname("postgres");
+                let (client, conn) = admin.connect(NoTls).await.map_err(|e| chain(&e))?;
+                let task = tokio::spawn(conn);
+                let created = client
+                    .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+                    .await;
+                drop(client);
+                let _ = task.await;
+                match created {
+                    // Another test made it meanwhile.
+                    Err(e)
+                        if e.code()
+                            != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) =>
+                    {
+                        return Err(format!("creating database {db}: {}", chain(&e)));
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => return Err(format!("connecting: {}", chain(&e))),
+            Ok((client, conn)) => {
+                drop(client);
+                let _ = conn.await;
+            }
+        }
+        exec(base, sql).await
+    }
+
     impl TestSchema {
         /// Creates a schema in the test database; `None` when skipped.
         /// Panics (failing the test) when PostgreSQL cannot be reached.
@@ -1412,7 +1448,7 @@ pub mod testing {
             // The application name finds this schema's sessions when it is dropped.
             let url = format!("{base}{sep}options=-csearch_path%3D{name}&application_name={name}");
             let sql = format!("CREATE SCHEMA {name}");
-            if let Err(e) = run(exec(base.clone(), sql)) {
+            if let Err(e) = run(create_schema(base.clone(), sql)) {
                 panic!(
                     "PostgreSQL tests need a server (set ECSD_TEST_POSTGRES to a URL, \
                      or to `skip`): {e}"
