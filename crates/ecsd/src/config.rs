@@ -236,6 +236,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail returns figment::Error
     fn ecsd_database_sets_a_postgres_url() {
         figment::Jail::expect_with(|jail| {
             let url = "postgres://ecsd:secret@127.0.0.1:5432/ecsd?options=-csearch_path%3Dt_1";

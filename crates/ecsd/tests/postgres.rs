@@ -85,7 +85,7 @@ async fn the_real_ecsd_on_postgres_resets_its_dev_fleet_through_the_api() {
     assert_eq!(ids.len(), 2);
     let req = BatchResetRequest {
         apply: Some("now".into()),
-        ..reset_request(Some("Pg5#tRw8qZ"), None, &ids)
+        ..reset_request(Some("Pg5!tRw8qZ"), None, &ids)
     };
     let reply = client
         .call::<serde_json::Value>(
@@ -123,7 +123,7 @@ async fn the_real_ecsd_on_postgres_resets_its_dev_fleet_through_the_api() {
     for e in std::fs::read_dir(&creds.fleet_dir).unwrap() {
         let root = e.unwrap().path();
         if root.join("etc/shadow").exists() {
-            assert!(verifies(&root_hash(&root), "Pg5#tRw8qZ"), "{root:?}");
+            assert!(verifies(&root_hash(&root), "Pg5!tRw8qZ"), "{root:?}");
             roots += 1;
         }
     }
@@ -149,7 +149,7 @@ async fn an_in_process_ecsd_on_postgres_resets_and_keeps_its_data_across_a_resta
     let ids: Vec<&str> = servers.iter().map(|s| s.server_id.as_str()).collect();
     let req = BatchResetRequest {
         apply: Some("now".into()),
-        ..reset_request(Some("Qm4$vXe9pL"), None, &ids)
+        ..reset_request(Some("Qm4@vXe9pL"), None, &ids)
     };
     let r = t.call("PUT", &t.batch_path(), Some(&body(&req))).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -170,7 +170,7 @@ async fn an_in_process_ecsd_on_postgres_resets_and_keeps_its_data_across_a_resta
     }
     assert_eq!(states, [ResetState::Applied, ResetState::Applied]);
     for s in &servers {
-        assert!(verifies(&root_hash(&s.root), "Qm4$vXe9pL"));
+        assert!(verifies(&root_hash(&s.root), "Qm4@vXe9pL"));
     }
     f.stop();
     // Another ecsd process on the same database sees everything.

@@ -1418,11 +1418,14 @@ pub mod testing {
                     .await;
                 drop(client);
                 let _ = task.await;
+                use tokio_postgres::error::SqlState;
                 match created {
-                    // Another test made it meanwhile.
+                    // Another test made it meanwhile (caught by the catalog's
+                    // unique index when both commit at once).
                     Err(e)
-                        if e.code()
-                            != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) =>
+                        if ![SqlState::DUPLICATE_DATABASE, SqlState::UNIQUE_VIOLATION]
+                            .iter()
+                            .any(|c| e.code() == Some(c)) =>
                     {
                         return Err(format!("creating database {db}: {}", chain(&e)));
                     }
