@@ -96,6 +96,47 @@ pub(super) fn is_constraint(e: &tokio_postgres::Error) -> bool {
     })
 }
 
+/// Queries through each connection's statement cache: one round trip per
+/// call instead of two (parse, then execute). Errors stay the driver's, so
+/// callers can still tell a constraint violation.
+#[async_trait::async_trait]
+pub(super) trait Cached: GenericClient {
+    async fn cached_query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query(&st, params).await
+    }
+    async fn cached_query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_opt(&st, params).await
+    }
+    async fn cached_query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_one(&st, params).await
+    }
+    async fn cached_execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.execute(&st, params).await
+    }
+}
+
+impl<T: GenericClient> Cached for T {}
+
 /// Parameters of a query built at run time (`$1`, `$2`, ...).
 #[derive(Default)]
 pub(super) struct Args(Vec<Box<dyn ToSql + Sync + Send>>);
@@ -179,7 +220,7 @@ impl PgStore {
     pub async fn schema_version(&self) -> StoreResult<usize> {
         let c = self.client().await?;
         let v: i64 = c
-            .query_one(
+            .cached_query_one(
                 "SELECT coalesce(max(version), 0) FROM schema_migrations",
                 &[],
             )
@@ -248,7 +289,7 @@ async fn lock_servers(c: &impl GenericClient, ids: &[&str]) -> StoreResult<()> {
     let mut sorted: Vec<&str> = ids.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
-    c.query(
+    c.cached_query(
         "SELECT id FROM servers WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         &[&sorted],
     )
@@ -261,7 +302,7 @@ async fn lock_server(
     c: &impl GenericClient,
     id: &str,
 ) -> StoreResult<Option<(String, Option<String>)>> {
-    Ok(c.query_opt(
+    Ok(c.cached_query_opt(
         "SELECT status, boot_id FROM servers WHERE id = $1 FOR UPDATE",
         &[&id],
     )
@@ -276,7 +317,7 @@ async fn set_power_state(
     st: PowerState,
     nows: &str,
 ) -> StoreResult<()> {
-    c.execute(
+    c.cached_execute(
         "UPDATE servers SET status = $2, task_state = $3, updated_at = $4 WHERE id = $1",
         &[
             &id,
@@ -296,7 +337,7 @@ async fn end_sub_job(
     end: &domain::SubJobEnd,
     nows: &str,
 ) -> StoreResult<()> {
-    c.execute(
+    c.cached_execute(
         "UPDATE sub_jobs SET status = $2, error_code = $3, fail_reason = $4, end_time = $5 \
          WHERE sub_job_id = $1",
         &[
@@ -319,7 +360,7 @@ async fn rekey_server_tx(
     e: &Enrollment,
     nows: &str,
 ) -> StoreResult<()> {
-    c.execute(
+    c.cached_execute(
         "UPDATE servers SET agent_public_key = $2, agent_credential_hash = $3, hostname = $4, \
          os_type = $5, agent_version = $6, machine_id = $7, updated_at = $8 WHERE id = $1",
         &[
@@ -334,7 +375,7 @@ async fn rekey_server_tx(
         ],
     )
     .await?;
-    c.execute(
+    c.cached_execute(
         "UPDATE reset_targets SET state = $3, sealed = NULL, updated_at = $2, reason = $4 \
          WHERE server_id = $1 AND state IN ('PENDING', 'DELIVERED')",
         &[&id, &nows, &ResetState::Failed.as_str(), &reasons::REKEYED],
@@ -397,7 +438,7 @@ pub(super) fn project_from_row(r: &Row) -> StoreResult<Project> {
 }
 
 async fn insert_audit(c: &impl GenericClient, e: &AuditEntry) -> StoreResult<()> {
-    c.execute(
+    c.cached_execute(
         "INSERT INTO audit (at, request_id, project_id, actor, action, servers, dry_run, outcome, source, \
          user_id, user_name, error_code, http_status, rating) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
@@ -431,7 +472,7 @@ impl Store for PgStore {
             created: Utc::now(),
         };
         let c = self.client().await?;
-        c.execute(
+        c.cached_execute(
             "INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3)",
             &[&project.id, &project.name, &fmt_time(project.created)],
         )
@@ -448,7 +489,7 @@ impl Store for PgStore {
 
     async fn project_by_name(&self, name: &str) -> StoreResult<Option<Project>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.cached_query_opt(
             "SELECT id, name, created_at FROM projects WHERE name = $1",
             &[&name],
         )
@@ -460,7 +501,7 @@ impl Store for PgStore {
 
     async fn project(&self, id: &str) -> StoreResult<Option<Project>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.cached_query_opt(
             "SELECT id, name, created_at FROM projects WHERE id = $1",
             &[&id],
         )
@@ -472,7 +513,7 @@ impl Store for PgStore {
 
     async fn create_access_key(&self, key: AccessKey) -> StoreResult<()> {
         let c = self.client().await?;
-        c.execute(
+        c.cached_execute(
             "INSERT INTO access_keys (ak, project_id, sk_sealed, role, created_at) VALUES ($1, $2, $3, $4, $5)",
             &[&key.ak, &key.project_id, &key.sk_sealed, &key.role.as_str(), &fmt_time(Utc::now())],
         )
@@ -484,7 +525,7 @@ impl Store for PgStore {
         {
             let c = self.client().await?;
             let now = fmt_time(Utc::now());
-            c.execute(
+            c.cached_execute(
                 "INSERT INTO servers (id, project_id, name, os_type, status, agent_public_key, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $7, $5, $6, $6)",
                 &[&s.id, &s.project_id, &s.name, &s.os_type.as_str(), &s.agent_public_key, &now,
@@ -505,7 +546,7 @@ impl Store for PgStore {
         uses: u32,
     ) -> StoreResult<()> {
         let c = self.client().await?;
-        c.execute(
+        c.cached_execute(
             "INSERT INTO enroll_tokens (token_hash, project_id, expires_at, uses_left, created_at) VALUES ($1, $2, $3, $4, $5)",
             &[&token_hash, &project_id, &fmt_time(expires), &i64::from(uses), &fmt_time(Utc::now())],
         )
@@ -516,7 +557,7 @@ impl Store for PgStore {
     async fn access_key(&self, ak: &str) -> StoreResult<Option<AccessKey>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .cached_query_opt(
                 "SELECT ak, project_id, sk_sealed, role FROM access_keys WHERE ak = $1",
                 &[&ak],
             )
@@ -536,7 +577,7 @@ impl Store for PgStore {
     async fn servers_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Server>> {
         let c = self.client().await?;
         let sql = format!("SELECT {SERVER_COLS} FROM servers s WHERE s.id = ANY($1)");
-        c.query(&sql, &[&ids])
+        c.cached_query(&sql, &[&ids])
             .await?
             .iter()
             .map(server_from_row)
@@ -547,7 +588,7 @@ impl Store for PgStore {
         let c = self.client().await?;
         let sql =
             format!("SELECT {SERVER_COLS} FROM servers s WHERE s.id = $1 AND s.project_id = $2");
-        c.query_opt(&sql, &[&id, &project_id])
+        c.cached_query_opt(&sql, &[&id, &project_id])
             .await?
             .as_ref()
             .map(server_from_row)
@@ -563,7 +604,7 @@ impl Store for PgStore {
         // or ack of the same servers waits here, so superseding below sees
         // every open target and the sequence numbers never repeat.
         lock_servers(&tx, &servers).await?;
-        tx.execute(
+        tx.cached_execute(
             "INSERT INTO resets (request_id, project_id, apply_now, created_at) VALUES ($1, $2, $3, $4)",
             &[&reset.request_id, &reset.project_id, &reset.apply_now, &now],
         )
@@ -629,7 +670,7 @@ impl Store for PgStore {
     ) -> StoreResult<Option<ResetOutcome>> {
         let c = self.client().await?;
         let Some(head) = c
-            .query_opt(
+            .cached_query_opt(
                 "SELECT apply_now, created_at FROM resets WHERE request_id = $1 AND project_id = $2",
                 &[&request_id, &project_id],
             )
@@ -638,7 +679,7 @@ impl Store for PgStore {
             return Ok(None);
         };
         let rows = c
-            .query(
+            .cached_query(
                 "SELECT server_id, state, reason, updated_at FROM reset_targets WHERE request_id = $1 ORDER BY position",
                 &[&request_id],
             )
@@ -667,7 +708,7 @@ impl Store for PgStore {
     async fn latest_reset_id(&self, project_id: &str) -> StoreResult<Option<String>> {
         let c = self.client().await?;
         Ok(c
-            .query_opt(
+            .cached_query_opt(
                 "SELECT request_id FROM resets WHERE project_id = $1 ORDER BY created_at DESC, row_no DESC LIMIT 1",
                 &[&project_id],
             )
@@ -730,7 +771,7 @@ impl Store for PgStore {
         }
         let count: i64 = if clauses.len() == 1 {
             // No filter: the count kept by triggers.
-            c.query_opt(
+            c.cached_query_opt(
                 "SELECT server_count FROM projects WHERE id = $1",
                 &[&project_id],
             )
@@ -741,12 +782,12 @@ impl Store for PgStore {
                 "SELECT COUNT(*) FROM servers s WHERE {}",
                 clauses.join(" AND ")
             );
-            c.query_one(&sql, &args.refs()).await?.get(0)
+            c.cached_query_one(&sql, &args.refs()).await?.get(0)
         };
         let mut offset = u64::from(page.max(1) - 1) * u64::from(limit);
         if let Some(m) = &marker {
             let created: Option<String> = c
-                .query_opt(
+                .cached_query_opt(
                     "SELECT created_at FROM servers WHERE id = $1 AND project_id = $2",
                     &[m, &project_id],
                 )
@@ -765,7 +806,7 @@ impl Store for PgStore {
             "SELECT {SERVER_COLS} FROM servers s WHERE {} ORDER BY s.created_at DESC, s.id DESC LIMIT {l} OFFSET {o}",
             clauses.join(" AND ")
         );
-        let rows = c.query(&sql, &args.refs()).await?;
+        let rows = c.cached_query(&sql, &args.refs()).await?;
         let out = rows
             .iter()
             .map(server_from_row)
@@ -795,7 +836,7 @@ impl Store for PgStore {
             return Err(StoreError::Busy { ids: busy_ids });
         }
         let now = fmt_time(job.created);
-        tx.execute(
+        tx.cached_execute(
             "INSERT INTO jobs (job_id, project_id, kind, hard, begin_time) VALUES ($1, $2, $3, $4, $5)",
             &[&job.job_id, &job.project_id, &job.kind.as_str(), &job.hard, &now],
         )
@@ -856,7 +897,7 @@ impl Store for PgStore {
     async fn job(&self, project_id: &str, job_id: &str) -> StoreResult<Option<Job>> {
         let c = self.client().await?;
         let Some(head) = c
-            .query_opt(
+            .cached_query_opt(
                 "SELECT kind, begin_time FROM jobs WHERE job_id = $1 AND project_id = $2",
                 &[&job_id, &project_id],
             )
@@ -865,7 +906,7 @@ impl Store for PgStore {
             return Ok(None);
         };
         let rows = c
-            .query(
+            .cached_query(
                 "SELECT sub_job_id, server_id, status, error_code, fail_reason, begin_time, end_time \
                  FROM sub_jobs WHERE job_id = $1 ORDER BY position",
                 &[&job_id],
@@ -901,7 +942,7 @@ impl Store for PgStore {
         let nows = fmt_time(now);
         let cutoff = fmt_time(older_than);
         let candidates: Vec<String> = tx
-            .query(
+            .cached_query(
                 "SELECT DISTINCT server_id FROM sub_jobs \
                  WHERE status IN ('INIT', 'RUNNING') AND begin_time < $1",
                 &[&cutoff],
@@ -917,7 +958,7 @@ impl Store for PgStore {
         lock_servers(&tx, &ids).await?;
         // Read again under the locks: an ack may have ended some meanwhile.
         let expired = tx
-            .query(
+            .cached_query(
                 "SELECT s.sub_job_id, s.server_id, j.kind, v.status FROM sub_jobs s \
                  JOIN jobs j ON j.job_id = s.job_id JOIN servers v ON v.id = s.server_id \
                  WHERE s.status IN ('INIT', 'RUNNING') AND s.begin_time < $1 AND s.server_id = ANY($2)",
@@ -950,7 +991,7 @@ impl Store for PgStore {
         // The token's row stays locked until the commit: its uses are
         // counted exactly, whichever replica the agents reach.
         let token = tx
-            .query_opt(
+            .cached_query_opt(
                 "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
                  WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 RETURNING project_id, server_id",
                 &[&token_hash, &nows],
@@ -970,13 +1011,13 @@ impl Store for PgStore {
             None => {
                 // Two enrollments of one machine id at once: one after the
                 // other, so `refuse` refuses the second.
-                tx.execute(
+                tx.cached_execute(
                     "SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2)::bigint)",
                     &[&project_id, &e.machine_id],
                 )
                 .await?;
                 let existing: Option<String> = tx
-                    .query_opt(
+                    .cached_query_opt(
                         "SELECT id FROM servers WHERE project_id = $1 AND machine_id = $2 LIMIT 1",
                         &[&project_id, &e.machine_id],
                     )
@@ -990,7 +1031,7 @@ impl Store for PgStore {
                     });
                 }
                 let id = uuid::Uuid::new_v4().to_string();
-                tx.execute(
+                tx.cached_execute(
                     "INSERT INTO servers (id, project_id, name, os_type, status, agent_public_key, \
                      agent_credential_hash, machine_id, agent_version, hostname, created_at, updated_at) \
                      VALUES ($1, $2, $3, $4, $10, $5, $6, $7, $8, $3, $9, $9)",
@@ -1019,7 +1060,7 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let project_id: Option<String> = tx
-            .query_opt(
+            .cached_query_opt(
                 "SELECT project_id FROM servers WHERE id = $1 FOR UPDATE",
                 &[&server_id],
             )
@@ -1046,7 +1087,7 @@ impl Store for PgStore {
         let c = self.client().await?;
         // One statement: the server's project, if the server exists.
         Ok(c
-            .query_opt(
+            .cached_query_opt(
                 "INSERT INTO enroll_tokens (token_hash, project_id, expires_at, uses_left, server_id, created_at) \
                  SELECT $1, project_id, $2, 1, id, $4 FROM servers WHERE id = $3 RETURNING project_id",
                 &[&token_hash, &fmt_time(expires), &server_id, &fmt_time(Utc::now())],
@@ -1064,18 +1105,18 @@ impl Store for PgStore {
     ) -> StoreResult<()> {
         let c = self.client().await?;
         // Expired challenges go as new ones come.
-        c.execute(
+        c.cached_execute(
             "DELETE FROM rekey_challenges WHERE expires_at <= $1",
             &[&fmt_time(Utc::now())],
         )
         .await?;
-        c.execute(
+        c.cached_execute(
             "INSERT INTO rekey_challenges (challenge_id, server_id, answer_hash, expires_at) VALUES ($1, $2, $3, $4)",
             &[&challenge_id, &server_id, &answer_hash, &fmt_time(expires)],
         )
         .await?;
         // Unauthenticated callers can ask: keep at most 4 open per server.
-        c.execute(
+        c.cached_execute(
             "DELETE FROM rekey_challenges WHERE server_id = $1 AND challenge_id NOT IN \
              (SELECT challenge_id FROM rekey_challenges WHERE server_id = $1 ORDER BY row_no DESC LIMIT 4)",
             &[&server_id],
@@ -1090,7 +1131,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<(String, String)>> {
         let c = self.client().await?;
-        Ok(c.query_opt(
+        Ok(c.cached_query_opt(
             "DELETE FROM rekey_challenges WHERE challenge_id = $1 AND expires_at > $2 \
                  RETURNING server_id, answer_hash",
             &[&challenge_id, &fmt_time(now)],
@@ -1102,7 +1143,7 @@ impl Store for PgStore {
     async fn work_keys(&self) -> StoreResult<Vec<StoredWorkKey>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .cached_query(
                 "SELECT public_key, secret_sealed, endorsed_by, signature, created_at FROM work_keys ORDER BY id",
                 &[],
             )
@@ -1129,14 +1170,14 @@ impl Store for PgStore {
             tx.batch_execute("LOCK TABLE work_keys IN SHARE ROW EXCLUSIVE MODE")
                 .await?;
             let n: i64 = tx
-                .query_one("SELECT COUNT(*) FROM work_keys", &[])
+                .cached_query_one("SELECT COUNT(*) FROM work_keys", &[])
                 .await?
                 .get(0);
             if n > 0 {
                 return Ok(false);
             }
         }
-        tx.execute(
+        tx.cached_execute(
             "INSERT INTO work_keys (public_key, secret_sealed, endorsed_by, signature, created_at) \
              VALUES ($1, $2, $3, $4, $5)",
             &[
@@ -1155,7 +1196,7 @@ impl Store for PgStore {
     async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>> {
         let c = self.client().await?;
         let sql = format!("SELECT {SERVER_COLS} FROM servers s WHERE s.agent_credential_hash = $1");
-        c.query_opt(&sql, &[&credential_hash])
+        c.cached_query_opt(&sql, &[&credential_hash])
             .await?
             .as_ref()
             .map(server_from_row)
@@ -1180,7 +1221,7 @@ impl Store for PgStore {
             Some(a) => serde_json::to_string(&[a]).map_err(backend)?,
             None => "[]".to_owned(),
         };
-        tx.execute(
+        tx.cached_execute(
             "UPDATE servers SET agent_version = $2, boot_id = $3, uptime_secs = $4, agent_last_seen = $5, \
              addresses = $6, power_driver = $7 WHERE id = $1",
             &[&server_id, &hb.agent_version, &hb.boot_id, &(hb.uptime_secs as i64), &nows, &addresses, &hb.power_driver],
@@ -1189,7 +1230,7 @@ impl Store for PgStore {
         if let Some(st) = back {
             set_power_state(&tx, server_id, st, &nows).await?;
             let running = tx
-                .query(
+                .cached_query(
                     "SELECT s.sub_job_id, j.kind, s.boot_id_at_start FROM sub_jobs s \
                      JOIN jobs j ON j.job_id = s.job_id WHERE s.server_id = $1 AND s.status = 'RUNNING'",
                     &[&server_id],
@@ -1218,7 +1259,7 @@ impl Store for PgStore {
             return Ok(None);
         };
         let found = tx
-            .query_opt(
+            .cached_query_opt(
                 "SELECT s.sub_job_id, j.kind, j.hard, s.seq FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
                  WHERE s.server_id = $1 AND s.status = 'INIT' ORDER BY s.begin_time LIMIT 1",
                 &[&server_id],
@@ -1231,7 +1272,7 @@ impl Store for PgStore {
             (r.get(0), r.get(1), r.get(2), r.get(3));
         let kind = parse_kind(&kind)?;
         let nows = fmt_time(now);
-        tx.execute(
+        tx.cached_execute(
             "UPDATE sub_jobs SET status = $3, boot_id_at_start = (SELECT boot_id FROM servers WHERE id = $2) \
              WHERE sub_job_id = $1",
             &[&sub, &server_id, &JobStatus::Running.as_str()],
@@ -1262,7 +1303,7 @@ impl Store for PgStore {
             return Ok(false);
         };
         let found = tx
-            .query_opt(
+            .cached_query_opt(
                 "SELECT j.kind FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
                  WHERE s.sub_job_id = $1 AND s.server_id = $2 AND s.status = 'RUNNING'",
                 &[&sub_job_id, &server_id],
@@ -1295,7 +1336,7 @@ impl Store for PgStore {
             return Ok(None);
         }
         let work = tx
-            .query_opt(
+            .cached_query_opt(
                 "SELECT t.request_id, t.sealed, r.apply_now, t.state, t.seq FROM reset_targets t \
                  JOIN resets r ON r.request_id = t.request_id \
                  WHERE t.server_id = $1 AND t.state IN ('PENDING', 'DELIVERED') AND t.sealed IS NOT NULL \
@@ -1310,7 +1351,7 @@ impl Store for PgStore {
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         let state: ResetState = state.parse().map_err(backend)?;
         if let Some(next) = domain::reset::delivered(state) {
-            tx.execute(
+            tx.cached_execute(
                 "UPDATE reset_targets SET state = $4, updated_at = $3 WHERE request_id = $1 AND server_id = $2",
                 &[&request_id, &server_id, &fmt_time(now), &next.as_str()],
             )
@@ -1333,17 +1374,22 @@ impl Store for PgStore {
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let c = self.client().await?;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // The server's row first, as take_work and create_reset do: a take
+        // in progress cannot turn this outcome back into DELIVERED.
+        if lock_server(&tx, server_id).await?.is_none() {
+            return Ok(false);
+        }
         let state = domain::reset::acknowledged(applied).as_str();
-        // One statement: under READ COMMITTED a concurrent supersede makes
-        // it re-check the state and change nothing.
-        let n = c
-            .execute(
+        let n = tx
+            .cached_execute(
                 "UPDATE reset_targets SET state = $3, reason = $4, sealed = NULL, updated_at = $5 \
                  WHERE request_id = $1 AND server_id = $2 AND state IN ('PENDING', 'DELIVERED')",
                 &[&request_id, &server_id, &state, &reason, &fmt_time(now)],
             )
             .await?;
+        tx.commit().await?;
         Ok(n == 1)
     }
 }

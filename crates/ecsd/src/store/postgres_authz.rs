@@ -5,7 +5,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::authz::{AuthzStore, Grant, Group, StoredPolicy, TagChange};
-use super::postgres::{PgStore, backend, is_constraint};
+use super::postgres::{Cached, PgStore, backend, is_constraint};
 use super::{StoreError, StoreResult, fmt_time, parse_time};
 use crate::authz::tags;
 use crate::domain::Entity;
@@ -64,7 +64,7 @@ fn grant_from(raw: &str) -> StoreResult<Grant> {
 
 /// True if the row exists; locks it against deletion until the commit.
 async fn exists_locked(c: &impl GenericClient, table: &str, id: &str) -> StoreResult<bool> {
-    Ok(c.query_opt(
+    Ok(c.cached_query_opt(
         &format!("SELECT 1 FROM {table} WHERE id = $1 FOR KEY SHARE"),
         &[&id],
     )
@@ -83,7 +83,7 @@ async fn read_tags(
     } else {
         "SELECT tags FROM servers WHERE id = $1 AND project_id = $2"
     };
-    c.query_opt(sql, &[&s, &p])
+    c.cached_query_opt(sql, &[&s, &p])
         .await?
         .map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(backend))
         .transpose()
@@ -105,7 +105,7 @@ impl AuthzStore for PgStore {
             created: now(),
         };
         let c = self.client().await?;
-        c.execute(
+        c.cached_execute(
             "INSERT INTO iam_groups (id, domain_id, name, description, created_at) VALUES ($1, $2, $3, $4, $5)",
             &[&g.id, &g.domain_id, &g.name, &g.description, &fmt_time(g.created)],
         )
@@ -116,7 +116,7 @@ impl AuthzStore for PgStore {
 
     async fn group(&self, id: &str) -> StoreResult<Option<Group>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.cached_query_opt(
             &format!("SELECT {GROUP_COLS} FROM iam_groups WHERE id = $1"),
             &[&id],
         )
@@ -128,7 +128,7 @@ impl AuthzStore for PgStore {
 
     async fn group_by_name(&self, domain_id: &str, name: &str) -> StoreResult<Option<Group>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.cached_query_opt(
             &format!("SELECT {GROUP_COLS} FROM iam_groups WHERE domain_id = $1 AND name = $2"),
             &[&domain_id, &name],
         )
@@ -140,7 +140,7 @@ impl AuthzStore for PgStore {
 
     async fn groups(&self, domain_id: &str) -> StoreResult<Vec<Group>> {
         let c = self.client().await?;
-        c.query(
+        c.cached_query(
             &format!("SELECT {GROUP_COLS} FROM iam_groups WHERE domain_id = $1 ORDER BY name"),
             &[&domain_id],
         )
@@ -152,9 +152,11 @@ impl AuthzStore for PgStore {
 
     async fn delete_group(&self, id: &str) -> StoreResult<bool> {
         let c = self.client().await?;
-        Ok(c.execute("DELETE FROM iam_groups WHERE id = $1", &[&id])
-            .await?
-            > 0)
+        Ok(
+            c.cached_execute("DELETE FROM iam_groups WHERE id = $1", &[&id])
+                .await?
+                > 0,
+        )
     }
 
     async fn add_group_member(&self, group_id: &str, user_id: &str) -> StoreResult<()> {
@@ -163,7 +165,7 @@ impl AuthzStore for PgStore {
         if !exists_locked(&tx, "iam_groups", group_id).await? {
             return Err(not_found(Entity::Group, group_id));
         }
-        tx.execute(
+        tx.cached_execute(
             "INSERT INTO iam_group_members (group_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&group_id, &user_id],
         )
@@ -174,7 +176,7 @@ impl AuthzStore for PgStore {
 
     async fn remove_group_member(&self, group_id: &str, user_id: &str) -> StoreResult<bool> {
         let c = self.client().await?;
-        Ok(c.execute(
+        Ok(c.cached_execute(
             "DELETE FROM iam_group_members WHERE group_id = $1 AND user_id = $2",
             &[&group_id, &user_id],
         )
@@ -184,7 +186,7 @@ impl AuthzStore for PgStore {
 
     async fn group_members(&self, group_id: &str) -> StoreResult<Vec<String>> {
         let c = self.client().await?;
-        Ok(c.query(
+        Ok(c.cached_query(
             "SELECT user_id FROM iam_group_members WHERE group_id = $1 ORDER BY user_id",
             &[&group_id],
         )
@@ -210,7 +212,7 @@ impl AuthzStore for PgStore {
             created: now(),
         };
         let c = self.client().await?;
-        c.execute(
+        c.cached_execute(
             "INSERT INTO iam_policies (id, domain_id, name, description, document, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
             &[&p.id, &p.domain_id, &p.name, &p.description, &p.document, &fmt_time(p.created)],
         )
@@ -225,7 +227,7 @@ impl AuthzStore for PgStore {
 
     async fn policies(&self, domain_id: &str) -> StoreResult<Vec<StoredPolicy>> {
         let c = self.client().await?;
-        c.query(
+        c.cached_query(
             &format!("SELECT {POLICY_COLS} FROM iam_policies WHERE domain_id = $1 ORDER BY name"),
             &[&domain_id],
         )
@@ -237,7 +239,7 @@ impl AuthzStore for PgStore {
 
     async fn policies_by_ids(&self, ids: &[String]) -> StoreResult<Vec<StoredPolicy>> {
         let c = self.client().await?;
-        c.query(
+        c.cached_query(
             &format!("SELECT {POLICY_COLS} FROM iam_policies WHERE id = ANY($1)"),
             &[&ids],
         )
@@ -250,13 +252,13 @@ impl AuthzStore for PgStore {
     async fn delete_policy(&self, id: &str) -> StoreResult<bool> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        tx.execute(
+        tx.cached_execute(
             "DELETE FROM iam_group_grants WHERE grant_ref = $1",
             &[&Grant::Policy(id.to_owned()).encode()],
         )
         .await?;
         let n = tx
-            .execute("DELETE FROM iam_policies WHERE id = $1", &[&id])
+            .cached_execute("DELETE FROM iam_policies WHERE id = $1", &[&id])
             .await?;
         tx.commit().await?;
         Ok(n > 0)
@@ -278,7 +280,7 @@ impl AuthzStore for PgStore {
         {
             return Err(not_found(Entity::Policy, id));
         }
-        tx.execute(
+        tx.cached_execute(
             "INSERT INTO iam_group_grants (group_id, project_id, grant_ref) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             &[&group_id, &project_id, &grant.encode()],
         )
@@ -289,7 +291,7 @@ impl AuthzStore for PgStore {
 
     async fn detach(&self, group_id: &str, project_id: &str, grant: &Grant) -> StoreResult<bool> {
         let c = self.client().await?;
-        Ok(c.execute(
+        Ok(c.cached_execute(
             "DELETE FROM iam_group_grants WHERE group_id = $1 AND project_id = $2 AND grant_ref = $3",
             &[&group_id, &project_id, &grant.encode()],
         )
@@ -299,7 +301,7 @@ impl AuthzStore for PgStore {
 
     async fn attachments(&self, group_id: &str) -> StoreResult<Vec<(String, Grant)>> {
         let c = self.client().await?;
-        c.query(
+        c.cached_query(
             "SELECT project_id, grant_ref FROM iam_group_grants WHERE group_id = $1 ORDER BY project_id, grant_ref",
             &[&group_id],
         )
@@ -319,7 +321,7 @@ impl AuthzStore for PgStore {
         let user: String = match user_id {
             Some(u) => u.to_owned(),
             None => match c
-                .query_opt(
+                .cached_query_opt(
                     "SELECT user_id FROM iam_key_users WHERE ak = $1",
                     &[&access_key],
                 )
@@ -330,7 +332,7 @@ impl AuthzStore for PgStore {
             },
         };
         let mut grants = c
-            .query(
+            .cached_query(
                 "SELECT DISTINCT g.grant_ref FROM iam_group_members m \
                  JOIN iam_group_grants g ON g.group_id = m.group_id \
                  WHERE m.user_id = $1 AND g.project_id = $2",
@@ -347,7 +349,7 @@ impl AuthzStore for PgStore {
     async fn authz_version(&self, access_key: &str) -> StoreResult<(i64, Option<String>)> {
         let c = self.client().await?;
         let r = c
-            .query_one(
+            .cached_query_one(
                 "SELECT (SELECT n FROM iam_version), (SELECT user_id FROM iam_key_users WHERE ak = $1)",
                 &[&access_key],
             )
@@ -357,7 +359,7 @@ impl AuthzStore for PgStore {
 
     async fn bind_access_key_user(&self, ak: &str, user_id: &str) -> StoreResult<()> {
         let c = self.client().await?;
-        c.execute(
+        c.cached_execute(
             "INSERT INTO iam_key_users (ak, user_id) VALUES ($1, $2) \
              ON CONFLICT (ak) DO UPDATE SET user_id = excluded.user_id",
             &[&ak, &user_id],
@@ -395,7 +397,7 @@ impl AuthzStore for PgStore {
             TagChange::Delete(t) => tags::delete(&current, t),
         };
         if next != current {
-            tx.execute(
+            tx.cached_execute(
                 "UPDATE servers SET tags = $1, updated_at = $2 WHERE id = $3 AND project_id = $4",
                 &[
                     &serde_json::to_string(&next).map_err(backend)?,

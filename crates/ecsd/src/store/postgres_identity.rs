@@ -5,7 +5,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::identity::*;
-use super::postgres::{PgStore, backend, is_constraint, project_from_row};
+use super::postgres::{Cached, PgStore, backend, is_constraint, project_from_row};
 use super::{Project, StoreError, StoreResult, fmt_time, parse_time};
 
 fn domain_from_row(r: &Row) -> StoreResult<Domain> {
@@ -17,7 +17,7 @@ fn domain_from_row(r: &Row) -> StoreResult<Domain> {
 }
 
 async fn query_domain(c: &impl GenericClient, col: &str, v: &str) -> StoreResult<Option<Domain>> {
-    c.query_opt(
+    c.cached_query_opt(
         &format!("SELECT id, name, created_at FROM domains WHERE {col} = $1"),
         &[&v],
     )
@@ -59,7 +59,7 @@ impl IdentityStore for PgStore {
     async fn ensure_domain(&self, name: &str) -> StoreResult<Domain> {
         let c = self.client().await?;
         // Replicas ensuring the same domain at once: one insert wins.
-        c.execute(
+        c.cached_execute(
             "INSERT INTO domains (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
             &[
                 &uuid::Uuid::new_v4().simple().to_string(),
@@ -83,7 +83,7 @@ impl IdentityStore for PgStore {
 
     async fn project_domain(&self, project_id: &str) -> StoreResult<Option<Domain>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.cached_query_opt(
             "SELECT d.id, d.name, d.created_at FROM domains d \
              JOIN projects p ON p.domain_id = d.id WHERE p.id = $1",
             &[&project_id],
@@ -97,7 +97,7 @@ impl IdentityStore for PgStore {
     async fn set_project_domain(&self, project_id: &str, domain_id: &str) -> StoreResult<()> {
         let c = self.client().await?;
         let n = c
-            .execute(
+            .cached_execute(
                 "UPDATE projects SET domain_id = $2 WHERE id = $1",
                 &[&project_id, &domain_id],
             )
@@ -110,7 +110,7 @@ impl IdentityStore for PgStore {
 
     async fn domain_projects(&self, domain_id: &str) -> StoreResult<Vec<Project>> {
         let c = self.client().await?;
-        c.query(
+        c.cached_query(
             "SELECT id, name, created_at FROM projects WHERE domain_id = $1 ORDER BY name",
             &[&domain_id],
         )
@@ -122,7 +122,7 @@ impl IdentityStore for PgStore {
 
     async fn project_in_domain(&self, domain_id: &str, name: &str) -> StoreResult<Option<Project>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.cached_query_opt(
             "SELECT id, name, created_at FROM projects WHERE domain_id = $1 AND name = $2",
             &[&domain_id, &name],
         )
@@ -134,7 +134,7 @@ impl IdentityStore for PgStore {
 
     async fn create_user(&self, u: User) -> StoreResult<()> {
         let c = self.client().await?;
-        c.execute(
+        c.cached_execute(
             &format!("INSERT INTO users ({USER_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
             &[
                 &u.id,
@@ -158,7 +158,7 @@ impl IdentityStore for PgStore {
 
     async fn user(&self, id: &str) -> StoreResult<Option<User>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.cached_query_opt(
             &format!("SELECT {USER_COLS} FROM users WHERE id = $1"),
             &[&id],
         )
@@ -170,7 +170,7 @@ impl IdentityStore for PgStore {
 
     async fn user_by_name(&self, domain_id: &str, name: &str) -> StoreResult<Option<User>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.cached_query_opt(
             &format!("SELECT {USER_COLS} FROM users WHERE domain_id = $1 AND name = $2"),
             &[&domain_id, &name],
         )
@@ -182,7 +182,7 @@ impl IdentityStore for PgStore {
 
     async fn list_users(&self, domain_id: &str) -> StoreResult<Vec<User>> {
         let c = self.client().await?;
-        c.query(
+        c.cached_query(
             &format!("SELECT {USER_COLS} FROM users WHERE domain_id = $1 ORDER BY name"),
             &[&domain_id],
         )
@@ -194,7 +194,7 @@ impl IdentityStore for PgStore {
 
     async fn set_user_enabled(&self, id: &str, enabled: bool) -> StoreResult<bool> {
         let c = self.client().await?;
-        Ok(c.execute(
+        Ok(c.cached_execute(
             "UPDATE users SET enabled = $2 WHERE id = $1",
             &[&id, &enabled],
         )
@@ -205,7 +205,9 @@ impl IdentityStore for PgStore {
     async fn delete_user(&self, id: &str) -> StoreResult<bool> {
         let c = self.client().await?;
         // ON DELETE CASCADE removes roles, tokens and temporary credentials.
-        Ok(c.execute("DELETE FROM users WHERE id = $1", &[&id]).await? == 1)
+        Ok(c.cached_execute("DELETE FROM users WHERE id = $1", &[&id])
+            .await?
+            == 1)
     }
 
     async fn assign_role(
@@ -215,7 +217,7 @@ impl IdentityStore for PgStore {
         role: UserRole,
     ) -> StoreResult<()> {
         let c = self.client().await?;
-        c.execute(
+        c.cached_execute(
             "INSERT INTO user_roles (user_id, project_id, role) VALUES ($1, $2, $3) \
              ON CONFLICT (user_id, project_id) DO UPDATE SET role = excluded.role",
             &[&user_id, &project_id, &role.as_str()],
@@ -227,7 +229,7 @@ impl IdentityStore for PgStore {
     async fn user_role(&self, user_id: &str, project_id: &str) -> StoreResult<Option<UserRole>> {
         let c = self.client().await?;
         let role: Option<String> = c
-            .query_opt(
+            .cached_query_opt(
                 "SELECT role FROM user_roles WHERE user_id = $1 AND project_id = $2",
                 &[&user_id, &project_id],
             )
@@ -239,7 +241,7 @@ impl IdentityStore for PgStore {
 
     async fn create_token(&self, t: StoredToken) -> StoreResult<()> {
         let c = self.client().await?;
-        c.execute(
+        c.cached_execute(
             &format!("INSERT INTO tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
             &[
                 &t.id,
@@ -257,7 +259,7 @@ impl IdentityStore for PgStore {
 
     async fn token_by_hash(&self, token_hash: &str) -> StoreResult<Option<StoredToken>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.cached_query_opt(
             &format!("SELECT {TOKEN_COLS} FROM tokens WHERE token_hash = $1"),
             &[&token_hash],
         )
@@ -269,7 +271,7 @@ impl IdentityStore for PgStore {
 
     async fn revoke_token(&self, token_hash: &str) -> StoreResult<bool> {
         let c = self.client().await?;
-        Ok(c.execute(
+        Ok(c.cached_execute(
             "UPDATE tokens SET revoked = TRUE WHERE token_hash = $1",
             &[&token_hash],
         )
@@ -279,7 +281,7 @@ impl IdentityStore for PgStore {
 
     async fn create_temporary_credential(&self, t: TemporaryCredential) -> StoreResult<()> {
         let c = self.client().await?;
-        c.execute(
+        c.cached_execute(
             "INSERT INTO temporary_credentials \
              (ak, sk_sealed, security_token_hash, user_id, project_id, expires_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -299,7 +301,7 @@ impl IdentityStore for PgStore {
 
     async fn temporary_credential(&self, ak: &str) -> StoreResult<Option<TemporaryCredential>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.cached_query_opt(
             "SELECT ak, sk_sealed, security_token_hash, user_id, project_id, expires_at \
              FROM temporary_credentials WHERE ak = $1",
             &[&ak],

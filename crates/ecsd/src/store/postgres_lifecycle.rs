@@ -7,7 +7,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::lifecycle::*;
-use super::postgres::{PgStore, backend, opt_time};
+use super::postgres::{Cached, PgStore, backend, opt_time};
 use super::sqlite_lifecycle::SEALED_COLUMNS;
 use super::{AuditEntry, Role, StoreResult, fmt_time, parse_time};
 
@@ -47,12 +47,12 @@ async fn delete_with_children(
     parents: &str,
     key: &str,
 ) -> StoreResult<()> {
-    c.execute(
+    c.cached_execute(
         &format!("DELETE FROM {children} WHERE {key} = ANY($1)"),
         &[&ids],
     )
     .await?;
-    c.execute(
+    c.cached_execute(
         &format!("DELETE FROM {parents} WHERE {key} = ANY($1)"),
         &[&ids],
     )
@@ -65,7 +65,7 @@ impl LifecycleStore for PgStore {
     async fn list_access_keys(&self, project_id: Option<&str>) -> StoreResult<Vec<AccessKeyInfo>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .cached_query(
                 "SELECT ak, project_id, role, enabled, created_at, locked_until, auth_failures \
                  FROM access_keys WHERE $1::text IS NULL OR project_id = $1 ORDER BY created_at, ak",
                 &[&project_id],
@@ -89,7 +89,7 @@ impl LifecycleStore for PgStore {
 
     async fn set_access_key_enabled(&self, ak: &str, enabled: bool) -> StoreResult<bool> {
         let c = self.client().await?;
-        Ok(c.execute(
+        Ok(c.cached_execute(
             "UPDATE access_keys SET enabled = $2 WHERE ak = $1",
             &[&ak, &enabled],
         )
@@ -99,14 +99,16 @@ impl LifecycleStore for PgStore {
 
     async fn delete_access_key(&self, ak: &str) -> StoreResult<bool> {
         let c = self.client().await?;
-        Ok(c.execute("DELETE FROM access_keys WHERE ak = $1", &[&ak])
-            .await?
-            == 1)
+        Ok(
+            c.cached_execute("DELETE FROM access_keys WHERE ak = $1", &[&ak])
+                .await?
+                == 1,
+        )
     }
 
     async fn unlock_access_key(&self, ak: &str) -> StoreResult<bool> {
         let c = self.client().await?;
-        Ok(c.execute(
+        Ok(c.cached_execute(
             "UPDATE access_keys SET auth_failures = 0, locked_until = NULL WHERE ak = $1",
             &[&ak],
         )
@@ -116,7 +118,7 @@ impl LifecycleStore for PgStore {
 
     async fn key_gate(&self, ak: &str) -> StoreResult<Option<KeyGate>> {
         let c = self.client().await?;
-        c.query_opt(
+        c.cached_query_opt(
             "SELECT enabled, locked_until, auth_failures FROM access_keys WHERE ak = $1",
             &[&ak],
         )
@@ -141,7 +143,7 @@ impl LifecycleStore for PgStore {
         let tx = c.transaction().await?;
         // The key's row locked: failures on every replica count together.
         let Some(r) = tx
-            .query_opt(
+            .cached_query_opt(
                 "SELECT auth_failures, locked_until FROM access_keys WHERE ak = $1 FOR UPDATE",
                 &[&ak],
             )
@@ -154,7 +156,7 @@ impl LifecycleStore for PgStore {
             return Ok(Some(t)); // already locked: nothing to count
         }
         let (n, lock) = policy.after_failure(failures, now);
-        tx.execute(
+        tx.cached_execute(
             "UPDATE access_keys SET auth_failures = $2, locked_until = $3 WHERE ak = $1",
             &[&ak, &i64::from(n), &lock.map(fmt_time)],
         )
@@ -165,7 +167,7 @@ impl LifecycleStore for PgStore {
 
     async fn reset_auth_failures(&self, ak: &str) -> StoreResult<()> {
         let c = self.client().await?;
-        c.execute(
+        c.cached_execute(
             "UPDATE access_keys SET auth_failures = 0 WHERE ak = $1 AND auth_failures != 0",
             &[&ak],
         )
@@ -177,7 +179,7 @@ impl LifecycleStore for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let project: Option<String> = tx
-            .query_opt(
+            .cached_query_opt(
                 "SELECT project_id FROM servers WHERE id = $1 FOR UPDATE",
                 &[&server_id],
             )
@@ -193,7 +195,7 @@ impl LifecycleStore for PgStore {
             "DELETE FROM sub_jobs WHERE server_id = $1",
             "DELETE FROM servers WHERE id = $1",
         ] {
-            tx.execute(sql, &[&server_id]).await?;
+            tx.cached_execute(sql, &[&server_id]).await?;
         }
         tx.commit().await?;
         Ok(project)
@@ -201,7 +203,7 @@ impl LifecycleStore for PgStore {
 
     async fn revoke_agent(&self, server_id: &str) -> StoreResult<bool> {
         let c = self.client().await?;
-        Ok(c.execute(
+        Ok(c.cached_execute(
             "UPDATE servers SET agent_credential_hash = NULL, updated_at = $2 WHERE id = $1",
             &[&server_id, &fmt_time(Utc::now())],
         )
@@ -216,7 +218,7 @@ impl LifecycleStore for PgStore {
     ) -> StoreResult<Vec<EnrollTokenInfo>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .cached_query(
                 "SELECT token_hash, project_id, uses_left, expires_at, created_at, server_id \
                  FROM enroll_tokens WHERE ($1::text IS NULL OR project_id = $1) \
                  AND uses_left > 0 AND expires_at > $2 ORDER BY created_at, token_hash",
@@ -246,7 +248,7 @@ impl LifecycleStore for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let hashes: Vec<String> = tx
-            .query(
+            .cached_query(
                 "SELECT token_hash FROM enroll_tokens WHERE left(token_hash, $2) = $1 FOR UPDATE",
                 &[&prefix, &(prefix.len() as i32)],
             )
@@ -257,7 +259,7 @@ impl LifecycleStore for PgStore {
         let out = match hashes.as_slice() {
             [] => Revoked::None,
             [one] => {
-                tx.execute("DELETE FROM enroll_tokens WHERE token_hash = $1", &[one])
+                tx.cached_execute("DELETE FROM enroll_tokens WHERE token_hash = $1", &[one])
                     .await?;
                 Revoked::One(one.chars().take(TOKEN_ID_LEN).collect())
             }
@@ -281,7 +283,7 @@ impl LifecycleStore for PgStore {
         let mut n = 0;
         for (table, owner_col, blob_col, prefix) in SEALED_COLUMNS {
             let rows = tx
-                .query(&format!("SELECT {owner_col}, {blob_col} FROM {table}"), &[])
+                .cached_query(&format!("SELECT {owner_col}, {blob_col} FROM {table}"), &[])
                 .await?;
             let update = tx
                 .prepare(&format!(
@@ -318,7 +320,7 @@ impl LifecycleStore for PgStore {
              ORDER BY id DESC LIMIT $9"
         );
         let rows = c
-            .query(
+            .cached_query(
                 &sql,
                 &[
                     &q.project_id,
@@ -338,7 +340,7 @@ impl LifecycleStore for PgStore {
 
     async fn prune_audit(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize> {
         let c = self.client().await?;
-        Ok(c.execute(
+        Ok(c.cached_execute(
             "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < $1 ORDER BY at LIMIT $2)",
             &[&fmt_time(before), &i64::from(batch)],
         )
@@ -351,7 +353,7 @@ impl LifecycleStore for PgStore {
         // Finished targets are never reopened, so a request found finished
         // stays finished; the resets' rows are locked against a second pruner.
         let ids: Vec<String> = tx
-            .query(
+            .cached_query(
                 "SELECT r.request_id FROM resets r WHERE r.created_at < $1 AND NOT EXISTS \
                  (SELECT 1 FROM reset_targets t WHERE t.request_id = r.request_id \
                   AND t.state NOT IN ('APPLIED', 'FAILED', 'SUPERSEDED')) \
@@ -373,7 +375,7 @@ impl LifecycleStore for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let ids: Vec<String> = tx
-            .query(
+            .cached_query(
                 "SELECT j.job_id FROM jobs j WHERE j.begin_time < $1 AND NOT EXISTS \
                  (SELECT 1 FROM sub_jobs s WHERE s.job_id = j.job_id \
                   AND s.status NOT IN ('SUCCESS', 'FAIL')) \
