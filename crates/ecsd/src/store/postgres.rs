@@ -1766,4 +1766,83 @@ mod tests {
             assert_eq!(seqs, (1..=20).collect::<Vec<i64>>(), "{id}");
         }
     }
+
+    /// Replicas at once: one first work-signing key; one server per machine
+    /// id under `refuse`, and each token use counted once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_keys_and_enrollments_stay_single() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let a = PgStore::connect(&schema.url, 4).await.unwrap();
+        let b = PgStore::connect(&schema.url, 4).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                store
+                    .add_work_key(
+                        StoredWorkKey {
+                            public_key: format!("pk-{i}"),
+                            secret_sealed: vec![1; 8],
+                            endorsed_by: None,
+                            signature: None,
+                            created: Utc::now(),
+                        },
+                        true,
+                    )
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut firsts = 0;
+        for t in tasks {
+            firsts += usize::from(t.await.unwrap());
+        }
+        assert_eq!(firsts, 1);
+        assert_eq!(a.work_keys().await.unwrap().len(), 1);
+
+        let p = a.create_project("p").await.unwrap();
+        let expires = Utc::now() + chrono::Duration::minutes(5);
+        a.create_enroll_token(&p.id, "tok", expires, 5)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                let e = Enrollment {
+                    machine_id: "same-machine".into(),
+                    hostname: format!("h{i}"),
+                    os_type: OsType::Linux,
+                    public_key: vec![i as u8; 32],
+                    agent_version: "1".into(),
+                    credential_hash: format!("cred-{i}"),
+                };
+                store
+                    .enroll("tok", e, Utc::now(), DuplicateMachineId::Refuse)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let (mut enrolled, mut refused, mut bad) = (0, 0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                EnrollResult::Enrolled(_) => enrolled += 1,
+                EnrollResult::DuplicateMachine { .. } => refused += 1,
+                EnrollResult::BadToken => bad += 1,
+            }
+        }
+        assert_eq!((enrolled, refused, bad), (1, 7, 0));
+        let c = a.client().await.unwrap();
+        let left: i64 = c
+            .query_one(
+                "SELECT uses_left FROM enroll_tokens WHERE token_hash = 'tok'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 4, "only the enrollment used the token");
+    }
 }
