@@ -250,7 +250,7 @@ async fn migrate_with(config: &tokio_postgres::Config) -> StoreResult<usize> {
     let (mut client, conn) = config
         .connect(NoTls)
         .await
-        .map_err(|e| backend(format!("connecting to PostgreSQL: {e}")))?;
+        .map_err(|e| backend(format!("connecting to PostgreSQL: {}", chain(&e))))?;
     let task = tokio::spawn(conn);
     let v = super::postgres_schema::migrate(&mut client)
         .await

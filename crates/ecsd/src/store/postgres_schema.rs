@@ -301,13 +301,21 @@ pub(super) async fn migrate(client: &mut tokio_postgres::Client) -> Result<usize
 }
 
 async fn apply(client: &mut tokio_postgres::Client) -> Result<usize, MigrateError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (\
-                version BIGINT PRIMARY KEY, \
-                applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-        )
-        .await?;
+    // Under the lock: no other starter creates it meanwhile (and no
+    // "already exists" notice in the log).
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute(
+                "CREATE TABLE schema_migrations (\
+                    version BIGINT PRIMARY KEY, \
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
+            .await?;
+    }
     let current: i64 = client
         .query_one(
             "SELECT coalesce(max(version), 0) FROM schema_migrations",
