@@ -137,6 +137,40 @@ pub(super) trait Cached: GenericClient {
 
 impl<T: GenericClient> Cached for T {}
 
+/// A deadlock or serialization failure: PostgreSQL rolled the transaction
+/// back and it may simply be run again.
+pub(super) fn is_retryable(e: &StoreError) -> bool {
+    use tokio_postgres::error::SqlState;
+    let StoreError::Storage(source) = e else {
+        return false;
+    };
+    source
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.code())
+        .is_some_and(|c| {
+            *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        })
+}
+
+/// Runs a whole transaction again (up to three times) when PostgreSQL
+/// aborted it as a deadlock victim. For the maintenance writes (retention,
+/// deregistration) that touch rows in another order than the request path.
+pub(super) async fn retrying<T, Fut>(mut f: impl FnMut() -> Fut) -> StoreResult<T>
+where
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Err(e) if attempt < 2 && is_retryable(&e) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Parameters of a query built at run time (`$1`, `$2`, ...).
 #[derive(Default)]
 pub(super) struct Args(Vec<Box<dyn ToSql + Sync + Send>>);
@@ -988,6 +1022,19 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let nows = fmt_time(now);
+        // A re-key token's server first (the order everywhere: server, then
+        // what hangs off it), so a deregistration at the same moment waits
+        // instead of deadlocking. A token's server never changes.
+        let rekeys: Option<String> = tx
+            .cached_query_opt(
+                "SELECT server_id FROM enroll_tokens WHERE token_hash = $1",
+                &[&token_hash],
+            )
+            .await?
+            .and_then(|r| r.get(0));
+        if let Some(id) = &rekeys {
+            lock_server(&tx, id).await?;
+        }
         // The token's row stays locked until the commit: its uses are
         // counted exactly, whichever replica the agents reach.
         let token = tx
@@ -1004,7 +1051,6 @@ impl Store for PgStore {
         let (server_id, re_enrolled) = match rekey_server {
             // A re-key token made by an admin for this one server.
             Some(id) => {
-                lock_server(&tx, &id).await?;
                 rekey_server_tx(&tx, &id, &e, &nows).await?;
                 (id, true)
             }

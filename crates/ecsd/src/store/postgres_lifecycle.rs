@@ -7,7 +7,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::lifecycle::*;
-use super::postgres::{Cached, PgStore, backend, opt_time};
+use super::postgres::{Cached, PgStore, backend, opt_time, retrying};
 use super::sqlite_lifecycle::SEALED_COLUMNS;
 use super::{AuditEntry, Role, StoreResult, fmt_time, parse_time};
 
@@ -58,6 +58,81 @@ async fn delete_with_children(
     )
     .await?;
     Ok(())
+}
+
+/// The maintenance writes, each one transaction; the trait runs them again
+/// when PostgreSQL picks them as a deadlock's victim (they meet the request
+/// path's locks in another order: by request or job, not by server).
+impl PgStore {
+    async fn deregister_server_once(&self, server_id: &str) -> StoreResult<Option<String>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let project: Option<String> = tx
+            .cached_query_opt(
+                "SELECT project_id FROM servers WHERE id = $1 FOR UPDATE",
+                &[&server_id],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if project.is_none() {
+            return Ok(None);
+        }
+        for sql in [
+            "DELETE FROM rekey_challenges WHERE server_id = $1",
+            "DELETE FROM enroll_tokens WHERE server_id = $1",
+            "DELETE FROM reset_targets WHERE server_id = $1",
+            "DELETE FROM sub_jobs WHERE server_id = $1",
+            "DELETE FROM servers WHERE id = $1",
+        ] {
+            tx.cached_execute(sql, &[&server_id]).await?;
+        }
+        tx.commit().await?;
+        Ok(project)
+    }
+
+    async fn prune_resets_once(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // Finished targets are never reopened, so a request found finished
+        // stays finished; the resets' rows are locked against a second pruner.
+        let ids: Vec<String> = tx
+            .cached_query(
+                "SELECT r.request_id FROM resets r WHERE r.created_at < $1 AND NOT EXISTS \
+                 (SELECT 1 FROM reset_targets t WHERE t.request_id = r.request_id \
+                  AND t.state NOT IN ('APPLIED', 'FAILED', 'SUPERSEDED')) \
+                 ORDER BY r.created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+                &[&fmt_time(before), &i64::from(batch)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // servers.last_reset_id may still name one: the server's last reset
+        // is joined through its target, so it reads as none.
+        delete_with_children(&tx, &ids, "reset_targets", "resets", "request_id").await?;
+        tx.commit().await?;
+        Ok(ids.len())
+    }
+
+    async fn prune_jobs_once(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let ids: Vec<String> = tx
+            .cached_query(
+                "SELECT j.job_id FROM jobs j WHERE j.begin_time < $1 AND NOT EXISTS \
+                 (SELECT 1 FROM sub_jobs s WHERE s.job_id = j.job_id \
+                  AND s.status NOT IN ('SUCCESS', 'FAIL')) \
+                 ORDER BY j.begin_time LIMIT $2 FOR UPDATE SKIP LOCKED",
+                &[&fmt_time(before), &i64::from(batch)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        delete_with_children(&tx, &ids, "sub_jobs", "jobs", "job_id").await?;
+        tx.commit().await?;
+        Ok(ids.len())
+    }
 }
 
 #[async_trait::async_trait]
@@ -176,29 +251,7 @@ impl LifecycleStore for PgStore {
     }
 
     async fn deregister_server(&self, server_id: &str) -> StoreResult<Option<String>> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await?;
-        let project: Option<String> = tx
-            .cached_query_opt(
-                "SELECT project_id FROM servers WHERE id = $1 FOR UPDATE",
-                &[&server_id],
-            )
-            .await?
-            .map(|r| r.get(0));
-        if project.is_none() {
-            return Ok(None);
-        }
-        for sql in [
-            "DELETE FROM rekey_challenges WHERE server_id = $1",
-            "DELETE FROM enroll_tokens WHERE server_id = $1",
-            "DELETE FROM reset_targets WHERE server_id = $1",
-            "DELETE FROM sub_jobs WHERE server_id = $1",
-            "DELETE FROM servers WHERE id = $1",
-        ] {
-            tx.cached_execute(sql, &[&server_id]).await?;
-        }
-        tx.commit().await?;
-        Ok(project)
+        retrying(|| self.deregister_server_once(server_id)).await
     }
 
     async fn revoke_agent(&self, server_id: &str) -> StoreResult<bool> {
@@ -348,47 +401,11 @@ impl LifecycleStore for PgStore {
     }
 
     async fn prune_resets(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await?;
-        // Finished targets are never reopened, so a request found finished
-        // stays finished; the resets' rows are locked against a second pruner.
-        let ids: Vec<String> = tx
-            .cached_query(
-                "SELECT r.request_id FROM resets r WHERE r.created_at < $1 AND NOT EXISTS \
-                 (SELECT 1 FROM reset_targets t WHERE t.request_id = r.request_id \
-                  AND t.state NOT IN ('APPLIED', 'FAILED', 'SUPERSEDED')) \
-                 ORDER BY r.created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-                &[&fmt_time(before), &i64::from(batch)],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        // servers.last_reset_id may still name one: the server's last reset
-        // is joined through its target, so it reads as none.
-        delete_with_children(&tx, &ids, "reset_targets", "resets", "request_id").await?;
-        tx.commit().await?;
-        Ok(ids.len())
+        retrying(|| self.prune_resets_once(before, batch)).await
     }
 
     async fn prune_jobs(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<usize> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await?;
-        let ids: Vec<String> = tx
-            .cached_query(
-                "SELECT j.job_id FROM jobs j WHERE j.begin_time < $1 AND NOT EXISTS \
-                 (SELECT 1 FROM sub_jobs s WHERE s.job_id = j.job_id \
-                  AND s.status NOT IN ('SUCCESS', 'FAIL')) \
-                 ORDER BY j.begin_time LIMIT $2 FOR UPDATE SKIP LOCKED",
-                &[&fmt_time(before), &i64::from(batch)],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        delete_with_children(&tx, &ids, "sub_jobs", "jobs", "job_id").await?;
-        tx.commit().await?;
-        Ok(ids.len())
+        retrying(|| self.prune_jobs_once(before, batch)).await
     }
 
     /// PostgreSQL manages its own write-ahead log: nothing to do.
