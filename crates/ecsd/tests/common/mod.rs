@@ -31,6 +31,9 @@ pub struct TestServer {
     pub sk: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// With `ECSD_TEST_STORE=postgres`: this server's PostgreSQL schema
+    /// (dropped last, after the server stopped).
+    pub pg_schema: Option<ecsd::store::postgres::testing::TestSchema>,
 }
 
 /// An answer as the test saw it; read its body with [`Resp::json`].
@@ -92,6 +95,16 @@ impl TestServer {
             insecure_http: true,
             ..Config::default()
         };
+        // Every test on PostgreSQL instead of SQLite, a schema each
+        // (`ECSD_TEST_STORE=postgres`; tests that open the SQLite file
+        // themselves do not apply).
+        let pg_schema = match std::env::var("ECSD_TEST_STORE").as_deref() {
+            Ok("postgres") => ecsd::store::postgres::testing::TestSchema::create(),
+            _ => None,
+        };
+        if let Some(s) = &pg_schema {
+            config.database = Some(s.url.clone());
+        }
         f(&mut config);
         let state = ecsd::server::open_state(config).unwrap();
         let server = Server::bind(state.clone()).await.unwrap();
@@ -118,6 +131,7 @@ impl TestServer {
             sk: sk.expose_secret().to_owned(),
             stop: Some(tx),
             task: Some(task),
+            pg_schema,
         }
     }
 
