@@ -643,54 +643,56 @@ impl Store for PgStore {
             &[&reset.request_id, &reset.project_id, &reset.apply_now, &now],
         )
         .await?;
-        let supersede = tx
-            .prepare_cached(
-                "UPDATE reset_targets SET state = $3, sealed = NULL, updated_at = $2, reason = $4 \
-                 WHERE server_id = $1 AND state IN ('PENDING', 'DELIVERED')",
-            )
-            .await?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO reset_targets (request_id, server_id, position, state, sealed, updated_at, seq) \
-                 VALUES ($1, $2, $3, $7, $4, $5, $6)",
-            )
-            .await?;
-        let point = tx
-            .prepare_cached(
+        // Set-wise, a few statements whatever the batch size: the servers'
+        // open targets superseded, their sequences advanced (each server once:
+        // a batch names a server once), the targets inserted in request order.
+        tx.cached_execute(
+            "UPDATE reset_targets SET state = $2, sealed = NULL, updated_at = $3, reason = $4 \
+             WHERE server_id = ANY($1) AND state IN ('PENDING', 'DELIVERED')",
+            &[
+                &servers,
+                &ResetState::Superseded.as_str(),
+                &now,
+                &reasons::SUPERSEDED,
+            ],
+        )
+        .await?;
+        let seqs: std::collections::HashMap<String, i64> = tx
+            .cached_query(
                 "UPDATE servers SET last_reset_id = $1, updated_at = $3, work_seq = work_seq + 1 \
-                 WHERE id = $2 RETURNING work_seq",
+                 WHERE id = ANY($2) RETURNING id, work_seq",
+                &[&reset.request_id, &servers, &now],
             )
-            .await?;
-        for (pos, (server_id, sealed)) in reset.targets.iter().enumerate() {
-            tx.execute(
-                &supersede,
-                &[
-                    server_id,
-                    &now,
-                    &ResetState::Superseded.as_str(),
-                    &reasons::SUPERSEDED,
-                ],
-            )
-            .await?;
-            let seq: i64 = tx
-                .query_opt(&point, &[&reset.request_id, server_id, &now])
-                .await?
-                .ok_or_else(|| StoreError::server_not_found(server_id))?
-                .get(0);
-            tx.execute(
-                &insert,
-                &[
-                    &reset.request_id,
-                    server_id,
-                    &(pos as i64),
-                    sealed,
-                    &now,
-                    &seq,
-                    &ResetState::Pending.as_str(),
-                ],
-            )
-            .await?;
-        }
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let seq: Vec<i64> = servers
+            .iter()
+            .map(|id| {
+                seqs.get(*id)
+                    .copied()
+                    .ok_or_else(|| StoreError::server_not_found(id))
+            })
+            .collect::<StoreResult<_>>()?;
+        let positions: Vec<i64> = (0..servers.len() as i64).collect();
+        let sealed: Vec<&[u8]> = reset.targets.iter().map(|(_, b)| b.as_slice()).collect();
+        tx.cached_execute(
+            "INSERT INTO reset_targets (request_id, server_id, position, state, sealed, updated_at, seq) \
+             SELECT $1, t.server_id, t.position, $2, t.sealed, $3, t.seq \
+             FROM unnest($4::text[], $5::bigint[], $6::bytea[], $7::bigint[]) \
+                 AS t(server_id, position, sealed, seq) ORDER BY t.position",
+            &[
+                &reset.request_id,
+                &ResetState::Pending.as_str(),
+                &now,
+                &servers,
+                &positions,
+                &sealed,
+                &seq,
+            ],
+        )
+        .await?;
         insert_audit(&tx, &reset.audit).await?;
         self.work_created(&tx, &servers).await?;
         tx.commit().await?;
@@ -855,19 +857,24 @@ impl Store for PgStore {
         // The servers first (sorted): two jobs for the same server cannot
         // both find it idle.
         lock_servers(&tx, &servers).await?;
-        let busy = tx
-            .prepare_cached(
-                "SELECT 1 FROM sub_jobs WHERE server_id = $1 AND status IN ('INIT', 'RUNNING') LIMIT 1",
+        let busy: std::collections::HashSet<String> = tx
+            .cached_query(
+                "SELECT DISTINCT server_id FROM sub_jobs \
+                 WHERE server_id = ANY($1) AND status IN ('INIT', 'RUNNING')",
+                &[&servers],
             )
-            .await?;
-        let mut busy_ids = Vec::new();
-        for (_, server, _) in &job.subs {
-            if tx.query_opt(&busy, &[server]).await?.is_some() {
-                busy_ids.push(server.clone());
-            }
-        }
-        if !busy_ids.is_empty() {
-            return Err(StoreError::Busy { ids: busy_ids });
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !busy.is_empty() {
+            // In the job's order, as the caller listed them.
+            let ids = servers
+                .iter()
+                .filter(|s| busy.contains(**s))
+                .map(|s| s.to_string())
+                .collect();
+            return Err(StoreError::Busy { ids });
         }
         let now = fmt_time(job.created);
         tx.cached_execute(
@@ -875,53 +882,82 @@ impl Store for PgStore {
             &[&job.job_id, &job.project_id, &job.kind.as_str(), &job.hard, &now],
         )
         .await?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO sub_jobs (sub_job_id, job_id, server_id, position, status, error_code, fail_reason, begin_time, end_time, seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        // What the domain makes of each sub-job: failed at once, or work
+        // (INIT) with the server's next sequence number.
+        let created: Vec<Option<domain::SubJobEnd>> = job
+            .subs
+            .iter()
+            .map(|(_, _, failed)| domain::job::created(job.kind, failed.as_deref()))
+            .collect();
+        let work: Vec<&str> = servers
+            .iter()
+            .zip(&created)
+            .filter(|(_, end)| end.is_none())
+            .map(|(s, _)| *s)
+            .collect();
+        let seqs: std::collections::HashMap<String, i64> = tx
+            .cached_query(
+                "UPDATE servers SET work_seq = work_seq + 1 WHERE id = ANY($1) RETURNING id, work_seq",
+                &[&work],
             )
-            .await?;
-        let next_seq = tx
-            .prepare_cached(
-                "UPDATE servers SET work_seq = work_seq + 1 WHERE id = $1 RETURNING work_seq",
-            )
-            .await?;
-        for (pos, (sub, server, failed)) in job.subs.iter().enumerate() {
-            let (status, code, reason, end, seq) =
-                match domain::job::created(job.kind, failed.as_deref()) {
-                    Some(e) => (
-                        e.status,
-                        e.error_code,
-                        e.fail_reason,
-                        Some(now.clone()),
-                        0i64,
-                    ),
-                    None => {
-                        let seq: i64 = tx
-                            .query_opt(&next_seq, &[server])
-                            .await?
-                            .ok_or_else(|| StoreError::server_not_found(server))?
-                            .get(0);
-                        (JobStatus::Init, None, None, None, seq)
-                    }
-                };
-            tx.execute(
-                &insert,
-                &[
-                    sub,
-                    &job.job_id,
-                    server,
-                    &(pos as i64),
-                    &status.as_str(),
-                    &code,
-                    &reason,
-                    &now,
-                    &end,
-                    &seq,
-                ],
-            )
-            .await?;
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let n = job.subs.len();
+        let (mut status, mut code, mut reason, mut end, mut seq) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((_, server, _), made) in job.subs.iter().zip(created) {
+            match made {
+                Some(e) => {
+                    status.push(e.status.as_str());
+                    code.push(e.error_code);
+                    reason.push(e.fail_reason);
+                    end.push(Some(now.clone()));
+                    seq.push(0i64);
+                }
+                None => {
+                    status.push(JobStatus::Init.as_str());
+                    code.push(None);
+                    reason.push(None);
+                    end.push(None);
+                    seq.push(
+                        *seqs
+                            .get(server)
+                            .ok_or_else(|| StoreError::server_not_found(server))?,
+                    );
+                }
+            }
         }
+        let subs: Vec<&str> = job.subs.iter().map(|(s, _, _)| s.as_str()).collect();
+        let positions: Vec<i64> = (0..n as i64).collect();
+        tx.cached_execute(
+            "INSERT INTO sub_jobs (sub_job_id, job_id, server_id, position, status, error_code, \
+             fail_reason, begin_time, end_time, seq) \
+             SELECT t.sub, $1, t.server_id, t.position, t.status, t.code, t.reason, $2, t.end_time, t.seq \
+             FROM unnest($3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], \
+                         $9::text[], $10::bigint[]) \
+                 AS t(sub, server_id, position, status, code, reason, end_time, seq) \
+             ORDER BY t.position",
+            &[
+                &job.job_id,
+                &now,
+                &subs,
+                &servers,
+                &positions,
+                &status,
+                &code,
+                &reason,
+                &end,
+                &seq,
+            ],
+        )
+        .await?;
         insert_audit(&tx, &job.audit).await?;
         self.work_created(&tx, &servers).await?;
         tx.commit().await?;
