@@ -1588,6 +1588,14 @@ pub mod testing {
             Some(TestSchema { base, name, url })
         }
 
+        /// Runs SQL in this schema (tests that change rows behind the store's back).
+        pub fn execute(&self, sql: &str) {
+            let url = self.url.clone();
+            if let Err(e) = run(exec(url, sql.to_owned())) {
+                panic!("{e}");
+            }
+        }
+
         /// A migrated store on this schema.
         pub fn store(&self) -> PgStore {
             PgStore::open(&self.url, 4).expect("opening the PostgreSQL store")

@@ -197,6 +197,14 @@ impl TestServer {
 
     /// Sets a server's status directly in the database.
     pub fn set_status(&self, id: &str, status: &str) {
+        if let Some(pg) = &self.pg_schema {
+            let quote = |s: &str| s.replace('\'', "''");
+            return pg.execute(&format!(
+                "UPDATE servers SET status = '{}' WHERE id = '{}'",
+                quote(status),
+                quote(id)
+            ));
+        }
         let c = rusqlite::Connection::open(self.db_path()).unwrap();
         c.execute("UPDATE servers SET status = ?1 WHERE id = ?2", [status, id])
             .unwrap();
