@@ -1935,4 +1935,41 @@ mod tests {
             .get(0);
         assert_eq!(left, 4, "only the enrollment used the token");
     }
+
+    /// A real deadlock is recognised as one to run again; other errors are not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadlock_victim_is_retryable() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let store = PgStore::connect(&schema.url, 4).await.unwrap();
+        store.create_project("a").await.unwrap();
+        store.create_project("b").await.unwrap();
+        let in_order = |first: &'static str, second: &'static str| {
+            let store = store.clone();
+            async move {
+                let mut c = store.client().await?;
+                let tx = c.transaction().await?;
+                let lock = "SELECT id FROM projects WHERE name = $1 FOR UPDATE";
+                tx.query(lock, &[&first]).await?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                tx.query(lock, &[&second]).await?;
+                tx.commit().await?;
+                StoreResult::Ok(())
+            }
+        };
+        let (x, y) = tokio::join!(
+            tokio::spawn(in_order("a", "b")),
+            tokio::spawn(in_order("b", "a"))
+        );
+        let errors: Vec<StoreError> = [x.unwrap(), y.unwrap()]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        assert_eq!(errors.len(), 1, "one deadlock victim: {errors:?}");
+        assert!(is_retryable(&errors[0]), "{}", errors[0].chain());
+        assert!(!is_retryable(&StoreError::Conflict("x".into())));
+        let other = store.create_project("a").await.unwrap_err();
+        assert!(!is_retryable(&other));
+    }
 }
