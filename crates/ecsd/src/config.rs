@@ -16,8 +16,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the database, the dev credentials and the dev fleet live.
     pub data_dir: PathBuf,
-    /// SQLite database file; defaults to `<data_dir>/ecsd.db`.
-    pub database: Option<PathBuf>,
+    /// The database: a SQLite file path (default `<data_dir>/ecsd.db`) or a
+    /// `postgres://` / `postgresql://` URL (see [`Config::database`]).
+    pub database: Option<String>,
+    /// Connections to PostgreSQL per ecsd process (unused with SQLite).
+    pub database_pool_size: u32,
     /// Base64 of 32 random bytes; encrypts the stored secret keys. Required
     /// outside `--dev` (where it is generated into `<data_dir>/master.key`).
     #[serde(skip_serializing)]
@@ -113,6 +116,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             data_dir: PathBuf::from("ecsd-data"),
             database: None,
+            database_pool_size: crate::store::postgres::DEFAULT_POOL_SIZE,
             master_key: None,
             max_body_bytes: 1024 * 1024,
             clock_skew_secs: 15 * 60,
@@ -147,6 +151,7 @@ const ENV_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "database",
+    "database_pool_size",
     "master_key",
     "max_body_bytes",
     "clock_skew_secs",
@@ -187,10 +192,42 @@ impl Config {
             .map_err(Box::new)
     }
 
+    /// Which database `database` names.
+    pub fn database(&self) -> Database {
+        match &self.database {
+            Some(d) if crate::store::postgres::is_postgres_url(d) => {
+                Database::Postgres(d.trim().to_owned())
+            }
+            Some(d) => Database::Sqlite(PathBuf::from(d)),
+            None => Database::Sqlite(self.data_dir.join("ecsd.db")),
+        }
+    }
+
+    /// The SQLite database file (meaningful when [`Config::database`] is
+    /// SQLite; with PostgreSQL, the file that would be used otherwise).
     pub fn database_path(&self) -> PathBuf {
-        self.database
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("ecsd.db"))
+        match self.database() {
+            Database::Sqlite(p) => p,
+            Database::Postgres(_) => self.data_dir.join("ecsd.db"),
+        }
+    }
+}
+
+/// Where the data lives: [`Config::database`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl std::fmt::Display for Database {
+    /// The path, or the URL without its password (for logs).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(p) => write!(f, "{}", p.display()),
+            Database::Postgres(url) => f.write_str(&crate::store::postgres::redact_url(url)),
+        }
     }
 }
 
@@ -204,6 +241,36 @@ mod tests {
         let cfg = Config::load(Some(&path)).expect("docs/ecsd.example.toml parses");
         assert_eq!(cfg.listen.port(), 8443);
         assert!(cfg.master_key.is_some());
+    }
+
+    #[test]
+    fn database_is_a_path_or_a_postgres_url() {
+        let mut c = Config::default();
+        assert_eq!(c.database(), Database::Sqlite(c.data_dir.join("ecsd.db")));
+        c.database = Some("/var/lib/ecsd/x.db".into());
+        assert_eq!(c.database(), Database::Sqlite("/var/lib/ecsd/x.db".into()));
+        for url in [
+            "postgres://u:pw@db/ecsd",
+            "postgresql://db/ecsd?sslmode=disable",
+        ] {
+            c.database = Some(url.into());
+            assert_eq!(c.database(), Database::Postgres(url.into()));
+            assert!(!c.database().to_string().contains("pw"));
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail returns figment::Error
+    fn ecsd_database_sets_a_postgres_url() {
+        figment::Jail::expect_with(|jail| {
+            let url = "postgres://ecsd:secret@127.0.0.1:5432/ecsd?options=-csearch_path%3Dt_1";
+            jail.set_env("ECSD_DATABASE", url);
+            jail.set_env("ECSD_DATABASE_POOL_SIZE", "4");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.database(), Database::Postgres(url.into()));
+            assert_eq!(c.database_pool_size, 4);
+            Ok(())
+        });
     }
 
     #[test]

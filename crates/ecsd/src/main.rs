@@ -24,6 +24,10 @@ struct Cli {
     /// Where the database and dev files live.
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// The database: a SQLite file, or a postgres:// or postgresql:// URL
+    /// (default: <data-dir>/ecsd.db; also ECSD_DATABASE).
+    #[arg(long, global = true)]
+    database: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -388,6 +392,9 @@ async fn run() -> anyhow::Result<()> {
     if let Some(d) = cli.data_dir {
         config.data_dir = d;
     }
+    if let Some(d) = cli.database {
+        config.database = Some(d);
+    }
     ecsd::telemetry::init(config.log_format);
     match cli.command {
         Command::Serve {
@@ -457,7 +464,7 @@ async fn serve(mut config: Config, dev: Option<ecsd::dev::DevFleet>) -> anyhow::
         .public_endpoint
         .clone()
         .unwrap_or_else(|| format!("{}://{addr}", server.scheme()));
-    tracing::info!(%addr, db = %state.config.database_path().display(), "ecsd listening");
+    tracing::info!(%addr, db = %state.config.database(), "ecsd listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut serving = tokio::spawn(server.run(async {
         let _ = stop_rx.await;

@@ -8,21 +8,32 @@ use secrecy::SecretString;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::config::Database;
 use crate::secrets::MasterKey;
 use crate::state::AppState;
-use crate::store::SqliteStore;
+use crate::store::{PgStore, SqliteStore};
 
-/// Opens the store and the master key described by `config`.
+/// Opens the store (SQLite or PostgreSQL, by `database`) and the master key
+/// described by `config`.
 pub fn open_state(config: Config) -> anyhow::Result<AppState> {
     let master = config
         .master_key
         .as_ref()
         .context("master_key is not configured (set ECSD_MASTER_KEY or master_key in the config file, or use --dev)")?;
     let master = MasterKey::from_base64(master)?;
-    let db = config.database_path();
-    let store = SqliteStore::open(&db)
-        .map_err(|e| anyhow::anyhow!(crate::store::explain_open_error(&db, &e)))?;
-    Ok(AppState::new(Arc::new(store), master, config))
+    let db = config.database();
+    Ok(match &db {
+        Database::Sqlite(path) => {
+            let store = SqliteStore::open(path)
+                .map_err(|e| anyhow::anyhow!(crate::store::explain_open_error(path, &e)))?;
+            AppState::new(Arc::new(store), master, config)
+        }
+        Database::Postgres(url) => {
+            let store = PgStore::open(url, config.database_pool_size)
+                .with_context(|| format!("opening {db}"))?;
+            AppState::new(Arc::new(store), master, config)
+        }
+    })
 }
 
 /// A bound, ready server.

@@ -16,8 +16,10 @@
 //! A SIGKILL keeps what the process handed the kernel, so this test catches
 //! acknowledging before committing and committing a batch in parts; it does
 //! not test `synchronous=FULL` against power loss (see docs/reliability.md).
+//! The same test runs on PostgreSQL (`--database postgres://...`, a schema
+//! of its own).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,17 +33,56 @@ const TASKS: usize = 4;
 const BATCH: usize = 20;
 const SERVERS: usize = 40;
 
+/// Where ecsd keeps its data: the data directory, and PostgreSQL's URL
+/// (else SQLite, `<data>/ecsd.db`).
+struct Db {
+    data: PathBuf,
+    url: Option<String>,
+}
+
+impl Db {
+    /// `ecsd --data-dir DIR [--database URL]` with the master key.
+    fn ecsd(&self, key: &SecretString) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ecsd"));
+        c.arg("--data-dir").arg(&self.data);
+        if let Some(url) = &self.url {
+            c.args(["--database", url]);
+        }
+        c.env("ECSD_MASTER_KEY", key.expose_secret())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// (request id, number of targets) of every stored reset.
+    async fn reset_sizes(&self) -> Vec<(String, i64)> {
+        const SQL: &str = "SELECT r.request_id, COUNT(t.server_id) FROM resets r \
+             LEFT JOIN reset_targets t ON t.request_id = r.request_id GROUP BY r.request_id";
+        match &self.url {
+            None => {
+                let db = rusqlite::Connection::open(self.data.join("ecsd.db")).unwrap();
+                let mut stmt = db.prepare(SQL).unwrap();
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+            Some(url) => {
+                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                let task = tokio::spawn(conn);
+                let rows = client.query(SQL, &[]).await.unwrap();
+                drop(client);
+                let _ = task.await;
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+            }
+        }
+    }
+}
+
 /// `ecsd --data-dir DIR admin ARGS...`: its JSON answer.
-fn admin(data: &Path, key: &SecretString, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_ecsd"))
-        .arg("--data-dir")
-        .arg(data)
-        .arg("admin")
-        .args(args)
-        .env("ECSD_MASTER_KEY", key.expose_secret())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+fn admin(db: &Db, key: &SecretString, args: &[&str]) -> serde_json::Value {
+    let out = db.ecsd(key).arg("admin").args(args).output().unwrap();
     assert!(
         out.status.success(),
         "ecsd admin {args:?}: {}",
@@ -61,15 +102,12 @@ fn free_port() -> u16 {
 /// `ecsd serve --insecure-http` on a new loopback port; returns once it
 /// answers `/health`. (A port taken between the probe and ecsd's bind makes
 /// ecsd exit: then another port is tried.)
-async fn serve(data: &Path, key: &SecretString) -> (Child, String) {
+async fn serve(db: &Db, key: &SecretString) -> (Child, String) {
     for _ in 0..5 {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
-            .arg("--data-dir")
-            .arg(data)
+        let mut child = db
+            .ecsd(key)
             .args(["serve", "--insecure-http", "--listen", &addr])
-            .env("ECSD_MASTER_KEY", key.expose_secret())
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -112,6 +150,18 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
+    crash_test(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
+    let Some(schema) = ecsd::store::postgres::testing::TestSchema::create() else {
+        return;
+    };
+    crash_test(Some(schema.url.clone())).await;
+}
+
+async fn crash_test(url: Option<String>) {
     let started = Instant::now();
     let seed = std::env::var("CRASH_SEED")
         .ok()
@@ -127,13 +177,16 @@ async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
     let mut rng = Rng(seed);
 
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let db = Db {
+        data: dir.path().join("data"),
+        url,
+    };
     let key = ecsd::secrets::MasterKey::generate_base64();
-    let project = admin(&data, &key, &["project-create", "--name", "crash"])["project_id"]
+    let project = admin(&db, &key, &["project-create", "--name", "crash"])["project_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let keys = admin(&data, &key, &["access-key-create", "--project", &project]);
+    let keys = admin(&db, &key, &["access-key-create", "--project", &project]);
     let (ak, sk) = (
         keys["ak"].as_str().unwrap().to_owned(),
         keys["sk"].as_str().unwrap().to_owned(),
@@ -142,7 +195,7 @@ async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
     for i in 0..SERVERS {
         let (_, pk) = ecs_seal::generate_keypair();
         let s = admin(
-            &data,
+            &db,
             &key,
             &[
                 "server-register",
@@ -163,7 +216,7 @@ async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
     let mut acknowledged: Vec<(String, Vec<String>)> = Vec::new();
     // Requests sent and not yet answered at each kill, summed.
     let mut in_flight_at_kills = 0;
-    let (mut child, mut base) = serve(&data, &key).await;
+    let (mut child, mut base) = serve(&db, &key).await;
     for round in 0..ROUNDS {
         let client = ecs_client::Client::new(ecs_client::Config::new(
             &base,
@@ -244,8 +297,8 @@ async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
             started.elapsed()
         );
 
-        (child, base) = serve(&data, &key).await;
-        check(&data, &base, &project, &ak, &sk, &acknowledged).await;
+        (child, base) = serve(&db, &key).await;
+        check(&db, &base, &project, &ak, &sk, &acknowledged).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
@@ -260,7 +313,7 @@ async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
 /// After a restart: every acknowledged reset is there with every server of
 /// its batch, and every reset in the database has a whole batch.
 async fn check(
-    data: &Path,
+    db: &Db,
     base: &str,
     project: &str,
     ak: &str,
@@ -285,18 +338,7 @@ async fn check(
         want.sort_unstable();
         assert_eq!(got, want, "acknowledged reset {rid} is not whole");
     }
-    let db = rusqlite::Connection::open(data.join("ecsd.db")).unwrap();
-    let mut stmt = db
-        .prepare(
-            "SELECT r.request_id, COUNT(t.server_id) FROM resets r \
-             LEFT JOIN reset_targets t ON t.request_id = r.request_id GROUP BY r.request_id",
-        )
-        .unwrap();
-    let rows: Vec<(String, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let rows = db.reset_sizes().await;
     assert!(rows.len() >= acknowledged.len());
     eprintln!(
         "  {} resets in the database, {} acknowledged",

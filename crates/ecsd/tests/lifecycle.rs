@@ -130,7 +130,7 @@ async fn the_lock_is_in_the_database_so_every_replica_sees_it() {
     let master = t.state.config.master_key.clone();
     other
         .restart_with(|c| {
-            c.database = Some(db);
+            c.database = Some(db.display().to_string());
             c.master_key = master;
         })
         .await;

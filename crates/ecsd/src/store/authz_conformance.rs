@@ -26,7 +26,9 @@ macro_rules! authz_store_conformance_tests {
         $(
             #[tokio::test]
             async fn $name() {
-                let (_guard, store) = $make();
+                let Some((_guard, store)) = $crate::store::conformance::made($make()) else {
+                    return; // this backend is skipped here
+                };
                 $crate::store::authz_conformance::$name(&store).await;
             }
         )+

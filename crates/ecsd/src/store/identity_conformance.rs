@@ -24,7 +24,9 @@ macro_rules! identity_conformance_tests {
         $(
             #[tokio::test]
             async fn $name() {
-                let (_guard, store) = $make();
+                let Some((_guard, store)) = $crate::store::conformance::made($make()) else {
+                    return; // this backend is skipped here
+                };
                 $crate::store::identity_conformance::$name(&store, &store).await;
             }
         )+

@@ -29,7 +29,9 @@ macro_rules! lifecycle_conformance_tests {
         $(
             #[tokio::test]
             async fn $name() {
-                let (_guard, store) = $make();
+                let Some((_guard, store)) = $crate::store::conformance::made($make()) else {
+                    return; // this backend is skipped here
+                };
                 $crate::store::lifecycle_conformance::$name(&store).await;
             }
         )+

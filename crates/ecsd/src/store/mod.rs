@@ -1,6 +1,7 @@
 //! The storage interface. The API and the agent service speak only to the
-//! [`Store`] trait; `sqlite` is the embedded implementation. A PostgreSQL
-//! backend implements the same trait without touching the API code.
+//! [`Store`] trait (and its siblings [`IdentityStore`], [`AuthzStore`],
+//! [`LifecycleStore`]); `sqlite` is the embedded implementation, `postgres`
+//! the shared one (several replicas), both run by the same conformance suites.
 
 pub mod authz;
 pub mod authz_conformance;
@@ -15,6 +16,12 @@ mod sqlite_authz;
 mod sqlite_identity;
 mod sqlite_lifecycle;
 
+pub mod postgres;
+mod postgres_authz;
+mod postgres_identity;
+mod postgres_lifecycle;
+mod postgres_schema;
+
 use chrono::{DateTime, Utc};
 use ecs_policy::OsType;
 
@@ -22,6 +29,7 @@ pub use crate::config::DuplicateMachineId;
 
 pub use identity::IdentityStore;
 pub use lifecycle::LifecycleStore;
+pub use postgres::PgStore;
 pub use sqlite::{SqliteStore, explain_open_error};
 
 pub use authz::AuthzStore;

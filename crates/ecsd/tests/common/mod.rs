@@ -33,6 +33,9 @@ pub struct TestServer {
     pub metrics_addr: Option<std::net::SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// With `ECSD_TEST_STORE=postgres`: this server's PostgreSQL schema
+    /// (dropped last, after the server stopped).
+    pub pg_schema: Option<ecsd::store::postgres::testing::TestSchema>,
 }
 
 /// An answer as the test saw it; read its body with [`Resp::json`].
@@ -94,6 +97,16 @@ impl TestServer {
             insecure_http: true,
             ..Config::default()
         };
+        // Every test on PostgreSQL instead of SQLite, a schema each
+        // (`ECSD_TEST_STORE=postgres`; tests that open the SQLite file
+        // themselves do not apply).
+        let pg_schema = match std::env::var("ECSD_TEST_STORE").as_deref() {
+            Ok("postgres") => ecsd::store::postgres::testing::TestSchema::create(),
+            _ => None,
+        };
+        if let Some(s) = &pg_schema {
+            config.database = Some(s.url.clone());
+        }
         f(&mut config);
         let state = ecsd::server::open_state(config).unwrap();
         let server = Server::bind(state.clone()).await.unwrap();
@@ -122,6 +135,7 @@ impl TestServer {
             metrics_addr,
             stop: Some(tx),
             task: Some(task),
+            pg_schema,
         }
     }
 
@@ -187,6 +201,14 @@ impl TestServer {
 
     /// Sets a server's status directly in the database.
     pub fn set_status(&self, id: &str, status: &str) {
+        if let Some(pg) = &self.pg_schema {
+            let quote = |s: &str| s.replace('\'', "''");
+            return pg.execute(&format!(
+                "UPDATE servers SET status = '{}' WHERE id = '{}'",
+                quote(status),
+                quote(id)
+            ));
+        }
         let c = rusqlite::Connection::open(self.db_path()).unwrap();
         c.execute("UPDATE servers SET status = ?1 WHERE id = ?2", [status, id])
             .unwrap();

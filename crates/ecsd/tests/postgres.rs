@@ -1,0 +1,183 @@
+//! ecsd on PostgreSQL end to end: the real `ecsd serve --dev --database
+//! postgres://...` and an in-process server on the PostgreSQL store, each on
+//! a schema of its own (dropped afterwards). Batch resets go through the
+//! public API and the agents apply them. PostgreSQL must be reachable (see
+//! `ecsd::store::postgres::testing`; `ECSD_TEST_POSTGRES=skip` skips).
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use ecs_api::{BatchResetRequest, ResetOutcome, ResetState};
+use ecsd::store::postgres::testing::TestSchema;
+
+fn verifies(hash: &str, password: &str) -> bool {
+    use yescrypt::PasswordVerifier;
+    sha_crypt::ShaCrypt::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
+}
+
+/// The real ecsd, killed when dropped.
+struct Ecsd(Child);
+
+impl Drop for Ecsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ecsd serve --dev` on `database`; returns it and its credentials file.
+fn serve_dev(data: &Path, database: &str) -> (Ecsd, PathBuf) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        .args(["--data-dir", data.to_str().unwrap(), "--database", database])
+        .args([
+            "serve",
+            "--dev",
+            "--insecure-http",
+            "--listen",
+            "127.0.0.1:0",
+            "--dev-linux",
+            "2",
+            "--dev-windows",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(data.with_extension("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let creds = loop {
+        let Some(line) = lines.next() else {
+            let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+            panic!("ecsd exited before it was ready:\n{log}");
+        };
+        if let Some(p) = line.unwrap().strip_prefix("credentials: ") {
+            break PathBuf::from(p);
+        }
+    };
+    (Ecsd(child), creds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_ecsd_on_postgres_resets_its_dev_fleet_through_the_api() {
+    let Some(schema) = TestSchema::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_ecsd, creds) = serve_dev(&data, &schema.url);
+    let creds: ecsd::dev::DevCredentials =
+        serde_json::from_slice(&std::fs::read(creds).unwrap()).unwrap();
+    let client = ecs_client::Client::new(ecs_client::Config::new(
+        &creds.endpoint,
+        &creds.project_id,
+        &creds.ak,
+        secret(&creds.sk),
+    ))
+    .unwrap();
+    let ids: Vec<&str> = creds.servers.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids.len(), 2);
+    let req = BatchResetRequest {
+        apply: Some("now".into()),
+        ..reset_request(Some("Pg5!tRw8qZ"), None, &ids)
+    };
+    let reply = client
+        .call::<serde_json::Value>(
+            reqwest::Method::PUT,
+            "/cloudservers/os-reset-passwords",
+            Some(&req),
+        )
+        .await
+        .expect("the batch reset is accepted");
+    let rid = reply.request_id;
+    let mut last = None;
+    for _ in 0..600 {
+        let o = client
+            .call::<ResetOutcome>(
+                reqwest::Method::GET,
+                &format!("/cloudservers/os-reset-passwords/{rid}"),
+                None::<&()>,
+            )
+            .await
+            .unwrap()
+            .body;
+        if o.servers.iter().all(|s| s.state == ResetState::Applied) {
+            last = Some(o);
+            break;
+        }
+        last = Some(o);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let o = last.unwrap();
+    assert!(
+        o.servers.iter().all(|s| s.state == ResetState::Applied),
+        "{o:?}"
+    );
+    let mut roots = 0;
+    for e in std::fs::read_dir(&creds.fleet_dir).unwrap() {
+        let root = e.unwrap().path();
+        if root.join("etc/shadow").exists() {
+            assert!(verifies(&root_hash(&root), "Pg5!tRw8qZ"), "{root:?}");
+            roots += 1;
+        }
+    }
+    assert_eq!(roots, 2);
+    // The data is in PostgreSQL, in this test's schema: the reset is there.
+    let store = schema.store();
+    let found = ecsd::store::Store::reset_outcome(&store, &creds.project_id, &rid)
+        .await
+        .unwrap()
+        .expect("stored in PostgreSQL");
+    assert_eq!(found.targets.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_ecsd_on_postgres_resets_and_keeps_its_data_across_a_restart() {
+    let Some(schema) = TestSchema::create() else {
+        return;
+    };
+    let url = schema.url.clone();
+    let mut t = TestServer::start_with(|c| c.database = Some(url)).await;
+    let f = fleet(&t, 2).await;
+    let servers = f.list();
+    let ids: Vec<&str> = servers.iter().map(|s| s.server_id.as_str()).collect();
+    let req = BatchResetRequest {
+        apply: Some("now".into()),
+        ..reset_request(Some("Qm4@vXe9pL"), None, &ids)
+    };
+    let r = t.call("PUT", &t.batch_path(), Some(&body(&req))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rid = r.request_id.unwrap();
+    let mut states = vec![];
+    for _ in 0..600 {
+        states = t
+            .outcome(&rid)
+            .await
+            .servers
+            .iter()
+            .map(|s| s.state)
+            .collect::<Vec<_>>();
+        if states == [ResetState::Applied, ResetState::Applied] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(states, [ResetState::Applied, ResetState::Applied]);
+    for s in &servers {
+        assert!(verifies(&root_hash(&s.root), "Qm4@vXe9pL"));
+    }
+    f.stop();
+    // Another ecsd process on the same database sees everything.
+    t.restart_with(|_| {}).await;
+    let o = t.outcome(&rid).await;
+    assert_eq!(o.servers.len(), 2);
+    assert!(o.servers.iter().all(|s| s.state == ResetState::Applied));
+    assert!(t.db_path().to_str().is_some());
+    assert!(!t.db_path().exists(), "no SQLite file was made");
+}
