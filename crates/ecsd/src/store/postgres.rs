@@ -1319,7 +1319,7 @@ impl Store for PgStore {
                         COUNT(*) FILTER (WHERE agent_last_seen IS NOT NULL AND agent_last_seen >= $1), \
                         COUNT(*) FILTER (WHERE agent_last_seen IS NULL OR agent_last_seen < $1) \
                  FROM servers WHERE agent_public_key IS NOT NULL OR agent_last_seen IS NOT NULL \
-                 GROUP BY v ORDER BY v COLLATE \"C\"",
+                 GROUP BY 1 ORDER BY COALESCE(agent_version, 'unknown') COLLATE \"C\"",
                 &[&cutoff],
             )
             .await?;
