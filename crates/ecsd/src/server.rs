@@ -134,6 +134,19 @@ impl Server {
                 }
             })
         });
+        // Several replicas on PostgreSQL: work stored through another one
+        // wakes the agents long-polling this one.
+        let listener = match self.state.config.database() {
+            Database::Postgres(url) => {
+                let (w1, w2) = (wakers.clone(), wakers.clone());
+                Some(tokio::spawn(crate::store::postgres::listen_for_work(
+                    url,
+                    move |ids| w1.wake(ids),
+                    move || w2.wake_all(),
+                )))
+            }
+            Database::Sqlite(_) => None,
+        };
         let sweeper = tokio::spawn(sweep_jobs(self.state.clone()));
         let retention = tokio::spawn(crate::lifecycle::retention_task(self.state.clone()));
         let app = crate::api::router(self.state);
@@ -231,6 +244,9 @@ impl Server {
         }
         sweeper.abort();
         retention.abort();
+        if let Some(l) = listener {
+            l.abort();
+        }
         if let Some(m) = metrics {
             m.abort();
         }

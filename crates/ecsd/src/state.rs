@@ -195,6 +195,14 @@ impl Wakers {
         }
     }
 
+    /// Wakes every waiting agent (after notifications from other replicas
+    /// may have been lost: each looks at the database again).
+    pub fn wake_all(&self) {
+        for n in self.map.lock().expect("wakers lock").values() {
+            n.notify_waiters();
+        }
+    }
+
     /// Wakes the agents of these servers.
     pub fn wake<'a>(&self, server_ids: impl IntoIterator<Item = &'a str>) {
         let map = self.map.lock().expect("wakers lock");

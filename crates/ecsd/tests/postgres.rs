@@ -181,3 +181,91 @@ async fn an_in_process_ecsd_on_postgres_resets_and_keeps_its_data_across_a_resta
     assert!(t.db_path().to_str().is_some());
     assert!(!t.db_path().exists(), "no SQLite file was made");
 }
+
+/// A second replica of `t`: the same configuration (database, master key)
+/// on another port; stopped when the returned sender is dropped.
+async fn replica(t: &TestServer) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let config = ecsd::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..(*t.state.config).clone()
+    };
+    let state = ecsd::server::open_state(config).unwrap();
+    let server = ecsd::server::Server::bind(state).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    (base, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_accepted_by_one_replica_wakes_an_agent_polling_another() {
+    let Some(schema) = TestSchema::create() else {
+        return;
+    };
+    let url = schema.url.clone();
+    let a = TestServer::start_with(|c| c.database = Some(url)).await;
+    let (b, _stop_b) = replica(&a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let enrolled = enroll(
+        &a.base,
+        &token(&a, 1).await,
+        dir.path(),
+        "m-1",
+        "h",
+        "Linux",
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    // Give replica B's LISTEN connection a moment to be up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut latencies = Vec::new();
+    let mut have = String::new();
+    for round in 0..5 {
+        // The agent long-polls replica B (up to 20 s) for work newer than
+        // what it has ...
+        let poll = http
+            .get(format!("{b}/agent/v1/work?wait=20&have={have}"))
+            .bearer_auth(&enrolled.credential)
+            .send();
+        let poll = tokio::spawn(async move {
+            let r = poll.await.unwrap();
+            let at = std::time::Instant::now();
+            (r.status().as_u16(), r.text().await.unwrap(), at)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ... and the reset is accepted by replica A.
+        let password = format!("Qm4@vXe9p{round}");
+        let r = a
+            .call(
+                "PUT",
+                &a.batch_path(),
+                Some(&ids_body(Some(&password), None, &[&enrolled.server_id])),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let accepted = std::time::Instant::now();
+        let (status, text, woke) = tokio::time::timeout(Duration::from_secs(10), poll)
+            .await
+            .expect("the poll on replica B returned well before its 20 s")
+            .unwrap();
+        assert_eq!(status, 200, "{text}");
+        let p: ecs_agent_proto::Poll = serde_json::from_str(&text).unwrap();
+        let rid = r.request_id.unwrap();
+        assert_eq!(p.reset.expect("reset work").request_id, rid);
+        have = rid;
+        latencies.push(woke.saturating_duration_since(accepted));
+    }
+    latencies.sort();
+    eprintln!("cross-replica wake-up after the 200 of replica A: {latencies:?}");
+    assert!(
+        latencies[latencies.len() - 1] < Duration::from_secs(1),
+        "{latencies:?}"
+    );
+}

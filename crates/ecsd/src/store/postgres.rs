@@ -295,13 +295,115 @@ impl PgStore {
     /// reset, a power job). Nothing yet: the replica that took the request
     /// wakes its own long polls after the commit. A replica-to-replica
     /// wake-up (`NOTIFY`, committed with the work) goes here.
+    /// Tells every replica (`LISTEN ecsd_work`, [`listen_for_work`]) which
+    /// servers have new work: `pg_notify` inside the transaction, so the
+    /// notification goes out at commit and never for a rolled-back batch.
+    /// Server ids joined by `,`, in payloads under PostgreSQL's 8000-byte
+    /// limit.
     async fn work_created(
         &self,
-        _tx: &deadpool_postgres::Transaction<'_>,
-        _servers: &[&str],
+        tx: &deadpool_postgres::Transaction<'_>,
+        servers: &[&str],
     ) -> StoreResult<()> {
+        for payload in notify_payloads(servers) {
+            tx.execute("SELECT pg_notify($1, $2)", &[&WORK_CHANNEL, &payload])
+                .await?;
+        }
         Ok(())
     }
+}
+
+/// The channel on which replicas announce new work for servers.
+pub const WORK_CHANNEL: &str = "ecsd_work";
+
+/// Server ids joined by `,` into payloads of at most 7,900 bytes.
+#[doc(hidden)]
+fn notify_payloads(servers: &[&str]) -> Vec<String> {
+    const MAX: usize = 7_900;
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for id in servers {
+        if !cur.is_empty() && cur.len() + 1 + id.len() > MAX {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(',');
+        }
+        cur.push_str(id);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Listens for work announced by any replica (`LISTEN ecsd_work`) and calls
+/// `wake` with the server ids, until the task is dropped. On a lost
+/// connection it reconnects (1 s apart, then up to 30 s) and calls
+/// `wake_all` once connected again: notifications sent while it was away
+/// are lost, so every waiting agent looks at the database again.
+pub async fn listen_for_work(
+    url: String,
+    wake: impl Fn(Vec<&str>) + Send + 'static,
+    wake_all: impl Fn() + Send + 'static,
+) {
+    let mut delay = Duration::from_secs(1);
+    let mut first = true;
+    loop {
+        match listen_once(&url, &wake, &wake_all, first).await {
+            Ok(()) => delay = Duration::from_secs(1),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_secs = delay.as_secs(), "listening for work from other replicas failed");
+            }
+        }
+        first = false;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// One connection's worth of [`listen_for_work`]; returns when it is lost.
+async fn listen_once(
+    url: &str,
+    wake: &(impl Fn(Vec<&str>) + Send),
+    wake_all: &(impl Fn() + Send),
+    first: bool,
+) -> StoreResult<()> {
+    let config = parse_config(url)?;
+    let (client, mut conn) = config.connect(NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The connection is driven here; notifications go to the channel.
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the LISTEN connection failed");
+                    break;
+                }
+                None => break,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {WORK_CHANNEL}"))
+        .await?;
+    tracing::debug!("listening for work from other replicas");
+    if !first {
+        // Catch up on what was announced while the connection was down.
+        wake_all();
+    }
+    while let Some(payload) = rx.recv().await {
+        wake(payload.split(',').filter(|s| !s.is_empty()).collect());
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
 }
 
 async fn migrate_with(config: &tokio_postgres::Config) -> StoreResult<usize> {
@@ -2029,5 +2131,22 @@ mod tests {
         assert!(!is_retryable(&StoreError::Conflict("x".into())));
         let other = store.create_project("a").await.unwrap_err();
         assert!(!is_retryable(&other));
+    }
+}
+
+#[cfg(test)]
+mod notify_tests {
+    use super::notify_payloads;
+
+    #[test]
+    fn payloads_stay_under_the_notify_limit_and_keep_every_id_once() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("{i:036}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let payloads = notify_payloads(&refs);
+        assert!(payloads.len() > 1);
+        assert!(payloads.iter().all(|p| p.len() <= 7_900));
+        let back: Vec<&str> = payloads.iter().flat_map(|p| p.split(',')).collect();
+        assert_eq!(back, refs);
+        assert!(notify_payloads(&[]).is_empty());
     }
 }
