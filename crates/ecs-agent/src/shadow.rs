@@ -62,6 +62,10 @@ pub enum ShadowError {
     UnsupportedMethod(String),
     #[error("the shadow file has no entry for {0}")]
     NoEntry(String),
+    /// Empty, or holding a field (`:`) or line separator: written into the
+    /// file it would change another entry or field.
+    #[error("the {0} cannot be written into the shadow file (empty, or contains ':' or a newline)")]
+    Unwritable(&'static str),
     #[error("hashing failed: {0}")]
     Hash(String),
 }
@@ -287,9 +291,7 @@ pub fn replace_hash_within(
     let mut old = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
     original.read_to_end(&mut old).map_err(io(&shadow))?;
     let today = days_since_epoch(SystemTime::now());
-    let new = Zeroizing::new(
-        splice(&old, user, new_hash, today).ok_or_else(|| ShadowError::NoEntry(user.to_owned()))?,
-    );
+    let new = Zeroizing::new(splice(&old, user, new_hash, today)?);
 
     let like = Like {
         file: &original,
@@ -334,8 +336,16 @@ fn field_end(s: &[u8]) -> usize {
 /// third (`lastchg`) by `today`; `None` if no entry. Like `passwd`, day 0
 /// (a clock at 1970-01-01) leaves `lastchg` empty, since 0 would mean "must
 /// change the password at the next login". A line with no third field gets
-/// none.
-fn splice(old: &[u8], user: &str, new_hash: &str, today: u64) -> Option<Vec<u8>> {
+/// none. A user name or hash that is empty or holds `:` or a newline is
+/// refused: it would edit another entry or split this one.
+fn splice(old: &[u8], user: &str, new_hash: &str, today: u64) -> Result<Vec<u8>, ShadowError> {
+    let unwritable = |s: &str| s.is_empty() || s.contains([':', '\n']);
+    if unwritable(user) {
+        return Err(ShadowError::Unwritable("user name"));
+    }
+    if unwritable(new_hash) {
+        return Err(ShadowError::Unwritable("password hash"));
+    }
     let prefix = format!("{user}:");
     let mut out = Vec::with_capacity(old.len() + new_hash.len() + 8);
     let mut found = false;
@@ -360,7 +370,18 @@ fn splice(old: &[u8], user: &str, new_hash: &str, today: u64) -> Option<Vec<u8>>
             out.extend_from_slice(line);
         }
     }
-    found.then_some(out)
+    if found {
+        Ok(out)
+    } else {
+        Err(ShadowError::NoEntry(user.to_owned()))
+    }
+}
+
+/// [`splice`] for the fuzz target (`fuzz/`, feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_splice(old: &[u8], user: &str, new_hash: &str, today: u64) -> Option<Vec<u8>> {
+    splice(old, user, new_hash, today).ok()
 }
 
 /// The file whose owner, mode and extended attributes a new one gets.
@@ -690,6 +711,27 @@ mod tests {
         cond()
     }
 
+    /// Found by fuzzing (fuzz/fuzz_targets/shadow_splice.rs): a hash (or user
+    /// name) holding `:` or a newline was written as is, adding lines or
+    /// shifting fields; an empty name edited a line starting with `:`.
+    #[test]
+    fn splice_refuses_unwritable_names_and_hashes() {
+        let s = b"root:old:1::::::\n:x:2::::::\n";
+        for (user, hash, what) in [
+            ("root", "a\nevil::0:99999:7:::", "password hash"),
+            ("root", "$6$x$y:0", "password hash"),
+            ("root", "", "password hash"),
+            ("", "h", "user name"),
+            ("root:old", "h", "user name"),
+            ("root\nx", "h", "user name"),
+        ] {
+            match splice(s, user, hash, 5) {
+                Err(ShadowError::Unwritable(w)) => assert_eq!(w, what, "{user:?} {hash:?}"),
+                other => panic!("{user:?} {hash:?}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn splice_changes_only_the_hash_and_lastchg_fields() {
         let out = splice(SHADOW.as_bytes(), "root", "$6$x$y", 20123).unwrap();
@@ -697,7 +739,10 @@ mod tests {
             String::from_utf8(out).unwrap(),
             SHADOW.replacen("$6$old$oldhash:19000:", "$6$x$y:20123:", 1)
         );
-        assert!(splice(SHADOW.as_bytes(), "admin", "x", 20123).is_none());
+        assert!(matches!(
+            splice(SHADOW.as_bytes(), "admin", "x", 20123),
+            Err(ShadowError::NoEntry(_))
+        ));
         // A user whose name starts with "root" is not root; only the first
         // entry of a user changes.
         let s = "rootless:x:1::::::\nroot:old:2::::::\nroot:dup:3::::::";

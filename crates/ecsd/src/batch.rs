@@ -96,9 +96,20 @@ pub enum JsonError {
 /// The one JSON body parser of every route (public, IAM and agent API):
 /// exactly one JSON value, optionally surrounded by whitespace. Anything
 /// after the value (`]`, a second object, a NUL) is refused, so what the
-/// signature covered is exactly what is acted on.
+/// signature covered is exactly what is acted on. JSON text is UTF-8
+/// (RFC 8259 §8.1): invalid UTF-8 anywhere is refused, also in a string the
+/// target type ignores (serde_json checks only the strings it keeps).
 pub fn from_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, JsonError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
+    let text = std::str::from_utf8(body).map_err(|e| {
+        let valid = &body[..e.valid_up_to()];
+        let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        JsonError::Syntax {
+            path: ".".into(),
+            line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
+            column: valid.len() - line_start + 1,
+        }
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -258,6 +269,29 @@ pub async fn audit_rejection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (fuzz/fuzz_targets/json_bodies.rs): invalid UTF-8 in
+    /// a string of a field the body type ignores was accepted, as serde_json
+    /// validates only the strings it keeps.
+    #[test]
+    fn from_json_refuses_invalid_utf8_even_where_ignored() {
+        #[derive(Deserialize, Debug)]
+        struct Body {
+            #[allow(dead_code)]
+            kept: Option<String>,
+        }
+        let ignored = b"{\"kept\": \"a\",\n \"other\": \"\xb2\"}";
+        assert_eq!(
+            from_json::<Body>(ignored).unwrap_err(),
+            JsonError::Syntax {
+                path: ".".into(),
+                line: 2,
+                column: 12
+            }
+        );
+        assert!(from_json::<Body>(b"{\"kept\": \"\xff\"}").is_err());
+        assert!(from_json::<Body>("{\"other\": \"\u{e9}\"}".as_bytes()).is_ok());
+    }
 
     fn refs(ids: &[&str]) -> Option<Vec<ServerRef>> {
         Some(ids.iter().map(|i| ServerRef { id: (*i).into() }).collect())

@@ -16,6 +16,9 @@ pub mod dev;
 pub mod domain;
 pub mod enroll;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod lifecycle;
 pub mod metrics;

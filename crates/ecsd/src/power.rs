@@ -100,6 +100,19 @@ fn parse_action(content_type: Option<&str>, body: &Bytes) -> Result<Action, Erro
     Ok(Action { kind, hard, ids })
 }
 
+/// `POST .../cloudservers/action`'s parser for the fuzz targets (`fuzz/`,
+/// feature `fuzzing`), as a comparable summary.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_parse_action(content_type: Option<&str>, body: &Bytes) -> Result<String, Error> {
+    let a = parse_action(content_type, body)?;
+    Ok(format!(
+        "{} hard={} ids={:?}",
+        a.kind.as_str(),
+        a.hard,
+        a.ids
+    ))
+}
+
 /// `POST /v1/{project_id}/cloudservers/action`: validates all servers, then
 /// stores one job with a sub-job per server; agents pick them up.
 pub async fn batch_action(

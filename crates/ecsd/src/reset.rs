@@ -90,6 +90,40 @@ fn validate_batch_shape(body: BatchResetBody) -> Result<BatchRequest, Error> {
     })
 }
 
+/// The parsers of the reset bodies for the fuzz targets (`fuzz/`, feature
+/// `fuzzing`): parse plus the shape rules, as a comparable summary.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    /// `PUT .../os-reset-passwords`: the body's parse and shape rules.
+    pub fn batch_reset(content_type: Option<&str>, body: &Bytes) -> Result<String, Error> {
+        let req = validate_batch_shape(parse_body::<BatchResetBody>(content_type, body)?)?;
+        Ok(format!(
+            "password={:?} dry_run={} apply_now={} ids={:?}",
+            req.password.as_ref().map(|p| p.expose_secret().to_owned()),
+            req.dry_run,
+            req.apply_now,
+            req.ids
+        ))
+    }
+
+    /// `PUT .../os-reset-password`: the body's parse and required fields.
+    pub fn single_reset(content_type: Option<&str>, body: &Bytes) -> Result<String, Error> {
+        let body = parse_body::<SingleResetBody>(content_type, body)?;
+        Ok(match body.reset_password {
+            None => "no reset-password".to_owned(),
+            Some(inner) => format!(
+                "password={:?} is_check_password={:?}",
+                inner.new_password.map(|p| p.0.expose_secret().to_owned()),
+                inner.is_check_password
+            ),
+        })
+    }
+}
+
 /// Why one server cannot take a reset, if it cannot.
 fn server_problem(
     server: Option<&Server>,
