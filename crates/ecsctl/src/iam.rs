@@ -31,6 +31,7 @@ pub enum Users {
     Disable {
         name: String,
     },
+    /// Enable a disabled user.
     Enable {
         name: String,
     },
@@ -42,14 +43,18 @@ pub enum Users {
 
 #[derive(Debug, Subcommand)]
 pub enum Groups {
+    /// Create a user group.
     Create {
         name: String,
     },
+    /// The user groups.
     List,
+    /// Add a user to a group.
     AddUser {
         group: String,
         user: String,
     },
+    /// Remove a user from a group.
     RemoveUser {
         group: String,
         user: String,
@@ -87,12 +92,15 @@ pub enum Keys {
     },
     /// The project's keys (never an SK).
     List,
+    /// Disable an access key.
     Disable {
         ak: String,
     },
+    /// Enable a disabled access key.
     Enable {
         ak: String,
     },
+    /// Delete an access key.
     Delete {
         ak: String,
     },
