@@ -28,37 +28,23 @@ pub enum Users {
     /// The users of the domain.
     List,
     /// Disable a user: no login; its tokens stop at once.
-    Disable {
-        name: String,
-    },
+    Disable { name: String },
     /// Enable a disabled user.
-    Enable {
-        name: String,
-    },
+    Enable { name: String },
     /// Delete a user with its keys, tokens and memberships.
-    Delete {
-        name: String,
-    },
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Groups {
     /// Create a user group.
-    Create {
-        name: String,
-    },
+    Create { name: String },
     /// The user groups.
     List,
     /// Add a user to a group.
-    AddUser {
-        group: String,
-        user: String,
-    },
+    AddUser { group: String, user: String },
     /// Remove a user from a group.
-    RemoveUser {
-        group: String,
-        user: String,
-    },
+    RemoveUser { group: String, user: String },
     /// Grant a system role or a custom policy to the group in this project.
     Grant {
         group: String,
@@ -93,17 +79,11 @@ pub enum Keys {
     /// The project's keys (never an SK).
     List,
     /// Disable an access key.
-    Disable {
-        ak: String,
-    },
+    Disable { ak: String },
     /// Enable a disabled access key.
-    Enable {
-        ak: String,
-    },
+    Enable { ak: String },
     /// Delete an access key.
-    Delete {
-        ak: String,
-    },
+    Delete { ak: String },
 }
 
 async fn user_id(api: &Api, name: &str) -> anyhow::Result<String> {
