@@ -114,6 +114,13 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         heartbeat_secs: u64,
     },
+    /// Write the man pages (roff): ecs-agent.1 and one page per subcommand
+    /// into DIR. Used by scripts/package.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Whom to trust while enrolling, besides a join token's pin.
@@ -244,6 +251,12 @@ async fn main() -> anyhow::Result<()> {
                 r = agent.run() => r,
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages to {}", dir.display()))
         }
         Command::Simulate {
             endpoint,

@@ -28,32 +28,23 @@ pub enum Users {
     /// The users of the domain.
     List,
     /// Disable a user: no login; its tokens stop at once.
-    Disable {
-        name: String,
-    },
-    Enable {
-        name: String,
-    },
+    Disable { name: String },
+    /// Enable a disabled user.
+    Enable { name: String },
     /// Delete a user with its keys, tokens and memberships.
-    Delete {
-        name: String,
-    },
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Groups {
-    Create {
-        name: String,
-    },
+    /// Create a user group.
+    Create { name: String },
+    /// The user groups.
     List,
-    AddUser {
-        group: String,
-        user: String,
-    },
-    RemoveUser {
-        group: String,
-        user: String,
-    },
+    /// Add a user to a group.
+    AddUser { group: String, user: String },
+    /// Remove a user from a group.
+    RemoveUser { group: String, user: String },
     /// Grant a system role or a custom policy to the group in this project.
     Grant {
         group: String,
@@ -87,15 +78,12 @@ pub enum Keys {
     },
     /// The project's keys (never an SK).
     List,
-    Disable {
-        ak: String,
-    },
-    Enable {
-        ak: String,
-    },
-    Delete {
-        ak: String,
-    },
+    /// Disable an access key.
+    Disable { ak: String },
+    /// Enable a disabled access key.
+    Enable { ak: String },
+    /// Delete an access key.
+    Delete { ak: String },
 }
 
 async fn user_id(api: &Api, name: &str) -> anyhow::Result<String> {

@@ -194,6 +194,13 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Print shell completions: ecsctl completions bash > /etc/bash_completion.d/ecsctl
     Completions { shell: clap_complete::Shell },
+    /// Write the man pages (roff): ecsctl.1 and one page per subcommand
+    /// (ecsctl-servers.1, ...) into DIR. Used by scripts/package.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -373,6 +380,12 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
     match cli.command {
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ecsctl", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages to {}", dir.display()))?;
             Ok(0)
         }
         Command::Configure { from_dev } => configure(&cli.profile, from_dev),

@@ -72,6 +72,13 @@ enum Command {
         #[command(subcommand)]
         command: Admin,
     },
+    /// Write the man pages (roff): ecsd.1 and one page per subcommand into
+    /// DIR. Used by scripts/package.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -388,6 +395,12 @@ fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Man { dir } = &cli.command {
+        use clap::CommandFactory;
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        return clap_mangen::generate_to(Cli::command(), dir)
+            .with_context(|| format!("writing man pages to {}", dir.display()));
+    }
     let mut config = Config::load(cli.config.as_deref()).context("loading the configuration")?;
     if let Some(d) = cli.data_dir {
         config.data_dir = d;
@@ -425,6 +438,7 @@ async fn run() -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Man { .. } => unreachable!("handled before the configuration is loaded"),
         Command::Openapi => {
             print!("{}", ecsd::api::openapi::document_json());
             Ok(())
