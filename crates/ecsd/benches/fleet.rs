@@ -92,10 +92,7 @@ impl Probe {
         let (mut lat, errors) = self.calls.await.unwrap();
         let rss = self.rss.await.unwrap();
         lat.sort();
-        let q = |f: f64| {
-            lat.get(((lat.len() as f64 * f) as usize).min(lat.len().saturating_sub(1)))
-                .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
-        };
+        let q = |f: f64| support::quantile_ms(&lat, f);
         let peak = rss.iter().copied().fold(0.0, f64::max);
         (q(0.5), q(0.99), lat.len(), errors, peak)
     }

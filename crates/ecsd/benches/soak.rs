@@ -43,12 +43,6 @@ fn size(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
-        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
-}
-
 fn main() {
     let secs = env_or("BENCH_SOAK_SECS", 600);
     let every = env_or("BENCH_SOAK_REPORT_SECS", 30);
@@ -172,8 +166,8 @@ fn main() {
                 requests,
                 requests as f64 / t0.elapsed().as_secs_f64(),
                 w.errors,
-                quantile(&lat, 0.5),
-                quantile(&lat, 0.99),
+                support::quantile_ms(&lat, 0.5),
+                support::quantile_ms(&lat, 0.99),
                 rss,
                 cpu_secs(&pid),
                 size(&db) as f64 / 1048576.0,
@@ -191,8 +185,8 @@ fn main() {
             "total: {total} requests in {:.0} s ({:.0} req/s), {total_errors} errors; p50 {:.1} ms, p99 {:.1} ms; ecsd RSS first window {:.1} MiB, last {:.1} MiB, max {:.1} MiB; WAL max {:.2} MiB",
             started.elapsed().as_secs_f64(),
             total as f64 / started.elapsed().as_secs_f64(),
-            quantile(&all, 0.5),
-            quantile(&all, 0.99),
+            support::quantile_ms(&all, 0.5),
+            support::quantile_ms(&all, 0.99),
             rss_first.unwrap_or(f64::NAN),
             ecsd.rss_mib(),
             rss_max,

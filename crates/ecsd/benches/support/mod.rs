@@ -5,6 +5,14 @@
 
 pub mod process;
 
+/// The `q` quantile (0..=1) of sorted durations, in milliseconds (NaN when
+/// there are none).
+pub fn quantile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
+
 use ecs_api::{BatchResetRequest, ServerRef};
 use ecs_client::{Client, Config, Request, Response, Trust};
 use secrecy::SecretString;
