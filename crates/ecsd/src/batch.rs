@@ -114,8 +114,19 @@ pub fn from_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, JsonErr
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data if path != "." => JsonError::Field(path),
-            serde_json::error::Category::Data => JsonError::Shape,
+            // A data error can stand for a syntax error further on: serde_json
+            // reads a map whose key is its private RawValue token as raw JSON
+            // and reports what follows as data (found by fuzzing). A body is
+            // a field or shape problem only if its first value parses as JSON.
+            serde_json::error::Category::Data => match first_value_syntax(text) {
+                Some(s) => JsonError::Syntax {
+                    path: ".".into(),
+                    line: s.line(),
+                    column: s.column(),
+                },
+                None if path != "." => JsonError::Field(path),
+                None => JsonError::Shape,
+            },
             _ => JsonError::Syntax {
                 path,
                 line: inner.line(),
@@ -125,6 +136,15 @@ pub fn from_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, JsonErr
     })?;
     de.end().map_err(|_| JsonError::Trailing)?;
     Ok(value)
+}
+
+/// The syntax error of the first JSON value of `text`, if it has one (what
+/// follows the value is not looked at).
+fn first_value_syntax(text: &str) -> Option<serde_json::Error> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<serde::de::IgnoredAny>()
+        .next()
+        .and_then(Result::err)
 }
 
 /// For `Option` fields where `null` is refused rather than taken as absent
@@ -269,6 +289,24 @@ pub async fn audit_rejection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syntax_error_behind_serde_jsons_raw_value_key_is_a_syntax_error() {
+        // Found by fuzzing (json_bodies): with serde_json's `raw_value`
+        // feature on, this key makes the parser read its value as raw JSON
+        // and report the broken number after it as a data error at the key.
+        let body = br#"{"reboot": {"servers": [{"$serde_json::private::RawValue":475e-917e-!}], "type": "SOFT"}}"#;
+        assert!(matches!(
+            from_json::<serde_json::Value>(body),
+            Err(JsonError::Syntax { .. })
+        ));
+        // A well-formed body with a wrong field is still a field error, also
+        // with bytes after it (the syntax check looks at the first value).
+        assert!(matches!(
+            from_json::<std::collections::BTreeMap<String, u32>>(br#"{"a": "x"} trailing"#),
+            Err(JsonError::Field(p)) if p == "a"
+        ));
+    }
 
     /// Found by fuzzing (fuzz/fuzz_targets/json_bodies.rs): invalid UTF-8 in
     /// a string of a field the body type ignores was accepted, as serde_json
