@@ -92,6 +92,12 @@ fn check<T: PartialEq + std::fmt::Debug>(
     }
 }
 
+/// Whether `data` holds serde_json's private RawValue token.
+fn has_raw_value_token(data: &[u8]) -> bool {
+    const TOKEN: &[u8] = b"$serde_json::private::RawValue";
+    data.windows(TOKEN.len()).any(|w| w == TOKEN)
+}
+
 fuzz_target!(|data: &[u8]| {
     let body = Bytes::copy_from_slice(data);
     // The generic parser: exactly serde_json's one value, nothing after it.
@@ -105,6 +111,11 @@ fuzz_target!(|data: &[u8]| {
                 "re-serialized Value refused"
             );
         }
+        // serde_json's private RawValue token as a key (its `raw_value`
+        // feature is on in this build) makes a `Value` read that object as
+        // raw JSON, and a value it cannot take is a data error at that path:
+        // serde_json's own behaviour, refused 400 all the same.
+        (Err(_), Err(JsonError::Field(_))) if has_raw_value_token(data) => {}
         (_, Err(JsonError::Field(p))) => panic!("a Value has no fields to miss: {p}"),
         (Err(_), Ok(_)) => panic!("from_json accepted what serde_json refuses"),
         (Ok(_), Err(e)) => panic!("from_json refused a JSON value: {e:?}"),
