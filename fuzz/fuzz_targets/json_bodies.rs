@@ -64,6 +64,9 @@ fn check<T: PartialEq + std::fmt::Debug>(
         // Valid JSON (RFC 8259's grammar) that a Value cannot hold, in a field
         // the body type ignores: a number beyond f64, an unpaired surrogate
         // escape (`"\udf45"`, `"\ud871x"`). Nothing to re-serialize.
+        // serde_json's private RawValue token as a key: a `Value` reads that
+        // object as raw JSON and may refuse it; the route's types do not.
+        Err(_) if has_raw_value_token(body) => {}
         Err(e)
             if [
                 "number out of range",
