@@ -105,6 +105,18 @@ pub struct HeartbeatRequest {
     pub power_driver: bool,
 }
 
+/// The answer to a heartbeat (200; an ecsd before this field answered 204
+/// with no body, which an agent reads as the defaults).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Over how many seconds the agent spreads its reconnect after losing
+    /// the control plane (it waits a random time within it): ecsd sizes it
+    /// to the number of agents it serves, so a fleet's reconnect after a
+    /// restart arrives at a rate it can take.
+    #[serde(default)]
+    pub reconnect_spread_secs: u32,
+}
+
 /// `GET /agent/v1/work?have=<request_id>&wait=<secs>[&power_only=true]`: 200
 /// with this body, or 204 when nothing (newer than `have`) arrived within
 /// `wait` seconds. A power action comes before a reset.

@@ -104,6 +104,8 @@ pub struct Agent {
     state: StateDir,
     opts: Options,
     started: Instant,
+    /// The reconnect spread ecsd last asked for, in seconds.
+    spread_secs: std::sync::atomic::AtomicU32,
 }
 
 impl Agent {
@@ -153,6 +155,7 @@ impl Agent {
             state,
             opts,
             started: Instant::now(),
+            spread_secs: std::sync::atomic::AtomicU32::new(DEFAULT_SPREAD_SECS),
         })
     }
 
@@ -161,28 +164,44 @@ impl Agent {
     }
 
     async fn heartbeat(&self, boot_id: &str) -> anyhow::Result<()> {
-        self.client
+        let answer = self
+            .client
             .heartbeat(&proto::HeartbeatRequest {
                 agent_version: VERSION.to_owned(),
                 boot_id: boot_id.to_owned(),
                 uptime_secs: self.started.elapsed().as_secs(),
                 power_driver: matches!(self.opts.power, PowerControl::Simulated { .. }),
             })
-            .await
+            .await?;
+        if answer.reconnect_spread_secs > 0 {
+            self.spread_secs.store(
+                answer.reconnect_spread_secs.min(MAX_SPREAD_SECS),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        Ok(())
+    }
+
+    /// A fresh back-off over the reconnect spread ecsd last asked for.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_secs(u64::from(
+            self.spread_secs.load(std::sync::atomic::Ordering::Relaxed),
+        )))
     }
 
     /// Runs until an unrecoverable error; network errors are retried.
     pub async fn run(&self) -> anyhow::Result<()> {
         let boot_id = self.opts.boot.read()?;
         let mut journal = self.state.load_journal()?;
-        retry("heartbeat", || self.heartbeat(&boot_id)).await;
+        retry("heartbeat", self.backoff(), || self.heartbeat(&boot_id)).await;
         self.flush_ack(&mut journal).await;
 
         if journal.boot_id.as_deref() != Some(boot_id.as_str()) {
             // The server (re)started: apply the newest pending password, if any
             // (power actions queued before it are carried out first).
             for _ in 0..8 {
-                match retry("work", || self.client.work(None, Duration::ZERO, false)).await {
+                let poll = || self.client.work(None, Duration::ZERO, false);
+                match retry("work", self.backoff(), poll).await {
                     Some(proto::Poll { reset: Some(w), .. }) => {
                         self.apply(w, &mut journal).await?;
                         break;
@@ -198,6 +217,7 @@ impl Agent {
 
         let mut have: Option<String> = None;
         let mut next_heartbeat = Instant::now() + self.opts.heartbeat;
+        let mut backoff = self.backoff();
         loop {
             self.flush_ack(&mut journal).await;
             let wait = self
@@ -205,7 +225,11 @@ impl Agent {
                 .poll
                 .min(next_heartbeat.saturating_duration_since(Instant::now()))
                 .max(Duration::from_secs(1));
-            match self.client.work(have.as_deref(), wait, false).await {
+            let polled = self.client.work(have.as_deref(), wait, false).await;
+            if polled.is_ok() {
+                backoff = self.backoff();
+            }
+            match polled {
                 Ok(Some(proto::Poll { power: Some(p), .. })) => self.power(p, &mut journal).await,
                 Ok(Some(proto::Poll { reset: Some(w), .. })) if w.apply_now => {
                     self.apply(w, &mut journal).await?
@@ -216,8 +240,12 @@ impl Agent {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "polling for work failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    // The control plane went away (a restart, a failover):
+                    // come back at a random time within the spread it asked
+                    // for, not all agents at once.
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %format!("{e:#}"), "polling for work failed; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
                 }
             }
             if Instant::now() >= next_heartbeat {
@@ -541,22 +569,57 @@ where
     Err(last.expect("at least one try"))
 }
 
-/// Retries an operation with capped exponential back-off until it succeeds.
-async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+/// Retries an operation until it succeeds, waiting as `backoff` says.
+async fn retry<T, F, Fut>(what: &str, mut backoff: Backoff, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let mut delay = Duration::from_millis(200);
     loop {
         match f().await {
             Ok(v) => return v,
             Err(e) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %format!("{e:#}"), "{what} failed; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+/// The reconnect spread before ecsd has named one (an older ecsd, or none
+/// reached yet), and the most an answer may ask for.
+const DEFAULT_SPREAD_SECS: u32 = 5;
+const MAX_SPREAD_SECS: u32 = 600;
+
+/// Waits between tries after the control plane went away: "full jitter"
+/// (a uniformly random time within a window) so that a fleet that lost
+/// ecsd at the same moment does not come back at the same moment. The
+/// window starts at the spread ecsd asked for (at least 1 s) and doubles
+/// with each further failure up to the larger of that spread and 60 s.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    window: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    pub fn new(spread: Duration) -> Backoff {
+        let window = spread.max(Duration::from_secs(1));
+        Backoff {
+            window,
+            cap: window.max(Duration::from_secs(60)),
+        }
+    }
+
+    /// The next wait: random within the window (at least 100 ms), then the
+    /// window doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        use rand::Rng;
+        let ms = self.window.as_millis() as u64;
+        let delay = Duration::from_millis(rand::rng().random_range(100..=ms.max(100)));
+        self.window = (self.window * 2).min(self.cap);
+        delay
     }
 }
 
@@ -731,4 +794,50 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<proto::EnrollResponse
     // sealed to the old key.
     state.save_journal(&Journal::default())?;
     Ok(resp)
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn reconnect_delays_are_random_within_a_window_that_doubles_to_its_cap() {
+        // Spread 50 s: the first waits fall anywhere in (0.1 s, 50 s] ...
+        let firsts: Vec<Duration> = (0..2000)
+            .map(|_| Backoff::new(Duration::from_secs(50)).next_delay())
+            .collect();
+        assert!(firsts.iter().all(|d| *d >= Duration::from_millis(100)));
+        assert!(firsts.iter().all(|d| *d <= Duration::from_secs(50)));
+        // ... spread over it, not bunched (each tenth of the window holds some).
+        for tenth in 0..10 {
+            let (lo, hi) = (tenth * 5_000, (tenth + 1) * 5_000);
+            let n = firsts
+                .iter()
+                .filter(|d| (lo..hi).contains(&(d.as_millis() as u64)))
+                .count();
+            assert!(n > 100, "{n} of 2000 first delays in {lo}..{hi} ms");
+        }
+        // The window doubles per failure up to max(spread, 60 s).
+        let mut b = Backoff::new(Duration::from_secs(1));
+        let windows: Vec<Duration> = (0..10)
+            .map(|_| {
+                b.next_delay();
+                b.window
+            })
+            .collect();
+        assert_eq!(windows[0], Duration::from_secs(2));
+        assert_eq!(windows[4], Duration::from_secs(32));
+        assert_eq!(windows[9], Duration::from_secs(60));
+        let mut big = Backoff::new(Duration::from_secs(120));
+        big.next_delay();
+        assert_eq!(
+            big.window,
+            Duration::from_secs(120),
+            "a spread above 60 s is its own cap"
+        );
+        // A spread of 0 (not yet known) still waits up to 1 s, not busy-loops.
+        let mut zero = Backoff::new(Duration::ZERO);
+        assert!(zero.next_delay() <= Duration::from_secs(1));
+    }
 }

@@ -104,7 +104,11 @@ impl Client {
         resp.json().await.context("enroll response")
     }
 
-    pub async fn heartbeat(&self, hb: &proto::HeartbeatRequest) -> anyhow::Result<()> {
+    /// Reports in; an older ecsd's 204 reads as the default answer.
+    pub async fn heartbeat(
+        &self,
+        hb: &proto::HeartbeatRequest,
+    ) -> anyhow::Result<proto::HeartbeatResponse> {
         let resp = self
             .auth(self.http.post(format!("{}/heartbeat", self.base)))
             .timeout(Duration::from_secs(30))
@@ -115,7 +119,10 @@ impl Client {
         if !resp.status().is_success() {
             bail!("heartbeat refused: {}", resp.status());
         }
-        Ok(())
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(proto::HeartbeatResponse::default());
+        }
+        resp.json().await.context("heartbeat answer")
     }
 
     /// Long-polls for work (a reset newer than `have`, or a power action),

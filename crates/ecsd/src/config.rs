@@ -37,6 +37,12 @@ pub struct Config {
     /// Requests per second allowed per agent credential on the agent API
     /// (burst: four times as many); beyond, 429 `APIGW.0308`.
     pub agent_rate_limit_per_sec: u32,
+    /// Connections per second the agents of this replica should reconnect
+    /// at after it goes away (a restart, a failover): each heartbeat tells
+    /// its agent to spread its reconnect over `agents polling / this`
+    /// seconds (1 to 600), so 10,000 agents do not all handshake at once.
+    /// 0: no spreading (1 s).
+    pub agent_reconnect_per_sec: u32,
     /// Most connections open on the listener at once; at the cap, `ecsd`
     /// stops accepting until one closes. Lowered at start to stay below the
     /// open-files limit (whose soft value is raised to the hard one).
@@ -123,6 +129,7 @@ impl Default for Config {
             request_timeout_secs: 30,
             rate_limit_per_sec: 200,
             agent_rate_limit_per_sec: 5,
+            agent_reconnect_per_sec: 200,
             max_connections: 16_384,
             max_connections_per_source: 256,
             metrics_listen: None,
@@ -158,6 +165,7 @@ const ENV_KEYS: &[&str] = &[
     "request_timeout_secs",
     "rate_limit_per_sec",
     "agent_rate_limit_per_sec",
+    "agent_reconnect_per_sec",
     "max_connections",
     "max_connections_per_source",
     "metrics_listen",

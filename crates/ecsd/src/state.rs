@@ -159,6 +159,34 @@ pub struct Wakers {
     closed: std::sync::atomic::AtomicBool,
 }
 
+/// One waiting agent's hold on its server's notifier.
+pub struct Subscription {
+    wakers: Arc<Wakers>,
+    server_id: String,
+    notify: Arc<Notify>,
+}
+
+impl Subscription {
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl Drop for Subscription {
+    /// Drops the map's entry once no agent waits on it.
+    fn drop(&mut self) {
+        let mut map = self.wakers.map.lock().expect("wakers lock");
+        // Our reference goes while the lock is held, so that two polls
+        // ending at once cannot both see the other's and leave the entry.
+        let mine = std::mem::take(&mut self.notify);
+        // Two strong references left: ours and the map's.
+        if Arc::strong_count(&mine) <= 2 {
+            map.remove(&self.server_id);
+        }
+        drop(mine);
+    }
+}
+
 impl Wakers {
     /// Ends every long poll at once (graceful shutdown).
     pub fn close(&self) {
@@ -176,23 +204,27 @@ impl Wakers {
         }
     }
 
-    /// The notifier a waiting agent subscribes to.
-    pub fn subscribe(&self, server_id: &str) -> Arc<Notify> {
-        self.map
+    /// The notifier a waiting agent subscribes to, held until the returned
+    /// subscription is dropped: when the poll ends, and also when it is
+    /// cancelled (the agent's connection closed mid-poll).
+    pub fn subscribe(self: &Arc<Self>, server_id: &str) -> Subscription {
+        let notify = self
+            .map
             .lock()
             .expect("wakers lock")
             .entry(server_id.to_owned())
             .or_default()
-            .clone()
+            .clone();
+        Subscription {
+            wakers: self.clone(),
+            server_id: server_id.to_owned(),
+            notify,
+        }
     }
 
-    /// Drops the entry once no agent waits on it.
-    pub fn release(&self, server_id: &str, notify: Arc<Notify>) {
-        let mut map = self.map.lock().expect("wakers lock");
-        // Two strong references left: ours and the map's.
-        if Arc::strong_count(&notify) <= 2 {
-            map.remove(server_id);
-        }
+    /// How many servers' agents are long-polling this replica now.
+    pub fn waiting(&self) -> usize {
+        self.map.lock().expect("wakers lock").len()
     }
 
     /// Wakes every waiting agent (after notifications from other replicas

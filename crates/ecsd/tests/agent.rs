@@ -428,17 +428,10 @@ async fn a_waiting_agent_is_woken_when_work_arrives() {
     let c = Client::new(common::http(), &t.base, Some(secret(&e.credential)));
     let started = std::time::Instant::now();
     let waiting = tokio::spawn(async move { c.work(None, Duration::from_secs(20), false).await });
-    // The work arrives only once the long poll waits in ecsd (its notifier has
-    // a subscriber besides the map and us); a late GET would find it by looking.
+    // The work arrives only once the long poll waits in ecsd (the only agent
+    // polling); a late GET would find it by looking.
     let wakers = t.state.wakers.clone();
-    let id = e.server_id.clone();
-    eventually("the agent's long poll is waiting", || {
-        let n = wakers.subscribe(&id);
-        let waiting = std::sync::Arc::strong_count(&n) >= 3;
-        wakers.release(&id, n);
-        waiting
-    })
-    .await;
+    eventually("the agent's long poll is waiting", || wakers.waiting() == 1).await;
     // Let its first look (which found nothing) finish.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let r = t

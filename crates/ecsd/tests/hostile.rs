@@ -655,3 +655,83 @@ async fn unknown_agent_credentials_are_throttled_per_source_before_any_lookup() 
     }
     assert_eq!(statuses, [401, 401, 401, 429, 429, 429]);
 }
+
+/// Each heartbeat tells the agent over how many seconds to spread its
+/// reconnect should ecsd go away: the agents long-polling this replica
+/// divided by `agent_reconnect_per_sec`, so that after a restart a large
+/// fleet comes back at a rate the replica can take.
+#[tokio::test]
+async fn the_heartbeat_sizes_the_reconnect_spread_to_the_agents_polling() {
+    let t = TestServer::start_with(|c| {
+        c.agent_reconnect_per_sec = 1;
+        c.agent_rate_limit_per_sec = 1000;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tok = token(&t, 3).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let e = enroll(
+            &t.base,
+            &tok,
+            &dir.path().join(i.to_string()),
+            &format!("m-{i}"),
+            "h",
+            "Linux",
+        )
+        .await
+        .unwrap();
+        clients.push(std::sync::Arc::new(ecs_agent::client::Client::new(
+            http(),
+            &t.base,
+            Some(secret(&e.credential)),
+        )));
+    }
+    let hb = ecs_agent_proto::HeartbeatRequest {
+        agent_version: "test".into(),
+        boot_id: "boot-1".into(),
+        uptime_secs: 1,
+        power_driver: false,
+    };
+    let spread = |c: std::sync::Arc<ecs_agent::client::Client>| {
+        let hb = hb.clone();
+        async move { c.heartbeat(&hb).await.unwrap().reconnect_spread_secs }
+    };
+    assert_eq!(spread(clients[0].clone()).await, 1, "nobody polling yet");
+    // Two agents long-poll; the third's heartbeat now says 2 s.
+    let polls: Vec<_> = clients[1..]
+        .iter()
+        .map(|c| {
+            let c = c.clone();
+            tokio::spawn(async move { c.work(None, Duration::from_secs(5), false).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = spread(clients[0].clone()).await;
+        if s == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spread stayed {s} with two agents polling"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // When their polls end, the spread shrinks again.
+    for p in polls {
+        p.abort();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = spread(clients[0].clone()).await;
+        if s == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spread stayed {s} after the polls ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -23,6 +23,36 @@ impl Ecsd {
 
     /// `env`: extra `ECSD_*` settings.
     pub fn start_with_env(data: &std::path::Path, tls: bool, env: &[(&str, &str)]) -> Ecsd {
+        Self::start_on(data, tls, env, "127.0.0.1:0")
+    }
+
+    /// Kills this ecsd (SIGKILL, as a crash or a host restart would) and
+    /// starts a new one on the same data and the same address (`env`:
+    /// extra `ECSD_*` settings for the new one).
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let listen = self
+            .endpoint
+            .split_once("://")
+            .map_or(self.endpoint.as_str(), |(_, rest)| rest)
+            .trim_end_matches('/')
+            .to_owned();
+        // The old process's port may linger a moment in the kernel.
+        let started = std::time::Instant::now();
+        while std::net::TcpListener::bind(&listen).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "{listen} stays taken"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let new = Self::start_on(&self.data, self.tls, env, &listen);
+        // Dropping the old one only waits for its (already killed) child.
+        drop(std::mem::replace(self, new));
+    }
+
+    fn start_on(data: &std::path::Path, tls: bool, env: &[(&str, &str)], listen: &str) -> Ecsd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
             .args([
                 "--data-dir",
@@ -34,7 +64,7 @@ impl Ecsd {
                 "--dev-windows",
                 "0",
             ])
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(if tls {
                 &[][..]
             } else {

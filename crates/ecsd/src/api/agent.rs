@@ -234,7 +234,7 @@ pub async fn heartbeat(
     Extension(AgentServer(server)): Extension<AgentServer>,
     headers: HeaderMap,
     raw: axum::body::Body,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<proto::HeartbeatResponse>, ApiError> {
     let req: proto::HeartbeatRequest = parse(&body(&headers, raw).await?)?;
     if req.boot_id.len() > 64 || req.agent_version.len() > 64 {
         return Err(ApiError::invalid(
@@ -260,7 +260,22 @@ pub async fn heartbeat(
         )
         .await
         .map_err(|e| ApiError::store("recording a heartbeat", e))?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(proto::HeartbeatResponse {
+        reconnect_spread_secs: reconnect_spread(
+            state.wakers.waiting(),
+            state.config.agent_reconnect_per_sec,
+        ),
+    }))
+}
+
+/// Seconds over which agents spread their reconnect so that `agents` of
+/// them arrive at about `per_sec` a second (1 to 600).
+pub fn reconnect_spread(agents: usize, per_sec: u32) -> u32 {
+    if per_sec == 0 {
+        return 1;
+    }
+    let secs = agents.div_ceil(per_sec as usize);
+    secs.clamp(1, 600) as u32
 }
 
 #[derive(Deserialize)]
@@ -282,7 +297,8 @@ pub async fn work(
     let Query(q) = query.map_err(|_| ApiError::invalid("Invalid query parameters."))?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.config.agent_poll_secs));
     let deadline = tokio::time::Instant::now() + wait;
-    let notify = state.wakers.subscribe(&server_id);
+    let subscription = state.wakers.subscribe(&server_id);
+    let notify = subscription.notify();
     let _polling = crate::metrics::Polling::start();
     let result = loop {
         let notified = notify.notified();
@@ -303,7 +319,7 @@ pub async fn work(
             _ = state.wakers.closed() => break Ok(StatusCode::NO_CONTENT.into_response()),
         }
     };
-    state.wakers.release(&server_id, notify);
+    drop(subscription);
     result
 }
 
@@ -428,4 +444,20 @@ pub async fn ack(
     }
     tracing::info!(server_id = %server.id, request_id = %req.request_id, outcome = ?req.outcome, recorded, "reset outcome");
     Ok(Json(proto::AckResponse { recorded }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reconnect_spread;
+
+    #[test]
+    fn the_reconnect_spread_grows_with_the_agents_served_within_its_bounds() {
+        assert_eq!(reconnect_spread(0, 200), 1);
+        assert_eq!(reconnect_spread(150, 200), 1);
+        assert_eq!(reconnect_spread(201, 200), 2);
+        assert_eq!(reconnect_spread(10_000, 200), 50);
+        assert_eq!(reconnect_spread(10_000_000, 200), 600);
+        // 0 turns spreading off.
+        assert_eq!(reconnect_spread(10_000, 0), 1);
+    }
 }
