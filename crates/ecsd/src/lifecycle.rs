@@ -307,22 +307,20 @@ pub async fn reclaim_pages(state: &AppState) -> anyhow::Result<usize> {
     .await
 }
 
-/// The retention task: a retention round at start and then every hour.
-pub async fn retention_task(state: AppState) {
+/// One retention round, logged (the housekeeping task runs one at start
+/// and then every hour, on one replica).
+pub async fn retention_once(state: &AppState) {
     let r = Retention::from_config(&state.config);
-    loop {
-        match retention_round(&state, Utc::now(), r).await {
-            Ok(p) if p == Pruned::default() => {}
-            Ok(p) => tracing::info!(
-                audit = p.audit,
-                resets = p.resets,
-                jobs = p.jobs,
-                pages = p.pages,
-                "records past retention deleted"
-            ),
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "the retention round failed"),
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    match retention_round(state, Utc::now(), r).await {
+        Ok(p) if p == Pruned::default() => {}
+        Ok(p) => tracing::info!(
+            audit = p.audit,
+            resets = p.resets,
+            jobs = p.jobs,
+            pages = p.pages,
+            "records past retention deleted"
+        ),
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "the retention round failed"),
     }
 }
 

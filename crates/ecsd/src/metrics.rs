@@ -85,6 +85,8 @@ pub struct Metrics {
     pub auth_failures: Family<ApiLabels, Counter>,
     /// Agent long polls waiting on this replica now.
     pub agents_polling: Gauge,
+    /// 1 while this replica runs the job sweeper and retention.
+    pub housekeeper: Gauge,
     /// Enrolled servers by agent version and liveness (read at scrape time).
     pub agents: Family<AgentLabels, Gauge>,
 }
@@ -100,6 +102,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     store_seconds: Family::new_with_constructor(latency_buckets),
     auth_failures: Family::default(),
     agents_polling: Gauge::default(),
+    housekeeper: Gauge::default(),
     agents: Family::default(),
 });
 
@@ -155,6 +158,11 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "agents_polling",
         "Agent long polls open on this replica",
         m.agents_polling.clone(),
+    );
+    r.register(
+        "housekeeper",
+        "1 while this replica runs the job sweeper and retention (one replica at a time)",
+        m.housekeeper.clone(),
     );
     r.register(
         "agents",

@@ -147,8 +147,7 @@ impl Server {
             }
             Database::Sqlite(_) => None,
         };
-        let sweeper = tokio::spawn(sweep_jobs(self.state.clone()));
-        let retention = tokio::spawn(crate::lifecycle::retention_task(self.state.clone()));
+        let sweeper = tokio::spawn(housekeeping(self.state.clone()));
         let app = crate::api::router(self.state);
         let refusal = crate::api::too_many_connections_router();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -243,7 +242,6 @@ impl Server {
             }
         }
         sweeper.abort();
-        retention.abort();
         if let Some(l) = listener {
             l.abort();
         }
@@ -254,17 +252,85 @@ impl Server {
     }
 }
 
-/// Fails power sub-jobs whose agent never completed them (jobs survive
-/// restarts in the database, so this also catches jobs of a previous run).
-async fn sweep_jobs(state: AppState) {
+/// Fleet-wide housekeeping, on one replica at a time: fails power sub-jobs
+/// whose agent never completed them (jobs survive restarts in the
+/// database, so this also catches jobs of a previous run) every 1–5 s, and
+/// deletes records past retention every hour. With SQLite this process is
+/// the only one; on PostgreSQL the replica holding the housekeeping lock
+/// does it, and another takes over within a period when it dies.
+async fn housekeeping(state: AppState) {
     let period = std::time::Duration::from_secs(state.config.job_timeout_secs.clamp(1, 5));
+    let retention_every = std::time::Duration::from_secs(3600);
+    let mut lead = Leadership::new(&state);
+    let mut next_retention = tokio::time::Instant::now();
     loop {
-        match expire_jobs(&state).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(sub_jobs = n, "power sub-jobs timed out"),
-            Err(e) => tracing::error!(error = %e.chain(), "expiring sub-jobs failed"),
+        if lead.holds().await {
+            match expire_jobs(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(sub_jobs = n, "power sub-jobs timed out"),
+                Err(e) => tracing::error!(error = %e.chain(), "expiring sub-jobs failed"),
+            }
+            if tokio::time::Instant::now() >= next_retention {
+                crate::lifecycle::retention_once(&state).await;
+                next_retention = tokio::time::Instant::now() + retention_every;
+            }
         }
         tokio::time::sleep(period).await;
+    }
+}
+
+/// Whether this replica does the housekeeping (see [`housekeeping`]),
+/// shown as `state.housekeeper` and the `ecsd_housekeeper` gauge.
+struct Leadership {
+    url: Option<String>,
+    lock: Option<crate::store::postgres::HousekeepingLock>,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Leadership {
+    fn new(state: &AppState) -> Leadership {
+        Leadership {
+            url: match state.config.database() {
+                Database::Postgres(url) => Some(url),
+                Database::Sqlite(_) => None,
+            },
+            lock: None,
+            flag: state.housekeeper.clone(),
+        }
+    }
+
+    async fn holds(&mut self) -> bool {
+        let held = match &self.url {
+            None => true,
+            Some(url) => {
+                if let Some(l) = &self.lock
+                    && !l.still_held().await
+                {
+                    tracing::warn!("lost the housekeeping lock (the database connection ended)");
+                    self.lock = None;
+                }
+                if self.lock.is_none() {
+                    match crate::store::postgres::HousekeepingLock::try_take(url).await {
+                        Ok(Some(l)) => {
+                            tracing::info!("this replica now runs the job sweeper and retention");
+                            self.lock = Some(l);
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "taking the housekeeping lock failed"),
+                    }
+                }
+                self.lock.is_some()
+            }
+        };
+        self.flag.store(held, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::METRICS.housekeeper.set(i64::from(held));
+        held
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.flag.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -41,6 +41,9 @@ pub struct AppState {
     pub auth_failures: Arc<crate::throttle::FailureThrottle>,
     /// The wall clock of the X-Sdk-Date window and of power-job expiry.
     pub clock: Clock,
+    /// Whether this replica runs the fleet-wide housekeeping now (the job
+    /// sweeper and retention: one replica at a time on PostgreSQL).
+    pub housekeeper: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The wall clock that the X-Sdk-Date window (`auth.rs`) and power jobs
@@ -103,6 +106,7 @@ impl AppState {
             ca_pin: Arc::default(),
             work_keys: Arc::default(),
             clock: Clock::default(),
+            housekeeper: Arc::default(),
         }
     }
 

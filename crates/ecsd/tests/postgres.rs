@@ -185,12 +185,24 @@ async fn an_in_process_ecsd_on_postgres_resets_and_keeps_its_data_across_a_resta
 /// A second replica of `t`: the same configuration (database, master key)
 /// on another port; stopped when the returned sender is dropped.
 async fn replica(t: &TestServer) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let (base, _, stop) = replica_state(t).await;
+    (base, stop)
+}
+
+/// [`replica`], with its state.
+async fn replica_state(
+    t: &TestServer,
+) -> (
+    String,
+    ecsd::state::AppState,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let config = ecsd::config::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..(*t.state.config).clone()
     };
     let state = ecsd::server::open_state(config).unwrap();
-    let server = ecsd::server::Server::bind(state).await.unwrap();
+    let server = ecsd::server::Server::bind(state.clone()).await.unwrap();
     let base = format!("http://{}", server.local_addr());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -200,7 +212,117 @@ async fn replica(t: &TestServer) -> (String, tokio::sync::oneshot::Sender<()>) {
             })
             .await;
     });
-    (base, tx)
+    (base, state, tx)
+}
+
+/// The replicas among `states` running the housekeeping now.
+fn housekeepers(states: &[&ecsd::state::AppState]) -> Vec<usize> {
+    states
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.housekeeper.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Waits (up to 15 s) until exactly one of `states` runs the housekeeping.
+async fn one_housekeeper(states: &[&ecsd::state::AppState]) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let h = housekeepers(states);
+        if h.len() == 1 {
+            return h[0];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "housekeepers: {h:?} (want exactly one)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The job sweeper and retention run on one replica at a time (a
+/// PostgreSQL advisory lock held by that replica's session); when it stops,
+/// another takes over within a sweep period, and a timed-out power job is
+/// still failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_at_a_time_sweeps_jobs_and_another_takes_over_when_it_stops() {
+    let Some(schema) = TestSchema::create() else {
+        return;
+    };
+    let url = schema.url.clone();
+    let a = TestServer::start_with(|c| {
+        c.database = Some(url);
+        c.job_timeout_secs = 2;
+    })
+    .await;
+    let mut a = a;
+    let (base_b, b, stop_b) = replica_state(&a).await;
+    let (_c, c, stop_c) = replica_state(&a).await;
+    let first = one_housekeeper(&[&a.state, &b, &c]).await;
+    // It stays one for a few sweep periods.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(housekeepers(&[&a.state, &b, &c]), vec![first]);
+    }
+    // Stop the housekeeper: a replica that stops ends its database session.
+    let mut stops = vec![Some(stop_b), Some(stop_c)];
+    if first == 0 {
+        a.stop().await;
+        // The rest of the test goes through replica b (same database).
+        a.host = base_b.trim_start_matches("http://").to_owned();
+        a.base = base_b;
+    } else {
+        drop(stops[first - 1].take());
+    }
+    let (remaining, names): (Vec<&ecsd::state::AppState>, [&str; 2]) = match first {
+        0 => (vec![&b, &c], ["b", "c"]),
+        1 => (vec![&a.state, &c], ["a", "c"]),
+        _ => (vec![&a.state, &b], ["a", "b"]),
+    };
+    let next = one_housekeeper(&remaining).await;
+    eprintln!(
+        "housekeeping moved from replica {} to replica {}",
+        ["a", "b", "c"][first],
+        names[next]
+    );
+    // The new housekeeper sweeps: a power job whose agent never answers is
+    // failed after job_timeout_secs.
+    let dir = tempfile::tempdir().unwrap();
+    let e = enroll(
+        &a.base,
+        &token(&a, 1).await,
+        dir.path(),
+        "m-j",
+        "h",
+        "Linux",
+    )
+    .await
+    .unwrap();
+    ecs_agent::client::Client::new(common::http(), &a.base, Some(secret(&e.credential)))
+        .heartbeat(&ecs_agent_proto::HeartbeatRequest {
+            agent_version: "test".into(),
+            boot_id: "b".into(),
+            uptime_secs: 1,
+            power_driver: false,
+        })
+        .await
+        .unwrap();
+    let r = a
+        .call(
+            "POST",
+            &format!("/v1/{}/cloudservers/action", a.project),
+            Some(&format!(
+                r#"{{"os-stop":{{"type":"SOFT","servers":[{{"id":"{}"}}]}}}}"#,
+                e.server_id
+            )),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let job: ecs_api::JobResult = r.json();
+    let j = wait_job(&a, &job.job_id).await;
+    assert_eq!(j.status, ecs_api::JobStatus::Fail, "{j:?}");
+    drop(stops);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

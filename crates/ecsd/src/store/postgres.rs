@@ -406,6 +406,49 @@ async fn listen_once(
     Ok(())
 }
 
+/// PostgreSQL's session advisory lock that makes one replica the one doing
+/// fleet-wide housekeeping (the job sweeper, retention), held on a
+/// connection of its own: when that replica dies or loses the database,
+/// PostgreSQL ends the session, the lock is free and another replica's next
+/// try takes it. The key is per schema, so deployments (and tests) sharing
+/// a database in different schemas each have their own.
+pub struct HousekeepingLock {
+    client: tokio_postgres::Client,
+    _driver: tokio::task::JoinHandle<()>,
+}
+
+/// The lock's first key (the second is the schema's `hashtext`).
+const HOUSEKEEPING_LOCK_CLASS: i32 = 0x6563_7364; // "ecsd"
+
+impl HousekeepingLock {
+    /// Takes the lock if no other session holds it (never waits).
+    pub async fn try_take(url: &str) -> StoreResult<Option<HousekeepingLock>> {
+        let (client, conn) = parse_config(url)?.connect(NoTls).await?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "the housekeeping lock's connection failed");
+            }
+        });
+        let held: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                &[&HOUSEKEEPING_LOCK_CLASS],
+            )
+            .await?
+            .get(0);
+        Ok(held.then_some(HousekeepingLock {
+            client,
+            _driver: driver,
+        }))
+    }
+
+    /// Whether the session (and so the lock) is still there: a query, so
+    /// that a database restart or a cut connection is noticed.
+    pub async fn still_held(&self) -> bool {
+        !self.client.is_closed() && self.client.simple_query("SELECT 1").await.is_ok()
+    }
+}
+
 async fn migrate_with(config: &tokio_postgres::Config) -> StoreResult<usize> {
     let (mut client, conn) = config
         .connect(NoTls)

@@ -139,10 +139,8 @@ impl TestServer {
         }
     }
 
-    /// Restarts ecsd: shuts this one down (and waits until it has stopped),
-    /// then serves the same data directory and master key again, with `f`
-    /// applied to the configuration, on a new port.
-    pub async fn restart_with(&mut self, f: impl FnOnce(&mut Config)) {
+    /// Shuts ecsd down and waits until it has stopped (its data stays).
+    pub async fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -152,6 +150,13 @@ impl TestServer {
                 .expect("the old ecsd did not stop")
                 .unwrap();
         }
+    }
+
+    /// Restarts ecsd: shuts this one down (and waits until it has stopped),
+    /// then serves the same data directory and master key again, with `f`
+    /// applied to the configuration, on a new port.
+    pub async fn restart_with(&mut self, f: impl FnOnce(&mut Config)) {
+        self.stop().await;
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..(*self.state.config).clone()
