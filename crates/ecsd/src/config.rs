@@ -25,6 +25,9 @@ pub struct Config {
     /// outside `--dev` (where it is generated into `<data_dir>/master.key`).
     #[serde(skip_serializing)]
     pub master_key: Option<SecretString>,
+    /// A file holding `master_key` (read at start when `master_key` is not
+    /// set): for systemd credentials, or a replica sharing a dev key.
+    pub master_key_file: Option<PathBuf>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Allowed distance between `X-Sdk-Date` and the server clock.
@@ -124,6 +127,7 @@ impl Default for Config {
             database: None,
             database_pool_size: crate::store::postgres::DEFAULT_POOL_SIZE,
             master_key: None,
+            master_key_file: None,
             max_body_bytes: 1024 * 1024,
             clock_skew_secs: 15 * 60,
             request_timeout_secs: 30,
@@ -160,6 +164,7 @@ const ENV_KEYS: &[&str] = &[
     "database",
     "database_pool_size",
     "master_key",
+    "master_key_file",
     "max_body_bytes",
     "clock_skew_secs",
     "request_timeout_secs",

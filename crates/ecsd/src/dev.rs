@@ -109,6 +109,58 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     ecs_agent::files::write_private(path, data)
 }
 
+/// The settings a second replica of a dev deployment on PostgreSQL needs
+/// (`replica.toml` beside `dev-credentials.json`): the same database,
+/// master key, certificate and CA; the work-signing key is in the database.
+#[derive(Serialize)]
+struct ReplicaConfig {
+    database: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    master_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ca: Option<PathBuf>,
+    insecure_http: bool,
+}
+
+/// Writes `<data_dir>/replica.toml` (0600: the database URL may hold a
+/// password) when the dev deployment is on PostgreSQL, so that
+/// `ecsd serve --config <it> --data-dir <another> --listen <another>`
+/// starts another replica of it. Returns its path, or `None` on SQLite
+/// (one process per database file).
+pub fn write_replica_config(
+    config: &crate::config::Config,
+    ca_file: Option<&Path>,
+) -> anyhow::Result<Option<PathBuf>> {
+    let crate::config::Database::Postgres(url) = config.database() else {
+        return Ok(None);
+    };
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    let key_file = config.data_dir.join("master.key");
+    let replica = ReplicaConfig {
+        database: url,
+        // A key given as ECSD_MASTER_KEY is not written anywhere: the other
+        // replica is given it the same way.
+        master_key_file: key_file.exists().then(|| abs(&key_file)),
+        tls_cert: config.tls_cert.as_deref().map(abs),
+        tls_key: config.tls_key.as_deref().map(abs),
+        tls_ca: ca_file.or(config.tls_ca.as_deref()).map(abs),
+        insecure_http: config.insecure_http,
+    };
+    let text = format!(
+        "# Another replica of this dev deployment (same database, master key, certificate):\n\
+         #   ecsd serve --config {path} --data-dir <another dir> --listen <another address>\n{body}",
+        path = abs(&config.data_dir.join("replica.toml")).display(),
+        body = toml::to_string(&replica)?
+    );
+    let path = config.data_dir.join("replica.toml");
+    write_private(&path, text.as_bytes())?;
+    Ok(Some(path))
+}
+
 pub fn credentials_path(data_dir: &Path) -> PathBuf {
     data_dir.join("dev-credentials.json")
 }

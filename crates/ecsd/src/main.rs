@@ -487,13 +487,23 @@ async fn serve(mut config: Config, dev: Option<ecsd::dev::DevFleet>) -> anyhow::
         Some(size) => {
             let (fleet, path) =
                 ecsd::dev::bootstrap(&state, &endpoint, size, dev_ca.as_deref()).await?;
+            let replica = ecsd::dev::write_replica_config(&state.config, dev_ca.as_deref())
+                .context("writing replica.toml")?
+                .map(|p| {
+                    format!(
+                        "another replica on the same database:\n  \
+                         ecsd serve --config {} --data-dir <another dir> --listen 127.0.0.1:<another port>\n",
+                        p.display()
+                    )
+                })
+                .unwrap_or_default();
             // A reader that stops reading (a closed pipe) must not stop the
             // server: these lines are information, so write errors are ignored.
             let banner = format!(
                 "ecsd --dev is ready at {endpoint}\ncredentials: {path}\n\
                  try it with the official Huawei Python SDK:\n  \
                  .venv/bin/python examples/reset_fleet.py {path}\n\
-                 metrics (Prometheus, loopback clients): {endpoint}/metrics\n",
+                 metrics (Prometheus, loopback clients): {endpoint}/metrics\n{replica}",
                 path = path.display()
             );
             let mut stdout = std::io::stdout().lock();

@@ -16,11 +16,20 @@ use crate::store::{PgStore, SqliteStore};
 /// Opens the store (SQLite or PostgreSQL, by `database`) and the master key
 /// described by `config`.
 pub fn open_state(config: Config) -> anyhow::Result<AppState> {
-    let master = config
-        .master_key
-        .as_ref()
-        .context("master_key is not configured (set ECSD_MASTER_KEY or master_key in the config file, or use --dev)")?;
-    let master = MasterKey::from_base64(master)?;
+    let master = match (&config.master_key, &config.master_key_file) {
+        (Some(k), _) => MasterKey::from_base64(k)?,
+        (None, Some(path)) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading master_key_file {}", path.display()))?,
+            );
+            MasterKey::from_base64(&SecretString::from(text.trim().to_owned()))
+                .with_context(|| format!("master_key_file {}", path.display()))?
+        }
+        (None, None) => anyhow::bail!(
+            "master_key is not configured (set ECSD_MASTER_KEY, master_key or master_key_file in the config file, or use --dev)"
+        ),
+    };
     let db = config.database();
     Ok(match &db {
         Database::Sqlite(path) => {

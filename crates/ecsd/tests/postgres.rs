@@ -32,14 +32,19 @@ impl Drop for Ecsd {
     }
 }
 
-/// `ecsd serve --dev` on `database`; returns it and its credentials file.
+/// `ecsd serve --dev --insecure-http` on `database`; returns it and its
+/// credentials file.
 fn serve_dev(data: &Path, database: &str) -> (Ecsd, PathBuf) {
+    serve_dev_with(data, database, &["--insecure-http"])
+}
+
+/// `ecsd serve --dev` on `database` with `extra` serve flags.
+fn serve_dev_with(data: &Path, database: &str, extra: &[&str]) -> (Ecsd, PathBuf) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
         .args(["--data-dir", data.to_str().unwrap(), "--database", database])
+        .args(["serve", "--dev"])
+        .args(extra)
         .args([
-            "serve",
-            "--dev",
-            "--insecure-http",
             "--listen",
             "127.0.0.1:0",
             "--dev-linux",
@@ -62,6 +67,124 @@ fn serve_dev(data: &Path, database: &str) -> (Ecsd, PathBuf) {
         }
     };
     (Ecsd(child), creds)
+}
+
+/// Polls `GET /health` of `endpoint` until it answers (or 60 s).
+async fn wait_healthy(http: &reqwest::Client, endpoint: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{endpoint}/health")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{endpoint} never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `serve --dev --database postgres://...` writes `replica.toml`, and
+/// `ecsd serve --config replica.toml --data-dir <another> --listen
+/// <another>` is a second replica of the same dev deployment: the same
+/// database, master key, certificate (its clients verify it against the
+/// dev CA) and work-signing key. A reset accepted by the second replica is
+/// applied by the dev agents, which are connected to the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_from_replica_toml_serves_the_same_dev_deployment() {
+    let Some(schema) = TestSchema::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_a, creds) = serve_dev_with(&data, &schema.url, &[]);
+    let creds: ecsd::dev::DevCredentials =
+        serde_json::from_slice(&std::fs::read(creds).unwrap()).unwrap();
+    assert!(creds.endpoint.starts_with("https://"), "{}", creds.endpoint);
+    let replica_toml = data.join("replica.toml");
+    let text = std::fs::read_to_string(&replica_toml).expect("replica.toml beside the credentials");
+    assert!(text.contains(&schema.url), "{text}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&replica_toml)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "replica.toml may hold a database password"
+        );
+    }
+    // The second replica, on its own data directory and address.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b_data = dir.path().join("b");
+    let b_log = std::fs::File::create(dir.path().join("b.log")).unwrap();
+    let _b = Ecsd(
+        Command::new(env!("CARGO_BIN_EXE_ecsd"))
+            .args(["--config", replica_toml.to_str().unwrap()])
+            .args(["--data-dir", b_data.to_str().unwrap()])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(b_log)
+            .spawn()
+            .unwrap(),
+    );
+    let b = format!("https://127.0.0.1:{port}");
+    let ca = std::fs::read(creds.ca_file.as_ref().expect("--dev serves HTTPS")).unwrap();
+    let verified = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    wait_healthy(&verified, &b).await;
+    let mut config = ecs_client::Config::new(&b, &creds.project_id, &creds.ak, secret(&creds.sk));
+    config.trust = ecs_client::Trust::SystemAnd(ca);
+    let client = ecs_client::Client::new(config).unwrap();
+    let ids: Vec<&str> = creds.servers.iter().map(|s| s.id.as_str()).collect();
+    let req = BatchResetRequest {
+        apply: Some("now".into()),
+        ..reset_request(Some("Rp7!cQx2mW"), None, &ids)
+    };
+    let reply = client
+        .call::<serde_json::Value>(
+            reqwest::Method::PUT,
+            "/cloudservers/os-reset-passwords",
+            Some(&req),
+        )
+        .await
+        .expect("the second replica accepts the batch reset");
+    let rid = reply.request_id;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = client
+            .call::<ResetOutcome>(
+                reqwest::Method::GET,
+                &format!("/cloudservers/os-reset-passwords/{rid}"),
+                None::<&()>,
+            )
+            .await
+            .unwrap()
+            .body;
+        if o.servers.iter().all(|s| s.state == ResetState::Applied) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{o:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for e in std::fs::read_dir(&creds.fleet_dir).unwrap() {
+        let root = e.unwrap().path();
+        if root.join("etc/shadow").exists() {
+            assert!(verifies(&root_hash(&root), "Rp7!cQx2mW"), "{root:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
