@@ -15,7 +15,7 @@ from huaweicloudsdkecs.v2 import (
     ShowResetPasswordFlagRequest,
 )
 
-from conftest import AGENT, Ecsd, Simulator, crypt_verify, wait_for
+from conftest import AGENT, REPLICAS, Ecsd, Simulator, crypt_verify, wait_for
 
 GOOD = "Gx7!pLq2vR"
 
@@ -229,3 +229,22 @@ def test_real_agent_process_applies_at_next_boot(tmp_path):
             agent.terminate()
             agent.wait(timeout=10)
         server.stop()
+
+
+@pytest.mark.skipif(REPLICAS < 2, reason="needs ECSD_SDK_REPLICAS > 1")
+def test_every_replica_serves_the_same_deployment(ecsd):
+    """With replicas: each one, called directly, sees the dev fleet its agents reported to
+    the first replica, and a reset accepted by one is read back complete through another."""
+    from huaweicloudsdkecs.v2 import ListServersDetailsRequest
+    assert len(ecsd.api_endpoints) >= 2, ecsd.api_endpoints
+    ids = sorted(s["id"] for s in ecsd.creds["servers"])
+    for _ in ecsd.api_endpoints:
+        c = ecsd.client()
+        listed = sorted(s.id for s in c.list_servers_details(ListServersDetailsRequest()).servers)
+        assert listed == ids
+        assert c.show_reset_password_flag(ShowResetPasswordFlagRequest(server_id=ids[0])).resetpwd_flag == "True"
+    # Accepted by one replica, applied by agents on the first, read through the next one.
+    ecsd.client().batch_reset_servers_password(batch(ids))
+    rid = ecsd.signed_get(f"/v1/{ecsd.project_id}/cloudservers/os-reset-passwords/latest").json()["request_id"]
+    wait_for(lambda: ecsd.reset_outcome(rid)["summary"]["DELIVERED"] + ecsd.reset_outcome(rid)["summary"]["APPLIED"]
+             == len(ids))

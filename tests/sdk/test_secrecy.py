@@ -5,6 +5,7 @@ nowhere in the server's debug-level log."""
 
 import json
 import pathlib
+import subprocess
 
 import pytest
 import requests
@@ -21,7 +22,7 @@ from huaweicloudsdkecs.v2 import (
     ServerId,
 )
 
-from conftest import Ecsd, wait_for
+from conftest import PG_BASE, Ecsd, wait_for
 
 SECRET = "Pl41n:Txt-Zq8"
 
@@ -62,7 +63,15 @@ def test_plaintext_never_reaches_disk_or_logs(tmp_path):
 
         files = [p for p in pathlib.Path(server.data_dir).rglob("*") if p.is_file()]
         names = {p.name for p in files}
-        assert "ecsd.db" in names and "ecsd.db-wal" in names, names
+        if server.schema:
+            # On PostgreSQL (ECSD_SDK_REPLICAS): the whole schema, dumped, and every replica's log.
+            dump = tmp_path / "schema.sql"
+            subprocess.run(["pg_dump", PG_BASE, "--schema", server.schema, "--file", str(dump)],
+                           check=True, stdin=subprocess.DEVNULL)
+            assert server.schema in dump.read_text(), "the dump holds the schema"
+            files += [dump] + [pathlib.Path(r[1].name) for r in server.replicas]
+        else:
+            assert "ecsd.db" in names and "ecsd.db-wal" in names, names
         assert sum(1 for p in files if p.name == "shadow") == len(ids)
         for p in files + [server.log_path]:
             assert not hits(p, SECRET), f"plaintext found in {p}"
