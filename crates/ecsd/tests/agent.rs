@@ -40,13 +40,6 @@ fn credential(root: &std::path::Path) -> String {
         .to_owned()
 }
 
-fn verifies(hash: &str, password: &str) -> bool {
-    use yescrypt::PasswordVerifier;
-    sha_crypt::ShaCrypt::default()
-        .verify_password(password.as_bytes(), hash)
-        .is_ok()
-}
-
 /// Waits until `cond` holds; fails the test after 30 s.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

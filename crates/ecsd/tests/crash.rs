@@ -150,7 +150,7 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_batch_resets_survive_sigkill_and_no_batch_is_partial() {
-    crash_test(None).await;
+    crash_test(None, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,10 +158,24 @@ async fn on_postgres_acknowledged_batch_resets_survive_sigkill_and_no_batch_is_p
     let Some(schema) = ecsd::store::postgres::testing::TestSchema::create() else {
         return;
     };
-    crash_test(Some(schema.url.clone())).await;
+    crash_test(Some(schema.url.clone()), false).await;
 }
 
-async fn crash_test(url: Option<String>) {
+/// Two replicas on one PostgreSQL, half the clients on each: the one
+/// killed each round loses nothing it acknowledged, the other keeps
+/// serving throughout (its clients see no error), and both read every
+/// acknowledged reset whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_one_killed_repeatedly_nothing_acknowledged_is_lost() {
+    let Some(schema) = ecsd::store::postgres::testing::TestSchema::create() else {
+        return;
+    };
+    crash_test(Some(schema.url.clone()), true).await;
+}
+
+/// `two_replicas`: a second ecsd on the same database serves half the
+/// clients and is never killed.
+async fn crash_test(url: Option<String>, two_replicas: bool) {
     let started = Instant::now();
     let seed = std::env::var("CRASH_SEED")
         .ok()
@@ -217,25 +231,43 @@ async fn crash_test(url: Option<String>) {
     // Requests sent and not yet answered at each kill, summed.
     let mut in_flight_at_kills = 0;
     let (mut child, mut base) = serve(&db, &key).await;
-    for round in 0..ROUNDS {
-        let client = ecs_client::Client::new(ecs_client::Config::new(
-            &base,
+    let survivor = if two_replicas {
+        Some(serve(&db, &key).await)
+    } else {
+        None
+    };
+    let client_of = |base: &str| {
+        ecs_client::Client::new(ecs_client::Config::new(
+            base,
             &project,
             &ak,
             SecretString::from(sk.clone()),
         ))
-        .unwrap();
+        .unwrap()
+    };
+    let survivor_client = survivor.as_ref().map(|(_, b)| client_of(b));
+    // Replies from the replica that is never killed (each must succeed).
+    let survivor_replies = Arc::new(AtomicUsize::new(0));
+    for round in 0..ROUNDS {
+        let client = client_of(&base);
         let stop = Arc::new(AtomicBool::new(false));
         let replies = Arc::new(AtomicUsize::new(0));
         let sent = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for task in 0..TASKS {
-            let (client, stop, replies, sent, servers) = (
-                client.clone(),
+            // With two replicas, the odd tasks call the one never killed.
+            let on_survivor = task % 2 == 1 && survivor_client.is_some();
+            let (client, stop, replies, sent, servers, survivor_replies) = (
+                if on_survivor {
+                    survivor_client.clone().unwrap()
+                } else {
+                    client.clone()
+                },
                 stop.clone(),
                 replies.clone(),
                 sent.clone(),
                 servers.clone(),
+                survivor_replies.clone(),
             );
             // Batches overlap: a reset supersedes the open targets of the
             // same servers in the same transaction.
@@ -255,6 +287,15 @@ async fn crash_test(url: Option<String>) {
                         servers: ids.iter().map(|i| ServerRef::new(i.as_str())).collect(),
                         apply: None,
                     };
+                    if on_survivor {
+                        let reply = client
+                            .batch_reset(&req)
+                            .await
+                            .expect("the replica that is not killed answers every call");
+                        survivor_replies.fetch_add(1, Ordering::SeqCst);
+                        acked.push((reply.request_id, ids.clone()));
+                        continue;
+                    }
                     sent.fetch_add(1, Ordering::SeqCst);
                     match client.batch_reset(&req).await {
                         Ok(reply) => {
@@ -299,9 +340,19 @@ async fn crash_test(url: Option<String>) {
 
         (child, base) = serve(&db, &key).await;
         check(&db, &base, &project, &ak, &sk, &acknowledged).await;
+        if let Some((_, b)) = &survivor {
+            check(&db, b, &project, &ak, &sk, &acknowledged).await;
+        }
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    if let Some((mut b, _)) = survivor {
+        b.kill().unwrap();
+        b.wait().unwrap();
+        let n = survivor_replies.load(Ordering::SeqCst);
+        eprintln!("the surviving replica answered {n} batch resets, none failed");
+        assert!(n > 0, "the surviving replica was never called");
+    }
     assert!(in_flight_at_kills > 0, "no kill found a request in flight");
     assert!(
         started.elapsed() < Duration::from_secs(60),

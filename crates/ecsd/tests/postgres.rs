@@ -15,13 +15,6 @@ use common::*;
 use ecs_api::{BatchResetRequest, ResetOutcome, ResetState};
 use ecsd::store::postgres::testing::TestSchema;
 
-fn verifies(hash: &str, password: &str) -> bool {
-    use yescrypt::PasswordVerifier;
-    sha_crypt::ShaCrypt::default()
-        .verify_password(password.as_bytes(), hash)
-        .is_ok()
-}
-
 /// The real ecsd, killed when dropped.
 struct Ecsd(Child);
 

@@ -572,6 +572,14 @@ pub async fn stand_in_agent_api() -> (String, StandIn) {
 }
 
 /// The hash in the first line (root's) of `<root>/etc/shadow`.
+/// Whether a crypt(3) SHA-crypt hash (what the agent writes) is of `password`.
+pub fn verifies(hash: &str, password: &str) -> bool {
+    use yescrypt::PasswordVerifier;
+    sha_crypt::ShaCrypt::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
+}
+
 pub fn root_hash(root: &std::path::Path) -> String {
     let text = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
     text.lines()
