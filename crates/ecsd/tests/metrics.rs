@@ -219,3 +219,31 @@ async fn metrics_listen_serves_metrics_on_its_own_address_only() {
     let r = send(reqwest::Client::new().get(t.url("/metrics"))).await;
     assert_gateway(&r, 404, "APIGW.0101");
 }
+
+/// On PostgreSQL every store call is timed (`op="call"`: from asking the
+/// pool for a connection to giving it back). (`ecsd_housekeeper` is
+/// process-wide and every SQLite test server in this binary sets it, so it
+/// is checked through each replica's state in tests/postgres.rs.)
+#[tokio::test]
+async fn on_postgres_store_calls_are_timed() {
+    let Some(schema) = ecsd::store::postgres::testing::TestSchema::create() else {
+        return;
+    };
+    let url = schema.url.clone();
+    let t = TestServer::start_with(|c| c.database = Some(url)).await;
+    let (_, _, before) = scrape(&t.base).await;
+    let r = t
+        .call(
+            "GET",
+            &format!("/v1/{}/cloudservers/detail", t.project),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (_, _, after) = scrape(&t.base).await;
+    let calls = |text: &str| sample(text, "ecsd_store_duration_seconds_count", &["op=\"call\""]);
+    assert!(
+        calls(&after) - calls(&before) >= 2.0,
+        "an authenticated listing is at least two store calls (key, servers): {after}"
+    );
+}

@@ -195,6 +195,31 @@ where
     }
 }
 
+/// A pooled connection, timed (see [`PgStore::client`]).
+pub(super) struct Timed {
+    client: deadpool_postgres::Client,
+    started: std::time::Instant,
+}
+
+impl std::ops::Deref for Timed {
+    type Target = deadpool_postgres::Client;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Timed {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.client
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        crate::metrics::store_call("call", self.started.elapsed());
+    }
+}
+
 /// Parameters of a query built at run time (`$1`, `$2`, ...).
 #[derive(Default)]
 pub(super) struct Args(Vec<Box<dyn ToSql + Sync + Send>>);
@@ -287,8 +312,15 @@ impl PgStore {
         Ok(v as usize)
     }
 
-    pub(super) async fn client(&self) -> StoreResult<deadpool_postgres::Client> {
-        Ok(self.pool.get().await?)
+    /// A pooled connection for one store call; the call's time, from
+    /// asking the pool to giving the connection back, is counted in
+    /// `ecsd_store_duration_seconds{op="call"}`.
+    pub(super) async fn client(&self) -> StoreResult<Timed> {
+        let started = std::time::Instant::now();
+        Ok(Timed {
+            client: self.pool.get().await?,
+            started,
+        })
     }
 
     /// Called inside the transaction that creates work for `servers` (a
@@ -923,7 +955,7 @@ impl Store for PgStore {
 
     async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()> {
         let c = self.client().await?;
-        insert_audit(&c, &entry).await
+        insert_audit(&*c, &entry).await
     }
 
     async fn list_servers(

@@ -374,7 +374,7 @@ impl AuthzStore for PgStore {
         project_id: &str,
         server_id: &str,
     ) -> StoreResult<Option<Vec<String>>> {
-        read_tags(&self.client().await?, project_id, server_id, false).await
+        read_tags(&*self.client().await?, project_id, server_id, false).await
     }
 
     async fn change_server_tags(

@@ -68,17 +68,17 @@ impl IdentityStore for PgStore {
             ],
         )
         .await?;
-        query_domain(&c, "name", name)
+        query_domain(&*c, "name", name)
             .await?
             .ok_or_else(|| backend("the new domain vanished"))
     }
 
     async fn domain_by_name(&self, name: &str) -> StoreResult<Option<Domain>> {
-        query_domain(&self.client().await?, "name", name).await
+        query_domain(&*self.client().await?, "name", name).await
     }
 
     async fn domain(&self, id: &str) -> StoreResult<Option<Domain>> {
-        query_domain(&self.client().await?, "id", id).await
+        query_domain(&*self.client().await?, "id", id).await
     }
 
     async fn project_domain(&self, project_id: &str) -> StoreResult<Option<Domain>> {
