@@ -838,6 +838,26 @@ impl Client {
         .await
     }
 
+    /// [`Client::reset_outcome`], answered as soon as any server's state
+    /// changes or the request is complete, else after `wait` (at most 50 s;
+    /// our extension).
+    pub async fn reset_outcome_wait(
+        &self,
+        request_id: &str,
+        wait: Duration,
+    ) -> Result<Reply<ResetOutcome>> {
+        self.call(
+            reqwest::Method::GET,
+            &format!(
+                "/cloudservers/os-reset-passwords/{}?wait={}",
+                encode(request_id),
+                wait.as_secs()
+            ),
+            None::<&()>,
+        )
+        .await
+    }
+
     pub async fn action(&self, action: &ServerAction) -> Result<Reply<JobResult>> {
         self.call(reqwest::Method::POST, "/cloudservers/action", Some(action))
             .await
@@ -847,6 +867,17 @@ impl Client {
         self.call(
             reqwest::Method::GET,
             &format!("/jobs/{}", encode(job_id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// [`Client::job`], answered as soon as the job changes or is
+    /// finished, else after `wait` (at most 50 s; our extension).
+    pub async fn job_wait(&self, job_id: &str, wait: Duration) -> Result<Reply<ShowJobResponse>> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/jobs/{}?wait={}", encode(job_id), wait.as_secs()),
             None::<&()>,
         )
         .await

@@ -907,8 +907,17 @@ async fn wait_job(
     let bar = out
         .fancy
         .then(|| indicatif::ProgressBar::new(0).with_message(format!("job {job}")));
+    let mut last: Option<ShowJobResponse> = None;
     loop {
-        let r = api.api_result("GET /jobs/{job_id}", api.client().job(job).await)?;
+        // Long-poll: ecsd answers as soon as the job changes (`?wait`).
+        let wait = long_poll_wait(timeout.saturating_sub(started.elapsed()));
+        let asked = Instant::now();
+        let r = api.api_result("GET /jobs/{job_id}", api.client().job_wait(job, wait).await)?;
+        if !wait.is_zero() && last.as_ref() == Some(&r.body) && asked.elapsed() < wait / 2 {
+            // Unchanged at once: an ecsd without `wait`; poll as before.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        last = Some(r.body.clone());
         let subs = &r.body.entities.sub_jobs;
         let done = subs.iter().filter(|s| s.status.is_final()).count();
         if let Some(b) = &bar {
@@ -939,9 +948,15 @@ async fn wait_job(
                 );
                 return Ok((TIMED_OUT, r.body));
             }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            _ => {}
         }
     }
+}
+
+/// How long one long-polling read may wait: what is left of the timeout, at
+/// most 20 s (well below the client's 60-s call limit) and at least 1 s.
+fn long_poll_wait(left: Duration) -> Duration {
+    Duration::from_secs(left.as_secs().clamp(1, 20))
 }
 
 struct ResetOpts {
@@ -1085,7 +1100,8 @@ fn exit_for_outcome(o: &ResetOutcome) -> u8 {
     }
 }
 
-/// Polls the outcome with a bar per state until every server is final.
+/// Follows the outcome (long polls) with a bar per state until every server
+/// is final.
 async fn wait_outcome(
     api: &Api,
     request_id: &str,
@@ -1115,8 +1131,22 @@ async fn wait_outcome(
             .collect();
         (multi, bars)
     });
+    let mut last: Option<ResetOutcome> = None;
     loop {
-        let o = outcome(api, request_id).await?;
+        // Long-poll: ecsd answers as soon as a server's state changes (`?wait`).
+        let wait = long_poll_wait(timeout.saturating_sub(started.elapsed()));
+        let asked = Instant::now();
+        let o = api
+            .api_result(
+                "GET /cloudservers/os-reset-passwords/{request_id}",
+                api.client().reset_outcome_wait(request_id, wait).await,
+            )?
+            .body;
+        if !wait.is_zero() && last.as_ref() == Some(&o) && asked.elapsed() < wait / 2 {
+            // Unchanged at once: an ecsd without `wait`; poll as before.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        last = Some(o.clone());
         let total = o.servers.len() as u64;
         if let Some((_, bars)) = &bars {
             for (b, s) in bars.iter().zip(states) {
@@ -1140,7 +1170,6 @@ async fn wait_outcome(
             }
             return Ok((exit_for_outcome(&o), o));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -201,6 +201,7 @@ pub async fn batch_action(
         Err(e) => return Err(e),
     }
     state.wakers.wake(action.ids.iter().map(String::as_str));
+    state.changes.bump();
     tracing::info!(job_id = %job_id, action = action.kind.as_str(), servers = action.ids.len(), "power job accepted");
     Ok(job_id)
 }

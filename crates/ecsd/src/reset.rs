@@ -366,6 +366,7 @@ async fn store_reset(
     crate::metrics::METRICS.resets.inc();
     crate::metrics::targets("accepted", ids.len() as u64);
     state.wakers.wake(ids.iter().map(String::as_str));
+    state.changes.bump();
     Ok(())
 }
 

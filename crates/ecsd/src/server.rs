@@ -354,6 +354,9 @@ pub async fn expire_jobs(state: &AppState) -> crate::store::StoreResult<usize> {
     let now = state.clock.now();
     let n = state.store.expire_sub_jobs(now - timeout, now).await?;
     crate::metrics::sub_jobs("fail", n as u64);
+    if n > 0 {
+        state.changes.bump();
+    }
     Ok(n)
 }
 

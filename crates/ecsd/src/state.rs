@@ -44,6 +44,31 @@ pub struct AppState {
     /// Whether this replica runs the fleet-wide housekeeping now (the job
     /// sweeper and retention: one replica at a time on PostgreSQL).
     pub housekeeper: Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped whenever a reset target or a power job may have changed
+    /// state here: wakes the outcome and job reads that `wait`.
+    pub changes: Arc<Changes>,
+}
+
+/// A counter of state changes that readers can wait on (`?wait=` on the
+/// reset outcome and job endpoints). Changes made by another replica are
+/// not seen here: those readers look again every second.
+pub struct Changes(tokio::sync::watch::Sender<u64>);
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes(tokio::sync::watch::Sender::new(0))
+    }
+}
+
+impl Changes {
+    /// Something changed: wake every waiting reader.
+    pub fn bump(&self) {
+        self.0.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 /// The wall clock that the X-Sdk-Date window (`auth.rs`) and power jobs
@@ -107,6 +132,7 @@ impl AppState {
             work_keys: Arc::default(),
             clock: Clock::default(),
             housekeeper: Arc::default(),
+            changes: Arc::default(),
         }
     }
 

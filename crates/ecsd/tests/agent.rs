@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use ecs_agent::agent::{Agent, BootSource, Options};
@@ -741,4 +741,145 @@ async fn a_real_agent_runs_power_actions_only_when_allowed_and_reports_systemctl
         c.kill().unwrap();
         c.wait().unwrap();
     }
+}
+
+/// `?wait=` on the outcome and the job (our extension): the answer comes
+/// when a server's state changes (delivered here), at once when the
+/// request is already complete, after `wait` when nothing changes; a job
+/// read that waits is answered when the sweeper fails the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_and_job_reads_that_wait_answer_as_soon_as_something_changes() {
+    let t = TestServer::start_with(|c| c.job_timeout_secs = 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let e = common::enroll(
+        &t.base,
+        &token(&t, 1).await,
+        dir.path(),
+        "m-w",
+        "h",
+        "Linux",
+    )
+    .await
+    .unwrap();
+    let agent = Client::new(common::http(), &t.base, Some(secret(&e.credential)));
+    agent
+        .heartbeat(&ecs_agent_proto::HeartbeatRequest {
+            agent_version: "test".into(),
+            boot_id: "b1".into(),
+            uptime_secs: 1,
+            power_driver: false,
+        })
+        .await
+        .unwrap();
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Wt5!kPq9zR"), None, &[&e.server_id])),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rid = r.request_id.unwrap();
+    let project = t.project.clone();
+    let path =
+        |wait: &str| format!("/v1/{project}/cloudservers/os-reset-passwords/{rid}?wait={wait}");
+
+    // Nothing changes for 2 s: the answer comes after the wait, unchanged.
+    let started = Instant::now();
+    let o: ResetOutcome = t.call("GET", &path("2"), None).await.json();
+    let took = started.elapsed();
+    assert_eq!(o.servers[0].state, ResetState::Pending);
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // The agent fetches the work 300 ms into a 20-s wait: answered then.
+    let t = std::sync::Arc::new(t);
+    let waiting = {
+        let (t, p) = (t.clone(), path("20"));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = t.call("GET", &p, None).await;
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let work = agent.work(None, Duration::ZERO, false).await.unwrap();
+    let delivered_at = Instant::now();
+    assert!(work.and_then(|p| p.reset).is_some());
+    let (r, took) = waiting.await.unwrap();
+    let answered_after_delivery = delivered_at.elapsed();
+    let o: ResetOutcome = r.json();
+    assert_eq!(o.servers[0].state, ResetState::Delivered, "{o:?}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "answered before anything changed: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    eprintln!("a waiting outcome read answered {answered_after_delivery:?} after the delivery");
+
+    // Complete: a read that may wait 20 s answers at once.
+    agent
+        .ack(&ecs_agent_proto::AckRequest {
+            request_id: rid.clone(),
+            outcome: ecs_agent_proto::Outcome::Applied,
+            reason: None,
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let o: ResetOutcome = t.call("GET", &path("20"), None).await.json();
+    assert!(o.complete, "{o:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A bad wait is refused.
+    for bad in ["51", "-1", "x"] {
+        let r = t.call("GET", &path(bad), None).await;
+        assert_ecs(&r, 400, "Ecs.0005");
+    }
+
+    // A power job whose agent never answers: a job read that waits is
+    // answered when the sweeper fails it (job_timeout_secs = 2).
+    let job: ecs_api::JobResult = t
+        .call(
+            "POST",
+            &t.action_path(),
+            Some(&format!(
+                r#"{{"os-stop":{{"type":"SOFT","servers":[{{"id":"{}"}}]}}}}"#,
+                e.server_id
+            )),
+        )
+        .await
+        .json();
+    let started = Instant::now();
+    let mut j: ShowJobResponse = t
+        .call(
+            "GET",
+            &format!("/v1/{}/jobs/{}?wait=20", t.project, job.job_id),
+            None,
+        )
+        .await
+        .json();
+    // (A change of a sub-job before the failure answers earlier: wait again.)
+    while j.status != JobStatus::Fail {
+        assert!(started.elapsed() < Duration::from_secs(15), "{j:?}");
+        j = t
+            .call(
+                "GET",
+                &format!("/v1/{}/jobs/{}?wait=20", t.project, job.job_id),
+                None,
+            )
+            .await
+            .json();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }

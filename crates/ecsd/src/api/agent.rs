@@ -260,6 +260,8 @@ pub async fn heartbeat(
         )
         .await
         .map_err(|e| ApiError::store("recording a heartbeat", e))?;
+    // A new boot id completes reboot and start jobs.
+    state.changes.bump();
     Ok(Json(proto::HeartbeatResponse {
         reconnect_spread_secs: reconnect_spread(
             state.wakers.waiting(),
@@ -362,6 +364,7 @@ async fn next_work(
     let work = work.filter(|w| q.have.as_deref() != Some(w.request_id.as_str()));
     if work.is_some() {
         crate::metrics::targets("delivered", 1);
+        state.changes.bump();
     }
     Ok(work.map(|w| proto::Poll {
         reset: Some(proto::Work {
@@ -403,6 +406,7 @@ pub async fn power_ack(
         .map_err(|e| ApiError::store("recording a power outcome", e))?;
     if recorded {
         crate::metrics::sub_jobs(if req.ok { "success" } else { "fail" }, 1);
+        state.changes.bump();
     }
     tracing::info!(server_id = %server.id, sub_job = %req.job_id, ok = req.ok, recorded, "power action acknowledged");
     Ok(Json(proto::AckResponse { recorded }))
@@ -433,6 +437,7 @@ pub async fn ack(
         .await
         .map_err(|e| ApiError::store("recording an outcome", e))?;
     if recorded {
+        state.changes.bump();
         crate::metrics::targets(if applied { "applied" } else { "failed" }, 1);
         if applied {
             // Metrics only: a failed lookup costs the histogram one sample.

@@ -13,6 +13,7 @@ mod resets;
 pub mod servers;
 mod tags;
 mod traces;
+mod wait;
 
 use std::net::SocketAddr;
 use std::time::Instant;

@@ -1,8 +1,10 @@
 //! Password reset endpoints (Huawei-compatible, plus the outcome extension).
 
+use std::collections::HashMap;
+
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Extension, Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use ecs_api::{
@@ -139,10 +141,11 @@ pub async fn resetpwd_flag(
 /// not expose the `X-Request-Id` of a successful call).
 #[utoipa::path(get, path = "/v1/{project_id}/cloudservers/os-reset-passwords/{request_id}",
     operation_id = "ShowResetOutcome", tag = "resets",
-    params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("request_id" = String, Path, description = "The X-Request-Id of the reset call (32 hex), or `latest`.")),
+    params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("request_id" = String, Path, description = "The X-Request-Id of the reset call (32 hex), or `latest`."),
+        ("wait" = Option<u64>, Query, description = "Seconds (0 to 50) to wait for a change: the answer comes as soon as any server's state changes or the request is complete, else after this long.")),
     responses(
         (status = 200, description = "Each server's state in that request.", body = ResetOutcome),
-        (status = 400, description = "No such reset request in this project (Common.0011).", body = ecs_api::EcsErrorBody),
+        (status = 400, description = "No such reset request in this project (Common.0011); a bad `wait` (Ecs.0005).", body = ecs_api::EcsErrorBody),
         (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action.", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn reset_outcome(
@@ -150,9 +153,11 @@ pub async fn reset_outcome(
     Extension(caller): Extension<Caller>,
     Extension(source): Extension<Source>,
     p: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<ResetOutcome>, ApiError> {
     let (_project, request_id) = path(p)?;
     authorize(&state, &caller, &source.0, Action::Get, true).await?;
+    let wait = super::wait::wait_param(query)?;
     let invalid = || {
         ApiError::ecs(
             StatusCode::BAD_REQUEST,
@@ -173,12 +178,23 @@ pub async fn reset_outcome(
     if request_id.len() != 32 || !request_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(invalid());
     }
-    let outcome = state
-        .store
-        .reset_outcome(&caller.project_id, &request_id.to_ascii_lowercase())
-        .await
-        .map_err(|e| ApiError::store("reading a reset outcome", e))?
-        .ok_or_else(invalid)?;
+    let request_id = request_id.to_ascii_lowercase();
+    let read = || async {
+        let outcome = state
+            .store
+            .reset_outcome(&caller.project_id, &request_id)
+            .await
+            .map_err(|e| ApiError::store("reading a reset outcome", e))?
+            .ok_or_else(invalid)?;
+        Ok(outcome_body(outcome))
+    };
+    Ok(Json(
+        super::wait::until_changed(&state, wait, read, |o: &ResetOutcome| o.complete).await?,
+    ))
+}
+
+/// The answer for a stored reset's targets.
+fn outcome_body(outcome: crate::store::ResetOutcome) -> ResetOutcome {
     let servers = outcome
         .targets
         .iter()
@@ -189,12 +205,12 @@ pub async fn reset_outcome(
             updated: fmt_time(t.updated),
         })
         .collect();
-    Ok(Json(ResetOutcome {
+    ResetOutcome {
         request_id: outcome.request_id,
         created: fmt_time(outcome.created),
         apply_now: outcome.apply_now,
         complete: outcome.targets.iter().all(|t| t.state.is_final()),
         summary: ResetSummary::count(outcome.targets.iter().map(|t| &t.state)),
         servers,
-    }))
+    }
 }

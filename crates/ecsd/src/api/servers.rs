@@ -314,10 +314,11 @@ pub async fn action(
 /// `GET /v1/{project_id}/jobs/{job_id}`.
 #[utoipa::path(get, path = "/v1/{project_id}/jobs/{job_id}",
     operation_id = "ShowJob", tag = "servers",
-    params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("job_id" = String, Path, description = "A job id (UUID).")),
+    params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("job_id" = String, Path, description = "A job id (UUID)."),
+        ("wait" = Option<u64>, Query, description = "Ours: seconds (0 to 50) to wait for a change: the answer comes as soon as the job or a sub-job changes or the job is finished, else after this long.")),
     responses(
         (status = 200, description = "The job and its sub-jobs.", body = ShowJobResponse),
-        (status = 400, description = "Invalid or unknown job id (Common.0011).", body = ecs_api::EcsErrorBody),
+        (status = 400, description = "Invalid or unknown job id (Common.0011); a bad `wait` (Ecs.0005).", body = ecs_api::EcsErrorBody),
         (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action.", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn job(
@@ -325,6 +326,7 @@ pub async fn job(
     Extension(caller): Extension<Caller>,
     Extension(source): Extension<Source>,
     p: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<ShowJobResponse>, ApiError> {
     authorize(&state, &caller, &source.0, Action::GetJob, true).await?;
     let invalid = || ApiError::ecs(StatusCode::BAD_REQUEST, "Common.0011", "Invalid job ID.");
@@ -332,11 +334,23 @@ pub async fn job(
     if uuid::Uuid::parse_str(&job_id).is_err() {
         return Err(invalid());
     }
-    let job = state
-        .store
-        .job(&caller.project_id, &job_id)
-        .await
-        .map_err(|e| ApiError::store("reading a job", e))?
-        .ok_or_else(invalid)?;
-    Ok(Json(crate::power::show_job(&job)))
+    let wait = super::wait::wait_param(query)?;
+    let read = || async {
+        let job = state
+            .store
+            .job(&caller.project_id, &job_id)
+            .await
+            .map_err(|e| ApiError::store("reading a job", e))?
+            .ok_or_else(invalid)?;
+        Ok(crate::power::show_job(&job))
+    };
+    let done = |j: &ShowJobResponse| {
+        matches!(
+            j.status,
+            ecs_api::JobStatus::Success | ecs_api::JobStatus::Fail
+        )
+    };
+    Ok(Json(
+        super::wait::until_changed(&state, wait, read, done).await?,
+    ))
 }
