@@ -15,6 +15,7 @@ pub async fn run_all(store: &dyn Store) {
     work_keys(store).await;
     projects_and_access_keys(store).await;
     servers_register_lookup_and_list(store).await;
+    the_name_filter_is_a_literal_substring_match(store).await;
     resets_supersede_deliver_and_ack(store).await;
     a_failed_reset_changes_nothing(store).await;
     power_jobs_busy_take_ack(store).await;
@@ -35,6 +36,7 @@ macro_rules! store_conformance_tests {
             work_keys,
             projects_and_access_keys,
             servers_register_lookup_and_list,
+            the_name_filter_is_a_literal_substring_match,
             resets_supersede_deliver_and_ack,
             a_failed_reset_changes_nothing,
             power_jobs_busy_take_ack,
@@ -105,6 +107,75 @@ fn audit(project: &str, action: &str) -> AuditEntry {
         user_name: None,
         error_code: None,
         http_status: None,
+    }
+}
+
+/// `name` filters by substring, the pattern taken literally (`%`, `_`,
+/// quotes), at any length (one or two characters too), beyond ASCII, and
+/// agrees with a plain scan of the names (SQLite answers from a trigram
+/// index from three characters on).
+pub async fn the_name_filter_is_a_literal_substring_match(store: &dyn Store) {
+    let p = project(store).await;
+    let names = [
+        "web-01",
+        "web-02",
+        "db-web-9",
+        "app_%x",
+        "app-x",
+        r#"quote"d-node"#,
+        "ÄÖÜ-node",
+        "日本サーバー1",
+        "ab",
+        "a-b-c-d",
+    ];
+    let mut by_name = std::collections::HashMap::new();
+    for n in names {
+        by_name.insert(server(store, &p.id, n, false).await.id, n);
+    }
+    let other = project(store).await;
+    server(store, &other.id, "web-01", false).await;
+    for pattern in [
+        "web-0",
+        "web",
+        "eb-",
+        "-0",
+        "_%",
+        "p_%x",
+        "%",
+        "_",
+        r#"e"d"#,
+        "ÖÜ-",
+        "本サ",
+        "ab",
+        "b",
+        "-c-d",
+        "a-b-c-d-e",
+        "node",
+        "1",
+    ] {
+        let (found, total) = store
+            .list_servers(
+                &p.id,
+                ListFilter {
+                    name: Some(pattern.into()),
+                    ..Default::default()
+                },
+                100,
+                1,
+                None,
+            )
+            .await
+            .unwrap();
+        let mut got: Vec<&str> = found.iter().map(|s| by_name[&s.id]).collect();
+        got.sort();
+        let mut want: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| n.contains(pattern))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "name contains {pattern:?}");
+        assert_eq!(total as usize, want.len(), "{pattern:?}");
     }
 }
 

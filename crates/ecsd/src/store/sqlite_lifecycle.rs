@@ -453,6 +453,8 @@ impl LifecycleStore for SqliteStore {
         self.write(|c| {
             c.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
             c.execute_batch("VACUUM")?;
+            // VACUUM may renumber the rowids the name index refers to.
+            c.execute_batch("INSERT INTO servers_name_fts(servers_name_fts) VALUES ('rebuild')")?;
             Ok(())
         })
         .await
