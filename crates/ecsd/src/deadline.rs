@@ -10,13 +10,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::Request;
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
-
-use crate::state::AppState;
+use tower::util::MapRequestLayer;
 
 /// The body did not arrive within the deadline.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +80,11 @@ pub fn timed_out(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
     None
 }
 
-/// Middleware: puts every request's body under the deadline.
-pub async fn limit_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let secs = state.config.request_timeout_secs;
-    next.run(req.map(|b| Body::new(DeadlineBody::new(b, secs))))
-        .await
+/// The layer that puts every request's body under the deadline. A plain
+/// request map rather than a middleware function: it adds no future of its
+/// own to a request in flight, and a request in flight can be an idle long
+/// poll, held by each of 10,000 agents (docs/benchmarks.md, the idle
+/// fleet's memory).
+pub fn limit_body(secs: u64) -> MapRequestLayer<impl Fn(Request) -> Request + Clone> {
+    MapRequestLayer::new(move |req: Request| req.map(|b| Body::new(DeadlineBody::new(b, secs))))
 }

@@ -41,45 +41,48 @@ async fn body(headers: &HeaderMap, b: axum::body::Body) -> Result<Bytes, ApiErro
     read_body(headers, b, AGENT_BODY_LIMIT).await
 }
 
-/// The server whose agent sent the request, put in the request's extensions
-/// by [`authenticate_agent`].
-#[derive(Clone)]
+/// The server whose agent sent the request: the agent API's authentication
+/// (heartbeat, work, acknowledgements), an extractor that each of those
+/// handlers takes first, before the body or the query. The bearer credential
+/// names the server. In order: a source over its failed-authentication budget
+/// is refused (429); a credential over `agent_rate_limit_per_sec` is refused
+/// (429, `Retry-After`); an unknown credential is 401 and charged to its
+/// source; a known one exempts its connection from the per-source connection
+/// cap.
+///
+/// An extractor rather than a middleware layer: the future of a layer is
+/// held for the whole request, and an idle long poll (`GET /agent/v1/work`)
+/// is a request that lasts; every layer on it costs each of 10,000 idle
+/// agents its own boxed future and service clones (docs/benchmarks.md, the
+/// idle fleet's memory).
 pub struct AgentServer(pub Server);
 
-/// The agent API's authentication layer (heartbeat, work, acknowledgements):
-/// the bearer credential names the server. In order, before any handler:
-/// a source over its failed-authentication budget is refused (429); a
-/// credential over `agent_rate_limit_per_sec` is refused (429, `Retry-After`);
-/// an unknown credential is 401 and charged to its source; a known one
-/// exempts its connection from the per-source connection cap.
-pub async fn authenticate_agent(
-    State(state): State<AppState>,
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let source = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let cred = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|c| bearer_hash(c.trim()));
-    match agent(&state, &source, cred).await {
-        Ok(server) => {
-            if let Some(slot) = req
-                .extensions()
-                .get::<std::sync::Arc<crate::conn_limits::ConnSlot>>()
-            {
-                slot.exempt();
-            }
-            req.extensions_mut().insert(AgentServer(server));
-            next.run(req).await
+impl axum::extract::FromRequestParts<AppState> for AgentServer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Response> {
+        let source = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let cred = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|c| bearer_hash(c.trim()));
+        let server = agent(state, &source, cred).await?;
+        if let Some(slot) = parts
+            .extensions
+            .get::<std::sync::Arc<crate::conn_limits::ConnSlot>>()
+        {
+            slot.exempt();
         }
-        Err(refusal) => refusal,
+        Ok(AgentServer(server))
     }
 }
 
@@ -230,8 +233,8 @@ pub async fn enroll(
 /// `POST /agent/v1/heartbeat`.
 pub async fn heartbeat(
     State(state): State<AppState>,
+    AgentServer(server): AgentServer,
     Extension(source): Extension<crate::state::Source>,
-    Extension(AgentServer(server)): Extension<AgentServer>,
     headers: HeaderMap,
     raw: axum::body::Body,
 ) -> Result<Json<proto::HeartbeatResponse>, ApiError> {
@@ -291,11 +294,15 @@ pub struct WorkQuery {
 /// `GET /agent/v1/work`: long poll for the newest open reset.
 pub async fn work(
     State(state): State<AppState>,
-    Extension(AgentServer(server)): Extension<AgentServer>,
+    agent: AgentServer,
     query: Result<Query<WorkQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    // Keep only what the wait needs: an idle long poll should hold little memory.
-    let server_id = server.id;
+    // Keep only what the wait needs: an idle long poll should hold little
+    // memory (the rest of the server's record is dropped here).
+    let server_id = {
+        let AgentServer(server) = agent;
+        server.id
+    };
     let Query(q) = query.map_err(|_| ApiError::invalid("Invalid query parameters."))?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.config.agent_poll_secs));
     let deadline = tokio::time::Instant::now() + wait;
@@ -384,7 +391,7 @@ async fn next_work(
 /// `POST /agent/v1/power-ack`.
 pub async fn power_ack(
     State(state): State<AppState>,
-    Extension(AgentServer(server)): Extension<AgentServer>,
+    AgentServer(server): AgentServer,
     headers: HeaderMap,
     raw: axum::body::Body,
 ) -> Result<Json<proto::AckResponse>, ApiError> {
@@ -415,7 +422,7 @@ pub async fn power_ack(
 /// `POST /agent/v1/ack`.
 pub async fn ack(
     State(state): State<AppState>,
-    Extension(AgentServer(server)): Extension<AgentServer>,
+    AgentServer(server): AgentServer,
     headers: HeaderMap,
     raw: axum::body::Body,
 ) -> Result<Json<proto::AckResponse>, ApiError> {

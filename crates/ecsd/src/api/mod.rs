@@ -128,8 +128,7 @@ pub fn router(state: AppState) -> Router {
                 .route("/agent/v1/heartbeat", post(agent::heartbeat))
                 .route("/agent/v1/work", get(agent::work))
                 .route("/agent/v1/ack", post(agent::ack))
-                .route("/agent/v1/power-ack", post(agent::power_ack))
-                .route_layer(from_fn_with_state(state.clone(), agent::authenticate_agent)),
+                .route("/agent/v1/power-ack", post(agent::power_ack)),
         );
     // IAM (identity): each handler checks its own token.
     let iam = Router::new()
@@ -153,9 +152,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::on_api_listener))
         .fallback(no_such_api)
         .method_not_allowed_fallback(no_such_api)
-        .layer(from_fn_with_state(
-            state.clone(),
-            crate::deadline::limit_body,
+        .layer(crate::deadline::limit_body(
+            state.config.request_timeout_secs,
         ))
         .with_state(state);
     with_common_layers(app)
