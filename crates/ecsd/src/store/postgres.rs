@@ -1996,6 +1996,41 @@ mod tests {
         assert_eq!(domains, 1, "the data migration ran once");
     }
 
+    /// Where pg_trgm can be had (here: the tests' superuser), the name
+    /// filter gets its trigram index and the planner uses it.
+    #[tokio::test]
+    async fn the_name_filter_has_a_trigram_index() {
+        let Some((_schema, store)) = testing::fresh() else {
+            return;
+        };
+        let c = store.client().await.unwrap();
+        let found: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() \
+                 AND indexname = 'servers_name_trgm')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(found, "no servers_name_trgm index");
+        c.batch_execute("SET enable_seqscan = off").await.unwrap();
+        let plan: Vec<String> = c
+            .query(
+                "EXPLAIN SELECT id FROM servers WHERE name LIKE '%4242%' ESCAPE '\\'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            plan.iter().any(|l| l.contains("servers_name_trgm")),
+            "{plan:?}"
+        );
+    }
+
     #[test]
     fn a_missing_schema_is_a_clear_error() {
         let Some(base) = testing::base_url() else {

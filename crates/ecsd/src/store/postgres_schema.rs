@@ -272,6 +272,28 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER iam_key_users_version AFTER INSERT OR UPDATE OR DELETE ON iam_key_users
         FOR EACH ROW EXECUTE FUNCTION ecsd_iam_version_bump();
     "#,
+    // 2: the `name` filter (`LIKE '%...%'`) served by a pg_trgm GIN index,
+    // when the extension is installed or this role may install it (in
+    // `public`, once per database); else the filter keeps scanning.
+    r#"
+    DO $$
+    DECLARE ext_schema text;
+    BEGIN
+        BEGIN
+            CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE NOTICE 'pg_trgm is not available (%): the name filter scans', SQLERRM;
+        END;
+        SELECT n.nspname INTO ext_schema
+            FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+            WHERE e.extname = 'pg_trgm';
+        IF ext_schema IS NOT NULL THEN
+            EXECUTE format(
+                'CREATE INDEX servers_name_trgm ON servers USING gin (name %I.gin_trgm_ops)',
+                ext_schema);
+        END IF;
+    END $$;
+    "#,
 ];
 
 /// Applies the pending migrations on `client`, holding a session advisory
