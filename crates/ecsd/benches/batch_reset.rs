@@ -2,6 +2,11 @@
 //! seal 1000 times, one durable transaction), against the floor measured in
 //! the same run: 1000 HPKE seals plus one transaction inserting 1000 rows.
 //!
+//! The same pair on PostgreSQL when it is reachable (a schema of its own,
+//! dropped afterwards; `ECSD_TEST_POSTGRES` as the tests, `=skip` skips):
+//! group `batch_reset_1000_postgres`, the floor's transaction going to
+//! PostgreSQL too.
+//!
 //! `cargo bench -p ecsd --bench batch_reset`
 
 use std::sync::Arc;
@@ -13,20 +18,23 @@ use ecsd::config::Config;
 use ecsd::reset::{CallContext, batch_reset, seal_all};
 use ecsd::secrets::MasterKey;
 use ecsd::state::{AppState, Caller};
+use ecsd::store::postgres::PgStore;
 use ecsd::store::{Role, SqliteStore};
 use secrecy::SecretString;
+
+mod support;
 
 const N: usize = 1000;
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     state: AppState,
     caller: Caller,
     body: Bytes,
     keys: Vec<(String, ecs_seal::PublicKey)>,
 }
 
-fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
+fn sqlite_fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         data_dir: dir.path().to_owned(),
@@ -34,7 +42,30 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     };
     let store = SqliteStore::open(&config.database_path()).unwrap();
     let master = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
-    let state = AppState::new(Arc::new(store), master, config);
+    fixture(
+        rt,
+        AppState::new(Arc::new(store), master, config),
+        Some(dir),
+    )
+}
+
+/// ecsd on the PostgreSQL store of `url` (a schema of its own), the pool
+/// of the default size.
+fn pg_fixture(rt: &tokio::runtime::Runtime, url: &str) -> Fixture {
+    let config = Config {
+        database: Some(url.to_owned()),
+        ..Config::default()
+    };
+    let store = PgStore::open(url, config.database_pool_size).unwrap();
+    let master = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
+    fixture(rt, AppState::new(Arc::new(store), master, config), None)
+}
+
+fn fixture(
+    rt: &tokio::runtime::Runtime,
+    state: AppState,
+    dir: Option<tempfile::TempDir>,
+) -> Fixture {
     rt.block_on(async {
         let project = ecsd::admin::create_project(&state, "bench").await.unwrap();
         let mut keys = Vec::with_capacity(N);
@@ -88,12 +119,35 @@ fn floor_db(dir: &std::path::Path) -> rusqlite::Connection {
     c
 }
 
+/// The floor's table on PostgreSQL: the same columns as `reset_targets`.
+const PG_FLOOR_TABLE: &str = "CREATE TABLE floor_t (request_id TEXT NOT NULL, server_id TEXT NOT NULL, \
+     position BIGINT NOT NULL, state TEXT NOT NULL, sealed BYTEA, updated_at TEXT NOT NULL, \
+     PRIMARY KEY (request_id, server_id))";
+
+/// ecsd's `batch_reset` on `f`, asserting the 1000 answers.
+fn ecsd_batch(rt: &tokio::runtime::Runtime, f: &Fixture) {
+    let rid = uuid::Uuid::new_v4().simple().to_string();
+    let ctx = CallContext {
+        caller: &f.caller,
+        request_id: &rid,
+        source: "bench",
+    };
+    let r = rt.block_on(batch_reset(
+        &f.state,
+        &ctx,
+        &ecsd::authorize::Permit::all(ecsd::authz::Action::ResetServerPwd),
+        Some("application/json;charset=UTF-8"),
+        f.body.clone(),
+    ));
+    assert_eq!(r.map(|r| r.response.len()).unwrap_or(0), N);
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let f = fixture(&rt);
+    let f = sqlite_fixture(&rt);
     let password = SecretString::from("Gx7!pLq2vR".to_owned());
     let floor_dir = tempfile::tempdir().unwrap();
     let mut floor = floor_db(floor_dir.path());
@@ -122,22 +176,7 @@ fn bench(c: &mut Criterion) {
     });
 
     g.bench_function("ecsd: parse + validate + seal + store", |b| {
-        b.iter(|| {
-            let rid = uuid::Uuid::new_v4().simple().to_string();
-            let ctx = CallContext {
-                caller: &f.caller,
-                request_id: &rid,
-                source: "bench",
-            };
-            let r = rt.block_on(batch_reset(
-                &f.state,
-                &ctx,
-                &ecsd::authorize::Permit::all(ecsd::authz::Action::ResetServerPwd),
-                Some("application/json;charset=UTF-8"),
-                f.body.clone(),
-            ));
-            assert_eq!(r.map(|r| r.response.len()).unwrap_or(0), N);
-        })
+        b.iter(|| ecsd_batch(&rt, &f))
     });
 
     g.bench_function("info: 1000 seals, one thread", |b| {
@@ -149,6 +188,54 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    drop(f);
+
+    // The same two on PostgreSQL.
+    let Some(schema) = support::pg_schema() else {
+        return;
+    };
+    let f = pg_fixture(&rt, &schema.url);
+    schema.execute(PG_FLOOR_TABLE);
+    let client = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    });
+    let mut client = client;
+    let mut g = c.benchmark_group("batch_reset_1000_postgres");
+    g.sample_size(30);
+    g.measurement_time(std::time::Duration::from_secs(15));
+    g.bench_function("floor: 1000 seals + 1 tx of 1000 rows", |b| {
+        b.iter(|| {
+            let rid = uuid::Uuid::new_v4().simple().to_string();
+            let sealed = seal_all(&f.keys, &rid, &password).unwrap();
+            rt.block_on(async {
+                // One statement for the 1000 rows, as the store inserts them.
+                let ids: Vec<&str> = f.keys.iter().map(|(id, _)| id.as_str()).collect();
+                let positions: Vec<i64> = (0..N as i64).collect();
+                let now = chrono::Utc::now().to_rfc3339();
+                let tx = client.transaction().await.unwrap();
+                tx.execute(
+                    "INSERT INTO floor_t (request_id, server_id, position, state, sealed, updated_at) \
+                     SELECT $1, t.server_id, t.position, 'PENDING', t.sealed, $2 \
+                     FROM unnest($3::text[], $4::bigint[], $5::bytea[]) AS t(server_id, position, sealed)",
+                    &[&rid, &now, &ids, &positions, &sealed],
+                )
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            })
+        })
+    });
+    g.bench_function("ecsd: parse + validate + seal + store", |b| {
+        b.iter(|| ecsd_batch(&rt, &f))
+    });
+    g.finish();
+    drop(client);
+    drop(f);
+    drop(schema);
 }
 
 criterion_group!(benches, bench);

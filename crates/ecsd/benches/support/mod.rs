@@ -65,3 +65,53 @@ impl Api {
         .unwrap()
     }
 }
+
+/// A fresh PostgreSQL schema for a bench (dropped with everything in it
+/// when the value is dropped), or `None` — with a line saying why — when
+/// `ECSD_TEST_POSTGRES=skip` or when PostgreSQL cannot be reached
+/// (`ECSD_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`,
+/// as the tests).
+pub fn pg_schema() -> Option<ecsd::store::postgres::testing::TestSchema> {
+    let Some(base) = ecsd::store::postgres::testing::base_url() else {
+        eprintln!("ECSD_TEST_POSTGRES=skip: the PostgreSQL variant is skipped");
+        return None;
+    };
+    let probe = base.clone();
+    let reachable = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    tokio_postgres::connect(&probe, tokio_postgres::NoTls),
+                )
+                .await
+                {
+                    Ok(Ok((client, conn))) => {
+                        drop(client);
+                        let _ = conn.await;
+                        Ok(())
+                    }
+                    // The server answered (say, no `test` database yet:
+                    // TestSchema::create makes it).
+                    Ok(Err(e)) if e.code().is_some() => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("timed out".to_owned()),
+                }
+            })
+    })
+    .join()
+    .unwrap();
+    match reachable {
+        Ok(()) => ecsd::store::postgres::testing::TestSchema::create(),
+        Err(e) => {
+            eprintln!(
+                "PostgreSQL not reachable ({e}): the PostgreSQL variant is skipped \
+                 (ECSD_TEST_POSTGRES=URL to point elsewhere, =skip to silence)"
+            );
+            None
+        }
+    }
+}
