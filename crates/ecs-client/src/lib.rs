@@ -830,12 +830,7 @@ impl Client {
 
     /// A reset request's outcome; `latest` for the project's newest.
     pub async fn reset_outcome(&self, request_id: &str) -> Result<Reply<ResetOutcome>> {
-        self.call(
-            reqwest::Method::GET,
-            &format!("/cloudservers/os-reset-passwords/{}", encode(request_id)),
-            None::<&()>,
-        )
-        .await
+        self.reset_outcome_within(request_id, None).await
     }
 
     /// [`Client::reset_outcome`], answered as soon as any server's state
@@ -846,16 +841,17 @@ impl Client {
         request_id: &str,
         wait: Duration,
     ) -> Result<Reply<ResetOutcome>> {
-        self.call(
-            reqwest::Method::GET,
-            &format!(
-                "/cloudservers/os-reset-passwords/{}?wait={}",
-                encode(request_id),
-                wait.as_secs()
-            ),
-            None::<&()>,
-        )
-        .await
+        self.reset_outcome_within(request_id, Some(wait)).await
+    }
+
+    async fn reset_outcome_within(
+        &self,
+        request_id: &str,
+        wait: Option<Duration>,
+    ) -> Result<Reply<ResetOutcome>> {
+        let path = format!("/cloudservers/os-reset-passwords/{}", encode(request_id));
+        self.call(reqwest::Method::GET, &with_wait(path, wait), None::<&()>)
+            .await
     }
 
     pub async fn action(&self, action: &ServerAction) -> Result<Reply<JobResult>> {
@@ -864,23 +860,23 @@ impl Client {
     }
 
     pub async fn job(&self, job_id: &str) -> Result<Reply<ShowJobResponse>> {
-        self.call(
-            reqwest::Method::GET,
-            &format!("/jobs/{}", encode(job_id)),
-            None::<&()>,
-        )
-        .await
+        self.job_within(job_id, None).await
     }
 
     /// [`Client::job`], answered as soon as the job changes or is
     /// finished, else after `wait` (at most 50 s; our extension).
     pub async fn job_wait(&self, job_id: &str, wait: Duration) -> Result<Reply<ShowJobResponse>> {
-        self.call(
-            reqwest::Method::GET,
-            &format!("/jobs/{}?wait={}", encode(job_id), wait.as_secs()),
-            None::<&()>,
-        )
-        .await
+        self.job_within(job_id, Some(wait)).await
+    }
+
+    async fn job_within(
+        &self,
+        job_id: &str,
+        wait: Option<Duration>,
+    ) -> Result<Reply<ShowJobResponse>> {
+        let path = format!("/jobs/{}", encode(job_id));
+        self.call(reqwest::Method::GET, &with_wait(path, wait), None::<&()>)
+            .await
     }
 
     pub async fn create_enroll_token(
@@ -1003,6 +999,14 @@ pub async fn login(
         body: reply.body,
         request_id: reply.request_id,
     })
+}
+
+/// `path` with the long-poll parameter `?wait=SECONDS`, if any.
+fn with_wait(path: String, wait: Option<Duration>) -> String {
+    match wait {
+        Some(w) => format!("{path}?wait={}", w.as_secs()),
+        None => path,
+    }
 }
 
 /// Percent-encodes a path segment or query value as the SDKs do (everything

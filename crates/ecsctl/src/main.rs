@@ -903,42 +903,40 @@ async fn wait_job(
     timeout: Duration,
     out: &Out,
 ) -> anyhow::Result<(u8, ShowJobResponse)> {
-    let started = Instant::now();
     let bar = out
         .fancy
         .then(|| indicatif::ProgressBar::new(0).with_message(format!("job {job}")));
-    let mut last: Option<ShowJobResponse> = None;
+    // Long polls: ecsd answers as soon as the job changes (`?wait`).
+    let mut poll = LongPoll::new(timeout);
     loop {
-        // Long-poll: ecsd answers as soon as the job changes (`?wait`).
-        let wait = long_poll_wait(timeout.saturating_sub(started.elapsed()));
-        let asked = Instant::now();
-        let r = api.api_result("GET /jobs/{job_id}", api.client().job_wait(job, wait).await)?;
-        if !wait.is_zero() && last.as_ref() == Some(&r.body) && asked.elapsed() < wait / 2 {
-            // Unchanged at once: an ecsd without `wait`; poll as before.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        last = Some(r.body.clone());
-        let subs = &r.body.entities.sub_jobs;
+        let body = poll
+            .read(|wait| async move {
+                Ok(api
+                    .api_result("GET /jobs/{job_id}", api.client().job_wait(job, wait).await)?
+                    .body)
+            })
+            .await?;
+        let subs = &body.entities.sub_jobs;
         let done = subs.iter().filter(|s| s.status.is_final()).count();
         if let Some(b) = &bar {
             b.set_length(subs.len() as u64);
             b.set_position(done as u64);
         }
-        match r.body.status {
+        match body.status {
             JobStatus::Success => {
                 if let Some(b) = bar {
                     b.finish_and_clear();
                 }
-                return Ok((0, r.body));
+                return Ok((0, body));
             }
             JobStatus::Fail => {
                 if let Some(b) = bar {
                     b.finish_and_clear();
                 }
                 let any_ok = subs.iter().any(|s| s.status == JobStatus::Success);
-                return Ok((if any_ok { PARTIAL } else { REJECTED }, r.body));
+                return Ok((if any_ok { PARTIAL } else { REJECTED }, body));
             }
-            _ if started.elapsed() > timeout => {
+            _ if poll.timed_out() => {
                 if let Some(b) = bar {
                     b.abandon();
                 }
@@ -946,17 +944,51 @@ async fn wait_job(
                     "timed out after {}s waiting for job {job}",
                     timeout.as_secs()
                 );
-                return Ok((TIMED_OUT, r.body));
+                return Ok((TIMED_OUT, body));
             }
             _ => {}
         }
     }
 }
 
-/// How long one long-polling read may wait: what is left of the timeout, at
-/// most 20 s (well below the client's 60-s call limit) and at least 1 s.
-fn long_poll_wait(left: Duration) -> Duration {
-    Duration::from_secs(left.as_secs().clamp(1, 20))
+/// The reads of `--wait`: long polls (`?wait=`), each waiting at most what
+/// is left of the timeout, at most 20 s (well below the client's 60-s call
+/// limit) and at least 1 s. An answer unchanged at once comes from an ecsd
+/// without `wait`: the next read then follows after 500 ms, as polling did.
+struct LongPoll<T> {
+    started: Instant,
+    timeout: Duration,
+    last: Option<T>,
+}
+
+impl<T: Clone + PartialEq> LongPoll<T> {
+    fn new(timeout: Duration) -> Self {
+        LongPoll {
+            started: Instant::now(),
+            timeout,
+            last: None,
+        }
+    }
+
+    fn timed_out(&self) -> bool {
+        self.started.elapsed() > self.timeout
+    }
+
+    /// One read; `read` is given how long ecsd may wait.
+    async fn read<F: Future<Output = anyhow::Result<T>>>(
+        &mut self,
+        read: impl FnOnce(Duration) -> F,
+    ) -> anyhow::Result<T> {
+        let left = self.timeout.saturating_sub(self.started.elapsed());
+        let wait = Duration::from_secs(left.as_secs().clamp(1, 20));
+        let asked = Instant::now();
+        let v = read(wait).await?;
+        if self.last.as_ref() == Some(&v) && asked.elapsed() < wait / 2 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.last = Some(v.clone());
+        Ok(v)
+    }
 }
 
 struct ResetOpts {
@@ -1108,7 +1140,6 @@ async fn wait_outcome(
     timeout: Duration,
     out: &Out,
 ) -> anyhow::Result<(u8, ResetOutcome)> {
-    let started = Instant::now();
     let states = [
         ResetState::Pending,
         ResetState::Delivered,
@@ -1131,22 +1162,19 @@ async fn wait_outcome(
             .collect();
         (multi, bars)
     });
-    let mut last: Option<ResetOutcome> = None;
+    // Long polls: ecsd answers as soon as a server's state changes (`?wait`).
+    let mut poll = LongPoll::new(timeout);
     loop {
-        // Long-poll: ecsd answers as soon as a server's state changes (`?wait`).
-        let wait = long_poll_wait(timeout.saturating_sub(started.elapsed()));
-        let asked = Instant::now();
-        let o = api
-            .api_result(
-                "GET /cloudservers/os-reset-passwords/{request_id}",
-                api.client().reset_outcome_wait(request_id, wait).await,
-            )?
-            .body;
-        if !wait.is_zero() && last.as_ref() == Some(&o) && asked.elapsed() < wait / 2 {
-            // Unchanged at once: an ecsd without `wait`; poll as before.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        last = Some(o.clone());
+        let o = poll
+            .read(|wait| async move {
+                Ok(api
+                    .api_result(
+                        "GET /cloudservers/os-reset-passwords/{request_id}",
+                        api.client().reset_outcome_wait(request_id, wait).await,
+                    )?
+                    .body)
+            })
+            .await?;
         let total = o.servers.len() as u64;
         if let Some((_, bars)) = &bars {
             for (b, s) in bars.iter().zip(states) {
@@ -1154,7 +1182,7 @@ async fn wait_outcome(
                 b.set_position(u64::from(o.summary.get(s)));
             }
         }
-        if o.complete || started.elapsed() > timeout {
+        if o.complete || poll.timed_out() {
             if let Some((_, bars)) = bars {
                 // Keep the counts as they are (finish() would fill every bar).
                 for b in bars {

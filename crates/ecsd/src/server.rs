@@ -292,7 +292,7 @@ async fn housekeeping(state: AppState) {
 /// shown as `state.housekeeper` and the `ecsd_housekeeper` gauge.
 struct Leadership {
     url: Option<String>,
-    lock: Option<crate::store::postgres::HousekeepingLock>,
+    session: Option<crate::store::postgres::HousekeepingSession>,
     flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -303,7 +303,7 @@ impl Leadership {
                 Database::Postgres(url) => Some(url),
                 Database::Sqlite(_) => None,
             },
-            lock: None,
+            session: None,
             flag: state.housekeeper.clone(),
         }
     }
@@ -312,23 +312,40 @@ impl Leadership {
         let held = match &self.url {
             None => true,
             Some(url) => {
-                if let Some(l) = &self.lock
-                    && !l.still_held().await
-                {
-                    tracing::warn!("lost the housekeeping lock (the database connection ended)");
-                    self.lock = None;
-                }
-                if self.lock.is_none() {
-                    match crate::store::postgres::HousekeepingLock::try_take(url).await {
-                        Ok(Some(l)) => {
-                            tracing::info!("this replica now runs the job sweeper and retention");
-                            self.lock = Some(l);
+                if self.session.is_none() {
+                    match crate::store::postgres::HousekeepingSession::connect(url).await {
+                        Ok(s) => self.session = Some(s),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "opening the housekeeping session failed")
                         }
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(error = %e, "taking the housekeeping lock failed"),
                     }
                 }
-                self.lock.is_some()
+                match &mut self.session {
+                    None => false,
+                    Some(session) => {
+                        let before = session.held();
+                        match session.hold().await {
+                            Ok(held) => {
+                                if held && !before {
+                                    tracing::info!(
+                                        "this replica now runs the job sweeper and retention"
+                                    );
+                                }
+                                held
+                            }
+                            Err(e) => {
+                                if before {
+                                    tracing::warn!(error = %e, "lost the housekeeping lock (the database connection ended)");
+                                } else {
+                                    tracing::warn!(error = %e, "asking for the housekeeping lock failed");
+                                }
+                                // Connect again at the next period.
+                                self.session = None;
+                                false
+                            }
+                        }
+                    }
+                }
             }
         };
         self.flag.store(held, std::sync::atomic::Ordering::Relaxed);

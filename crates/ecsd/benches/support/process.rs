@@ -23,7 +23,18 @@ impl Ecsd {
 
     /// `env`: extra `ECSD_*` settings.
     pub fn start_with_env(data: &std::path::Path, tls: bool, env: &[(&str, &str)]) -> Ecsd {
-        Self::start_on(data, tls, env, "127.0.0.1:0")
+        Self::start_on(data, tls, env, "127.0.0.1:0", 0)
+    }
+
+    /// With a dev fleet of `linux` simulated Linux servers inside the
+    /// ecsd process (`--dev-linux`); answers once all of them reported in.
+    pub fn start_with_fleet(data: &std::path::Path, tls: bool, linux: usize) -> Ecsd {
+        Self::start_on(data, tls, &[], "127.0.0.1:0", linux)
+    }
+
+    /// The dev credentials file `ecsctl --dev-credentials` reads.
+    pub fn credentials_file(&self) -> std::path::PathBuf {
+        self.data.join("dev-credentials.json")
     }
 
     /// Kills this ecsd (SIGKILL, as a crash or a host restart would) and
@@ -47,23 +58,28 @@ impl Ecsd {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let new = Self::start_on(&self.data, self.tls, env, &listen);
+        let new = Self::start_on(&self.data, self.tls, env, &listen, 0);
         // Dropping the old one only waits for its (already killed) child.
         drop(std::mem::replace(self, new));
     }
 
-    fn start_on(data: &std::path::Path, tls: bool, env: &[(&str, &str)], listen: &str) -> Ecsd {
+    fn start_on(
+        data: &std::path::Path,
+        tls: bool,
+        env: &[(&str, &str)],
+        listen: &str,
+        linux: usize,
+    ) -> Ecsd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
             .args([
                 "--data-dir",
                 data.to_str().unwrap(),
                 "serve",
                 "--dev",
-                "--dev-linux",
-                "0",
                 "--dev-windows",
                 "0",
             ])
+            .args(["--dev-linux", &linux.to_string()])
             .args(["--listen", listen])
             .args(if tls {
                 &[][..]

@@ -16,6 +16,7 @@ pub async fn run_all(store: &dyn Store) {
     projects_and_access_keys(store).await;
     servers_register_lookup_and_list(store).await;
     the_name_filter_is_a_literal_substring_match(store).await;
+    offset_pages_are_the_listings_slices_as_it_changes(store).await;
     resets_supersede_deliver_and_ack(store).await;
     a_failed_reset_changes_nothing(store).await;
     power_jobs_busy_take_ack(store).await;
@@ -37,6 +38,7 @@ macro_rules! store_conformance_tests {
             projects_and_access_keys,
             servers_register_lookup_and_list,
             the_name_filter_is_a_literal_substring_match,
+            offset_pages_are_the_listings_slices_as_it_changes,
             resets_supersede_deliver_and_ack,
             a_failed_reset_changes_nothing,
             power_jobs_busy_take_ack,
@@ -114,6 +116,62 @@ fn audit(project: &str, action: &str) -> AuditEntry {
 /// quotes), at any length (one or two characters too), beyond ASCII, and
 /// agrees with a plain scan of the names (SQLite answers from a trigram
 /// index from three characters on).
+/// `offset` pages read one after another, read again and reached by a jump
+/// are exactly the slices of the whole listing at the time of each read,
+/// also right after servers were added in front of them (SQLite serves such
+/// pages from remembered starts, page_starts.rs: a stale start would show
+/// here as a shifted page).
+pub async fn offset_pages_are_the_listings_slices_as_it_changes(store: &dyn Store) {
+    let p = project(store).await;
+    for i in 0..23 {
+        server(store, &p.id, &format!("node-{i:02}"), false).await;
+    }
+    let pid = p.id.as_str();
+    let ids = |f: ListFilter, limit: u32, page: u32| async move {
+        let (v, _) = store.list_servers(pid, f, limit, page, None).await.unwrap();
+        v.into_iter().map(|s| s.id).collect::<Vec<_>>()
+    };
+    let slice = |all: &[String], page: u32| {
+        let from = ((page - 1) * 5) as usize;
+        all[from.min(all.len())..(from + 5).min(all.len())].to_vec()
+    };
+    let filters = [
+        ListFilter::default(),
+        ListFilter {
+            name: Some("node-1".into()),
+            ..Default::default()
+        },
+    ];
+    for (round, f) in filters.iter().cycle().take(6).enumerate() {
+        let all = ids(f.clone(), 1000, 1).await;
+        assert!(all.len() >= 10, "{f:?}: {} servers", all.len());
+        for page in 1..=6 {
+            assert_eq!(
+                ids(f.clone(), 5, page).await,
+                slice(&all, page),
+                "{f:?} page {page}"
+            );
+        }
+        for page in [3, 3, 5, 2, 6, 1] {
+            assert_eq!(
+                ids(f.clone(), 5, page).await,
+                slice(&all, page),
+                "{f:?} again, page {page}"
+            );
+        }
+        // A new server comes first and shifts every page by one.
+        server(store, &p.id, &format!("node-1{round}x"), false).await;
+        let all = ids(f.clone(), 1000, 1).await;
+        for page in [4, 3, 5, 2] {
+            assert_eq!(
+                ids(f.clone(), 5, page).await,
+                slice(&all, page),
+                "{f:?} after a change, page {page}"
+            );
+        }
+    }
+}
+
 pub async fn the_name_filter_is_a_literal_substring_match(store: &dyn Store) {
     let p = project(store).await;
     let names = [

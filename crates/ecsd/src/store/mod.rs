@@ -11,6 +11,7 @@ pub mod identity;
 pub mod identity_conformance;
 pub mod lifecycle;
 pub mod lifecycle_conformance;
+pub mod page_starts;
 pub mod sqlite;
 mod sqlite_authz;
 mod sqlite_identity;
@@ -258,7 +259,7 @@ pub struct StoredWorkKey {
 }
 
 /// Filters of `GET /cloudservers/detail`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ListFilter {
     pub name: Option<String>,
     pub status: Option<String>,

@@ -242,6 +242,8 @@ impl Args {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// Where `offset` pages start, while the listing stays the same.
+    page_starts: std::sync::Arc<super::page_starts::PageStarts>,
 }
 
 fn parse_config(url: &str) -> StoreResult<tokio_postgres::Config> {
@@ -292,7 +294,10 @@ impl PgStore {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(backend)?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            page_starts: Default::default(),
+        })
     }
 
     pub fn latest_schema_version() -> usize {
@@ -438,46 +443,70 @@ async fn listen_once(
     Ok(())
 }
 
-/// PostgreSQL's session advisory lock that makes one replica the one doing
-/// fleet-wide housekeeping (the job sweeper, retention), held on a
-/// connection of its own: when that replica dies or loses the database,
-/// PostgreSQL ends the session, the lock is free and another replica's next
-/// try takes it. The key is per schema, so deployments (and tests) sharing
+/// The session on which a replica asks for PostgreSQL's session advisory
+/// lock that makes one replica the one doing fleet-wide housekeeping (the
+/// job sweeper, retention), a connection of its own: when the holder dies
+/// or loses the database, PostgreSQL ends its session, the lock is free and
+/// another replica's next try, on its own kept session, takes it. The key is per schema, so deployments (and tests) sharing
 /// a database in different schemas each have their own.
-pub struct HousekeepingLock {
+pub struct HousekeepingSession {
     client: tokio_postgres::Client,
     _driver: tokio::task::JoinHandle<()>,
+    held: bool,
 }
 
 /// The lock's first key (the second is the schema's `hashtext`).
 const HOUSEKEEPING_LOCK_CLASS: i32 = 0x6563_7364; // "ecsd"
 
-impl HousekeepingLock {
-    /// Takes the lock if no other session holds it (never waits).
-    pub async fn try_take(url: &str) -> StoreResult<Option<HousekeepingLock>> {
+impl HousekeepingSession {
+    /// Opens the session (a connection of its own, outside the pool); it is
+    /// kept for as long as it works, whether the lock is held or not, so a
+    /// replica waiting for the lock asks again on the same session.
+    pub async fn connect(url: &str) -> StoreResult<HousekeepingSession> {
         let (client, conn) = parse_config(url)?.connect(NoTls).await?;
         let driver = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::warn!(error = %e, "the housekeeping lock's connection failed");
             }
         });
-        let held: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
-                &[&HOUSEKEEPING_LOCK_CLASS],
-            )
-            .await?
-            .get(0);
-        Ok(held.then_some(HousekeepingLock {
+        Ok(HousekeepingSession {
             client,
             _driver: driver,
-        }))
+            held: false,
+        })
     }
 
-    /// Whether the session (and so the lock) is still there: a query, so
-    /// that a database restart or a cut connection is noticed.
-    pub async fn still_held(&self) -> bool {
-        !self.client.is_closed() && self.client.simple_query("SELECT 1").await.is_ok()
+    /// Whether this session held the lock at its last [`Self::hold`].
+    pub fn held(&self) -> bool {
+        self.held
+    }
+
+    /// Takes the lock if no other session holds it (never waits); once
+    /// held, checks with a query that the session (and so the lock) is
+    /// still there, so that a database restart or a cut connection is
+    /// noticed. An error: the session is gone, and the lock with it.
+    pub async fn hold(&mut self) -> StoreResult<bool> {
+        if self.client.is_closed() {
+            self.held = false;
+            return Err(backend("the housekeeping session is closed"));
+        }
+        if self.held {
+            if let Err(e) = self.client.simple_query("SELECT 1").await {
+                self.held = false;
+                return Err(e.into());
+            }
+        } else {
+            // Asked only while not held: the lock counts re-entries.
+            self.held = self
+                .client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                    &[&HOUSEKEEPING_LOCK_CLASS],
+                )
+                .await?
+                .get(0);
+        }
+        Ok(self.held)
     }
 }
 
@@ -966,13 +995,21 @@ impl Store for PgStore {
         page: u32,
         marker: Option<String>,
     ) -> StoreResult<(Vec<Server>, u64)> {
-        let c = self.client().await?;
+        use super::page_starts::{PageOf, RowKey, Start};
+        let mut c = self.client().await?;
+        // One snapshot: the count, the listing generation and the page.
+        let c = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
         let mut args = Args::default();
         let mut clauses = vec![format!(
             "s.project_id = {}",
             args.push(project_id.to_owned())
         )];
-        if let Some(ids) = f.server_ids {
+        if let Some(ids) = f.server_ids.clone() {
             clauses.push(format!("s.id = ANY({})", args.push(ids)));
         } else {
             if let Some(n) = &f.name {
@@ -1006,14 +1043,16 @@ impl Store for PgStore {
                 clauses.push(format!("s.tags NOT LIKE {p} ESCAPE '\\'"));
             }
         }
-        let count: i64 = if clauses.len() == 1 {
-            // No filter: the count kept by triggers.
-            c.cached_query_opt(
-                "SELECT server_count FROM projects WHERE id = $1",
+        let (server_count, generation): (i64, i64) = c
+            .cached_query_opt(
+                "SELECT server_count, list_gen FROM projects WHERE id = $1",
                 &[&project_id],
             )
             .await?
-            .map_or(0, |r| r.get(0))
+            .map_or((0, 0), |r| (r.get(0), r.get(1)));
+        let count: i64 = if clauses.len() == 1 {
+            // No filter: the count kept by triggers.
+            server_count
         } else {
             let sql = format!(
                 "SELECT COUNT(*) FROM servers s WHERE {}",
@@ -1038,16 +1077,45 @@ impl Store for PgStore {
             clauses.push(format!("(s.created_at, s.id) < ({a}, {b})"));
             offset = 0;
         }
+        let at = PageOf {
+            project: project_id,
+            filter: &f,
+            limit,
+            page,
+            generation,
+        };
+        if marker.is_none()
+            && let Some(plan) = self.page_starts.plan(at)
+        {
+            // A page whose start (or a start before it) is known: keyset.
+            let (op, key) = match plan.start {
+                Start::At(k) => ("<=", k),
+                Start::After(k) => ("<", k),
+            };
+            let (a, b) = (args.push(key.created_at), args.push(key.id));
+            clauses.push(format!("(s.created_at, s.id) {op} ({a}, {b})"));
+            offset = plan.skip;
+        }
         let (l, o) = (args.push(i64::from(limit)), args.push(offset as i64));
         let sql = format!(
             "SELECT {SERVER_COLS} FROM servers s WHERE {} ORDER BY s.created_at DESC, s.id DESC LIMIT {l} OFFSET {o}",
             clauses.join(" AND ")
         );
         let rows = c.cached_query(&sql, &args.refs()).await?;
-        let out = rows
+        c.commit().await?;
+        let out: Vec<Server> = rows
             .iter()
             .map(server_from_row)
             .collect::<StoreResult<_>>()?;
+        if marker.is_none() {
+            let key = |r: &tokio_postgres::Row| RowKey {
+                created_at: r.get(10),
+                id: r.get(0),
+            };
+            let ends = rows.first().map(key).zip(rows.last().map(key));
+            let full = out.len() == limit as usize;
+            self.page_starts.record(at, ends, full);
+        }
         Ok((out, count as u64))
     }
 

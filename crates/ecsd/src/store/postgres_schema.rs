@@ -294,6 +294,28 @@ pub(super) const MIGRATIONS: &[&str] = &[
         END IF;
     END $$;
     "#,
+    // 3: the listing generation of a project (as SQLite's migration 10):
+    // bumped whenever one of its servers is created, deleted or changes a
+    // column the listing filters or sorts by, so that `offset` pages are
+    // served as keyset pages while it stays the same (page_starts.rs).
+    r#"
+    ALTER TABLE projects ADD COLUMN list_gen BIGINT NOT NULL DEFAULT 0;
+    CREATE FUNCTION ecsd_servers_list_gen() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            UPDATE projects SET list_gen = list_gen + 1 WHERE id = NEW.project_id;
+        ELSIF TG_OP = 'DELETE' THEN
+            UPDATE projects SET list_gen = list_gen + 1 WHERE id = OLD.project_id;
+        ELSIF (OLD.id, OLD.project_id, OLD.created_at, OLD.name, OLD.status, OLD.addresses, OLD.tags)
+              IS DISTINCT FROM
+              (NEW.id, NEW.project_id, NEW.created_at, NEW.name, NEW.status, NEW.addresses, NEW.tags) THEN
+            UPDATE projects SET list_gen = list_gen + 1 WHERE id IN (OLD.project_id, NEW.project_id);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER servers_list_gen AFTER INSERT OR DELETE OR UPDATE ON servers
+        FOR EACH ROW EXECUTE FUNCTION ecsd_servers_list_gen();
+    "#,
 ];
 
 /// Applies the pending migrations on `client`, holding a session advisory

@@ -12,6 +12,7 @@ use ecs_policy::OsType;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 
+use super::page_starts::{PageOf, PageStarts, RowKey, Start};
 use super::*;
 use crate::domain::{self, Entity, PowerState, reasons, server as server_rules};
 
@@ -321,6 +322,28 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO servers_name_fts(rowid, name) VALUES (new.rowid, new.name);
     END;
     "#,
+    // 10: the listing generation of a project, bumped whenever one of its
+    // servers is created, deleted or changes a column the listing filters
+    // or sorts by: page starts remembered under one generation serve
+    // `offset` pages as keyset pages until it changes (page_starts.rs).
+    r#"
+    ALTER TABLE projects ADD COLUMN list_gen INTEGER NOT NULL DEFAULT 0;
+    CREATE TRIGGER servers_list_gen_insert AFTER INSERT ON servers BEGIN
+        UPDATE projects SET list_gen = list_gen + 1 WHERE id = NEW.project_id;
+    END;
+    CREATE TRIGGER servers_list_gen_delete AFTER DELETE ON servers BEGIN
+        UPDATE projects SET list_gen = list_gen + 1 WHERE id = OLD.project_id;
+    END;
+    CREATE TRIGGER servers_list_gen_update
+    AFTER UPDATE OF id, project_id, created_at, name, status, addresses, tags ON servers
+    WHEN OLD.id IS NOT NEW.id OR OLD.project_id IS NOT NEW.project_id
+        OR OLD.created_at IS NOT NEW.created_at OR OLD.name IS NOT NEW.name
+        OR OLD.status IS NOT NEW.status OR OLD.addresses IS NOT NEW.addresses
+        OR OLD.tags IS NOT NEW.tags
+    BEGIN
+        UPDATE projects SET list_gen = list_gen + 1 WHERE id IN (OLD.project_id, NEW.project_id);
+    END;
+    "#,
 ];
 
 /// A backend error as the domain's: a failure of the disk (see
@@ -511,6 +534,8 @@ fn rekey_server_tx(
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    /// Where `offset` pages start, while the listing stays the same.
+    page_starts: Arc<PageStarts>,
 }
 
 /// Pages written to the WAL before it is checkpointed (4 MiB at 4 KiB pages).
@@ -594,6 +619,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            page_starts: Arc::new(PageStarts::default()),
         })
     }
 
@@ -1311,7 +1337,10 @@ impl Store for SqliteStore {
         marker: Option<String>,
     ) -> StoreResult<(Vec<Server>, u64)> {
         let project = project_id.to_owned();
+        let page_starts = self.page_starts.clone();
         self.read(move |c| {
+            // One snapshot: the count, the listing generation and the page.
+            let c = c.unchecked_transaction()?;
             let mut clauses = vec!["s.project_id = ?".to_owned()];
             let mut args: Vec<rusqlite::types::Value> = vec![project.clone().into()];
             if let Some(ids) = &f.server_ids {
@@ -1361,12 +1390,14 @@ impl Store for SqliteStore {
                 }
             }
             let filter_sql = clauses.join(" AND ");
+            let (server_count, generation): (i64, i64) = c
+                .prepare_cached("SELECT server_count, list_gen FROM projects WHERE id = ?1")?
+                .query_row([&project], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .unwrap_or((0, 0));
             let count: i64 = if clauses.len() == 1 {
                 // No filter: the count kept by triggers.
-                c.prepare_cached("SELECT server_count FROM projects WHERE id = ?1")?
-                    .query_row([&project], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0)
+                server_count
             } else {
                 c.prepare_cached(&format!("SELECT COUNT(*) FROM servers s WHERE {filter_sql}"))?
                     .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
@@ -1387,6 +1418,26 @@ impl Store for SqliteStore {
                 page_args.push(m.clone().into());
                 offset = 0;
             }
+            let at = PageOf {
+                project: &project,
+                filter: &f,
+                limit,
+                page,
+                generation,
+            };
+            if marker.is_none()
+                && let Some(plan) = page_starts.plan(at)
+            {
+                // A page whose start (or a start before it) is known: keyset.
+                let (op, key) = match plan.start {
+                    Start::At(k) => ("<=", k),
+                    Start::After(k) => ("<", k),
+                };
+                page_clauses.push(format!("(s.created_at, s.id) {op} (?, ?)"));
+                page_args.push(key.created_at.into());
+                page_args.push(key.id.into());
+                offset = plan.skip;
+            }
             page_args.push(i64::from(limit).into());
             page_args.push((offset as i64).into());
             let sql = format!(
@@ -1396,8 +1447,19 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(&sql)?;
             let mut rows = stmt.query(rusqlite::params_from_iter(page_args.iter()))?;
             let mut out = Vec::new();
+            let mut keys = Vec::new();
             while let Some(r) = rows.next()? {
-                out.push(server_from_row(r)?);
+                let server = server_from_row(r)?;
+                keys.push(RowKey {
+                    created_at: r.get(10)?,
+                    id: server.id.clone(),
+                });
+                out.push(server);
+            }
+            if marker.is_none() {
+                let full = out.len() == limit as usize;
+                let rows = keys.first().cloned().zip(keys.pop());
+                page_starts.record(at, rows, full);
             }
             Ok((out, count as u64))
         })
@@ -1700,6 +1762,102 @@ mod tests {
 
     /// The name filter is answered from the trigram index (the plan reads
     /// `servers_name_fts`), and the index follows deletions and a VACUUM.
+    /// Offset pages after a remembered start are keyset reads; any change a
+    /// listing can see (a new, deleted, renamed, re-tagged server or a
+    /// status change) voids the remembered starts, and what only refreshes
+    /// a server (its agent's last-seen time) does not.
+    #[tokio::test]
+    async fn offset_pages_follow_the_listing_generation() {
+        use crate::store::LifecycleStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ecsd.sqlite")).unwrap();
+        let p = store.create_project("p").await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..30 {
+            let s = store
+                .register_server(NewServer {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    project_id: p.id.clone(),
+                    name: format!("node-{i:03}"),
+                    os_type: ecs_policy::OsType::Linux,
+                    agent_public_key: None,
+                })
+                .await
+                .unwrap();
+            ids.push(s.id);
+        }
+        let generation = || {
+            let c = store.writer.lock().unwrap();
+            c.query_row(
+                "SELECT list_gen FROM projects WHERE id = ?1",
+                [&p.id],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+        };
+        let f = ListFilter::default();
+        // Page 2 of 10.
+        let at = |project, filter, generation| crate::store::page_starts::PageOf {
+            project,
+            filter,
+            limit: 10,
+            page: 2,
+            generation,
+        };
+        let g0 = generation();
+        assert_eq!(g0, 30, "one bump per server created");
+        store
+            .list_servers(&p.id, f.clone(), 10, 1, None)
+            .await
+            .unwrap();
+        assert!(
+            store.page_starts.plan(at(&p.id, &f, g0)).is_some(),
+            "page 1 told where page 2 starts"
+        );
+
+        let exec = |sql: &str, id: &str| {
+            store.writer.lock().unwrap().execute(sql, [id]).unwrap();
+        };
+        exec(
+            "UPDATE servers SET agent_last_seen = '2030-01-01T00:00:00Z', updated_at = '2030-01-01T00:00:00Z' WHERE id = ?1",
+            &ids[3],
+        );
+        exec("UPDATE servers SET status = status WHERE id = ?1", &ids[3]);
+        assert_eq!(generation(), g0, "nothing a listing shows changed");
+        let mut seen = g0;
+        for sql in [
+            "UPDATE servers SET status = 'SHUTOFF' WHERE id = ?1",
+            "UPDATE servers SET name = 'renamed' WHERE id = ?1",
+            "UPDATE servers SET tags = '[\"k=v\"]' WHERE id = ?1",
+            "UPDATE servers SET addresses = '[\"10.9.9.9\"]' WHERE id = ?1",
+        ] {
+            exec(sql, &ids[4]);
+            let g = generation();
+            assert!(g > seen, "{sql} bumps the generation");
+            seen = g;
+        }
+        store.deregister_server(&ids[5]).await.unwrap();
+        assert!(generation() > seen, "a deletion bumps it");
+        assert!(
+            store
+                .page_starts
+                .plan(at(&p.id, &f, generation()))
+                .is_none()
+        );
+
+        // Page 2, read after the change, is the listing's slice again.
+        let (all, _) = store
+            .list_servers(&p.id, f.clone(), 100, 1, None)
+            .await
+            .unwrap();
+        let (page2, _) = store
+            .list_servers(&p.id, f.clone(), 10, 2, None)
+            .await
+            .unwrap();
+        let want: Vec<_> = all[10..20].iter().map(|s| &s.id).collect();
+        assert_eq!(page2.iter().map(|s| &s.id).collect::<Vec<_>>(), want);
+    }
+
     #[tokio::test]
     async fn the_name_filter_uses_the_trigram_index_and_it_survives_deletes_and_vacuum() {
         use crate::store::LifecycleStore;

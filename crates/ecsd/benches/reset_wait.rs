@@ -1,0 +1,184 @@
+//! Issue 13 item 4: what an operator waits for. `ecsctl reset-password
+//! --all --reboot --wait` — the real CLI as a process, its password on
+//! stdin — against the real `ecsd --dev` (HTTPS) with 100 simulated Linux
+//! servers whose agents run inside it: each reset is sealed, the servers
+//! restart, every agent hashes the new password into its shadow file and
+//! reports, and the CLI returns when all 100 are APPLIED.
+//!
+//! In the same run, the floor the hosts themselves set: the 100 SHA-512
+//! crypt hashes the agents compute (the simulated servers' login.defs says
+//! `ENCRYPT_METHOD SHA512`, default rounds), spread over the machine's
+//! cores as the 100 agents are; and the floor of the CLI itself: `ecsctl
+//! servers list` (a process start, a TLS handshake, one signed call).
+//!
+//! `cargo build --release -p ecsctl && cargo bench -p ecsd --bench reset_wait`
+//! (BENCH_WAIT_RUNS, default 9; BENCH_WAIT_SERVERS, default 100)
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::process::{Ecsd, cpu_secs};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// `ecsctl` of the same build (target/release/ecsctl beside this bench's
+/// own directory, target/release/deps).
+fn ecsctl() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("ecsctl");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release -p ecsctl` first",
+        path.display()
+    );
+    path
+}
+
+/// One `ecsctl` command; the password, if any, on its stdin. Its wall time.
+fn run(
+    cli: &std::path::Path,
+    creds: &std::path::Path,
+    args: &[&str],
+    password: Option<&str>,
+) -> Duration {
+    let started = Instant::now();
+    let mut child = Command::new(cli)
+        .arg("--dev-credentials")
+        .arg(creds)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(p) = password {
+            writeln!(stdin, "{p}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "ecsctl {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+/// The hosts' hashing floor: `n` SHA-512 crypt hashes (the agents' method
+/// and rounds) on `cores` threads.
+fn hashing(n: usize, cores: usize) -> Duration {
+    let password = secrecy::SecretString::from("Floor-Pass-2026!x".to_owned());
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..cores {
+            let password = &password;
+            s.spawn(move || {
+                for _ in (t..n).step_by(cores) {
+                    ecs_agent::shadow::hash(password, ecs_agent::shadow::Method::Sha512, None)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    started.elapsed()
+}
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_WAIT_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9);
+    let n: usize = std::env::var("BENCH_WAIT_SERVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cli = ecsctl();
+    let dir = tempfile::tempdir().unwrap();
+    let ecsd = Ecsd::start_with_fleet(dir.path(), true, n);
+    let creds = ecsd.credentials_file();
+    let pid = ecsd.child.id().to_string();
+
+    // Warm up: the first reset of each server, the first restart.
+    run(
+        &cli,
+        &creds,
+        &[
+            "reset-password",
+            "--all",
+            "--reboot",
+            "--wait",
+            "--password-stdin",
+        ],
+        Some("Warm-Up-Pass-2026!a"),
+    );
+
+    let mut e2e = Vec::new();
+    let mut list = Vec::new();
+    let mut floor = Vec::new();
+    let mut floor_one = Vec::new();
+    let mut cpu_e2e = 0.0;
+    for i in 0..runs {
+        // Interleaved, so that the machine's load falls on all of them alike.
+        floor.push(hashing(n, cores));
+        floor_one.push(hashing(n, 1));
+        list.push(run(&cli, &creds, &["servers", "list"], None));
+        let cpu = cpu_secs(&pid);
+        let password = format!("Run-{i}-Pass-2026!b");
+        e2e.push(run(
+            &cli,
+            &creds,
+            &[
+                "reset-password",
+                "--all",
+                "--reboot",
+                "--wait",
+                "--password-stdin",
+            ],
+            Some(&password),
+        ));
+        cpu_e2e += cpu_secs(&pid) - cpu;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (e2e, list, floor, floor_one) =
+        (median(e2e), median(list), median(floor), median(floor_one));
+    println!("reset + restart + wait, {n} simulated servers over HTTPS, {runs} runs (medians):");
+    println!(
+        "  ecsctl reset-password --all --reboot --wait   {:8.1} ms",
+        ms(e2e)
+    );
+    println!(
+        "  floor: {n} SHA-512 crypt hashes on {cores} threads   {:8.1} ms",
+        ms(floor)
+    );
+    println!(
+        "  info: the same on one thread                 {:8.1} ms",
+        ms(floor_one)
+    );
+    println!(
+        "  info: ecsctl servers list (process + TLS + one call) {:8.1} ms",
+        ms(list)
+    );
+    println!(
+        "  info: ecsd CPU per reset+restart+wait        {:8.1} ms",
+        cpu_e2e * 1e3 / runs as f64
+    );
+    println!(
+        "  ratio ecsctl / hashing floor                 {:8.2}",
+        e2e.as_secs_f64() / floor.as_secs_f64()
+    );
+}
