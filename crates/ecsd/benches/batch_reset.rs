@@ -7,12 +7,25 @@
 //! group `batch_reset_1000_postgres`, the floor's transaction going to
 //! PostgreSQL too.
 //!
+//! Issue 13 item 1, "a floor that is the machine's" (run first, printed as
+//! a table; the filter `machine_floor` runs only it): in one run, raw X25519
+//! of each implementation at hand (x25519-dalek as the `hpke` crate uses it,
+//! aws-lc-rs, libcrux), HKDF-SHA256 and ChaCha20-Poly1305 of a 20-byte
+//! password, a full HPKE seal per candidate (`hpke` crate, `hpke-rs` on
+//! libcrux, ecs-seal's RFC 9180 composed from aws-lc-rs), the machine floor
+//! `1000 × (2 X25519 + HKDF + AEAD) / cores + one durable transaction of 1000
+//! rows`, ecsd's batch as a ratio to it, and the batch end to end over HTTPS
+//! from a client whose calls are 1 s apart (`BENCH_SPACED_CALLS`, default 20).
+//!
 //! `cargo bench -p ecsd --bench batch_reset`
+//! `cargo bench -p ecsd --bench batch_reset -- machine_floor`
 
+use std::hint::black_box;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use ecs_policy::OsType;
 use ecsd::config::Config;
 use ecsd::reset::{CallContext, batch_reset, seal_all};
@@ -238,5 +251,341 @@ fn bench(c: &mut Criterion) {
     drop(schema);
 }
 
+// ---- Issue 13 item 1: the machine's floor --------------------------------
+
+/// Per-call median over `samples` timed runs of `iters` calls each (after
+/// one untimed run), in microseconds.
+fn per_call_us(iters: usize, samples: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..iters {
+        f();
+    }
+    let mut v: Vec<f64> = (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e6 / iters as f64
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Raw X25519: one DH on one thread (the peer's key parsed per call, as a
+/// seal does).
+fn x25519_us() -> Vec<(&'static str, f64)> {
+    let (a, b) = ([0x11u8; 32], [0x22u8; 32]);
+    let dalek_a = x25519_dalek::StaticSecret::from(a);
+    let dalek_pb = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(b));
+    let pb_bytes = *dalek_pb.as_bytes();
+    let dalek = per_call_us(2000, 21, || {
+        let pk = x25519_dalek::PublicKey::from(black_box(pb_bytes));
+        black_box(dalek_a.diffie_hellman(&pk));
+    });
+    let lc = aws_lc_rs::agreement::PrivateKey::from_private_key(&aws_lc_rs::agreement::X25519, &a)
+        .unwrap();
+    let aws = per_call_us(2000, 21, || {
+        aws_lc_rs::agreement::agree(
+            &lc,
+            aws_lc_rs::agreement::UnparsedPublicKey::new(
+                &aws_lc_rs::agreement::X25519,
+                black_box(&pb_bytes),
+            ),
+            (),
+            |dh| Ok(black_box(dh[0])),
+        )
+        .unwrap();
+    });
+    let aws_keygen = per_call_us(2000, 21, || {
+        let k = aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::X25519).unwrap();
+        black_box(k.compute_public_key().unwrap());
+    });
+    let crux = per_call_us(2000, 21, || {
+        black_box(
+            libcrux_ecdh::derive(libcrux_ecdh::Algorithm::X25519, black_box(&pb_bytes), a).unwrap(),
+        );
+    });
+    vec![
+        ("x25519-dalek 2 (the hpke crate's)", dalek),
+        ("aws-lc-rs agreement::X25519", aws),
+        ("libcrux-ecdh", crux),
+        (
+            "aws-lc-rs: ephemeral key pair (generate + public key)",
+            aws_keygen,
+        ),
+    ]
+}
+
+/// HKDF-SHA256 (extract + expand of 32 bytes) and ChaCha20-Poly1305 (key
+/// setup + seal of a 20-byte password), aws-lc-rs.
+fn hkdf_aead_us() -> (f64, f64) {
+    use aws_lc_rs::{aead, hkdf};
+    let hkdf = per_call_us(5000, 21, || {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"salt").extract(black_box(&[7u8; 32]));
+        let mut out = [0u8; 32];
+        prk.expand(&[b"info"], hkdf::HKDF_SHA256)
+            .unwrap()
+            .fill(&mut out)
+            .unwrap();
+        black_box(out);
+    });
+    let aead = per_call_us(5000, 21, || {
+        let key = aead::LessSafeKey::new(
+            aead::UnboundKey::new(&aead::CHACHA20_POLY1305, black_box(&[9u8; 32])).unwrap(),
+        );
+        let mut buf = b"Gx7!pLq2vR-Gx7!pLq2v".to_vec();
+        key.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key([1; 12]),
+            aead::Aad::empty(),
+            &mut buf,
+        )
+        .unwrap();
+        black_box(buf);
+    });
+    (hkdf, aead)
+}
+
+/// A full single-shot HPKE seal (the same suite, info, 20-byte password) per
+/// candidate, one thread.
+fn seal_us(keys: &[(String, ecs_seal::PublicKey)]) -> Vec<(&'static str, f64)> {
+    use hpke::Serializable as _;
+    let pw = "Gx7!pLq2vR-Gx7!pLq2v";
+    let info = b"ecs-reset-password/v1\0\0\0\0\x05srv-0\0\0\0\0\x05req-1";
+    let raw: Vec<Vec<u8>> = keys.iter().take(64).map(|(_, k)| k.to_bytes()).collect();
+    let old: Vec<_> = raw
+        .iter()
+        .map(|b| <<hpke::kem::X25519HkdfSha256 as hpke::Kem>::PublicKey as hpke::Deserializable>::from_bytes(b).unwrap())
+        .collect();
+    let mut i = 0;
+    let hpke_crate = per_call_us(500, 21, || {
+        i = (i + 1) % old.len();
+        let (enc, ct) = hpke::single_shot_seal::<
+            hpke::aead::ChaCha20Poly1305,
+            hpke::kdf::HkdfSha256,
+            hpke::kem::X25519HkdfSha256,
+            _,
+        >(
+            &hpke::OpModeS::Base,
+            &old[i],
+            info,
+            pw.as_bytes(),
+            b"",
+            &mut rand::rng(),
+        )
+        .unwrap();
+        black_box((enc.to_bytes(), ct));
+    });
+    let mut rs = hpke_rs::Hpke::<hpke_rs_libcrux::HpkeLibcrux>::new(
+        hpke_rs::Mode::Base,
+        hpke_rs_crypto::types::KemAlgorithm::DhKem25519,
+        hpke_rs_crypto::types::KdfAlgorithm::HkdfSha256,
+        hpke_rs_crypto::types::AeadAlgorithm::ChaCha20Poly1305,
+    );
+    let rs_keys: Vec<hpke_rs::HpkePublicKey> = raw.iter().map(|b| b.as_slice().into()).collect();
+    let libcrux = per_call_us(500, 21, || {
+        i = (i + 1) % rs_keys.len();
+        black_box(
+            rs.seal(&rs_keys[i], info, b"", pw.as_bytes(), None, None, None)
+                .unwrap(),
+        );
+    });
+    let password = SecretString::from(pw.to_owned());
+    let aws = per_call_us(500, 21, || {
+        i = (i + 1) % raw.len();
+        black_box(ecs_seal::seal(&keys[i].1, "srv-0", "req-1", &password).unwrap());
+    });
+    vec![
+        ("hpke 0.13 (x25519-dalek, RustCrypto)", hpke_crate),
+        ("hpke-rs 0.8 + hpke-rs-libcrux", libcrux),
+        ("ecs-seal: RFC 9180 on aws-lc-rs", aws),
+    ]
+}
+
+/// One durable transaction inserting 1000 sealed rows (the floor's share
+/// that is not sealing), in milliseconds.
+fn tx_ms(floor: &mut rusqlite::Connection, keys: &[(String, ecs_seal::PublicKey)]) -> f64 {
+    let sealed = seal_all(keys, "x", &SecretString::from("Gx7!pLq2vR".to_owned())).unwrap();
+    per_call_us(1, 15, || {
+        let rid = uuid::Uuid::new_v4().simple().to_string();
+        let tx = floor.transaction().unwrap();
+        {
+            let mut st = tx
+                .prepare_cached("INSERT INTO t VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5)")
+                .unwrap();
+            let now = chrono::Utc::now().to_rfc3339();
+            for (i, ((id, _), s)) in keys.iter().zip(&sealed).enumerate() {
+                st.execute(rusqlite::params![rid, id, i as i64, s, now])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }) / 1e3
+}
+
+/// ecsd over HTTPS on loopback (its own runtime and thread), 1000 servers
+/// with keys: the endpoint, the CA and the server ids.
+fn https_ecsd(dir: &std::path::Path) -> (support::Api, Vec<String>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let pki = ecsd::tls::dev_pki(&dir).unwrap();
+            let ca_pem = std::fs::read(&pki.ca).unwrap();
+            let config = Config {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                data_dir: dir,
+                master_key: Some(MasterKey::generate_base64()),
+                rate_limit_per_sec: 1_000_000,
+                tls_cert: Some(pki.cert),
+                tls_key: Some(pki.key),
+                ..Config::default()
+            };
+            let state = ecsd::server::open_state(config).unwrap();
+            let project = ecsd::admin::create_project(&state, "spaced").await.unwrap();
+            let (ak, sk) = ecsd::admin::create_access_key(&state, &project.id, Role::Admin)
+                .await
+                .unwrap();
+            let mut ids = Vec::new();
+            for i in 0..N {
+                let (_k, pk) = ecs_seal::generate_keypair();
+                let s = ecsd::admin::register_server(
+                    &state,
+                    &project.id,
+                    &format!("s{i}"),
+                    OsType::Linux,
+                    Some(&pk.to_base64()),
+                )
+                .await
+                .unwrap();
+                ids.push(s.id);
+            }
+            let server = ecsd::server::Server::bind(state).await.unwrap();
+            let api = support::Api::new(
+                &format!("{}://{}", server.scheme(), server.local_addr()),
+                &project.id,
+                &ak,
+                secrecy::ExposeSecret::expose_secret(&sk),
+                Some(ca_pem),
+            );
+            tx.send((api, ids)).unwrap();
+            server.run(std::future::pending()).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// The 1000-server batch end to end over HTTPS, `calls` calls 1 s apart
+/// from one client (keep-alive): sorted latencies.
+fn spaced_https(calls: usize) -> Vec<Duration> {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, ids) = https_ecsd(dir.path());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut lat = rt.block_on(async {
+        // One call first: the connection and TLS session, not measured.
+        assert_eq!(api.send(api.reset(&ids, "Gx7!pLq2vR")).await.status, 200);
+        let mut lat = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let t = Instant::now();
+            let r = api.send(api.reset(&ids, "Gx7!pLq2vR")).await;
+            lat.push(t.elapsed());
+            assert_eq!(r.status, 200);
+        }
+        lat
+    });
+    lat.sort();
+    lat
+}
+
+fn machine_floor() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let f = sqlite_fixture(&rt);
+    let floor_dir = tempfile::tempdir().unwrap();
+    let mut floor = floor_db(floor_dir.path());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let password = SecretString::from("Gx7!pLq2vR".to_owned());
+
+    let x = x25519_us();
+    let (hkdf, aead) = hkdf_aead_us();
+    let seals = seal_us(&f.keys);
+    let tx = tx_ms(&mut floor, &f.keys);
+    let fastest = x
+        .iter()
+        .take(3)
+        .map(|(_, us)| *us)
+        .fold(f64::INFINITY, f64::min);
+    let floor_ms = N as f64 * (2.0 * fastest + hkdf + aead) / cores as f64 / 1e3 + tx;
+    let seal_all_ms = per_call_us(1, 15, || {
+        black_box(seal_all(&f.keys, "r", &password).unwrap());
+    }) / 1e3;
+    let ecsd_ms = per_call_us(1, 21, || ecsd_batch(&rt, &f)) / 1e3;
+    let calls = std::env::var("BENCH_SPACED_CALLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let spaced = spaced_https(calls);
+
+    println!("\n## machine_floor (issue 13 item 1), {cores} cores");
+    println!("| what | median |");
+    println!("|---|---|");
+    for (name, us) in &x {
+        println!("| X25519, one thread: {name} | {us:.1} µs |");
+    }
+    println!("| HKDF-SHA256 extract + expand 32 B (aws-lc-rs) | {hkdf:.2} µs |");
+    println!("| ChaCha20-Poly1305 key + seal of 20 B (aws-lc-rs) | {aead:.2} µs |");
+    for (name, us) in &seals {
+        println!("| HPKE seal, one thread: {name} | {us:.1} µs |");
+    }
+    println!("| one durable SQLite transaction of 1000 rows | {tx:.2} ms |");
+    println!(
+        "| floor: 1000 × (2 × {fastest:.1} + {hkdf:.2} + {aead:.2}) µs / {cores} + {tx:.2} ms | {floor_ms:.2} ms |"
+    );
+    println!(
+        "| seal_all: 1000 ecs-seal seals on {cores} cores | {seal_all_ms:.2} ms ({:.2}× the sealing floor) |",
+        seal_all_ms / (floor_ms - tx)
+    );
+    println!(
+        "| ecsd batch_reset, 1000 servers (in process) | {ecsd_ms:.2} ms ({:.2}× floor) |",
+        ecsd_ms / floor_ms
+    );
+    let p50 = support::quantile_ms(&spaced, 0.5);
+    println!(
+        "| HTTPS end to end, {calls} calls 1 s apart: median (min, p90) | {p50:.2} ms ({:.2}, {:.2}) ({:.2}× floor) |",
+        support::quantile_ms(&spaced, 0.0),
+        support::quantile_ms(&spaced, 0.9),
+        p50 / floor_ms
+    );
+    println!();
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `machine_floor` runs unless a bench filter is given that it does not
+/// match (criterion's filters are substrings of the bench id); the criterion
+/// groups run unless the only filters are `machine_floor`'s.
+fn main() {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let floor = filters.iter().all(|f| "machine_floor".contains(f.as_str()));
+    if floor {
+        machine_floor();
+    }
+    if filters.is_empty() || !floor {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+    }
+}
