@@ -13,7 +13,8 @@
 //!
 //! Several ecsd variants can run side by side (`BENCH_ECSD_VARIANTS`, e.g.
 //! `decay-off:_RJEM_MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1`; entries
-//! separated by `;`, settings within one by spaces): every idle sample calls
+//! separated by `;`, settings within one by spaces; `BENCH_ECSD_BIN=path` runs
+//! another build, e.g. a copy made before a change): every idle sample calls
 //! each variant once, in rotating order, so they share the machine's noise.
 //!
 //! `cargo bench -p ecsd --bench idle` (BENCH_IDLE_SAMPLES, default 15 per
@@ -84,7 +85,9 @@ fn start(
 ) -> anyhow::Result<Variant> {
     let data = dir.join(label);
     let ids = rt.block_on(seed(&data))?;
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // The load rows go past the default 200 requests/s per user.
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("ECSD_RATE_LIMIT_PER_SEC", "1000000"));
     let ecsd = Ecsd::start_with_env(&data, true, &env);
     let creds: ecsd::dev::DevCredentials =
         serde_json::from_slice(&std::fs::read(ecsd::dev::credentials_path(&data))?)?;
@@ -131,7 +134,66 @@ enum Call {
     ResetFresh,
 }
 
-async fn call(v: &Variant, what: Call, n: usize) -> Duration {
+/// Minor page faults and context switches (voluntary and not, all
+/// threads) of a process so far.
+fn counters(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let minflt = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split_whitespace().nth(7))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        switches += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    (minflt, switches)
+}
+
+/// One timed call, with the minor faults and context switches ecsd had
+/// during it.
+#[derive(Clone, Copy)]
+struct Sample {
+    took: Duration,
+    faults: u64,
+    switches: u64,
+}
+
+async fn call(v: &Variant, what: Call, n: usize) -> Sample {
+    let pid = v.ecsd.child.id();
+    let (f0, s0) = counters(pid);
+    let took = call_once(v, what, n).await;
+    let (f1, s1) = counters(pid);
+    Sample {
+        took,
+        faults: f1.saturating_sub(f0),
+        switches: s1.saturating_sub(s0),
+    }
+}
+
+/// Medians of a set of samples: (ms, faults, context switches).
+fn medians(samples: &[Sample]) -> (f64, u64, u64) {
+    let mut f: Vec<u64> = samples.iter().map(|s| s.faults).collect();
+    let mut c: Vec<u64> = samples.iter().map(|s| s.switches).collect();
+    f.sort();
+    c.sort();
+    (
+        median_ms(samples.iter().map(|s| s.took).collect()),
+        f[f.len() / 2],
+        c[c.len() / 2],
+    )
+}
+
+async fn call_once(v: &Variant, what: Call, n: usize) -> Duration {
     let id = std::slice::from_ref(&v.ids[n % v.ids.len()]);
     match what {
         Call::Health => health(&v.ecsd.api).await,
@@ -252,9 +314,9 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| ecsd | call | back to back p50 ms | p99 ms | after 0.5 s idle p50 ms | ratio | after 5 s idle p50 ms | ratio |"
+        "| ecsd | call | back to back p50 ms | p99 ms | after 0.5 s idle p50 ms | ratio | after 5 s idle p50 ms | ratio | ecsd minor faults per call (b2b / 0.5 s / 5 s) | context switches per call |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for what in [Call::Health, Call::Reset, Call::ResetFresh] {
         let name = match what {
             Call::Health => "GET /health (floor), keep-alive",
@@ -267,14 +329,15 @@ fn main() -> anyhow::Result<()> {
                 for n in 0..20 {
                     call(v, what, n).await;
                 }
-                let mut lat = Vec::with_capacity(b2b);
+                let mut all = Vec::with_capacity(b2b);
                 for n in 0..b2b {
-                    lat.push(call(v, what, n).await);
+                    all.push(call(v, what, n).await);
                 }
-                lat.sort();
-                lat
+                all
             });
-            rows.push((quantile_ms(&back, 0.5), quantile_ms(&back, 0.99)));
+            let mut lat: Vec<Duration> = back.iter().map(|s| s.took).collect();
+            lat.sort();
+            rows.push((medians(&back), quantile_ms(&lat, 0.99)));
         }
         let mut idle = [vec![Vec::new(); variants.len()], vec![Vec::new(); variants.len()]];
         for (k, pause) in [Duration::from_millis(500), Duration::from_secs(5)]
@@ -286,17 +349,17 @@ fn main() -> anyhow::Result<()> {
                 // Rotating order: no variant is always the first to wake.
                 for j in 0..variants.len() {
                     let i = (s + j) % variants.len();
-                    let d = rt.block_on(call(&variants[i], what, s));
-                    idle[k][i].push(d);
+                    let sample = rt.block_on(call(&variants[i], what, s));
+                    idle[k][i].push(sample);
                 }
             }
         }
         for (i, v) in variants.iter().enumerate() {
-            let (p50, p99) = rows[i];
-            let half = median_ms(idle[0][i].clone());
-            let five = median_ms(idle[1][i].clone());
+            let ((p50, f_b, s_b), p99) = rows[i];
+            let (half, f_h, s_h) = medians(&idle[0][i]);
+            let (five, f_f, s_f) = medians(&idle[1][i]);
             println!(
-                "| {} | {name} | {p50:.2} | {p99:.2} | {half:.2} | {:.1}x | {five:.2} | {:.1}x |",
+                "| {} | {name} | {p50:.2} | {p99:.2} | {half:.2} | {:.1}x | {five:.2} | {:.1}x | {f_b} / {f_h} / {f_f} | {s_b} / {s_h} / {s_f} |",
                 v.label,
                 half / p50,
                 five / p50
