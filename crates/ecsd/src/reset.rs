@@ -149,10 +149,15 @@ pub fn seal_all(
     request_id: &str,
     password: &SecretString,
 ) -> Result<Vec<Vec<u8>>, ecs_seal::SealError> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(targets.len().div_ceil(64).max(1));
+    // Asked once: on Linux `available_parallelism` reads the cgroup files
+    // (about 15 system calls) every time.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let threads = cores.min(targets.len().div_ceil(64).max(1));
     let seal_chunk = |chunk: &[(String, PublicKey)]| {
         chunk
             .iter()
