@@ -120,7 +120,9 @@ async fn reset(api: &Api, ids: &[String]) -> Duration {
 
 async fn health(api: &Api) -> Duration {
     let started = Instant::now();
-    let r = api.send(Request::new(reqwest::Method::GET, "/health").unsigned()).await;
+    let r = api
+        .send(Request::new(reqwest::Method::GET, "/health").unsigned())
+        .await;
     let d = started.elapsed();
     assert_eq!(r.status, 200);
     d
@@ -224,7 +226,9 @@ fn fsync_floor(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
         f.sync_data()?;
         Ok(started.elapsed())
     };
-    let b2b = (0..200).map(|_| once()).collect::<anyhow::Result<Vec<_>>>()?;
+    let b2b = (0..200)
+        .map(|_| once())
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut idle = Vec::new();
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(500));
@@ -339,7 +343,10 @@ fn main() -> anyhow::Result<()> {
             lat.sort();
             rows.push((medians(&back), quantile_ms(&lat, 0.99)));
         }
-        let mut idle = [vec![Vec::new(); variants.len()], vec![Vec::new(); variants.len()]];
+        let mut idle = [
+            vec![Vec::new(); variants.len()],
+            vec![Vec::new(); variants.len()],
+        ];
         for (k, pause) in [Duration::from_millis(500), Duration::from_secs(5)]
             .into_iter()
             .enumerate()
