@@ -1,8 +1,9 @@
 //! The embedded store: one SQLite file in WAL mode with versioned migrations.
 //!
 //! One connection writes and one reads (WAL lets them run side by side); the
-//! blocking calls run on tokio's blocking pool. `synchronous=FULL` makes every
-//! commit durable.
+//! blocking calls run on tokio's blocking pool, but for key lookups, which run
+//! on the calling task when the reader is free (`read_point`).
+//! `synchronous=FULL` makes every commit durable.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
