@@ -378,9 +378,15 @@ pub static MALLOC_CONF: &[u8; 63] =
 fn main() -> std::process::ExitCode {
     // The store runs blocking SQLite calls on two connections, so a few
     // blocking threads are plenty; an unbounded pool only costs memory.
+    //
+    // Those threads are kept for an hour rather than tokio's 10 s: the
+    // store hands every call to one, and after a pause (an operator's
+    // reset minutes after the last one) each call would otherwise start a
+    // new thread first.
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(8)
+        .thread_keep_alive(std::time::Duration::from_secs(3600))
         .build()
         .context("starting the runtime")
         .and_then(|rt| rt.block_on(run()));

@@ -149,10 +149,15 @@ pub fn seal_all(
     request_id: &str,
     password: &SecretString,
 ) -> Result<Vec<Vec<u8>>, ecs_seal::SealError> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(targets.len().div_ceil(64).max(1));
+    // Asked once: on Linux `available_parallelism` reads the cgroup files
+    // (about 15 system calls) every time.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let threads = cores.min(targets.len().div_ceil(64).max(1));
     let seal_chunk = |chunk: &[(String, PublicKey)]| {
         chunk
             .iter()
@@ -164,11 +169,15 @@ pub fn seal_all(
     }
     let size = targets.len().div_ceil(threads);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = targets
-            .chunks(size)
+        // The calling thread seals the first chunk itself: one thread fewer
+        // to start (and to wake) per batch.
+        let mut chunks = targets.chunks(size);
+        let first = chunks.next().unwrap_or_default();
+        let handles: Vec<_> = chunks
             .map(|chunk| scope.spawn(move || seal_chunk(chunk)))
             .collect();
         let mut out = Vec::with_capacity(targets.len());
+        out.extend(seal_chunk(first)?);
         for h in handles {
             out.extend(h.join().expect("sealing thread panicked")?);
         }
@@ -320,6 +329,9 @@ async fn plan_and_store(
     })
 }
 
+/// Up to this many targets are sealed on the request's own task.
+const INLINE_SEALS: usize = 2;
+
 /// Seals the password for every target and stores the reset in one
 /// transaction, then wakes the targets' agents.
 async fn store_reset(
@@ -343,16 +355,24 @@ async fn store_reset(
     }
     let request_id = ctx.request_id.to_owned();
     let password = password.clone();
-    let (targets, sealed) = tokio::task::spawn_blocking(move || {
+    let seal = move || {
         let started = std::time::Instant::now();
         let sealed = seal_all(&targets, &request_id, &password);
         crate::metrics::METRICS
             .seal_seconds
             .observe(started.elapsed().as_secs_f64());
         (targets, sealed)
-    })
-    .await
-    .map_err(|e| Error::internal("sealing task", e))?;
+    };
+    // One or two seals (about 0.1 ms each) run here: handing them to a
+    // blocking thread costs a wake-up of that thread and of this task,
+    // which after idleness can take longer than the sealing itself.
+    let (targets, sealed) = if ids.len() <= INLINE_SEALS {
+        seal()
+    } else {
+        tokio::task::spawn_blocking(seal)
+            .await
+            .map_err(|e| Error::internal("sealing task", e))?
+    };
     let sealed = sealed.map_err(|e| Error::internal("sealing", e))?;
     let reset = NewReset {
         request_id: ctx.request_id.to_owned(),

@@ -70,7 +70,14 @@ impl Ecsd {
         listen: &str,
         linux: usize,
     ) -> Ecsd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        // BENCH_ECSD_BIN in `env`: another build of ecsd (an earlier one, to
+        // compare before and after in one run); not passed on to it.
+        let bin = env
+            .iter()
+            .find(|(k, _)| *k == "BENCH_ECSD_BIN")
+            .map_or(env!("CARGO_BIN_EXE_ecsd"), |(_, v)| *v);
+        let env: Vec<_> = env.iter().filter(|(k, _)| *k != "BENCH_ECSD_BIN").collect();
+        let mut child = Command::new(bin)
             .args([
                 "--data-dir",
                 data.to_str().unwrap(),
@@ -91,7 +98,7 @@ impl Ecsd {
             // connection cap (real fleets have an address per server, and
             // agents are excepted once authenticated anyway).
             .env("ECSD_MAX_CONNECTIONS_PER_SOURCE", "0")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|&&(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

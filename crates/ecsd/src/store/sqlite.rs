@@ -1,8 +1,9 @@
 //! The embedded store: one SQLite file in WAL mode with versioned migrations.
 //!
 //! One connection writes and one reads (WAL lets them run side by side); the
-//! blocking calls run on tokio's blocking pool. `synchronous=FULL` makes every
-//! commit durable.
+//! blocking calls run on tokio's blocking pool, but for key lookups, which run
+//! on the calling task when the reader is free (`read_point`).
+//! `synchronous=FULL` makes every commit durable.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -650,6 +651,27 @@ impl SqliteStore {
         r
     }
 
+    /// A lookup by key (microseconds of SQLite work on cached pages) run on
+    /// the calling task when the reader connection is free; when it is
+    /// busy, on a blocking thread as [`Self::read`]. Handing a lookup to a
+    /// blocking thread costs two thread wake-ups (about four context
+    /// switches): a reset's four lookups were most of its 21 context
+    /// switches, each dearer after idleness (docs/benchmarks.md, issue 13).
+    /// Only for bounded work: a listing still goes through `read`.
+    pub(super) async fn read_point<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    ) -> StoreResult<R> {
+        if let Ok(conn) = self.reader.try_lock() {
+            let started = std::time::Instant::now();
+            let r = f(&conn);
+            drop(conn);
+            crate::metrics::store_call("read", started.elapsed());
+            return r;
+        }
+        self.read(f).await
+    }
+
     pub(super) async fn read<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
@@ -865,7 +887,7 @@ impl Store for SqliteStore {
 
     async fn access_key(&self, ak: &str) -> StoreResult<Option<AccessKey>> {
         let ak = ak.to_owned();
-        self.read(move |c| {
+        self.read_point(move |c| {
             let row = c
                 .prepare_cached(
                     "SELECT ak, project_id, sk_sealed, role FROM access_keys WHERE ak = ?1",
@@ -888,8 +910,9 @@ impl Store for SqliteStore {
     }
 
     async fn servers_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Server>> {
+        let few = ids.len() <= 16;
         let ids = ids.to_vec();
-        self.read(move |c| {
+        let lookup = move |c: &Connection| {
             let mut out = Vec::with_capacity(ids.len());
             for chunk in ids.chunks(500) {
                 let marks = vec!["?"; chunk.len()].join(",");
@@ -901,13 +924,18 @@ impl Store for SqliteStore {
                 }
             }
             Ok(out)
-        })
-        .await
+        };
+        // A few servers are a lookup; a thousand are not.
+        if few {
+            self.read_point(lookup).await
+        } else {
+            self.read(lookup).await
+        }
     }
 
     async fn server(&self, project_id: &str, id: &str) -> StoreResult<Option<Server>> {
         let (p, id) = (project_id.to_owned(), id.to_owned());
-        self.read(move |c| {
+        self.read_point(move |c| {
             let sql = format!(
                 "SELECT {SERVER_COLS} FROM servers s WHERE s.id = ?1 AND s.project_id = ?2"
             );

@@ -356,7 +356,7 @@ impl AuthzStore for SqliteStore {
 
     async fn authz_version(&self, access_key: &str) -> StoreResult<(i64, Option<String>)> {
         let ak = access_key.to_owned();
-        self.read(move |c| {
+        self.read_point(move |c| {
             Ok(c.prepare_cached(
                 "SELECT (SELECT n FROM iam_version), (SELECT user_id FROM iam_key_users WHERE ak = ?1)",
             )?

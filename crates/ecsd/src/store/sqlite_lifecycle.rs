@@ -132,7 +132,7 @@ impl LifecycleStore for SqliteStore {
 
     async fn key_gate(&self, ak: &str) -> StoreResult<Option<KeyGate>> {
         let ak = ak.to_owned();
-        self.read(move |c| {
+        self.read_point(move |c| {
             let row = c
                 .prepare_cached(
                     "SELECT enabled, locked_until, auth_failures FROM access_keys WHERE ak = ?1",
