@@ -53,7 +53,7 @@ impl Ecsd {
     }
 
     fn start_on(data: &std::path::Path, tls: bool, env: &[(&str, &str)], listen: &str) -> Ecsd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        let mut child = Command::new(ecsd_bin())
             .args([
                 "--data-dir",
                 data.to_str().unwrap(),
@@ -108,7 +108,7 @@ impl Ecsd {
     }
 
     pub fn token(&self, uses: usize) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        let out = Command::new(ecsd_bin())
             .args([
                 "--data-dir",
                 self.data.to_str().unwrap(),
@@ -166,6 +166,12 @@ impl Drop for Ecsd {
 }
 
 /// CPU seconds (user + system) a process has used.
+/// The `ecsd` binary benched: this build's, or BENCH_ECSD_BIN (to compare
+/// another build with the same benchmark and simulator).
+fn ecsd_bin() -> std::ffi::OsString {
+    std::env::var_os("BENCH_ECSD_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ecsd").into())
+}
+
 pub fn cpu_secs(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat

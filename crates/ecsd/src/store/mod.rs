@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod lifecycle_conformance;
 pub mod sqlite;
 mod sqlite_authz;
+pub mod sqlite_group;
 mod sqlite_identity;
 mod sqlite_lifecycle;
 
