@@ -439,12 +439,7 @@ fn parse_kind(s: &str) -> StoreResult<PowerKind> {
 }
 
 /// Writes a server's new status and task state.
-fn set_power_state(
-    tx: &Connection,
-    id: &str,
-    st: PowerState,
-    nows: &str,
-) -> rusqlite::Result<()> {
+fn set_power_state(tx: &Connection, id: &str, st: PowerState, nows: &str) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE servers SET status = ?2, task_state = ?3, updated_at = ?4 WHERE id = ?1",
     )?
@@ -1609,8 +1604,9 @@ impl Store for SqliteStore {
             sub_job_id.to_owned(),
             reason.map(str::to_owned),
         );
-        self.group.write(None, move |tx| {
-            let found: Option<(String, String)> = tx
+        self.group
+            .write(None, move |tx| {
+                let found: Option<(String, String)> = tx
                 .query_row(
                     "SELECT j.kind, v.status FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
                      JOIN servers v ON v.id = s.server_id \
@@ -1619,26 +1615,26 @@ impl Store for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            let Some((kind, status)) = found else {
-                return Ok(false);
-            };
-            let nows = fmt_time(now);
-            let effect = server_rules::power_acked(
-                parse_status(&status)?,
-                parse_kind(&kind)?,
-                ok,
-                reason.as_deref(),
-            );
-            if let Some(end) = &effect.sub_job {
-                end_sub_job(tx, &sub, end, &nows)?;
-            }
-            if let Some(st) = effect.server {
-                set_power_state(tx, &id, st, &nows)?;
-            }
-            // reboot and start complete when the server reports a new boot.
-            Ok(true)
-        })
-        .await
+                let Some((kind, status)) = found else {
+                    return Ok(false);
+                };
+                let nows = fmt_time(now);
+                let effect = server_rules::power_acked(
+                    parse_status(&status)?,
+                    parse_kind(&kind)?,
+                    ok,
+                    reason.as_deref(),
+                );
+                if let Some(end) = &effect.sub_job {
+                    end_sub_job(tx, &sub, end, &nows)?;
+                }
+                if let Some(st) = effect.server {
+                    set_power_state(tx, &id, st, &nows)?;
+                }
+                // reboot and start complete when the server reports a new boot.
+                Ok(true)
+            })
+            .await
     }
 
     async fn take_work(&self, server_id: &str, now: DateTime<Utc>) -> StoreResult<Option<Work>> {
@@ -1845,10 +1841,7 @@ mod tests {
         }
         assert!(unknown.await.unwrap().is_err(), "no such server");
         let commits = store.group_counts().commits.load(Ordering::Relaxed) - before;
-        assert!(
-            commits <= 4,
-            "{N} acknowledgements took {commits} commits"
-        );
+        assert!(commits <= 4, "{N} acknowledgements took {commits} commits");
 
         drop(store);
         let again = Connection::open(&path).unwrap();
