@@ -1855,6 +1855,30 @@ mod tests {
         assert_eq!(applied, N as i64);
     }
 
+    /// A write that panics fails alone: its caller gets an error, the
+    /// group writer goes on with the next writes.
+    #[tokio::test]
+    async fn a_panicking_group_write_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ecsd.sqlite")).unwrap();
+        let r = store
+            .group
+            .write(None, |_: &Connection| -> StoreResult<()> {
+                panic!("a bug in a store write")
+            })
+            .await;
+        assert!(r.is_err());
+        store.create_project("p").await.unwrap();
+        let n: i64 = store
+            .group
+            .write(None, |c: &Connection| {
+                Ok(c.query_row("SELECT COUNT(*) FROM projects", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
     /// A heartbeat that changes only the time is committed without an fsync
     /// (a light commit) and is still read back at once; one that changes the
     /// boot is committed durably.

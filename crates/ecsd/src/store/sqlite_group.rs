@@ -236,7 +236,10 @@ fn run_batch(c: &mut Connection, ops: &mut [Box<dyn Queued>]) -> Result<(), Batc
         .map_err(err)?;
     for op in ops.iter_mut() {
         let sp = tx.savepoint().map_err(err)?;
-        if op.run(&sp) {
+        // A panicking op fails alone (its caller hears "did not run"), as a
+        // panic in a store call failed only that call before.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.run(&sp)));
+        if ran.unwrap_or(false) {
             sp.commit().map_err(err)?;
         } else {
             // Dropping the savepoint rolls this op back alone.
