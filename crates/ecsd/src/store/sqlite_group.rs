@@ -128,12 +128,31 @@ pub struct Counts {
     pub ops: AtomicU64,
 }
 
-/// The queue into the group writer thread; cloned with the store. The thread
-/// ends when the last clone is dropped.
+/// The queue into the group writer thread; cloned with the store. Dropping
+/// the last clone ends the thread and waits for it, so that the connection
+/// is closed (and the WAL checkpointed and removed) before, say, `ecsd
+/// admin` exits.
 #[derive(Clone)]
 pub struct GroupWriter {
-    queue: mpsc::Sender<Box<dyn Queued>>,
+    inner: Arc<Inner>,
     pub counts: Arc<Counts>,
+}
+
+struct Inner {
+    queue: Option<mpsc::Sender<Box<dyn Queued>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it answered what is queued.
+        drop(self.queue.take());
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the group writer thread panicked");
+        }
+    }
 }
 
 impl GroupWriter {
@@ -143,10 +162,16 @@ impl GroupWriter {
         let (queue, rx) = mpsc::channel(QUEUE);
         let counts = Arc::new(Counts::default());
         let c = counts.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("ecsd-sqlite-group".into())
             .spawn(move || writer_loop(rx, conn, c))?;
-        Ok(GroupWriter { queue, counts })
+        Ok(GroupWriter {
+            inner: Arc::new(Inner {
+                queue: Some(queue),
+                thread: Some(thread),
+            }),
+            counts,
+        })
     }
 
     /// Queues `f` for the next group commit and waits until that commit
@@ -166,7 +191,8 @@ impl GroupWriter {
             out: None,
             reply,
         };
-        self.queue
+        let queue = self.inner.queue.as_ref().expect("open until dropped");
+        queue
             .send(Box::new(op))
             .await
             .map_err(|_| StoreError::storage("the group writer has stopped"))?;
