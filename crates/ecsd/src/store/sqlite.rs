@@ -2,7 +2,10 @@
 //!
 //! One connection writes and one reads (WAL lets them run side by side); the
 //! blocking calls run on tokio's blocking pool. `synchronous=FULL` makes every
-//! commit durable.
+//! commit durable. The agent side's writes (acknowledgements, heartbeats,
+//! deliveries) are group-committed on the same writer connection
+//! (`sqlite_group.rs`); only a batch of heartbeats that change nothing but
+//! the time commits with `synchronous=NORMAL`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
