@@ -43,6 +43,11 @@ pub struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    pub sync: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiLabels {
     pub api: &'static str,
 }
@@ -81,6 +86,11 @@ pub struct Metrics {
     pub seal_seconds: Histogram,
     /// A store call, queueing for the connection included: `read`, `write`.
     pub store_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
+    /// Group commits of the SQLite store by `sync` (`full`, or `normal` for
+    /// a batch of time-only heartbeats).
+    pub group_commits: Family<SyncLabels, Counter>,
+    /// Writes carried by those commits.
+    pub group_commit_writes: Counter,
     /// Failed authentications: `public`, `agent`.
     pub auth_failures: Family<ApiLabels, Counter>,
     /// Agent long polls waiting on this replica now.
@@ -100,6 +110,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     sub_jobs: Family::default(),
     seal_seconds: latency_buckets(),
     store_seconds: Family::new_with_constructor(latency_buckets),
+    group_commits: Family::default(),
+    group_commit_writes: Counter::default(),
     auth_failures: Family::default(),
     agents_polling: Gauge::default(),
     housekeeper: Gauge::default(),
@@ -150,6 +162,16 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         m.store_seconds.clone(),
     );
     r.register(
+        "store_group_commits",
+        "Transactions of the SQLite store's group writer, by sync (full; normal: time-only heartbeats)",
+        m.group_commits.clone(),
+    );
+    r.register(
+        "store_group_commit_writes",
+        "Writes (acknowledgements, heartbeats, deliveries) carried by the group commits",
+        m.group_commit_writes.clone(),
+    );
+    r.register(
         "auth_failures",
         "Failed authentications, by API (public, agent)",
         m.auth_failures.clone(),
@@ -186,6 +208,17 @@ pub fn store_call(kind: &'static str, d: Duration) {
         .store_seconds
         .get_or_create(&OpLabels { op: kind })
         .observe(d.as_secs_f64());
+}
+
+/// Counts one group commit of `writes` writes.
+pub fn group_commit(durable: bool, writes: u64) {
+    METRICS
+        .group_commits
+        .get_or_create(&SyncLabels {
+            sync: if durable { "full" } else { "normal" },
+        })
+        .inc();
+    METRICS.group_commit_writes.inc_by(writes);
 }
 
 /// Counts reset targets of `state`.

@@ -379,9 +379,18 @@ async fn check(
     ))
     .unwrap();
     for (rid, ids) in acknowledged {
-        let outcome = match client.reset_outcome(rid).await {
-            Ok(r) => r.body,
-            Err(e) => panic!("reset {rid} was acknowledged before the kill but lost: {e}"),
+        // A 429 (the per-key rate limit, still full from the load just
+        // before the kill) says nothing about the reset: ask again.
+        let mut tries = 0;
+        let outcome = loop {
+            match client.reset_outcome(rid).await {
+                Ok(r) => break r.body,
+                Err(ecs_client::Error::Api(e)) if e.status == 429 && tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("reset {rid} was acknowledged before the kill but lost: {e}"),
+            }
         };
         let mut got: Vec<&str> = outcome.servers.iter().map(|s| s.id.as_str()).collect();
         let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();

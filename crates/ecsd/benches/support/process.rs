@@ -75,7 +75,7 @@ impl Ecsd {
         let bin = env
             .iter()
             .find(|(k, _)| *k == "BENCH_ECSD_BIN")
-            .map_or(env!("CARGO_BIN_EXE_ecsd"), |(_, v)| *v);
+            .map_or_else(ecsd_bin, |(_, v)| (*v).into());
         let env: Vec<_> = env.iter().filter(|(k, _)| *k != "BENCH_ECSD_BIN").collect();
         let mut child = Command::new(bin)
             .args([
@@ -131,7 +131,7 @@ impl Ecsd {
     }
 
     pub fn token(&self, uses: usize) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        let out = Command::new(ecsd_bin())
             .args([
                 "--data-dir",
                 self.data.to_str().unwrap(),
@@ -186,6 +186,12 @@ impl Drop for Ecsd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `ecsd` binary benched: this build's, or BENCH_ECSD_BIN (to compare
+/// another build with the same benchmark and simulator).
+fn ecsd_bin() -> std::ffi::OsString {
+    std::env::var_os("BENCH_ECSD_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ecsd").into())
 }
 
 /// CPU seconds (user + system) a process has used.

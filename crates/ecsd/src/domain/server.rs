@@ -97,6 +97,20 @@ pub fn heartbeat(status: ServerStatus, old_boot: Option<&str>, boot: &str) -> Op
     back.then(|| PowerState::idle(ServerStatus::Active))
 }
 
+/// A heartbeat that changes nothing but the time: the same boot as stored,
+/// no power-state change ([`heartbeat`]), and the rest of what it reports
+/// (agent version, address, power driver) as stored (`same_details`). The
+/// store may commit such a heartbeat without an fsync: losing it to a power
+/// cut loses only a last-seen time, which the next heartbeat brings back.
+pub fn heartbeat_refreshes_only(
+    status: ServerStatus,
+    old_boot: Option<&str>,
+    boot: &str,
+    same_details: bool,
+) -> bool {
+    same_details && old_boot == Some(boot) && heartbeat(status, old_boot, boot).is_none()
+}
+
 /// An agent took a power action: a reboot shows REBOOT or HARD_REBOOT, every
 /// action its task state.
 pub fn power_taken(status: ServerStatus, kind: PowerKind, hard: bool) -> PowerState {
@@ -182,6 +196,18 @@ mod tests {
         assert_eq!(heartbeat(Shutoff, Some("b1"), "b1"), back);
         assert_eq!(heartbeat(Shutoff, Some("b1"), "b2"), back);
         assert_eq!(heartbeat(Shutoff, None, "b1"), back);
+    }
+
+    #[test]
+    fn only_a_heartbeat_that_changes_nothing_but_the_time_is_a_refresh() {
+        assert!(heartbeat_refreshes_only(Active, Some("b1"), "b1", true));
+        assert!(heartbeat_refreshes_only(Reboot, Some("b1"), "b1", true));
+        // A new boot, a first heartbeat, other details, a stopped server
+        // coming back: each changes the server.
+        assert!(!heartbeat_refreshes_only(Active, Some("b1"), "b2", true));
+        assert!(!heartbeat_refreshes_only(Active, None, "b1", true));
+        assert!(!heartbeat_refreshes_only(Active, Some("b1"), "b1", false));
+        assert!(!heartbeat_refreshes_only(Shutoff, Some("b1"), "b1", true));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod lifecycle_conformance;
 pub mod page_starts;
 pub mod sqlite;
 mod sqlite_authz;
+pub mod sqlite_group;
 mod sqlite_identity;
 mod sqlite_lifecycle;
 

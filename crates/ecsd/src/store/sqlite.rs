@@ -3,7 +3,10 @@
 //! One connection writes and one reads (WAL lets them run side by side); the
 //! blocking calls run on tokio's blocking pool, but for key lookups, which run
 //! on the calling task when the reader is free (`read_point`).
-//! `synchronous=FULL` makes every commit durable.
+//! `synchronous=FULL` makes every commit durable. The agent side's writes
+//! (acknowledgements, heartbeats, deliveries) are group-committed on the
+//! same writer connection (`sqlite_group.rs`); only a batch of heartbeats
+//! that change nothing but the time commits with `synchronous=NORMAL`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -14,6 +17,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 
 use super::page_starts::{PageOf, PageStarts, RowKey, Start};
+use super::sqlite_group::GroupWriter;
 use super::*;
 use crate::domain::{self, Entity, PowerState, reasons, server as server_rules};
 
@@ -462,12 +466,7 @@ fn parse_kind(s: &str) -> StoreResult<PowerKind> {
 }
 
 /// Writes a server's new status and task state.
-fn set_power_state(
-    tx: &rusqlite::Transaction<'_>,
-    id: &str,
-    st: PowerState,
-    nows: &str,
-) -> rusqlite::Result<()> {
+fn set_power_state(tx: &Connection, id: &str, st: PowerState, nows: &str) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE servers SET status = ?2, task_state = ?3, updated_at = ?4 WHERE id = ?1",
     )?
@@ -482,7 +481,7 @@ fn set_power_state(
 
 /// Writes how a sub-job ended.
 fn end_sub_job(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     sub_job_id: &str,
     end: &domain::SubJobEnd,
     nows: &str,
@@ -537,6 +536,8 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     /// Where `offset` pages start, while the listing stays the same.
     page_starts: Arc<PageStarts>,
+    /// The agent side's writes, group-committed on `writer` (sqlite_group.rs).
+    group: GroupWriter,
 }
 
 /// Pages written to the WAL before it is checkpointed (4 MiB at 4 KiB pages).
@@ -617,10 +618,13 @@ impl SqliteStore {
         }
         let reader = Connection::open(path)?;
         configure(&reader)?;
+        let writer = Arc::new(Mutex::new(writer));
+        let group = GroupWriter::start(writer.clone()).map_err(backend)?;
         Ok(SqliteStore {
-            writer: Arc::new(Mutex::new(writer)),
+            writer,
             reader: Arc::new(Mutex::new(reader)),
             page_starts: Arc::new(PageStarts::default()),
+            group,
         })
     }
 
@@ -632,6 +636,11 @@ impl SqliteStore {
     pub fn schema_version(&self) -> StoreResult<usize> {
         let conn = self.writer.lock().expect("store lock");
         Ok(conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize)
+    }
+
+    /// What the group writer committed so far (tests, benchmarks).
+    pub fn group_counts(&self) -> &super::sqlite_group::Counts {
+        &self.group.counts
     }
 
     pub fn latest_schema_version() -> usize {
@@ -1316,8 +1325,42 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let id = server_id.to_owned();
-        self.write(move |c| {
-            let tx = c.transaction()?;
+        let addresses = match &hb.address {
+            Some(a) => serde_json::to_string(&[a]).map_err(backend)?,
+            None => "[]".to_owned(),
+        };
+        // Before the batch: does this heartbeat change more than the time?
+        let durable = {
+            let (id, hb, addresses) = (id.clone(), hb.clone(), addresses.clone());
+            Box::new(move |c: &Connection| {
+                let row = c
+                    .prepare_cached(
+                        "SELECT status, boot_id, agent_version, addresses, power_driver FROM servers WHERE id = ?1",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row([&id], |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, Option<String>>(1)?,
+                                r.get::<_, Option<String>>(2)?,
+                                r.get::<_, String>(3)?,
+                                r.get::<_, bool>(4)?,
+                            ))
+                        })
+                    });
+                let Ok((status, boot, version, addrs, driver)) = row else {
+                    return true;
+                };
+                let Ok(status) = parse_status(&status) else {
+                    return true;
+                };
+                let same = version.as_deref() == Some(hb.agent_version.as_str())
+                    && addrs == addresses
+                    && driver == hb.power_driver;
+                !server_rules::heartbeat_refreshes_only(status, boot.as_deref(), &hb.boot_id, same)
+            }) as super::sqlite_group::Check
+        };
+        self.group.write(Some(durable), move |tx| {
             let nows = fmt_time(now);
             let (status, old_boot): (String, Option<String>) = tx.query_row(
                 "SELECT status, boot_id FROM servers WHERE id = ?1",
@@ -1325,17 +1368,13 @@ impl Store for SqliteStore {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let back = server_rules::heartbeat(parse_status(&status)?, old_boot.as_deref(), &hb.boot_id);
-            let addresses = match &hb.address {
-                Some(a) => serde_json::to_string(&[a]).map_err(backend)?,
-                None => "[]".to_owned(),
-            };
             tx.prepare_cached(
                 "UPDATE servers SET agent_version = ?2, boot_id = ?3, uptime_secs = ?4, agent_last_seen = ?5, \
                  addresses = ?6, power_driver = ?7 WHERE id = ?1",
             )?
             .execute(params![id, hb.agent_version, hb.boot_id, hb.uptime_secs as i64, nows, addresses, hb.power_driver])?;
             if let Some(st) = back {
-                set_power_state(&tx, &id, st, &nows)?;
+                set_power_state(tx, &id, st, &nows)?;
                 let running: Vec<(String, String, Option<String>)> = {
                     let mut stmt = tx.prepare_cached(
                         "SELECT s.sub_job_id, j.kind, s.boot_id_at_start FROM sub_jobs s \
@@ -1346,11 +1385,10 @@ impl Store for SqliteStore {
                 };
                 for (sub, kind, boot_at_start) in running {
                     if domain::job::completes_on_boot(parse_kind(&kind)?, boot_at_start.as_deref(), &hb.boot_id) {
-                        end_sub_job(&tx, &sub, &domain::SubJobEnd::success(), &nows)?;
+                        end_sub_job(tx, &sub, &domain::SubJobEnd::success(), &nows)?;
                     }
                 }
             }
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -1618,8 +1656,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<PowerWork>> {
         let id = server_id.to_owned();
-        self.write(move |c| {
-            let tx = c.transaction()?;
+        self.group.write(None, move |tx| {
             let found = tx
                 .prepare_cached(
                     "SELECT s.sub_job_id, j.kind, j.hard, s.seq, v.status FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
@@ -1641,8 +1678,7 @@ impl Store for SqliteStore {
                 params![sub, id, JobStatus::Running.as_str()],
             )?;
             let st = server_rules::power_taken(parse_status(&status)?, kind, hard);
-            set_power_state(&tx, &id, st, &nows)?;
-            tx.commit()?;
+            set_power_state(tx, &id, st, &nows)?;
             Ok(Some(PowerWork { sub_job_id: sub, kind, hard, seq: seq as u64 }))
         })
         .await
@@ -1661,9 +1697,9 @@ impl Store for SqliteStore {
             sub_job_id.to_owned(),
             reason.map(str::to_owned),
         );
-        self.write(move |c| {
-            let tx = c.transaction()?;
-            let found: Option<(String, String)> = tx
+        self.group
+            .write(None, move |tx| {
+                let found: Option<(String, String)> = tx
                 .query_row(
                     "SELECT j.kind, v.status FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
                      JOIN servers v ON v.id = s.server_id \
@@ -1672,33 +1708,31 @@ impl Store for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            let Some((kind, status)) = found else {
-                return Ok(false);
-            };
-            let nows = fmt_time(now);
-            let effect = server_rules::power_acked(
-                parse_status(&status)?,
-                parse_kind(&kind)?,
-                ok,
-                reason.as_deref(),
-            );
-            if let Some(end) = &effect.sub_job {
-                end_sub_job(&tx, &sub, end, &nows)?;
-            }
-            if let Some(st) = effect.server {
-                set_power_state(&tx, &id, st, &nows)?;
-            }
-            // reboot and start complete when the server reports a new boot.
-            tx.commit()?;
-            Ok(true)
-        })
-        .await
+                let Some((kind, status)) = found else {
+                    return Ok(false);
+                };
+                let nows = fmt_time(now);
+                let effect = server_rules::power_acked(
+                    parse_status(&status)?,
+                    parse_kind(&kind)?,
+                    ok,
+                    reason.as_deref(),
+                );
+                if let Some(end) = &effect.sub_job {
+                    end_sub_job(tx, &sub, end, &nows)?;
+                }
+                if let Some(st) = effect.server {
+                    set_power_state(tx, &id, st, &nows)?;
+                }
+                // reboot and start complete when the server reports a new boot.
+                Ok(true)
+            })
+            .await
     }
 
     async fn take_work(&self, server_id: &str, now: DateTime<Utc>) -> StoreResult<Option<Work>> {
         let id = server_id.to_owned();
-        self.write(move |c| {
-            let tx = c.transaction()?;
+        self.group.write(None, move |tx| {
             let work = tx
                 .prepare_cached(
                     "SELECT t.request_id, t.sealed, r.apply_now, t.state, t.seq FROM reset_targets t \
@@ -1726,7 +1760,6 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![request_id, id, fmt_time(now), next.as_str()])?;
             }
-            tx.commit()?;
             Ok(Some(Work {
                 request_id,
                 sealed,
@@ -1750,7 +1783,7 @@ impl Store for SqliteStore {
             request_id.to_owned(),
             reason.map(str::to_owned),
         );
-        self.write(move |c| {
+        self.group.write(None, move |c| {
             let state = domain::reset::acknowledged(applied).as_str();
             let n = c
                 .prepare_cached(
@@ -1787,6 +1820,203 @@ mod conformance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn audit_entry(project: &str) -> AuditEntry {
+        AuditEntry {
+            at: Utc::now(),
+            request_id: "req".into(),
+            project_id: project.into(),
+            actor: "test".into(),
+            action: "batch-reset-password".into(),
+            servers: vec![],
+            dry_run: false,
+            outcome: "accepted".into(),
+            source: "127.0.0.1".into(),
+            user_id: None,
+            user_name: None,
+            error_code: None,
+            http_status: None,
+        }
+    }
+
+    /// Acknowledgements that arrive together share a transaction (far fewer
+    /// commits than acknowledgements); each caller is answered only once its
+    /// row is committed (another connection sees it at that moment); one
+    /// failing write in the batch fails alone; and everything is in the
+    /// file when it is opened again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_acknowledgements_are_group_committed() {
+        const N: usize = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecsd.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        let p = store.create_project("p").await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..N {
+            let s = store
+                .register_server(NewServer {
+                    id: format!("s-{i:03}"),
+                    project_id: p.id.clone(),
+                    name: format!("n{i}"),
+                    os_type: OsType::Linux,
+                    agent_public_key: Some(vec![7; 32]),
+                })
+                .await
+                .unwrap();
+            ids.push(s.id);
+        }
+        store
+            .create_reset(NewReset {
+                request_id: "r1".into(),
+                project_id: p.id.clone(),
+                apply_now: true,
+                created: Utc::now(),
+                targets: ids.iter().map(|id| (id.clone(), vec![1, 2, 3])).collect(),
+                audit: audit_entry(&p.id),
+            })
+            .await
+            .unwrap();
+        let before = store.group_counts().commits.load(Ordering::Relaxed);
+
+        // Hold the writer (on a thread of its own) while the
+        // acknowledgements queue, so that they arrive "together" however
+        // fast this machine's fsync is.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let writer = store.writer.clone();
+        let holder = std::thread::spawn(move || {
+            let _held = writer.lock().unwrap();
+            locked.send(()).unwrap();
+            released.recv().unwrap();
+        });
+        is_locked.recv().unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in ids.clone() {
+            let (store, path) = (store.clone(), path.clone());
+            tasks.spawn(async move {
+                let recorded = store
+                    .ack(&id, "r1", true, None, Utc::now())
+                    .await
+                    .expect("ack");
+                // Answered: the row must be committed already.
+                let other = Connection::open(&path).unwrap();
+                let state: String = other
+                    .query_row(
+                        "SELECT state FROM reset_targets WHERE request_id = 'r1' AND server_id = ?1",
+                        [&id],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                (recorded, state)
+            });
+        }
+        let unknown = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let hb = Heartbeat {
+                    agent_version: "1".into(),
+                    boot_id: "b".into(),
+                    uptime_secs: 1,
+                    address: None,
+                    power_driver: false,
+                };
+                store.heartbeat("no-such-server", hb, Utc::now()).await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        while let Some(r) = tasks.join_next().await {
+            let (recorded, state) = r.unwrap();
+            assert!(recorded);
+            assert_eq!(state, "APPLIED");
+        }
+        assert!(unknown.await.unwrap().is_err(), "no such server");
+        let commits = store.group_counts().commits.load(Ordering::Relaxed) - before;
+        assert!(commits <= 4, "{N} acknowledgements took {commits} commits");
+
+        drop(store);
+        let again = Connection::open(&path).unwrap();
+        let applied: i64 = again
+            .query_row(
+                "SELECT COUNT(*) FROM reset_targets WHERE request_id = 'r1' AND state = 'APPLIED'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(applied, N as i64);
+    }
+
+    /// A write that panics fails alone: its caller gets an error, the
+    /// group writer goes on with the next writes.
+    #[tokio::test]
+    async fn a_panicking_group_write_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ecsd.sqlite")).unwrap();
+        let r = store
+            .group
+            .write(None, |_: &Connection| -> StoreResult<()> {
+                panic!("a bug in a store write")
+            })
+            .await;
+        assert!(r.is_err());
+        store.create_project("p").await.unwrap();
+        let n: i64 = store
+            .group
+            .write(None, |c: &Connection| {
+                Ok(c.query_row("SELECT COUNT(*) FROM projects", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    /// A heartbeat that changes only the time is committed without an fsync
+    /// (a light commit) and is still read back at once; one that changes the
+    /// boot is committed durably.
+    #[tokio::test]
+    async fn time_only_heartbeats_are_light_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ecsd.sqlite")).unwrap();
+        let p = store.create_project("p").await.unwrap();
+        let s = store
+            .register_server(NewServer {
+                id: "s".into(),
+                project_id: p.id.clone(),
+                name: "n".into(),
+                os_type: OsType::Linux,
+                agent_public_key: Some(vec![7; 32]),
+            })
+            .await
+            .unwrap();
+        let hb = |boot: &str| Heartbeat {
+            agent_version: "1.0".into(),
+            boot_id: boot.into(),
+            uptime_secs: 10,
+            address: Some("10.0.0.1".into()),
+            power_driver: false,
+        };
+        let counts = store.group_counts();
+        let light = || counts.light_commits.load(Ordering::Relaxed);
+        let t1 = Utc::now();
+        store.heartbeat(&s.id, hb("b1"), t1).await.unwrap();
+        assert_eq!(light(), 0, "the first heartbeat changes the server");
+        let t2 = t1 + chrono::Duration::seconds(60);
+        store.heartbeat(&s.id, hb("b1"), t2).await.unwrap();
+        assert_eq!(light(), 1, "the same boot again only refreshes the time");
+        let seen = store.server(&p.id, &s.id).await.unwrap().unwrap();
+        assert_eq!(seen.agent_last_seen.map(fmt_time), Some(fmt_time(t2)));
+        store.heartbeat(&s.id, hb("b2"), t2).await.unwrap();
+        assert_eq!(light(), 1, "a new boot is durable");
+        let synchronous: i64 = store
+            .writer
+            .lock()
+            .unwrap()
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2, "FULL again after a light commit");
+    }
 
     /// The name filter is answered from the trigram index (the plan reads
     /// `servers_name_fts`), and the index follows deletions and a VACUUM.
