@@ -450,20 +450,7 @@ fn https_ecsd(dir: &std::path::Path) -> (support::Api, Vec<String>) {
             let (ak, sk) = ecsd::admin::create_access_key(&state, &project.id, Role::Admin)
                 .await
                 .unwrap();
-            let mut ids = Vec::new();
-            for i in 0..N {
-                let (_k, pk) = ecs_seal::generate_keypair();
-                let s = ecsd::admin::register_server(
-                    &state,
-                    &project.id,
-                    &format!("s{i}"),
-                    OsType::Linux,
-                    Some(&pk.to_base64()),
-                )
-                .await
-                .unwrap();
-                ids.push(s.id);
-            }
+            let ids = support::register_servers(&state, &project.id, N).await;
             let server = ecsd::server::Server::bind(state).await.unwrap();
             let api = support::Api::new(
                 &format!("{}://{}", server.scheme(), server.local_addr()),

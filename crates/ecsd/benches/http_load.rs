@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ecs_policy::OsType;
 use ecsd::config::Config;
 use ecsd::server::Server;
 use ecsd::store::Role;
@@ -50,20 +49,7 @@ fn start_server(dir: &std::path::Path, servers: usize, tls: bool) -> Target {
             let (ak, sk) = ecsd::admin::create_access_key(&state, &project.id, Role::Admin)
                 .await
                 .unwrap();
-            let mut ids = Vec::new();
-            for i in 0..servers {
-                let (_k, pk) = ecs_seal::generate_keypair();
-                let s = ecsd::admin::register_server(
-                    &state,
-                    &project.id,
-                    &format!("s{i}"),
-                    OsType::Linux,
-                    Some(&pk.to_base64()),
-                )
-                .await
-                .unwrap();
-                ids.push(s.id);
-            }
+            let ids = support::register_servers(&state, &project.id, servers).await;
             let server = Server::bind(state).await.unwrap();
             let addr = server.local_addr();
             tx.send(Target {

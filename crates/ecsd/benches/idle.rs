@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ecs_client::Request;
-use ecs_policy::OsType;
 
 mod support;
 use support::process::Ecsd;
@@ -61,19 +60,7 @@ async fn seed(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
     };
     let state = ecsd::server::open_state(config)?;
     let project = state.store.create_project("dev").await?;
-    let mut ids = Vec::with_capacity(SERVERS);
-    for i in 0..SERVERS {
-        let (_k, pk) = ecs_seal::generate_keypair();
-        let s = ecsd::admin::register_server(
-            &state,
-            &project.id,
-            &format!("s{i}"),
-            OsType::Linux,
-            Some(&pk.to_base64()),
-        )
-        .await?;
-        ids.push(s.id);
-    }
+    let ids = support::register_servers(&state, &project.id, SERVERS).await;
     Ok(ids)
 }
 

@@ -20,7 +20,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ecs_policy::OsType;
 use ecsd::config::Config;
 use ecsd::secrets::MasterKey;
 use ecsd::store::Role;
@@ -244,20 +243,7 @@ fn main() {
         let (ak, sk) = ecsd::admin::create_access_key(&state, &project.id, Role::Admin)
             .await
             .unwrap();
-        let mut ids = Vec::with_capacity(SERVERS);
-        for i in 0..SERVERS {
-            let (_k, pk) = ecs_seal::generate_keypair();
-            let s = ecsd::admin::register_server(
-                &state,
-                &project.id,
-                &format!("s{i}"),
-                OsType::Linux,
-                Some(&pk.to_base64()),
-            )
-            .await
-            .unwrap();
-            ids.push(s.id);
-        }
+        let ids = support::register_servers(&state, &project.id, SERVERS).await;
         let ids = Arc::new(ids);
         eprintln!(
             "{SERVERS} servers registered in {:?}",

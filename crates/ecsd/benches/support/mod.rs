@@ -5,6 +5,31 @@
 
 pub mod process;
 
+/// Registers `n` Linux servers named `s0`, `s1`, … in a project, each with
+/// an agent key of its own (the private half dropped: no agent opens them);
+/// their ids in order.
+pub async fn register_servers(
+    state: &ecsd::state::AppState,
+    project: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let (_k, pk) = ecs_seal::generate_keypair();
+        let s = ecsd::admin::register_server(
+            state,
+            project,
+            &format!("s{i}"),
+            ecs_policy::OsType::Linux,
+            Some(&pk.to_base64()),
+        )
+        .await
+        .unwrap();
+        ids.push(s.id);
+    }
+    ids
+}
+
 /// The `q` quantile (0..=1) of sorted durations, in milliseconds (NaN when
 /// there are none).
 pub fn quantile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {

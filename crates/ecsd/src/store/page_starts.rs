@@ -63,6 +63,21 @@ pub struct PageOf<'a> {
     pub generation: i64,
 }
 
+impl PageOf<'_> {
+    /// Pages of a list of ids are not remembered (nor of pages of nothing).
+    fn remembered(&self) -> bool {
+        self.filter.server_ids.is_none() && self.limit > 0
+    }
+
+    fn listing(&self) -> Listing {
+        Listing {
+            project: self.project.to_owned(),
+            filter: self.filter.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
 #[derive(Hash, PartialEq, Eq)]
 struct Listing {
     project: String,
@@ -87,29 +102,19 @@ impl PageStarts {
     /// nearest known start at or before that page, if any was recorded under
     /// the same generation. `None`: read with a plain OFFSET.
     pub fn plan(&self, at: PageOf<'_>) -> Option<Plan> {
-        let PageOf {
-            project,
-            filter,
-            limit,
-            page,
-            generation,
-        } = at;
-        if filter.server_ids.is_some() || page <= 1 || limit == 0 {
+        let (page, generation) = (at.page, at.generation);
+        if !at.remembered() || page <= 1 {
             return None;
         }
         let listings = self.listings.lock().expect("page starts lock");
-        let pages = listings.get(&Listing {
-            project: project.to_owned(),
-            filter: filter.clone(),
-            limit,
-        })?;
+        let pages = listings.get(&at.listing())?;
         if pages.generation != generation {
             return None;
         }
         let (&known, start) = pages.starts.range(..=page).next_back()?;
         Some(Plan {
             start: start.clone(),
-            skip: u64::from(page - known) * u64::from(limit),
+            skip: u64::from(page - known) * u64::from(at.limit),
         })
     }
 
@@ -117,14 +122,8 @@ impl PageStarts {
     /// last rows (`None` for an empty page). A full page also tells where the
     /// next page starts.
     pub fn record(&self, at: PageOf<'_>, rows: Option<(RowKey, RowKey)>, full: bool) {
-        let PageOf {
-            project,
-            filter,
-            limit,
-            page,
-            generation,
-        } = at;
-        if filter.server_ids.is_some() || limit == 0 {
+        let (page, generation) = (at.page, at.generation);
+        if !at.remembered() {
             return;
         }
         let Some((first, last)) = rows else { return };
@@ -133,16 +132,10 @@ impl PageStarts {
         if listings.len() >= MAX_LISTINGS {
             listings.clear();
         }
-        let pages = listings
-            .entry(Listing {
-                project: project.to_owned(),
-                filter: filter.clone(),
-                limit,
-            })
-            .or_insert_with(|| Pages {
-                generation,
-                starts: BTreeMap::new(),
-            });
+        let pages = listings.entry(at.listing()).or_insert_with(|| Pages {
+            generation,
+            starts: BTreeMap::new(),
+        });
         if pages.generation != generation {
             // The listing changed since: what was known is void.
             pages.generation = generation;
