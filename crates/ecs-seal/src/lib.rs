@@ -482,6 +482,13 @@ mod tests {
         let empty = seal(&pk, "s", "r", &pw("")).unwrap();
         assert_eq!(empty.as_bytes().len(), KEY_LEN + 16);
         assert_eq!(open(&sk, "s", "r", &empty).unwrap().expose_secret(), "");
+        // A short blob that got past `Sealed`'s own check (built here
+        // directly) is still refused as a blob, not opened nor reported as
+        // a failed open: 20 bytes is shorter than the encapsulated key.
+        assert!(matches!(
+            open(&sk, "s", "r", &Sealed(vec![7; 20])),
+            Err(SealError::Blob)
+        ));
     }
 
     #[test]
