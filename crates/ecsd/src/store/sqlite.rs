@@ -2020,18 +2020,24 @@ mod tests {
 
     /// The name filter is answered from the trigram index (the plan reads
     /// `servers_name_fts`), and the index follows deletions and a VACUUM.
-    /// Offset pages after a remembered start are keyset reads; any change a
-    /// listing can see (a new, deleted, renamed, re-tagged server or a
-    /// status change) voids the remembered starts, and what only refreshes
-    /// a server (its agent's last-seen time) does not.
-    #[tokio::test]
-    async fn offset_pages_follow_the_listing_generation() {
-        use crate::store::LifecycleStore;
+    /// A store in a fresh file with one project "p" of `n` servers named
+    /// `node-000`, `node-001`, …: (its directory, the file, the store, the
+    /// project, the server ids in order).
+    async fn store_with_nodes(
+        n: usize,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        SqliteStore,
+        Project,
+        Vec<String>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("ecsd.sqlite")).unwrap();
+        let path = dir.path().join("ecsd.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
         let p = store.create_project("p").await.unwrap();
         let mut ids = Vec::new();
-        for i in 0..30 {
+        for i in 0..n {
             let s = store
                 .register_server(NewServer {
                     id: uuid::Uuid::new_v4().to_string(),
@@ -2044,6 +2050,17 @@ mod tests {
                 .unwrap();
             ids.push(s.id);
         }
+        (dir, path, store, p, ids)
+    }
+
+    /// Offset pages after a remembered start are keyset reads; any change a
+    /// listing can see (a new, deleted, renamed, re-tagged server or a
+    /// status change) voids the remembered starts, and what only refreshes
+    /// a server (its agent's last-seen time) does not.
+    #[tokio::test]
+    async fn offset_pages_follow_the_listing_generation() {
+        use crate::store::LifecycleStore;
+        let (_dir, _path, store, p, ids) = store_with_nodes(30).await;
         let generation = || {
             let c = store.writer.lock().unwrap();
             c.query_row(
@@ -2119,24 +2136,7 @@ mod tests {
     #[tokio::test]
     async fn the_name_filter_uses_the_trigram_index_and_it_survives_deletes_and_vacuum() {
         use crate::store::LifecycleStore;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ecsd.sqlite");
-        let store = SqliteStore::open(&path).unwrap();
-        let p = store.create_project("p").await.unwrap();
-        let mut ids = Vec::new();
-        for i in 0..50 {
-            let s = store
-                .register_server(NewServer {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    project_id: p.id.clone(),
-                    name: format!("node-{i:03}"),
-                    os_type: ecs_policy::OsType::Linux,
-                    agent_public_key: None,
-                })
-                .await
-                .unwrap();
-            ids.push(s.id);
-        }
+        let (_dir, path, store, p, ids) = store_with_nodes(50).await;
         let find = |pattern: &'static str| {
             let store = &store;
             let pid = p.id.clone();
