@@ -89,7 +89,7 @@ where
 }
 
 /// Why a whole batch failed (every caller in it gets this).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("the group commit failed: {message}")]
 pub struct BatchError {
     message: String,
@@ -105,10 +105,7 @@ impl BatchError {
     }
 
     fn to_store(&self) -> StoreError {
-        let e = BatchError {
-            message: self.message.clone(),
-            disk: self.disk,
-        };
+        let e = self.clone();
         if self.disk {
             StoreError::unavailable(e)
         } else {
