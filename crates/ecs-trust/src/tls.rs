@@ -36,9 +36,12 @@ pub enum TlsError {
     Verifier(#[from] rustls::client::VerifierBuilderError),
 }
 
-/// The crypto provider used everywhere (ring; no OpenSSL, no C toolchain needs).
+/// The crypto provider used everywhere, client and server: aws-lc-rs (its
+/// X25519 and P-256 in assembly; the same library ecs-seal seals with, built
+/// by `cc`, no cmake or nasm). Key exchange X25519 first (X25519MLKEM768
+/// offered, not preferred). Measured against ring in docs/benchmarks.md.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// SHA-256 of a CA certificate's DER `SubjectPublicKeyInfo`: the same value

@@ -15,7 +15,9 @@
 //!
 //! `cargo bench -p ecsd --bench fleet` (BENCH_FLEET_N, BENCH_IDLE_N to change
 //! the sizes; BENCH_TRANSPORT=https or http for one of them; BENCH_FLEET_STEPS=1
-//! for step 1 only)
+//! for step 1 only; BENCH_FLEET_ON=disk or tmpfs for step 1's fleet file
+//! systems on one of them, both by default; BENCH_ECSD_BEFORE=path to run
+//! step 1 with an earlier ecsd build first, in the same run)
 
 mod support;
 
@@ -218,9 +220,54 @@ fn main() {
 }
 
 fn run(rt: &tokio::runtime::Runtime, tls: bool, n: usize, idle: usize) {
-    // 1. Reset then restart N servers.
+    // 1. Reset then restart N servers: their root file systems (shadow files
+    //    and agent state, written durably by every agent) on this machine's
+    //    one disk, then on a tmpfs — real servers each sync their own disk in
+    //    parallel; a thousand of them queued on one virtual disk is an
+    //    artefact of the simulation (BENCH_FLEET_ON=disk or tmpfs for one).
+    //    ecsd's database stays on the disk in both.
+    let places: Vec<bool> = match std::env::var("BENCH_FLEET_ON").as_deref() {
+        Ok("disk") => vec![false],
+        Ok("tmpfs") => vec![true],
+        _ => vec![false, true],
+    };
+    // BENCH_ECSD_BEFORE=path: step 1 with that ecsd build first (an earlier
+    // one), then with this one, in the same run; the simulated agents are
+    // this build's in both.
+    let before = std::env::var("BENCH_ECSD_BEFORE").ok();
+    for on_tmpfs in places {
+        if let Some(bin) = &before {
+            println!("-- ecsd before: {bin} --");
+            restarts(rt, tls, n, on_tmpfs, &[("BENCH_ECSD_BIN", bin)]);
+            println!("-- ecsd of this build --");
+        }
+        restarts(rt, tls, n, on_tmpfs, &[]);
+    }
+    if std::env::var("BENCH_FLEET_STEPS").as_deref() == Ok("1") {
+        return;
+    }
+    idle_and_storm(rt, tls, idle);
+}
+
+/// Step 1: a batch reset of `n` servers, then all of them restarted.
+fn restarts(
+    rt: &tokio::runtime::Runtime,
+    tls: bool,
+    n: usize,
+    fleet_on_tmpfs: bool,
+    env: &[(&str, &str)],
+) {
+    println!(
+        "-- fleet root file systems on {} --",
+        if fleet_on_tmpfs { "tmpfs" } else { "disk" }
+    );
     let dir = tempfile::tempdir().unwrap();
-    let ecsd = Ecsd::start(&dir.path().join("data"), tls);
+    let _shm = fleet_on_tmpfs.then(|| {
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        std::os::unix::fs::symlink(shm.path(), dir.path().join("fleet")).unwrap();
+        shm
+    });
+    let ecsd = Ecsd::start_with_env(&dir.path().join("data"), tls, env);
     let token = ecsd.token(n);
     rt.block_on(async {
         let started = Instant::now();
@@ -268,12 +315,10 @@ fn run(rt: &tokio::runtime::Runtime, tls: bool, n: usize, idle: usize) {
         );
         fleet.stop();
     });
-    drop(ecsd);
-    drop(dir);
-    if std::env::var("BENCH_FLEET_STEPS").as_deref() == Ok("1") {
-        return;
-    }
+}
 
+/// Steps 2 and 3: memory with many idle agents, then ecsd restarted under them.
+fn idle_and_storm(rt: &tokio::runtime::Runtime, tls: bool, idle: usize) {
     // 2. Memory with many idle agents, and the public API meanwhile. This
     //    ecsd does not spread reconnects (agent_reconnect_per_sec = 0: it
     //    tells its agents 1 s), as before agents were told to.

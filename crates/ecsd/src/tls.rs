@@ -25,7 +25,7 @@ impl ReloadingCert {
     fn load(cert: &Path, key: &Path) -> anyhow::Result<(Arc<CertifiedKey>, Vec<CertDer>)> {
         let chain = certs_from_file(cert)?;
         let key_der = key_from_file(key)?;
-        let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der)
             .with_context(|| format!("{}: unsupported private key", key.display()))?;
         let certified = CertifiedKey::new(chain.clone(), signing);
         certified

@@ -466,6 +466,61 @@ fn parse_kind(s: &str) -> StoreResult<PowerKind> {
 }
 
 /// Writes a server's new status and task state.
+/// A server's oldest power action not yet taken: (sub job, kind, hard, work
+/// sequence, the server's status).
+type QueuedPower = (String, String, bool, i64, String);
+
+fn next_power(c: &Connection, server_id: &str) -> rusqlite::Result<Option<QueuedPower>> {
+    c.prepare_cached(
+        "SELECT s.sub_job_id, j.kind, j.hard, s.seq, v.status FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
+         JOIN servers v ON v.id = s.server_id \
+         WHERE s.server_id = ?1 AND s.status = 'INIT' ORDER BY s.begin_time LIMIT 1",
+    )?
+    .query_row([server_id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .optional()
+}
+
+/// A server's newest open reset target with its sealed password, and the
+/// target's state.
+struct OpenWork {
+    work: Work,
+    state: ResetState,
+}
+
+fn next_work(c: &Connection, server_id: &str) -> StoreResult<Option<OpenWork>> {
+    let row = c
+        .prepare_cached(
+            "SELECT t.request_id, t.sealed, r.apply_now, t.state, t.seq FROM reset_targets t \
+             JOIN resets r ON r.request_id = t.request_id \
+             WHERE t.server_id = ?1 AND t.state IN ('PENDING', 'DELIVERED') AND t.sealed IS NOT NULL \
+             ORDER BY r.created_at DESC, t.rowid DESC LIMIT 1",
+        )?
+        .query_row([server_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((request_id, sealed, apply_now, state, seq)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(OpenWork {
+        work: Work {
+            request_id,
+            sealed,
+            apply_now,
+            seq: seq as u64,
+        },
+        state: state.parse().map_err(backend)?,
+    }))
+}
+
 fn set_power_state(tx: &Connection, id: &str, st: PowerState, nows: &str) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE servers SET status = ?2, task_state = ?3, updated_at = ?4 WHERE id = ?1",
@@ -1656,18 +1711,18 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<PowerWork>> {
         let id = server_id.to_owned();
+        // Almost every poll finds no power action: asked on the reader
+        // first, so that an empty poll costs no turn of the writer (a thread
+        // hand-off and a place in a commit). The writer asks again.
+        let peek = id.clone();
+        if self
+            .read_point(move |c| Ok(next_power(c, &peek)?.is_none()))
+            .await?
+        {
+            return Ok(None);
+        }
         self.group.write(None, move |tx| {
-            let found = tx
-                .prepare_cached(
-                    "SELECT s.sub_job_id, j.kind, j.hard, s.seq, v.status FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
-                     JOIN servers v ON v.id = s.server_id \
-                     WHERE s.server_id = ?1 AND s.status = 'INIT' ORDER BY s.begin_time LIMIT 1",
-                )?
-                .query_row([&id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?))
-                })
-                .optional()?;
-            let Some((sub, kind, hard, seq, status)) = found else {
+            let Some((sub, kind, hard, seq, status)) = next_power(tx, &id)? else {
                 return Ok(None);
             };
             let kind = parse_kind(&kind)?;
@@ -1732,40 +1787,27 @@ impl Store for SqliteStore {
 
     async fn take_work(&self, server_id: &str, now: DateTime<Utc>) -> StoreResult<Option<Work>> {
         let id = server_id.to_owned();
+        // Read first: nothing to take, or a target already DELIVERED (an
+        // agent asking again after a restart), needs no write — only a
+        // PENDING target's delivery does, and the writer then reads again.
+        let peek = id.clone();
+        let seen = self.read_point(move |c| next_work(c, &peek)).await?;
+        match seen {
+            None => return Ok(None),
+            Some(w) if domain::reset::delivered(w.state).is_none() => return Ok(Some(w.work)),
+            Some(_) => {}
+        }
         self.group.write(None, move |tx| {
-            let work = tx
-                .prepare_cached(
-                    "SELECT t.request_id, t.sealed, r.apply_now, t.state, t.seq FROM reset_targets t \
-                     JOIN resets r ON r.request_id = t.request_id \
-                     WHERE t.server_id = ?1 AND t.state IN ('PENDING', 'DELIVERED') AND t.sealed IS NOT NULL \
-                     ORDER BY r.created_at DESC, t.rowid DESC LIMIT 1",
-                )?
-                .query_row([&id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, bool>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })
-                .optional()?;
-            let Some((request_id, sealed, apply_now, state, seq)) = work else {
+            let Some(OpenWork { work, state }) = next_work(tx, &id)? else {
                 return Ok(None);
             };
-            let state: ResetState = state.parse().map_err(backend)?;
             if let Some(next) = domain::reset::delivered(state) {
                 tx.prepare_cached(
                     "UPDATE reset_targets SET state = ?4, updated_at = ?3 WHERE request_id = ?1 AND server_id = ?2",
                 )?
-                .execute(params![request_id, id, fmt_time(now), next.as_str()])?;
+                .execute(params![work.request_id, id, fmt_time(now), next.as_str()])?;
             }
-            Ok(Some(Work {
-                request_id,
-                sealed,
-                apply_now,
-                seq: seq as u64,
-            }))
+            Ok(Some(work))
         })
         .await
     }
@@ -1838,6 +1880,77 @@ mod tests {
             error_code: None,
             http_status: None,
         }
+    }
+
+    /// A poll that changes nothing — no power action queued, or a reset
+    /// already DELIVERED asked for again (an agent's start-up check) — is
+    /// answered from the reader without a turn of the group writer; only a
+    /// PENDING target's delivery writes. The answers are the writer's.
+    #[tokio::test]
+    async fn polls_that_change_nothing_do_not_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ecsd.sqlite")).unwrap();
+        let p = store.create_project("p").await.unwrap();
+        let s = store
+            .register_server(NewServer {
+                id: "s-1".into(),
+                project_id: p.id.clone(),
+                name: "n1".into(),
+                os_type: OsType::Linux,
+                agent_public_key: Some(vec![7; 32]),
+            })
+            .await
+            .unwrap();
+        let writes = || store.group_counts().ops.load(Ordering::Relaxed);
+        let before = writes();
+        assert!(store.take_work(&s.id, Utc::now()).await.unwrap().is_none());
+        assert!(store.take_power(&s.id, Utc::now()).await.unwrap().is_none());
+        assert_eq!(writes(), before, "empty polls wrote");
+
+        store
+            .create_reset(NewReset {
+                request_id: "r1".into(),
+                project_id: p.id.clone(),
+                apply_now: false,
+                created: Utc::now(),
+                targets: vec![(s.id.clone(), vec![1, 2, 3])],
+                audit: audit_entry(&p.id),
+            })
+            .await
+            .unwrap();
+        let first = store.take_work(&s.id, Utc::now()).await.unwrap().unwrap();
+        assert_eq!(writes(), before + 1, "the delivery is written");
+        let state = |store: &SqliteStore| {
+            store
+                .writer
+                .lock()
+                .unwrap()
+                .query_row(
+                    "SELECT state FROM reset_targets WHERE request_id = 'r1'",
+                    [],
+                    |r| r.get::<_, String>(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(state(&store), "DELIVERED");
+        let again = store.take_work(&s.id, Utc::now()).await.unwrap().unwrap();
+        assert_eq!(writes(), before + 1, "asking again wrote");
+        assert_eq!(
+            (again.request_id, again.sealed, again.seq, again.apply_now),
+            (first.request_id, first.sealed, first.seq, first.apply_now)
+        );
+        assert!(store.take_power(&s.id, Utc::now()).await.unwrap().is_none());
+        assert_eq!(writes(), before + 1);
+
+        assert!(
+            store
+                .ack(&s.id, "r1", true, None, Utc::now())
+                .await
+                .unwrap()
+        );
+        assert_eq!(state(&store), "APPLIED");
+        assert!(store.take_work(&s.id, Utc::now()).await.unwrap().is_none());
+        assert_eq!(writes(), before + 2, "only the acknowledgement wrote");
     }
 
     /// Acknowledgements that arrive together share a transaction (far fewer
