@@ -28,6 +28,8 @@ or carries an IAM user's X-Auth-Token from POST /v3/auth/tokens; every response 
         super::servers::show,
         super::servers::action,
         super::servers::job,
+        super::events::reset_events,
+        super::events::job_events,
         super::tags::tags_action,
         super::tags::show_tags,
         super::agent::create_enroll_token,
