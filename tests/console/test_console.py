@@ -140,7 +140,7 @@ def test_a_forged_cross_site_post_is_rejected(page, ecsd):
     victim = [s["id"] for s in ecsd.creds["servers"] if s["os_type"] == "Windows"][0]
     attack = (
         "<!doctype html><form id=f method=post enctype=text/plain action='" + target + "'>"
-        "<input name='{\"reboot\":{\"type\":\"HARD\",\"servers\":[{\"id\":\"" + ids[0] + "\"}],\"x\":\"' "
+        "<input name='{\"reboot\":{\"type\":\"HARD\",\"servers\":[{\"id\":\"" + victim + "\"}],\"x\":\"' "
         "value='\"}}'></form><script>document.getElementById('f').submit()</script>").encode()
 
     class Evil(http.server.BaseHTTPRequestHandler):

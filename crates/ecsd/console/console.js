@@ -441,7 +441,7 @@ function resetForm(app, servers) {
   const out = h("div", { id: "reset-result" });
   const form = h(
     "form",
-    { autocomplete: "off", "aria-label": "New password" },
+    { autocomplete: "off", "aria-label": "Password reset" },
     h(
       "fieldset",
       {},

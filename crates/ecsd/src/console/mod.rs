@@ -68,7 +68,9 @@ async fn security_headers(req: axum::extract::Request, next: Next) -> Response {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // Not no-referrer: with it, browsers send `Origin: null` on the
+        // console's own form posts, which the origin check refuses.
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         "cross-origin-opener-policy",
@@ -136,10 +138,14 @@ pub struct LoginFields {
     pub project: String,
 }
 
-/// A POST must come from this origin: a browser always sends `Origin` on
-/// a form POST; one naming another origin is a cross-site request (login
-/// CSRF). Clients that send no `Origin` are not browsers.
+/// A POST must come from this origin: a browser says where a request
+/// comes from in `Sec-Fetch-Site` (current browsers) and always sends
+/// `Origin` on a form POST; another site's is a cross-site request (login
+/// CSRF). Clients that send neither are not browsers.
 fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site == "same-origin";
+    }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
@@ -219,10 +225,12 @@ async fn login(
                 .auth_failures
                 .fail(&throttle_key, std::time::Instant::now());
             crate::metrics::auth_failure("console");
+            // Recorded in the project the form named, when it exists.
+            let project_id = audit_project(&state, &fields).await;
             crate::audit::record_denied(
                 &state,
                 crate::audit::Denied {
-                    project_id: &fields.project,
+                    project_id: &project_id,
                     actor: "console",
                     user: None,
                     method: &axum::http::Method::POST,
@@ -266,6 +274,20 @@ async fn login(
         session::set_cookie(&secret, state.config.console_session_secs as i64),
     );
     resp
+}
+
+/// The id of the project a sign-in form named (by id, or by name in its
+/// domain), or what it said when there is none.
+async fn audit_project(state: &AppState, f: &LoginFields) -> String {
+    if let Ok(Some(p)) = state.store.project(&f.project).await {
+        return p.id;
+    }
+    if let Ok(Some(d)) = state.identity.domain_by_name(&f.domain).await
+        && let Ok(Some(p)) = state.identity.project_in_domain(&d.id, &f.project).await
+    {
+        return p.id;
+    }
+    f.project.clone()
 }
 
 #[derive(Deserialize)]
