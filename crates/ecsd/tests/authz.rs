@@ -249,7 +249,7 @@ fn rows() -> Vec<Row> {
                     p(
                         f,
                         &format!(
-                            "/cloudservers/os-reset-passwords/{}/events?seconds=1",
+                            "/cloudservers/os-reset-passwords/{}/events?seconds=0",
                             f.reset_id
                         ),
                     ),
@@ -341,7 +341,7 @@ fn rows() -> Vec<Row> {
         Row {
             method: "GET",
             template: "/v1/{project_id}/jobs/{job_id}/events",
-            call: |f, _| (p(f, &format!("/jobs/{}/events?seconds=1", f.job_id)), None),
+            call: |f, _| (p(f, &format!("/jobs/{}/events?seconds=0", f.job_id)), None),
             expect: [200, 200, 200, 403, 400],
         },
         Row {

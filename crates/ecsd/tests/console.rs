@@ -509,7 +509,7 @@ async fn the_reset_stream_sends_each_change_until_every_server_is_final() {
         .call(
             "GET",
             &format!(
-                "/v1/{}/cloudservers/os-reset-passwords/{rid}/events?seconds=0",
+                "/v1/{}/cloudservers/os-reset-passwords/{rid}/events?seconds=601",
                 t.project
             ),
             None,

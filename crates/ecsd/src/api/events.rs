@@ -5,7 +5,7 @@
 //! same wake-up as `?wait=` ([`crate::state::Changes`], and a look every
 //! second for other replicas' changes). Limits: [`MAX_STREAMS`] open at
 //! once per replica (beyond: 429 `APIGW.0308`), each at most `seconds`
-//! (default and most [`MAX_STREAM_SECS`]); a comment every
+//! (default and most [`MAX_STREAM_SECS`]; 0: the current state only); a comment every
 //! [`KEEPALIVE_SECS`] keeps proxies from closing an idle stream.
 
 use std::collections::HashMap;
@@ -55,7 +55,8 @@ impl Drop for Slot {
     }
 }
 
-/// The `seconds` parameter: the stream's life, 1 to [`MAX_STREAM_SECS`].
+/// The `seconds` parameter: the stream's life, 0 (the current state only)
+/// to [`MAX_STREAM_SECS`].
 fn seconds_param(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Duration, ApiError> {
@@ -63,9 +64,9 @@ fn seconds_param(
     match q.get("seconds") {
         None => Ok(Duration::from_secs(MAX_STREAM_SECS)),
         Some(v) => match v.parse::<u64>() {
-            Ok(s) if (1..=MAX_STREAM_SECS).contains(&s) => Ok(Duration::from_secs(s)),
+            Ok(s) if s <= MAX_STREAM_SECS => Ok(Duration::from_secs(s)),
             _ => Err(ApiError::invalid(format!(
-                "Invalid query parameter seconds: it must be 1 to {MAX_STREAM_SECS}."
+                "Invalid query parameter seconds: it must be 0 to {MAX_STREAM_SECS}."
             ))),
         },
     }
@@ -106,7 +107,7 @@ where
         let mut n = 1;
         let mut last = first;
         if tx
-            .send(Bytes::from(format!("retry: 2000\n\n")))
+            .send(Bytes::from_static(b"retry: 2000\n\n"))
             .await
             .is_err()
             || tx.send(event(name, n, &last)).await.is_err()
@@ -168,7 +169,7 @@ where
 #[utoipa::path(get, path = "/v1/{project_id}/cloudservers/os-reset-passwords/{request_id}/events",
     operation_id = "StreamResetOutcome", tag = "resets",
     params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("request_id" = String, Path, description = "The X-Request-Id of the reset call (32 hex), or `latest`."),
-        ("seconds" = Option<u64>, Query, description = "The stream's life, 1 to 600 seconds (default 600); clients reconnect.")),
+        ("seconds" = Option<u64>, Query, description = "The stream's life, 0 to 600 seconds (default 600; 0: the current state only); clients reconnect.")),
     responses(
         (status = 200, description = "Server-Sent Events: `event: outcome` whose data is the ShowResetOutcome JSON, at once and at each change; `event: end` once every server is final. At most 256 streams per replica.", content_type = "text/event-stream", body = String),
         (status = 400, description = "No such reset request in this project (Common.0011); a bad `seconds` (Ecs.0005).", body = ecs_api::EcsErrorBody),
@@ -197,7 +198,7 @@ pub async fn reset_events(
 #[utoipa::path(get, path = "/v1/{project_id}/jobs/{job_id}/events",
     operation_id = "StreamJob", tag = "servers",
     params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("job_id" = String, Path, description = "A job id (UUID)."),
-        ("seconds" = Option<u64>, Query, description = "The stream's life, 1 to 600 seconds (default 600); clients reconnect.")),
+        ("seconds" = Option<u64>, Query, description = "The stream's life, 0 to 600 seconds (default 600; 0: the current state only); clients reconnect.")),
     responses(
         (status = 200, description = "Server-Sent Events: `event: job` whose data is the ShowJob JSON, at once and at each change; `event: end` once the job is SUCCESS or FAIL. At most 256 streams per replica.", content_type = "text/event-stream", body = String),
         (status = 400, description = "Invalid or unknown job id (Common.0011); a bad `seconds` (Ecs.0005).", body = ecs_api::EcsErrorBody),
