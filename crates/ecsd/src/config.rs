@@ -104,6 +104,9 @@ pub struct Config {
     pub console_idle_secs: u64,
     /// A console session ends this long after sign-in, however busy (absolute expiry).
     pub console_session_secs: u64,
+    /// Event streams (`.../events`, the console's live view) open at once
+    /// per replica; beyond, 429 `APIGW.0308`.
+    pub max_event_streams: usize,
 }
 
 /// See [`Config::duplicate_machine_id`].
@@ -159,6 +162,7 @@ impl Default for Config {
             token_ttl_secs: 24 * 3600,
             console_idle_secs: 30 * 60,
             console_session_secs: 8 * 3600,
+            max_event_streams: 256,
         }
     }
 }
@@ -198,6 +202,7 @@ const ENV_KEYS: &[&str] = &[
     "token_ttl_secs",
     "console_idle_secs",
     "console_session_secs",
+    "max_event_streams",
 ];
 
 impl Config {

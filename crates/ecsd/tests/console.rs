@@ -518,3 +518,54 @@ async fn the_reset_stream_sends_each_change_until_every_server_is_final() {
     assert_ecs(&r, 400, "Ecs.0005");
     f.stop();
 }
+
+#[tokio::test]
+async fn event_streams_are_capped_per_replica_and_freed_when_closed() {
+    let t = TestServer::start_with(|c| c.max_event_streams = 1).await;
+    user(&t, "alice", UserRole::Admin).await;
+    let (id, _) = t
+        .server(&t.project, "web-1", ecs_policy::OsType::Linux, true)
+        .await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Gx7!pLq2vR"), None, &[&id])),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rid = r.request_id.unwrap();
+    let path = format!(
+        "/v1/{}/cloudservers/os-reset-passwords/{rid}/events",
+        t.project
+    );
+    // The console's stream (no agent: the reset stays PENDING, the stream open).
+    let b = sign_in(&t, "alice").await;
+    let open = reqwest::Client::new()
+        .get(t.url(&format!("{path}?seconds=60")))
+        .header("cookie", &b.cookie)
+        .header("x-csrf-token", &b.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    assert_eq!(open.headers()["content-type"], "text/event-stream");
+    let r = t.call("GET", &format!("{path}?seconds=0"), None).await;
+    assert_gateway(&r, 429, "APIGW.0308");
+    drop(open);
+    let started = std::time::Instant::now();
+    loop {
+        let r = t.call("GET", &format!("{path}?seconds=0"), None).await;
+        if r.status == 200 {
+            assert!(r.text.contains("event: outcome"), "{}", r.text);
+            assert!(r.text.contains("\"PENDING\""), "{}", r.text);
+            break;
+        }
+        assert_gateway(&r, 429, "APIGW.0308");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a closed stream's place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -3,13 +3,14 @@
 //! other client (`curl -N`). Each event's `data` is exactly the JSON the
 //! matching GET answers; `event: end` closes a finished one. Built on the
 //! same wake-up as `?wait=` ([`crate::state::Changes`], and a look every
-//! second for other replicas' changes). Limits: [`MAX_STREAMS`] open at
-//! once per replica (beyond: 429 `APIGW.0308`), each at most `seconds`
+//! second for other replicas' changes). Limits: `max_event_streams` open
+//! at once per replica (beyond: 429 `APIGW.0308`), each at most `seconds`
 //! (default and most [`MAX_STREAM_SECS`]; 0: the current state only); a comment every
 //! [`KEEPALIVE_SECS`] keeps proxies from closing an idle stream.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -27,31 +28,27 @@ use crate::authz::Action;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller, Source};
 
-/// Streams open at once on one replica.
-pub const MAX_STREAMS: usize = 256;
 /// The longest (and default) life of one stream; clients reconnect.
 pub const MAX_STREAM_SECS: u64 = 600;
 /// A comment line this often on an otherwise quiet stream.
 pub const KEEPALIVE_SECS: u64 = 15;
 
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-
-/// One open stream, counted until dropped.
-struct Slot;
+/// One open stream, counted in `AppState::event_streams` until dropped.
+struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
-    fn take() -> Option<Slot> {
-        OPEN.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-            (n < MAX_STREAMS).then_some(n + 1)
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < max).then_some(n + 1)
         })
         .ok()
-        .map(|_| Slot)
+        .map(|_| Slot(open.clone()))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -94,8 +91,9 @@ where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, ApiError>> + Send,
 {
-    let slot = Slot::take().ok_or_else(|| {
-        tracing::warn!(max = MAX_STREAMS, "event streams at their limit");
+    let max = state.config.max_event_streams;
+    let slot = Slot::take(&state.event_streams, max).ok_or_else(|| {
+        tracing::warn!(max, "event streams at their limit");
         ApiError::throttled()
     })?;
     let mut changes = state.changes.subscribe();
@@ -171,9 +169,10 @@ where
     params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("request_id" = String, Path, description = "The X-Request-Id of the reset call (32 hex), or `latest`."),
         ("seconds" = Option<u64>, Query, description = "The stream's life, 0 to 600 seconds (default 600; 0: the current state only); clients reconnect.")),
     responses(
-        (status = 200, description = "Server-Sent Events: `event: outcome` whose data is the ShowResetOutcome JSON, at once and at each change; `event: end` once every server is final. At most 256 streams per replica.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events: `event: outcome` whose data is the ShowResetOutcome JSON, at once and at each change; `event: end` once every server is final. At most max_event_streams (256) open per replica.", content_type = "text/event-stream", body = String),
         (status = 400, description = "No such reset request in this project (Common.0011); a bad `seconds` (Ecs.0005).", body = ecs_api::EcsErrorBody),
         (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action.", body = ecs_api::GatewayErrorBody),
+        (status = 429, description = "max_event_streams streams are open on this replica (APIGW.0308).", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn reset_events(
     State(state): State<AppState>,
@@ -200,9 +199,10 @@ pub async fn reset_events(
     params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("job_id" = String, Path, description = "A job id (UUID)."),
         ("seconds" = Option<u64>, Query, description = "The stream's life, 0 to 600 seconds (default 600; 0: the current state only); clients reconnect.")),
     responses(
-        (status = 200, description = "Server-Sent Events: `event: job` whose data is the ShowJob JSON, at once and at each change; `event: end` once the job is SUCCESS or FAIL. At most 256 streams per replica.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events: `event: job` whose data is the ShowJob JSON, at once and at each change; `event: end` once the job is SUCCESS or FAIL. At most max_event_streams (256) open per replica.", content_type = "text/event-stream", body = String),
         (status = 400, description = "Invalid or unknown job id (Common.0011); a bad `seconds` (Ecs.0005).", body = ecs_api::EcsErrorBody),
         (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action.", body = ecs_api::GatewayErrorBody),
+        (status = 429, description = "max_event_streams streams are open on this replica (APIGW.0308).", body = ecs_api::GatewayErrorBody),
     ))]
 pub async fn job_events(
     State(state): State<AppState>,
