@@ -76,12 +76,22 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser):
+def watched_page(browser, **options):
+    """A page in a new context; every console message and page error is kept in
+    `page.problems` (a CSP refusal of an inline script or style shows there)."""
     # The dev CA is not in chromium's store: its certificate errors are
     # ignored (the Rust and SDK suites verify the dev CA itself).
-    ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 860})
+    ctx = browser.new_context(ignore_https_errors=True, **options)
     pg = ctx.new_page()
+    pg.problems = []
+    pg.on("console", lambda m: m.type in ("error", "warning") and pg.problems.append(m.text))
+    pg.on("pageerror", lambda e: pg.problems.append(str(e)))
+    return ctx, pg
+
+
+@pytest.fixture
+def page(browser):
+    ctx, pg = watched_page(browser, viewport={"width": 1280, "height": 860})
     yield pg
     ctx.close()
 

@@ -111,6 +111,9 @@ def test_the_dev_user_resets_and_restarts_the_linux_servers_watching_each(page, 
     expect(row).to_contain_text("3")
     page.screenshot(path=str(shots / "audit.png"), full_page=True)
 
+    # No inline script or style was refused by the CSP, no script failed.
+    assert console_problems(page) == [], page.problems
+
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(re.compile(r"/console/login$"))
     page.goto(ecsd.creds["console"] + "servers")
@@ -172,3 +175,34 @@ def test_a_forged_cross_site_post_is_rejected(page, ecsd):
     page.get_by_label("Outcome").select_option("success")
     page.get_by_role("button", name="Apply filters").click()
     expect(page.locator("#traces tbody")).to_contain_text("No trace matches.")
+
+
+def console_problems(page):
+    """What chromium complained about on the console's own pages, less the
+    expected refusals (401/403 answers the tests provoke)."""
+    return [p for p in page.problems
+            if "Failed to load resource" not in p]
+
+
+def test_pages_are_readable_at_200_percent_zoom_and_follow_a_dark_system_theme(browser, ecsd, shots):
+    from conftest import watched_page
+    # 200% zoom: half the CSS width of the window above, at twice the pixels.
+    ctx, page = watched_page(browser, viewport={"width": 640, "height": 430}, device_scale_factor=2,
+                             color_scheme="dark")
+    try:
+        sign_in(page, ecsd, ecsd.creds["user"], ecsd.creds["password"])
+        expect(page.locator("#servers tbody tr")).to_have_count(4)
+        for path in ["servers", "watch", "audit"]:
+            page.goto(ecsd.creds["console"] + path)
+            page.wait_for_load_state("networkidle")
+            # Nothing but the tables' own scroll boxes is wider than the window.
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{path}: {overflow}px wider than the window at 200%"
+        page.goto(ecsd.creds["console"] + "servers")
+        expect(page.locator("#servers tbody tr")).to_have_count(4)
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(13, 17, 23)", background
+        page.screenshot(path=str(shots / "servers-dark-200-percent.png"))
+        assert console_problems(page) == [], page.problems
+    finally:
+        ctx.close()

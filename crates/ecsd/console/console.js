@@ -147,7 +147,7 @@ async function streamEvents(path, onEvent, signal) {
             else if (line.startsWith("data: ")) data += line.slice(6);
           }
           if (event === "end") return;
-          if (data) onEvent(event, JSON.parse(data));
+          if (data) await onEvent(event, JSON.parse(data));
         }
       }
     } catch (e) {
@@ -594,6 +594,19 @@ function watchPage(app) {
   app.replaceChildren(...parts);
 }
 
+// Server names by id, for the watch tables (the streams carry ids only).
+const serverNames = new Map();
+async function loadNames(ids) {
+  const missing = ids.filter((id) => !serverNames.has(id)).slice(0, 100);
+  if (!missing.length) return;
+  try {
+    const { json } = await api("GET", v1(`/cloudservers/detail?server_id=${missing.join(",")}&limit=100`));
+    for (const s of json.servers || []) serverNames.set(s.id, s.name);
+  } catch (_) {
+    // Names are a convenience: the ids stay.
+  }
+}
+
 function counts(items, states) {
   const c = Object.fromEntries(states.map((s) => [s, 0]));
   for (const i of items) c[i] = (c[i] || 0) + 1;
@@ -601,7 +614,7 @@ function counts(items, states) {
 }
 
 function watchReset(requestId, signal) {
-  const names = new Map();
+  const names = serverNames;
   const status = h("p", { id: "reset-status", role: "status", "aria-live": "polite", text: "Connecting…" });
   const bar = h("progress", { id: "reset-progress", max: 1, value: 0, "aria-label": "Servers finished" });
   const countBox = h("div", { class: "counts", id: "reset-counts" });
@@ -658,11 +671,7 @@ function watchReset(requestId, signal) {
           if (event !== "outcome") return;
           if (!named) {
             named = true;
-            const ids = (o.servers || []).map((s) => s.id).slice(0, 100);
-            try {
-              const { json } = await api("GET", v1(`/cloudservers/detail?server_id=${ids.join(",")}&limit=100`));
-              for (const s of json.servers || []) names.set(s.id, s.name);
-            } catch (_) {}
+            await loadNames((o.servers || []).map((s) => s.id));
           }
           render(o);
         },
@@ -698,13 +707,18 @@ function watchJob(jobId, signal) {
       ),
     ),
   );
+  let named = false;
   (async () => {
     try {
       await streamEvents(
         v1(`/jobs/${encodeURIComponent(jobId)}/events`),
-        (event, j) => {
+        async (event, j) => {
           if (event !== "job") return;
           const subs = j.entities?.sub_jobs || [];
+          if (!named) {
+            named = true;
+            await loadNames(subs.map((s) => s.entities?.server_id || ""));
+          }
           const done = subs.filter((s) => s.status === "SUCCESS" || s.status === "FAIL").length;
           bar.max = Math.max(subs.length, 1);
           bar.value = done;
@@ -714,7 +728,13 @@ function watchJob(jobId, signal) {
               h(
                 "tr",
                 {},
-                h("td", {}, h("code", { text: s.entities?.server_id || "" })),
+                h(
+                  "td",
+                  {},
+                  h("span", { text: serverNames.get(s.entities?.server_id) || "" }),
+                  " ",
+                  h("code", { class: "muted", text: s.entities?.server_id || "" }),
+                ),
                 h("td", { class: `state state-${s.status}`, text: s.status }),
                 h("td", { text: s.fail_reason || "" }),
               ),
