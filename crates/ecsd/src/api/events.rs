@@ -33,6 +33,20 @@ pub const MAX_STREAM_SECS: u64 = 600;
 /// A comment line this often on an otherwise quiet stream.
 pub const KEEPALIVE_SECS: u64 = 15;
 
+/// One event of a stream, as its `text/event-stream` fields (documented
+/// only: the stream itself is text).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ServerSentEvent {
+    /// `outcome` (resets) or `job` (jobs) at once and at each change;
+    /// `end` once final; `error` with the error code if a later read failed.
+    event: String,
+    /// Counts up from 1 on each stream.
+    id: String,
+    /// The JSON of the matching GET (`{}` with `end`, the code with `error`).
+    data: String,
+}
+
 /// One open stream, counted in `AppState::event_streams` until dropped.
 struct Slot(Arc<AtomicUsize>);
 
@@ -169,7 +183,7 @@ where
     params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("request_id" = String, Path, description = "The X-Request-Id of the reset call (32 hex), or `latest`."),
         ("seconds" = Option<u64>, Query, description = "The stream's life, 0 to 600 seconds (default 600; 0: the current state only); clients reconnect.")),
     responses(
-        (status = 200, description = "Server-Sent Events: `event: outcome` whose data is the ShowResetOutcome JSON, at once and at each change; `event: end` once every server is final. At most max_event_streams (256) open per replica.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events: `event: outcome` whose data is the ShowResetOutcome JSON, at once and at each change; `event: end` once every server is final. At most max_event_streams (256) open per replica.", content_type = "text/event-stream", body = ServerSentEvent),
         (status = 400, description = "No such reset request in this project (Common.0011); a bad `seconds` (Ecs.0005).", body = ecs_api::EcsErrorBody),
         (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action.", body = ecs_api::GatewayErrorBody),
         (status = 429, description = "max_event_streams streams are open on this replica (APIGW.0308).", body = ecs_api::GatewayErrorBody),
@@ -199,7 +213,7 @@ pub async fn reset_events(
     params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("job_id" = String, Path, description = "A job id (UUID)."),
         ("seconds" = Option<u64>, Query, description = "The stream's life, 0 to 600 seconds (default 600; 0: the current state only); clients reconnect.")),
     responses(
-        (status = 200, description = "Server-Sent Events: `event: job` whose data is the ShowJob JSON, at once and at each change; `event: end` once the job is SUCCESS or FAIL. At most max_event_streams (256) open per replica.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events: `event: job` whose data is the ShowJob JSON, at once and at each change; `event: end` once the job is SUCCESS or FAIL. At most max_event_streams (256) open per replica.", content_type = "text/event-stream", body = ServerSentEvent),
         (status = 400, description = "Invalid or unknown job id (Common.0011); a bad `seconds` (Ecs.0005).", body = ecs_api::EcsErrorBody),
         (status = 403, description = "Not authorized (APIGW.0302): the caller's policies do not allow the action.", body = ecs_api::GatewayErrorBody),
         (status = 429, description = "max_event_streams streams are open on this replica (APIGW.0308).", body = ecs_api::GatewayErrorBody),
