@@ -29,7 +29,7 @@ class Ecsd:
             [ECSD, "--data-dir", str(self.data_dir), "serve", "--dev", "--listen", "127.0.0.1:0",
              "--dev-linux", str(linux), "--dev-windows", str(windows)],
             stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL,
-            env=dict(os.environ, RUST_LOG="info"))
+            env=dict(os.environ, RUST_LOG="debug"))
         self.banner = []
         cred_path = None
         deadline = time.time() + 60

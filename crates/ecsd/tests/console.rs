@@ -292,6 +292,21 @@ async fn api_calls_with_the_session_cookie_need_its_csrf_token() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert!(!r.headers().contains_key("set-cookie"));
+    let r = no_redirects()
+        .post(t.url("/console/login"))
+        .header("origin", &t.base)
+        .header("sec-fetch-site", "cross-site")
+        .form(&[
+            ("domain", "default"),
+            ("user", "alice"),
+            ("password", PW),
+            ("project", "test"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "Sec-Fetch-Site wins over a forged Origin");
+    assert!(!r.headers().contains_key("set-cookie"));
 }
 
 #[tokio::test]
