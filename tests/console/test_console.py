@@ -140,6 +140,15 @@ def test_a_user_whose_policy_forbids_resets_sees_the_reset_refused(page, ecsd):
     alert = page.locator("#reset-result [role=alert]")
     expect(alert).to_contain_text("APIGW.0302: The IAM user is not authorized to access the API")
     expect(alert).to_contain_text(re.compile(r"Request id [0-9a-f]{32}"))
+    refused_id = re.search(r"Request id ([0-9a-f]{32})", alert.inner_text()).group(1)
+    # The refusal is in the audit trail, as the API call it was.
+    page.get_by_role("link", name="Audit").click()
+    page.get_by_label("Action").select_option("ecs:cloudServers:resetServerPwd")
+    page.get_by_role("button", name="Apply filters").click()
+    row = page.locator("#traces tbody tr", has_text=refused_id)
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("viewer")
+    expect(row).to_contain_text("denied")
 
 
 def test_a_forged_cross_site_post_is_rejected(page, ecsd):

@@ -803,6 +803,7 @@ function auditPage(app) {
       ["reboot-servers", "reboot-servers"],
       ["start-servers", "start-servers"],
       ["stop-servers", "stop-servers"],
+      ["ecs:cloudServers:resetServerPwd", "reset refused by policy"],
       ["console-sign-in", "console-sign-in"],
       ["console-sign-out", "console-sign-out"],
       ["create-token", "create-token"],
