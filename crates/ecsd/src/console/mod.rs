@@ -33,7 +33,8 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
     img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; \
     frame-ancestors 'none'";
 
-/// Where the console starts (printed by `serve --dev`).
+/// Where the console starts (printed by `serve --dev`). `Redirect::to`
+/// answers 303 See Other: after a form POST the browser GETs the target.
 pub const PATH: &str = "/console/";
 
 /// The console's routes (merged into the application router).
@@ -204,8 +205,9 @@ async fn login(
             pages::login(Some("Enter the password."), &fields),
         );
     };
-    let project_is_id = fields.project.len() == 32
-        && fields.project.bytes().all(|b| b.is_ascii_hexdigit())
+    // A project id (32 hex digits, or a UUID) or else a name in the domain.
+    let project_is_id = (fields.project.len() == 32
+        && fields.project.bytes().all(|b| b.is_ascii_hexdigit()))
         || uuid::Uuid::parse_str(&fields.project).is_ok();
     let checked = crate::identity::check_login(
         &state,
@@ -268,7 +270,6 @@ async fn login(
         return e.into_response();
     }
     let mut resp = Redirect::to("/console/servers").into_response();
-    *resp.status_mut() = StatusCode::SEE_OTHER;
     resp.headers_mut().insert(
         header::SET_COOKIE,
         session::set_cookie(&secret, state.config.console_session_secs as i64),
@@ -308,7 +309,6 @@ async fn logout(
         Ok(Some(s)) => s,
         Ok(None) | Err(_) => {
             let mut resp = Redirect::to("/console/login").into_response();
-            *resp.status_mut() = StatusCode::SEE_OTHER;
             resp.headers_mut()
                 .insert(header::SET_COOKIE, session::clear_cookie());
             return resp;
@@ -339,7 +339,6 @@ async fn logout(
         return e.into_response();
     }
     let mut resp = Redirect::to("/console/login").into_response();
-    *resp.status_mut() = StatusCode::SEE_OTHER;
     resp.headers_mut()
         .insert(header::SET_COOKIE, session::clear_cookie());
     resp
