@@ -343,3 +343,42 @@ async fn logout(
         .insert(header::SET_COOKIE, session::clear_cookie());
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn a_post_is_same_origin_by_sec_fetch_site_else_by_origin() {
+        assert!(same_origin(&headers(&[("host", "ecsd:8443")])));
+        assert!(same_origin(&headers(&[
+            ("host", "ecsd:8443"),
+            ("origin", "https://ecsd:8443")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "ecsd:8443"),
+            ("origin", "https://evil.example")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "ecsd:8443"),
+            ("origin", "null")
+        ])));
+        assert!(same_origin(&headers(&[
+            ("host", "ecsd:8443"),
+            ("sec-fetch-site", "same-origin")
+        ])));
+        for site in ["cross-site", "same-site", "none"] {
+            let mut h = headers(&[("host", "ecsd:8443"), ("origin", "https://ecsd:8443")]);
+            h.insert("sec-fetch-site", HeaderValue::from_static(site));
+            assert!(!same_origin(&h), "{site}");
+        }
+    }
+}
