@@ -99,6 +99,8 @@ def test_the_dev_user_resets_and_restarts_the_linux_servers_watching_each(page, 
     expect(page.locator("#reset-status")).to_have_text("Complete: 3 applied, 0 failed of 3.")
     expect(page.locator("#job-status")).to_have_text(re.compile(r"^Job SUCCESS: 3 of 3"), timeout=60000)
     expect(page.locator("#history-resets")).to_contain_text(request_id)
+    job_id = re.search(r"job=([0-9a-f-]{36})", page.url).group(1)
+    expect(page.locator("#history-jobs")).to_contain_text(job_id)
     assert page.locator("#reset-progress").evaluate("e => e.value") == 3
     page.screenshot(path=str(shots / "watch.png"), full_page=True)
 

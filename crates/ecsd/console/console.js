@@ -780,12 +780,46 @@ function history() {
       past.replaceChildren(h("li", {}, errorBox(e)));
     }
   })();
+  // Jobs: the accepted power actions' traces say "accepted job <id>".
+  const jobs = h("ul", { class: "plain", id: "history-jobs" }, h("li", { class: "muted", text: "Loading…" }));
+  (async () => {
+    try {
+      const names = ["reboot-servers", "start-servers", "stop-servers"];
+      const pages = await Promise.all(
+        names.map((n) =>
+          api("GET", `/v3/${encodeURIComponent(PROJECT)}/traces?${new URLSearchParams({ trace_name: n, trace_status: "success", limit: "10" })}`),
+        ),
+      );
+      const items = pages
+        .flatMap((p) => p.json.traces || [])
+        .map((t) => ({ t, id: (/accepted job ([0-9a-f-]{36})/.exec(t.message) || [])[1] }))
+        .filter((x) => x.id)
+        .sort((a, b) => b.t.time - a.t.time)
+        .slice(0, 20);
+      jobs.replaceChildren(
+        ...(items.length
+          ? items.map(({ t, id }) =>
+              h(
+                "li",
+                {},
+                h("a", { href: `#job=${id}`, text: `${t.trace_name} job ${id}` }),
+                ` · ${(t.resource_ids || []).length} servers · by ${t.user?.name || ""} · ${fmtTime(t.time)}`,
+              ),
+            )
+          : [h("li", { class: "muted", text: "No job yet." })]),
+      );
+    } catch (e) {
+      jobs.replaceChildren(h("li", {}, errorBox(e)));
+    }
+  })();
   return h(
     "section",
     { "aria-labelledby": "hist-h" },
     h("h2", { id: "hist-h", text: "Past resets and jobs" }),
     h("h3", { text: "Resets in this project" }),
     past,
+    h("h3", { text: "Restart, start and stop jobs in this project" }),
+    jobs,
     h("h3", { text: "Started from this browser" }),
     recent,
   );
