@@ -18,6 +18,10 @@ pub fn action_of(method: &Method, path: &str) -> String {
     let name = match (m, segs.as_slice()) {
         ("PUT", ["v1", _, "cloudservers", "os-reset-passwords"]) => "batch-reset-password",
         ("GET", ["v1", _, "cloudservers", "os-reset-passwords", _]) => "show-reset-outcome",
+        ("GET", ["v1", _, "cloudservers", "os-reset-passwords", _, "events"]) => {
+            "stream-reset-outcome"
+        }
+        ("GET", ["v1", _, "jobs", _, "events"]) => "stream-job",
         ("PUT", ["v1", _, "cloudservers", _, "os-reset-password"]) => "reset-password",
         ("GET", ["v1", _, "cloudservers", _, "os-resetpwd-flag"]) => "show-resetpwd-flag",
         ("GET", ["v1", _, "cloudservers", "detail"]) => "list-servers",
@@ -26,6 +30,7 @@ pub fn action_of(method: &Method, path: &str) -> String {
         ("GET", ["v1", _, "jobs", _]) => "show-job",
         ("POST", ["v1", _, "enroll-tokens"]) => "create-enroll-token",
         ("GET", ["v3", _, "traces"]) => "list-traces",
+        ("POST", ["console", "login"]) => "console-sign-in",
         _ => return format!("{m} {}", crate::error::display_id(path)),
     };
     name.to_owned()

@@ -1,7 +1,8 @@
 //! Authentication of the public API (contract §2.10): AK/SK
 //! (`SDK-HMAC-SHA256`, permanent keys and temporary ones with a signed
 //! `X-Security-Token`) or `X-Auth-Token` (a token from `POST /v3/auth/tokens`,
-//! see `crate::identity`).
+//! see `crate::identity`), or the web console's session cookie with its
+//! `X-CSRF-Token` (see `crate::console::session`).
 //!
 //! Order (sdk-wire.md): size limit, parse `Authorization`, look up the AK,
 //! check the date window, rebuild the canonical request over exactly the
@@ -148,6 +149,13 @@ async fn verify(
     // A token, when present, is the credential (a signature beside it is ignored).
     if headers.contains_key("x-auth-token") {
         return crate::identity::token_caller(state, headers).await;
+    }
+    // The console's session cookie, valid only with its CSRF header
+    // (crate::console::session); a signature, when sent, wins.
+    if !headers.contains_key(header::AUTHORIZATION)
+        && crate::console::session::cookie_secret(headers).is_some()
+    {
+        return crate::console::session::api_caller(state, headers).await;
     }
     let Some(auth) = headers.get(header::AUTHORIZATION) else {
         return Err(auth_fail("Authorization header not found", None));

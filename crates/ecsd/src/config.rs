@@ -100,6 +100,13 @@ pub struct Config {
     pub auth_failures_per_minute: u32,
     /// How long a token from `POST /v3/auth/tokens` is valid (Huawei: 24 h).
     pub token_ttl_secs: u64,
+    /// A console session ends after this long without a request (idle expiry).
+    pub console_idle_secs: u64,
+    /// A console session ends this long after sign-in, however busy (absolute expiry).
+    pub console_session_secs: u64,
+    /// Event streams (`.../events`, the console's live view) open at once
+    /// per replica; beyond, 429 `APIGW.0308`.
+    pub max_event_streams: usize,
 }
 
 /// See [`Config::duplicate_machine_id`].
@@ -153,6 +160,9 @@ impl Default for Config {
             job_retention_days: 30,
             auth_failures_per_minute: 30,
             token_ttl_secs: 24 * 3600,
+            console_idle_secs: 30 * 60,
+            console_session_secs: 8 * 3600,
+            max_event_streams: 256,
         }
     }
 }
@@ -190,6 +200,9 @@ const ENV_KEYS: &[&str] = &[
     "job_retention_days",
     "auth_failures_per_minute",
     "token_ttl_secs",
+    "console_idle_secs",
+    "console_session_secs",
+    "max_event_streams",
 ];
 
 impl Config {

@@ -53,6 +53,10 @@ pub struct DevCredentials {
     pub user: String,
     #[serde(default)]
     pub password: String,
+    /// The web console's address (sign in with `domain`, `user`,
+    /// `password` and the project `dev`).
+    #[serde(default)]
+    pub console: String,
 }
 
 /// The dev IAM user's name.
@@ -244,6 +248,7 @@ pub async fn bootstrap(
         domain,
         user: DEV_USER.to_owned(),
         password: password.expose_secret().to_owned(),
+        console: format!("{endpoint}{}", crate::console::PATH),
     };
     let data = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&creds)?);
     write_private(&cred_path, &data)?;

@@ -202,42 +202,37 @@ async fn password_matches(phc: String, pw: SecretString) -> bool {
         .unwrap_or(false)
 }
 
-/// `POST /v3/auth/tokens` with the `password` method: the new token and
-/// the answer's body.
-pub async fn login(
+/// Who a password login names, once its password, user and project checked
+/// out: the console's sign-in and `POST /v3/auth/tokens` share it.
+pub struct LoginSubject {
+    pub user: User,
+    pub domain: crate::store::identity::Domain,
+    pub project: crate::store::Project,
+    pub role: Option<UserRole>,
+}
+
+/// Checks a password login: the domain and user exist, the password
+/// matches (argon2id; a dummy hash is verified for an unknown user so a
+/// wrong name costs as long), the user is enabled, and the project (by id
+/// or name) is in the user's domain with a role or grant there. Every
+/// failure is 401 `APIGW.0301` without saying which part was wrong.
+pub async fn check_login(
     state: &AppState,
-    req: CreateTokenRequest,
-    source: &str,
-) -> Result<(SecretString, TokenResponse), ApiError> {
-    let identity = req.auth.identity;
-    if !identity.methods.iter().any(|m| m == "password") {
-        return Err(ApiError::invalid(
-            "auth.identity.methods must contain \"password\".",
-        ));
-    }
-    let pw = identity
-        .password
-        .ok_or_else(|| ApiError::invalid("auth.identity.password is required."))?;
-    let scope = req
-        .auth
-        .scope
-        .and_then(|s| s.project)
-        .filter(|p| p.id.is_some() || p.name.is_some())
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "auth.scope.project (id or name) is required: tokens are project-scoped.",
-            )
-        })?;
-    let u = pw.user;
+    domain_name: &str,
+    user_name: &str,
+    password: &SecretString,
+    project_id: Option<&str>,
+    project_name: Option<&str>,
+) -> Result<LoginSubject, ApiError> {
     let domain = state
         .identity
-        .domain_by_name(&u.domain.name)
+        .domain_by_name(domain_name)
         .await
         .map_err(storage)?;
     let user = match &domain {
         Some(d) => state
             .identity
-            .user_by_name(&d.id, &u.name)
+            .user_by_name(&d.id, user_name)
             .await
             .map_err(storage)?,
         None => None,
@@ -245,7 +240,7 @@ pub async fn login(
     let phc = user
         .as_ref()
         .map_or_else(|| dummy_hash().to_owned(), |u| u.password_hash.clone());
-    let matches = password_matches(phc, u.password.0.clone()).await;
+    let matches = password_matches(phc, password.clone()).await;
     let (Some(domain), Some(user)) = (domain, user) else {
         return Err(login_fail("unknown domain or user"));
     };
@@ -255,7 +250,7 @@ pub async fn login(
     if !user.enabled {
         return Err(login_fail("the user is disabled"));
     }
-    let project = match (&scope.id, &scope.name) {
+    let project = match (project_id, project_name) {
         (Some(id), _) => state.store.project(id).await.map_err(storage)?,
         (None, Some(name)) => state
             .identity
@@ -288,6 +283,55 @@ pub async fn login(
             "the user has no role in the project",
         ));
     };
+    Ok(LoginSubject {
+        user,
+        domain,
+        project,
+        role,
+    })
+}
+
+/// `POST /v3/auth/tokens` with the `password` method: the new token and
+/// the answer's body.
+pub async fn login(
+    state: &AppState,
+    req: CreateTokenRequest,
+    source: &str,
+) -> Result<(SecretString, TokenResponse), ApiError> {
+    let identity = req.auth.identity;
+    if !identity.methods.iter().any(|m| m == "password") {
+        return Err(ApiError::invalid(
+            "auth.identity.methods must contain \"password\".",
+        ));
+    }
+    let pw = identity
+        .password
+        .ok_or_else(|| ApiError::invalid("auth.identity.password is required."))?;
+    let scope = req
+        .auth
+        .scope
+        .and_then(|s| s.project)
+        .filter(|p| p.id.is_some() || p.name.is_some())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "auth.scope.project (id or name) is required: tokens are project-scoped.",
+            )
+        })?;
+    let u = pw.user;
+    let LoginSubject {
+        user,
+        domain,
+        project,
+        role,
+    } = check_login(
+        state,
+        &u.domain.name,
+        &u.name,
+        &u.password.0,
+        scope.id.as_deref(),
+        scope.name.as_deref(),
+    )
+    .await?;
     let token = new_bearer("MII");
     let now = Utc::now();
     let stored = StoredToken {
@@ -385,6 +429,14 @@ pub async fn check_token(
         .await
         .map_err(storage)?
         .ok_or_else(|| fail("decrypt token fail".into()))?;
+    // A console session (crate::console::session) is no API token: it is
+    // good only as the HttpOnly cookie beside its CSRF header.
+    if token
+        .id
+        .starts_with(crate::console::session::SESSION_ID_PREFIX)
+    {
+        return Err(fail("decrypt token fail".into()));
+    }
     match token_state(&token, Utc::now()) {
         TokenState::Valid => {}
         TokenState::Expired => {

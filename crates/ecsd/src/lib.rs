@@ -11,6 +11,7 @@ pub mod authz_admin;
 pub mod batch;
 pub mod config;
 pub mod conn_limits;
+pub mod console;
 pub mod deadline;
 pub mod dev;
 pub mod domain;

@@ -507,10 +507,14 @@ async fn serve(mut config: Config, dev: Option<ecsd::dev::DevFleet>) -> anyhow::
             // server: these lines are information, so write errors are ignored.
             let banner = format!(
                 "ecsd --dev is ready at {endpoint}\ncredentials: {path}\n\
+                 web console: {endpoint}{console}  (sign in as {user}: domain, user, password \
+                 and project \"dev\" are in the credentials file)\n\
                  try it with the official Huawei Python SDK:\n  \
                  .venv/bin/python examples/reset_fleet.py {path}\n\
                  metrics (Prometheus, loopback clients): {endpoint}/metrics\n{replica}",
-                path = path.display()
+                path = path.display(),
+                console = ecsd::console::PATH,
+                user = ecsd::dev::DEV_USER,
             );
             let mut stdout = std::io::stdout().lock();
             let _ = std::io::Write::write_all(&mut stdout, banner.as_bytes())

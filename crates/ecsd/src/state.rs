@@ -47,6 +47,8 @@ pub struct AppState {
     /// Bumped whenever a reset target or a power job may have changed
     /// state here: wakes the outcome and job reads that `wait`.
     pub changes: Arc<Changes>,
+    /// Event streams (`api::events`) open now on this replica.
+    pub event_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A counter of state changes that readers can wait on (`?wait=` on the
@@ -133,6 +135,7 @@ impl AppState {
             clock: Clock::default(),
             housekeeper: Arc::default(),
             changes: Arc::default(),
+            event_streams: Arc::default(),
         }
     }
 

@@ -242,6 +242,23 @@ fn rows() -> Vec<Row> {
             expect: [200, 200, 200, 403, 400],
         },
         Row {
+            method: "GET",
+            template: "/v1/{project_id}/cloudservers/os-reset-passwords/{request_id}/events",
+            call: |f, _| {
+                (
+                    p(
+                        f,
+                        &format!(
+                            "/cloudservers/os-reset-passwords/{}/events?seconds=0",
+                            f.reset_id
+                        ),
+                    ),
+                    None,
+                )
+            },
+            expect: [200, 200, 200, 403, 400],
+        },
+        Row {
             method: "PUT",
             template: "/v1/{project_id}/cloudservers/{server_id}/os-reset-password",
             call: |f, i| {
@@ -319,6 +336,12 @@ fn rows() -> Vec<Row> {
             method: "GET",
             template: "/v1/{project_id}/jobs/{job_id}",
             call: |f, _| (p(f, &format!("/jobs/{}", f.job_id)), None),
+            expect: [200, 200, 200, 403, 400],
+        },
+        Row {
+            method: "GET",
+            template: "/v1/{project_id}/jobs/{job_id}/events",
+            call: |f, _| (p(f, &format!("/jobs/{}/events?seconds=0", f.job_id)), None),
             expect: [200, 200, 200, 403, 400],
         },
         Row {

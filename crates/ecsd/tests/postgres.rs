@@ -507,3 +507,89 @@ async fn work_accepted_by_one_replica_wakes_an_agent_polling_another() {
         "{latencies:?}"
     );
 }
+
+/// The console's sessions live in the shared database: signed in through
+/// one replica, used through another, signed out there, refused on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_session_works_on_every_replica_and_ends_on_all() {
+    let Some(schema) = TestSchema::create() else {
+        return;
+    };
+    let url = schema.url.clone();
+    let a = TestServer::start_with(|c| c.database = Some(url)).await;
+    let (b, _stop_b) = replica(&a).await;
+    ecsd::admin::create_user(
+        &a.state,
+        "default",
+        "alice",
+        &secret("Correct-Horse-9"),
+        Some(ecsd::store::identity::UserRole::Admin),
+        Some(&a.project),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{}/console/login", a.base))
+        .form(&[
+            ("domain", "default"),
+            ("user", "alice"),
+            ("password", "Correct-Horse-9"),
+            ("project", "test"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // The page on replica B carries the same session's CSRF token.
+    let html = http
+        .get(format!("{b}/console/servers"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = html
+        .split("<meta name=\"ecsd-csrf\" content=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("replica B knows the session")
+        .to_owned();
+    let list = format!("/v1/{}/cloudservers/detail", a.project);
+    let get = |base: String| {
+        let (cookie, csrf, list) = (cookie.clone(), csrf.clone(), list.clone());
+        async move {
+            send(
+                reqwest::Client::new()
+                    .get(format!("{base}{list}"))
+                    .header("cookie", cookie)
+                    .header("x-csrf-token", csrf),
+            )
+            .await
+        }
+    };
+    assert_eq!(get(a.base.clone()).await.status, 200);
+    assert_eq!(get(b.clone()).await.status, 200);
+    let r = http
+        .post(format!("{b}/console/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_gateway(&get(a.base.clone()).await, 401, "APIGW.0301");
+    assert_gateway(&get(b.clone()).await, 401, "APIGW.0301");
+}

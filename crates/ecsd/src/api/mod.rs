@@ -2,6 +2,7 @@
 //! API under `/agent/v1`, and the layers every request passes through.
 
 mod agent;
+mod events;
 pub mod iam;
 mod iam_admin;
 pub mod metrics;
@@ -81,6 +82,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/{project_id}/jobs/{job_id}", get(servers::job))
         .route(
+            "/v1/{project_id}/cloudservers/os-reset-passwords/{request_id}/events",
+            get(events::reset_events),
+        )
+        .route(
+            "/v1/{project_id}/jobs/{job_id}/events",
+            get(events::job_events),
+        )
+        .route(
             "/v1/{project_id}/enroll-tokens",
             post(agent::create_enroll_token),
         )
@@ -147,6 +156,7 @@ pub fn router(state: AppState) -> Router {
         .merge(iam_admin)
         .merge(agents)
         .merge(iam)
+        .merge(crate::console::router())
         .route("/health", get(openapi::health))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics::on_api_listener))

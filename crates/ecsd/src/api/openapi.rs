@@ -28,6 +28,8 @@ or carries an IAM user's X-Auth-Token from POST /v3/auth/tokens; every response 
         super::servers::show,
         super::servers::action,
         super::servers::job,
+        super::events::reset_events,
+        super::events::job_events,
         super::tags::tags_action,
         super::tags::show_tags,
         super::agent::create_enroll_token,
@@ -58,7 +60,7 @@ or carries an IAM user's X-Auth-Token from POST /v3/auth/tokens; every response 
     ),
     components(schemas(ecs_api::ErrorBody, ecs_api::GatewayErrorBody, ecs_api::EcsErrorBody)),
     modifiers(&CommonResponses),
-    security(("sdk-hmac-sha256" = []), ("x-auth-token" = [])),
+    security(("sdk-hmac-sha256" = []), ("x-auth-token" = []), ("console-session" = [])),
     tags(
         (name = "resets", description = "Password resets (Huawei) and their per-server outcome (ecsd)."),
         (name = "servers", description = "Servers, start/stop/reboot, jobs (Huawei)."),
@@ -106,6 +108,14 @@ canonical request, with X-Sdk-Date (15-minute window) and X-Project-Id, as the H
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "X-Auth-Token",
                 "A token from POST /v3/auth/tokens (its X-Subject-Token), instead of a signature.",
+            ))),
+        );
+        components.add_security_scheme(
+            "console-session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "__Host-ecsd-session",
+                "The web console's session (sign-in at /console/login), valid only together with \
+the session's CSRF token in X-CSRF-Token on every call; never accepted as X-Auth-Token.",
             ))),
         );
         let json = |schema: &str| {

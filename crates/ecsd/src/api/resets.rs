@@ -158,39 +158,57 @@ pub async fn reset_outcome(
     let (_project, request_id) = path(p)?;
     authorize(&state, &caller, &source.0, Action::Get, true).await?;
     let wait = super::wait::wait_param(query)?;
-    let invalid = || {
-        ApiError::ecs(
-            StatusCode::BAD_REQUEST,
-            "Common.0011",
-            "Invalid reset request ID: no such reset request in this project.",
-        )
-    };
+    let request_id = resolve_request_id(&state, &caller, request_id).await?;
+    let read = || read_outcome(&state, &caller.project_id, &request_id);
+    Ok(Json(
+        super::wait::until_changed(&state, wait, read, |o: &ResetOutcome| o.complete).await?,
+    ))
+}
+
+fn no_such_reset() -> ApiError {
+    ApiError::ecs(
+        StatusCode::BAD_REQUEST,
+        "Common.0011",
+        "Invalid reset request ID: no such reset request in this project.",
+    )
+}
+
+/// A reset request id from a path: `latest` (the project's newest) or 32
+/// hex digits, lower-cased; 400 `Common.0011` otherwise.
+pub(super) async fn resolve_request_id(
+    state: &AppState,
+    caller: &Caller,
+    request_id: String,
+) -> Result<String, ApiError> {
     let request_id = if request_id == "latest" {
         state
             .store
             .latest_reset_id(&caller.project_id)
             .await
             .map_err(|e| ApiError::store("reading the latest reset", e))?
-            .ok_or_else(invalid)?
+            .ok_or_else(no_such_reset)?
     } else {
         request_id
     };
     if request_id.len() != 32 || !request_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(invalid());
+        return Err(no_such_reset());
     }
-    let request_id = request_id.to_ascii_lowercase();
-    let read = || async {
-        let outcome = state
-            .store
-            .reset_outcome(&caller.project_id, &request_id)
-            .await
-            .map_err(|e| ApiError::store("reading a reset outcome", e))?
-            .ok_or_else(invalid)?;
-        Ok(outcome_body(outcome))
-    };
-    Ok(Json(
-        super::wait::until_changed(&state, wait, read, |o: &ResetOutcome| o.complete).await?,
-    ))
+    Ok(request_id.to_ascii_lowercase())
+}
+
+/// The outcome body of a reset request in a project.
+pub(super) async fn read_outcome(
+    state: &AppState,
+    project_id: &str,
+    request_id: &str,
+) -> Result<ResetOutcome, ApiError> {
+    let outcome = state
+        .store
+        .reset_outcome(project_id, request_id)
+        .await
+        .map_err(|e| ApiError::store("reading a reset outcome", e))?
+        .ok_or_else(no_such_reset)?;
+    Ok(outcome_body(outcome))
 }
 
 /// The answer for a stored reset's targets.

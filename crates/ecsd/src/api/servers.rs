@@ -157,6 +157,7 @@ fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Api
         ("ip_eq" = Option<String>, Query, description = "An exact address."),
         ("tags" = Option<String>, Query, description = "Servers with this tag."),
         ("not-tags" = Option<String>, Query, description = "Servers without this tag."),
+        ("os_type" = Option<String>, Query, description = "Ours: Linux or Windows servers only (another value matches none)."),
         ("server_id" = Option<String>, Query, description = "Comma-separated ids (at most 100); overrides the other filters; unknown ids come back with a fault."),
     ),
     responses(
@@ -203,6 +204,7 @@ pub async fn list(
         ip_eq: q.get("ip_eq").cloned(),
         tags: q.get("tags").cloned(),
         not_tags: q.get("not-tags").cloned(),
+        os_type: q.get("os_type").cloned(),
         server_ids: server_ids.clone(),
     };
     let (servers, count) = state

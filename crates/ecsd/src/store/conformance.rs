@@ -491,6 +491,15 @@ pub async fn servers_register_lookup_and_list(store: &dyn Store) {
     })
     .await;
     assert_eq!((picked, n), (vec![ids[3].clone()], 1), "server_ids wins");
+    // os_type (ours): every server here is Linux.
+    for (os, want) in [("Linux", 6), ("linux", 6), ("Windows", 0), ("BeOS", 0)] {
+        let (v, n) = list(ListFilter {
+            os_type: Some(os.into()),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!((v.len(), n), (want, want as u64), "{os}");
+    }
 }
 
 async fn target(store: &dyn Store, project: &str, request: &str, server: &str) -> TargetState {

@@ -136,6 +136,9 @@ pub trait IdentityStore: Send + Sync + 'static {
     async fn token_by_hash(&self, token_hash: &str) -> StoreResult<Option<StoredToken>>;
     /// Marks the token revoked; returns false if it is unknown.
     async fn revoke_token(&self, token_hash: &str) -> StoreResult<bool>;
+    /// Moves an unrevoked token's expiry to `expires` (a console session's
+    /// idle expiry slides on use); returns false if it is unknown or revoked.
+    async fn extend_token(&self, token_hash: &str, expires: DateTime<Utc>) -> StoreResult<bool>;
 
     async fn create_temporary_credential(&self, cred: TemporaryCredential) -> StoreResult<()>;
     async fn temporary_credential(&self, ak: &str) -> StoreResult<Option<TemporaryCredential>>;

@@ -16,6 +16,7 @@ macro_rules! identity_conformance_tests {
             users_are_unique_per_domain_and_can_be_disabled,
             roles_are_per_project_and_replaced,
             tokens_are_found_by_hash_and_revoked,
+            token_expiry_moves_until_revoked,
             deleting_a_user_removes_its_credentials,
             temporary_credentials_round_trip
         );
@@ -171,6 +172,25 @@ pub async fn tokens_are_found_by_hash_and_revoked(store: &dyn Store, id: &dyn Id
     assert!(id.revoke_token("hash-1").await.unwrap());
     assert!(id.token_by_hash("hash-1").await.unwrap().unwrap().revoked);
     assert!(!id.revoke_token("hash-2").await.unwrap());
+}
+
+pub async fn token_expiry_moves_until_revoked(store: &dyn Store, id: &dyn IdentityStore) {
+    let p = store.create_project("slide").await.unwrap();
+    let d = id.project_domain(&p.id).await.unwrap().unwrap();
+    let u = user(&d.id, "sam");
+    id.create_user(u.clone()).await.unwrap();
+    let t = token(&u.id, &p.id, "hash-s");
+    id.create_token(t.clone()).await.unwrap();
+    let later = t.expires + Duration::seconds(600);
+    assert!(id.extend_token("hash-s", later).await.unwrap());
+    let found = id.token_by_hash("hash-s").await.unwrap().unwrap();
+    assert!((found.expires - later).num_milliseconds().abs() <= 1);
+    assert!(!id.extend_token("hash-unknown", later).await.unwrap());
+    assert!(id.revoke_token("hash-s").await.unwrap());
+    let again = later + Duration::seconds(600);
+    assert!(!id.extend_token("hash-s", again).await.unwrap());
+    let found = id.token_by_hash("hash-s").await.unwrap().unwrap();
+    assert!((found.expires - later).num_milliseconds().abs() <= 1);
 }
 
 pub async fn deleting_a_user_removes_its_credentials(store: &dyn Store, id: &dyn IdentityStore) {

@@ -268,6 +268,8 @@ pub struct ListFilter {
     pub ip_eq: Option<String>,
     pub tags: Option<String>,
     pub not_tags: Option<String>,
+    /// `Linux` or `Windows` (ours); another value matches no server.
+    pub os_type: Option<String>,
     /// Overrides every other filter.
     pub server_ids: Option<Vec<String>>,
 }

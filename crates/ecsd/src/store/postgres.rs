@@ -1042,6 +1042,15 @@ impl Store for PgStore {
                 let p = args.push(format!("%\"{}\"%", like_escape(t)));
                 clauses.push(format!("s.tags NOT LIKE {p} ESCAPE '\\'"));
             }
+            if let Some(os) = &f.os_type {
+                match OsType::parse(os) {
+                    Some(os) => {
+                        let p = args.push(os.as_str().to_owned());
+                        clauses.push(format!("s.os_type = {p}"));
+                    }
+                    None => clauses.push("FALSE".into()),
+                }
+            }
         }
         let (server_count, generation): (i64, i64) = c
             .cached_query_opt(

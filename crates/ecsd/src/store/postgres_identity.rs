@@ -1,6 +1,6 @@
 //! [`IdentityStore`] on the PostgreSQL store.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
@@ -274,6 +274,16 @@ impl IdentityStore for PgStore {
         Ok(c.cached_execute(
             "UPDATE tokens SET revoked = TRUE WHERE token_hash = $1",
             &[&token_hash],
+        )
+        .await?
+            == 1)
+    }
+
+    async fn extend_token(&self, token_hash: &str, expires: DateTime<Utc>) -> StoreResult<bool> {
+        let c = self.client().await?;
+        Ok(c.cached_execute(
+            "UPDATE tokens SET expires_at = $2 WHERE token_hash = $1 AND revoked = FALSE",
+            &[&token_hash, &fmt_time(expires)],
         )
         .await?
             == 1)

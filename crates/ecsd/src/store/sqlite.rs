@@ -1509,6 +1509,15 @@ impl Store for SqliteStore {
                     clauses.push("s.tags NOT LIKE ? ESCAPE '\\'".into());
                     args.push(format!("%\"{}\"%", like_escape(t)).into());
                 }
+                if let Some(os) = &f.os_type {
+                    match OsType::parse(os) {
+                        Some(os) => {
+                            clauses.push("s.os_type = ?".into());
+                            args.push(os.as_str().to_owned().into());
+                        }
+                        None => clauses.push("0".into()),
+                    }
+                }
             }
             let filter_sql = clauses.join(" AND ");
             let (server_count, generation): (i64, i64) = c

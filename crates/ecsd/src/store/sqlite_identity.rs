@@ -1,6 +1,6 @@
 //! [`IdentityStore`] on the embedded SQLite store (migration 5).
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::identity::*;
@@ -319,6 +319,17 @@ impl IdentityStore for SqliteStore {
         let h = token_hash.to_owned();
         self.write(move |c| {
             Ok(c.execute("UPDATE tokens SET revoked = 1 WHERE token_hash = ?1", [h])? == 1)
+        })
+        .await
+    }
+
+    async fn extend_token(&self, token_hash: &str, expires: DateTime<Utc>) -> StoreResult<bool> {
+        let h = token_hash.to_owned();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE tokens SET expires_at = ?2 WHERE token_hash = ?1 AND revoked = 0",
+                params![h, fmt_time(expires)],
+            )? == 1)
         })
         .await
     }

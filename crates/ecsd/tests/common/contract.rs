@@ -84,6 +84,26 @@ fn validate(schema: &Value, body: &Value) -> Result<(), String> {
     }
 }
 
+/// A `text/event-stream` body: blocks of `id:`, `event:`, `data:`,
+/// `retry:` lines and `:` comments; every `data` is JSON.
+#[track_caller]
+fn check_event_stream(method: &str, t: &str, status: u16, text: &str) {
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(data) = line.strip_prefix("data: ") {
+            if let Err(e) = serde_json::from_str::<Value>(data) {
+                panic!("{method} {t} -> {status}: an event's data is not JSON ({e}): {line:.300}");
+            }
+        } else {
+            assert!(
+                ["id: ", "event: ", "retry: ", ":"]
+                    .iter()
+                    .any(|p| line.starts_with(p)),
+                "{method} {t} -> {status}: not an event stream line: {line:.300}"
+            );
+        }
+    }
+}
+
 /// Panics if this exchange is not what the document says.
 #[track_caller]
 pub fn check(method: &str, path: &str, status: u16, text: &str) {
@@ -94,6 +114,13 @@ pub fn check(method: &str, path: &str, status: u16, text: &str) {
     let paths = d.raw["paths"].as_object().unwrap();
     let op = template(paths, path)
         .and_then(|t| paths[t].get(method.to_ascii_lowercase()).map(|op| (t, op)));
+    if let Some((t, op)) = op
+        && let Some(resp) = op["responses"].get(status.to_string())
+        && resp["content"].get("text/event-stream").is_some()
+    {
+        check_event_stream(method, t, status, text);
+        return;
+    }
     let body: Value = if text.is_empty() {
         Value::Null
     } else {
