@@ -584,3 +584,158 @@ async fn event_streams_are_capped_per_replica_and_freed_when_closed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A PENDING reset (no agent) and its event stream's path: the stream
+/// stays open until its life, its credential or the server ends it.
+async fn pending_reset_stream(t: &TestServer) -> String {
+    let (id, _) = t
+        .server(&t.project, "web-1", ecs_policy::OsType::Linux, true)
+        .await;
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Gx7!pLq2vR"), None, &[&id])),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    format!(
+        "/v1/{}/cloudservers/os-reset-passwords/{}/events?seconds=60",
+        t.project,
+        r.request_id.unwrap()
+    )
+}
+
+/// Reads an open stream to its end (at most `within`); the text and how
+/// long it took to end.
+async fn read_to_end(open: reqwest::Response, within: Duration) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(within, open.bytes())
+        .await
+        .unwrap_or_else(|_| panic!("the stream was still open after {within:?}"))
+        .unwrap();
+    (String::from_utf8(body.to_vec()).unwrap(), started.elapsed())
+}
+
+fn ended_by_its_credential(text: &str) {
+    assert!(text.contains("event: outcome"), "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with("event: error\ndata: \"APIGW.0301\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_console_stream_ends_within_seconds_of_its_sign_out() {
+    let t = TestServer::start().await;
+    user(&t, "alice", UserRole::Admin).await;
+    let path = pending_reset_stream(&t).await;
+    let b = sign_in(&t, "alice").await;
+    let open = reqwest::Client::new()
+        .get(t.url(&path))
+        .header("cookie", &b.cookie)
+        .header("x-csrf-token", &b.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    let reader = tokio::spawn(read_to_end(open, Duration::from_secs(15)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !reader.is_finished(),
+        "the stream ended before the sign-out"
+    );
+    let signed_out = std::time::Instant::now();
+    let r = no_redirects()
+        .post(t.url("/console/logout"))
+        .header("cookie", &b.cookie)
+        .header("origin", &t.base)
+        .form(&[("csrf", b.csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let (text, _) = reader.await.unwrap();
+    let after = signed_out.elapsed();
+    assert!(
+        after < Duration::from_secs(5),
+        "ended {after:?} after the sign-out"
+    );
+    ended_by_its_credential(&text);
+}
+
+#[tokio::test]
+async fn a_console_stream_ends_when_its_idle_session_expires() {
+    // A stream is no use of the session: it does not keep it alive.
+    let t = TestServer::start_with(|c| {
+        c.console_idle_secs = 2;
+        c.console_session_secs = 3600;
+    })
+    .await;
+    user(&t, "alice", UserRole::Admin).await;
+    let path = pending_reset_stream(&t).await;
+    let b = sign_in(&t, "alice").await;
+    let open = reqwest::Client::new()
+        .get(t.url(&path))
+        .header("cookie", &b.cookie)
+        .header("x-csrf-token", &b.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    let (text, took) = read_to_end(open, Duration::from_secs(15)).await;
+    assert!(took < Duration::from_secs(7), "ended after {took:?}");
+    ended_by_its_credential(&text);
+}
+
+#[tokio::test]
+async fn a_token_stream_ends_within_seconds_of_the_tokens_revocation() {
+    let t = TestServer::start().await;
+    user(&t, "alice", UserRole::Admin).await;
+    let path = pending_reset_stream(&t).await;
+    let login = serde_json::json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "domain": {"name": "default"}, "name": "alice", "password": PW}}},
+        "scope": {"project": {"id": t.project}}
+    }})
+    .to_string();
+    let r = reqwest::Client::new()
+        .post(t.url("/v3/auth/tokens"))
+        .header("content-type", "application/json")
+        .body(login)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let token = r.headers()["x-subject-token"].to_str().unwrap().to_owned();
+    let open = reqwest::Client::new()
+        .get(t.url(&path))
+        .header("x-auth-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    let reader = tokio::spawn(read_to_end(open, Duration::from_secs(15)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !reader.is_finished(),
+        "the stream ended before the revocation"
+    );
+    let revoked = std::time::Instant::now();
+    let r = reqwest::Client::new()
+        .delete(t.url("/v3/auth/tokens"))
+        .header("x-auth-token", &token)
+        .header("x-subject-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (text, _) = reader.await.unwrap();
+    let after = revoked.elapsed();
+    assert!(
+        after < Duration::from_secs(5),
+        "ended {after:?} after the revocation"
+    );
+    ended_by_its_credential(&text);
+}

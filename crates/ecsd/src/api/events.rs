@@ -3,7 +3,10 @@
 //! other client (`curl -N`). Each event's `data` is exactly the JSON the
 //! matching GET answers; `event: end` closes a finished one. Built on the
 //! same wake-up as `?wait=` ([`crate::state::Changes`], and a look every
-//! second for other replicas' changes). Limits: `max_event_streams` open
+//! second for other replicas' changes). The credential that opened a
+//! stream is looked at again every [`RECHECK_SECS`] and before each event
+//! ([`Credential`]): once signed out, expired, revoked or disabled, the
+//! stream ends with `event: error` and `APIGW.0301`. Limits: `max_event_streams` open
 //! at once per replica (beyond: 429 `APIGW.0308`), each at most `seconds`
 //! (default and most [`MAX_STREAM_SECS`]; 0: the current state only); a comment every
 //! [`KEEPALIVE_SECS`] keeps proxies from closing an idle stream.
@@ -17,7 +20,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use ecs_api::{ResetOutcome, ShowJobResponse};
@@ -26,12 +29,91 @@ use serde::Serialize;
 use crate::authorize::authorize;
 use crate::authz::Action;
 use crate::error::ApiError;
+use crate::identity::{TokenState, token_state};
+use crate::secrets::bearer_hash;
 use crate::state::{AppState, Caller, Source};
 
 /// The longest (and default) life of one stream; clients reconnect.
 pub const MAX_STREAM_SECS: u64 = 600;
 /// A comment line this often on an otherwise quiet stream.
 pub const KEEPALIVE_SECS: u64 = 15;
+/// The stream's credential is looked at again at least this often.
+pub const RECHECK_SECS: u64 = 2;
+
+/// The credential a stream was opened with, checked again while it runs
+/// (from the shared store, so a sign-out or revocation on any replica ends
+/// it): a console session or `X-Auth-Token` by its hash (unrevoked,
+/// unexpired, a session also within its absolute life, its user enabled),
+/// an AK by its key (a permanent key still there and enabled; a temporary
+/// one unexpired and its user enabled). Not looked at again: the role and
+/// policies (decided at open).
+enum Credential {
+    Session(String),
+    Token(String),
+    Key(String),
+}
+
+impl Credential {
+    /// Which credential `verify` (crate::auth) took, in the same order.
+    fn of(caller: &Caller, headers: &HeaderMap) -> Self {
+        if let Some(t) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
+            return Credential::Token(bearer_hash(t.trim()));
+        }
+        if !headers.contains_key(header::AUTHORIZATION)
+            && let Some(secret) = crate::console::session::cookie_secret(headers)
+        {
+            return Credential::Session(bearer_hash(secret));
+        }
+        Credential::Key(caller.access_key.clone())
+    }
+
+    /// Whether the credential still authenticates now.
+    async fn still_good(&self, state: &AppState) -> Result<bool, ApiError> {
+        let store = |e| ApiError::store("checking a stream's credential", e);
+        let now = chrono::Utc::now();
+        let user_enabled = |id: String| async move {
+            Ok::<_, ApiError>(
+                state
+                    .identity
+                    .user(&id)
+                    .await
+                    .map_err(store)?
+                    .is_some_and(|u| u.enabled),
+            )
+        };
+        match self {
+            Credential::Session(hash) | Credential::Token(hash) => {
+                let Some(t) = state.identity.token_by_hash(hash).await.map_err(store)? else {
+                    return Ok(false);
+                };
+                let absolute = crate::console::session::Lifetime::of(&state.config);
+                let alive = token_state(&t, now) == TokenState::Valid
+                    && (matches!(self, Credential::Token(_))
+                        || now < absolute.absolute_end(t.issued));
+                Ok(alive && user_enabled(t.user_id).await?)
+            }
+            Credential::Key(ak) => {
+                if state.store.access_key(ak).await.map_err(store)?.is_some() {
+                    return Ok(state
+                        .lifecycle
+                        .key_gate(ak)
+                        .await
+                        .map_err(store)?
+                        .is_none_or(|g| g.enabled));
+                }
+                match state
+                    .identity
+                    .temporary_credential(ak)
+                    .await
+                    .map_err(store)?
+                {
+                    Some(c) if now < c.expires => user_enabled(c.user_id).await,
+                    _ => Ok(false),
+                }
+            }
+        }
+    }
+}
 
 /// One event of a stream, as its `text/event-stream` fields (documented
 /// only: the stream itself is text).
@@ -39,12 +121,23 @@ pub const KEEPALIVE_SECS: u64 = 15;
 #[allow(dead_code)]
 pub struct ServerSentEvent {
     /// `outcome` (resets) or `job` (jobs) at once and at each change;
-    /// `end` once final; `error` with the error code if a later read failed.
+    /// `end` once final; `error` with the error code if a later read failed
+    /// (`APIGW.0301` once the credential that opened the stream no longer
+    /// authenticates: signed out, expired, revoked or disabled).
     event: String,
     /// Counts up from 1 on each stream.
     id: String,
     /// The JSON of the matching GET (`{}` with `end`, the code with `error`).
     data: String,
+}
+
+/// The kind of a credential, for the log (never the hash or key).
+fn cred_kind(c: &Credential) -> &'static str {
+    match c {
+        Credential::Session(_) => "console session",
+        Credential::Token(_) => "token",
+        Credential::Key(_) => "access key",
+    }
 }
 
 /// One open stream, counted in `AppState::event_streams` until dropped.
@@ -93,8 +186,11 @@ fn event(name: &str, id: u64, data: &impl Serialize) -> Bytes {
 /// that differs from the one before, ending after a `done` one (with
 /// `event: end`), after `life`, or when the server stops. The first read
 /// happens before answering, so an unknown id is the usual error body.
+/// Ends early (`event: error`, `APIGW.0301`) once `cred` no longer
+/// authenticates, looked at before each event and every [`RECHECK_SECS`].
 async fn stream<T, F, Fut>(
     state: AppState,
+    cred: Credential,
     life: Duration,
     name: &'static str,
     read: F,
@@ -127,6 +223,7 @@ where
             return;
         }
         let mut quiet = tokio::time::Instant::now();
+        let mut checked = tokio::time::Instant::now();
         while !done(&last) {
             tokio::select! {
                 _ = changes.changed() => {}
@@ -143,6 +240,22 @@ where
                     return;
                 }
             };
+            if now != last || checked.elapsed() >= Duration::from_secs(RECHECK_SECS) {
+                checked = tokio::time::Instant::now();
+                let code = match cred.still_good(&state).await {
+                    Ok(true) => None,
+                    Ok(false) => Some("APIGW.0301"),
+                    Err(e) => Some(e.code()),
+                };
+                if let Some(code) = code {
+                    tracing::info!(
+                        credential = cred_kind(&cred),
+                        "an event stream's credential ended; stream closed"
+                    );
+                    let _ = tx.send(event("error", n + 1, &code)).await;
+                    return;
+                }
+            }
             if now != last {
                 n += 1;
                 if tx.send(event(name, n, &now)).await.is_err() {
@@ -192,6 +305,7 @@ pub async fn reset_events(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Extension(source): Extension<Source>,
+    headers: HeaderMap,
     p: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -204,7 +318,11 @@ pub async fn reset_events(
         let (st, project, request_id) = (st.clone(), project.clone(), request_id.clone());
         async move { super::resets::read_outcome(&st, &project, &request_id).await }
     };
-    stream(state, life, "outcome", read, |o: &ResetOutcome| o.complete).await
+    let cred = Credential::of(&caller, &headers);
+    stream(state, cred, life, "outcome", read, |o: &ResetOutcome| {
+        o.complete
+    })
+    .await
 }
 
 /// `GET /v1/{project_id}/jobs/{job_id}/events` (ours).
@@ -222,6 +340,7 @@ pub async fn job_events(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Extension(source): Extension<Source>,
+    headers: HeaderMap,
     p: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -247,7 +366,8 @@ pub async fn job_events(
             Ok(crate::power::show_job(&job))
         }
     };
-    stream(state, life, "job", read, |j: &ShowJobResponse| {
+    let cred = Credential::of(&caller, &headers);
+    stream(state, cred, life, "job", read, |j: &ShowJobResponse| {
         matches!(
             j.status,
             ecs_api::JobStatus::Success | ecs_api::JobStatus::Fail
