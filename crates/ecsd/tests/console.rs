@@ -739,3 +739,28 @@ async fn a_token_stream_ends_within_seconds_of_the_tokens_revocation() {
     );
     ended_by_its_credential(&text);
 }
+
+#[tokio::test]
+async fn an_access_key_stream_ends_within_seconds_of_the_keys_disabling() {
+    let t = TestServer::start().await;
+    let path = pending_reset_stream(&t).await;
+    let started = std::time::Instant::now();
+    let (r, disabled) = tokio::join!(t.call("GET", &path, None), async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            t.state
+                .lifecycle
+                .set_access_key_enabled(&t.ak, false)
+                .await
+                .unwrap()
+        );
+        started.elapsed()
+    });
+    assert_eq!(r.status, 200, "{}", r.text);
+    let after = started.elapsed() - disabled;
+    assert!(
+        after < Duration::from_secs(5),
+        "ended {after:?} after the disabling"
+    );
+    ended_by_its_credential(&r.text);
+}
