@@ -8,6 +8,7 @@
 mod api;
 mod audit;
 mod config;
+mod escrow;
 mod iam;
 
 use std::io::{BufRead, IsTerminal};
@@ -185,6 +186,23 @@ enum Command {
     Resets {
         #[command(subcommand)]
         command: Resets,
+    },
+    /// Escrow recipients of the project (issue 15): make your identity
+    /// (`init`), register others, list, remove.
+    Escrow {
+        #[command(subcommand)]
+        command: escrow::Escrow,
+    },
+    /// Escrowed (generated) passwords: decrypt one here, list versions,
+    /// the drift report.
+    Passwords {
+        #[command(subcommand)]
+        command: escrow::Passwords,
+    },
+    /// Rotation policies: generated passwords on a schedule.
+    Rotation {
+        #[command(subcommand)]
+        command: escrow::Rotation,
     },
     /// The audit trail: who changed what, and every denied call.
     ///
@@ -412,6 +430,11 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
         Command::Groups { command } => iam::groups(&api()?, command, out).await,
         Command::Policies { command } => iam::policies(&api()?, command, out).await,
         Command::Keys { command } => iam::keys(&api()?, command, out).await,
+        Command::Escrow { command } => escrow::escrow(&api()?, &overrides, command, out).await,
+        Command::Passwords { command } => {
+            escrow::passwords(&api()?, &overrides, command, out).await
+        }
+        Command::Rotation { command } => escrow::rotation(&api()?, command, out).await,
         Command::Audit(args) => {
             let traces = audit::fetch(&api()?, &args).await?;
             if out.json {
@@ -1042,6 +1065,7 @@ async fn reset_password(api: &Api, t: &Targets, o: &ResetOpts, out: &Out) -> any
         }
     }
     let body = BatchResetRequest {
+        generate: None,
         new_password: password.map(Into::into),
         dry_run: Some(o.dry_run),
         servers: targets.iter().map(|t| ServerRef::new(&t.id)).collect(),

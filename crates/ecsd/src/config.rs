@@ -100,6 +100,11 @@ pub struct Config {
     pub auth_failures_per_minute: u32,
     /// How long a token from `POST /v3/auth/tokens` is valid (Huawei: 24 h).
     pub token_ttl_secs: u64,
+    /// Escrowed password versions kept per server (issue 15); the newest
+    /// version its agent applied is kept beyond them.
+    pub escrow_keep_versions: u32,
+    /// How often the rotation scheduler looks for due rotations (seconds).
+    pub rotation_check_secs: u64,
 }
 
 /// See [`Config::duplicate_machine_id`].
@@ -153,6 +158,8 @@ impl Default for Config {
             job_retention_days: 30,
             auth_failures_per_minute: 30,
             token_ttl_secs: 24 * 3600,
+            escrow_keep_versions: crate::domain::escrow::DEFAULT_KEEP as u32,
+            rotation_check_secs: 30,
         }
     }
 }
@@ -190,6 +197,8 @@ const ENV_KEYS: &[&str] = &[
     "job_retention_days",
     "auth_failures_per_minute",
     "token_ttl_secs",
+    "escrow_keep_versions",
+    "rotation_check_secs",
 ];
 
 impl Config {
