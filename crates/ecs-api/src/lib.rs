@@ -22,12 +22,12 @@ pub mod tags;
 pub use audit::{ListTracesResponse, Trace, TraceMetaData, TraceRating, TraceUser};
 pub use ecs_agent_proto as agent;
 pub use ecs_agent_proto::{EnrollTokenRequest, EnrollTokenResponse};
+pub use error::{EcsError, EcsErrorBody, ErrorBody, GatewayErrorBody, InternalError};
 pub use escrow::{
     CreateRecipientRequest, EscrowRecipient, EscrowedPasswords, EscrowedVersion, PasswordStatus,
     PasswordStatusList, RecipientList, RotationPolicy, RotationPolicyList, RotationPolicySpec,
     RotationSchedule, RotationSelector,
 };
-pub use error::{EcsError, EcsErrorBody, ErrorBody, GatewayErrorBody, InternalError};
 pub use job::{
     ActionKind, JobEntities, JobResult, ServerAction, ShowJobResponse, SubJob, SubJobEntities,
 };

@@ -140,12 +140,11 @@ pub fn decrypt(identity: &Identity, blob: &[u8]) -> Result<SecretString, EscrowE
         .decrypt(iter::once(&identity.0 as &dyn age::Identity))
         .map_err(EscrowError::Decrypt)?;
     let mut buf = Zeroizing::new(Vec::new());
-    reader
-        .read_to_end(&mut buf)
-        .map_err(EscrowError::Format)?;
-    let text = Zeroizing::new(String::from_utf8(buf.to_vec()).map_err(|_| {
-        EscrowError::Format(std::io::Error::other("the password is not UTF-8"))
-    })?);
+    reader.read_to_end(&mut buf).map_err(EscrowError::Format)?;
+    let text =
+        Zeroizing::new(String::from_utf8(buf.to_vec()).map_err(|_| {
+            EscrowError::Format(std::io::Error::other("the password is not UTF-8"))
+        })?);
     Ok(SecretString::from(text.as_str()))
 }
 
@@ -268,7 +267,10 @@ mod tests {
         assert!(std::str::from_utf8(&blob).unwrap().starts_with(ARMOR_BEGIN));
         assert!(!String::from_utf8_lossy(&blob).contains("Secret-Pass-123"));
         for id in [&a, &b] {
-            assert_eq!(decrypt(id, &blob).unwrap().expose_secret(), "Secret-Pass-123");
+            assert_eq!(
+                decrypt(id, &blob).unwrap().expose_secret(),
+                "Secret-Pass-123"
+            );
         }
         assert!(matches!(decrypt(&c, &blob), Err(EscrowError::Decrypt(_))));
     }
@@ -294,8 +296,7 @@ mod tests {
         let (id, file) = new_identity("created by a test");
         let plain = open_identity(file.expose_secret().as_bytes(), None).unwrap();
         assert_eq!(plain.recipient(), id.recipient());
-        let protected =
-            protect_identity(&file, SecretString::from("correct horse")).unwrap();
+        let protected = protect_identity(&file, SecretString::from("correct horse")).unwrap();
         assert!(is_protected(&protected));
         assert!(!String::from_utf8_lossy(&protected).contains("AGE-SECRET-KEY"));
         assert!(matches!(
@@ -306,8 +307,7 @@ mod tests {
             open_identity(&protected, Some(SecretString::from("wrong"))),
             Err(EscrowError::IdentityPassphrase(_))
         ));
-        let opened =
-            open_identity(&protected, Some(SecretString::from("correct horse"))).unwrap();
+        let opened = open_identity(&protected, Some(SecretString::from("correct horse"))).unwrap();
         assert_eq!(opened.recipient(), id.recipient());
         assert!(matches!(
             open_identity(b"garbage", None),

@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use ecs_api::{
-    CreateRecipientRequest, EscrowRecipient, EscrowedPasswords, PasswordStatusList,
-    RecipientList, RotationPolicy, RotationPolicyList, RotationPolicySpec, RotationSchedule,
-    RotationSelector,
+    CreateRecipientRequest, EscrowRecipient, EscrowedPasswords, PasswordStatusList, RecipientList,
+    RotationPolicy, RotationPolicyList, RotationPolicySpec, RotationSchedule, RotationSelector,
 };
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
@@ -282,9 +281,16 @@ pub async fn escrow(
             if out.json {
                 say_json(&json!({"recipient": r.body, "identity": path}));
             } else {
-                println!("registered recipient {} ({})", cell(&r.body.id), cell(&r.body.name));
+                println!(
+                    "registered recipient {} ({})",
+                    cell(&r.body.id),
+                    cell(&r.body.name)
+                );
                 println!("recipient: {}", cell(&r.body.recipient));
-                println!("identity:  {} (passphrase-protected, mode 0600; keep a backup)", path.display());
+                println!(
+                    "identity:  {} (passphrase-protected, mode 0600; keep a backup)",
+                    path.display()
+                );
             }
             Ok(0)
         }
@@ -346,7 +352,11 @@ fn say_json(v: &serde_json::Value) {
     println!("{v}");
 }
 
-async fn versions(api: &Api, server_id: &str, version: Option<i64>) -> anyhow::Result<EscrowedPasswords> {
+async fn versions(
+    api: &Api,
+    server_id: &str,
+    version: Option<i64>,
+) -> anyhow::Result<EscrowedPasswords> {
     let mut rest = format!(
         "/cloudservers/{}/escrowed-passwords",
         ecs_client::encode(server_id)
@@ -431,7 +441,11 @@ pub async fn passwords(
                         v.version,
                         cell(&got.server_id),
                         cell(&v.created),
-                        if v.applied { "applied" } else { "not applied yet" }
+                        if v.applied {
+                            "applied"
+                        } else {
+                            "not applied yet"
+                        }
                     );
                 }
                 println!("{}", password.expose_secret());
@@ -487,7 +501,9 @@ pub async fn passwords(
                                 s.server_id.clone(),
                                 s.name.clone(),
                                 s.status.clone(),
-                                s.version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                                s.version
+                                    .map(|v| v.to_string())
+                                    .unwrap_or_else(|| "-".into()),
                                 s.created.clone().unwrap_or_else(|| "-".into()),
                                 s.state.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
                             ]
@@ -535,7 +551,14 @@ fn policy_rows(list: &[RotationPolicy]) -> Vec<Vec<String>> {
 }
 
 const POLICY_HEADERS: &[&str] = &[
-    "ID", "NAME", "EVERY", "WINDOW", "SELECTOR", "APPLY", "AFTER-USE", "LAST RUN",
+    "ID",
+    "NAME",
+    "EVERY",
+    "WINDOW",
+    "SELECTOR",
+    "APPLY",
+    "AFTER-USE",
+    "LAST RUN",
 ];
 
 pub async fn rotation(api: &Api, cmd: Rotation, out: &Out) -> anyhow::Result<u8> {

@@ -85,7 +85,8 @@ async fn dev_escrow_identity(
     let recipient = match existing {
         Some(id) => id.recipient(),
         None => {
-            let (id, file) = ecs_escrow::new_identity("ecsd serve --dev: the dev operator's escrow identity");
+            let (id, file) =
+                ecs_escrow::new_identity("ecsd serve --dev: the dev operator's escrow identity");
             write_private(&path, file.expose_secret().as_bytes())?;
             id.recipient()
         }

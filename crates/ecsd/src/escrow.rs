@@ -341,7 +341,10 @@ pub async fn password_status(
         let status = match v {
             None => "never_escrowed",
             Some(v) if period.is_some_and(|p| v.created + p < now) => "overdue",
-            Some(v) if v.state.is_some_and(|st| st.is_final() && st != ResetState::Applied) => {
+            Some(v)
+                if v.state
+                    .is_some_and(|st| st.is_final() && st != ResetState::Applied) =>
+            {
                 "not_applied"
             }
             Some(_) => "ok",
@@ -380,9 +383,7 @@ async fn rotate(
 ) -> Result<usize, Error> {
     let ready: Vec<&Server> = servers
         .into_iter()
-        .filter(|s| {
-            s.agent_public_key.is_some() && crate::domain::server::allows_reset(s.status)
-        })
+        .filter(|s| s.agent_public_key.is_some() && crate::domain::server::allows_reset(s.status))
         .collect();
     if ready.is_empty() {
         return Ok(0);
@@ -478,7 +479,9 @@ pub async fn run_rotations(state: &AppState, now: DateTime<Utc>) -> Result<usize
             .filter(|(p, spec, _)| {
                 p.project_id == project_id
                     && spec.rotate_after_retrieval_minutes.is_some()
-                    && spec.selector.matches(&server.name, server.os_type, &server.tags)
+                    && spec
+                        .selector
+                        .matches(&server.name, server.os_type, &server.tags)
             })
             .min_by_key(|(_, spec, _)| spec.rotate_after_retrieval_minutes);
         let Some((policy, spec, _)) = policy else {

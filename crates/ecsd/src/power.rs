@@ -213,7 +213,8 @@ pub async fn batch_action(
 pub async fn reboot(state: &AppState, ctx: &CallContext<'_>, ids: &[String]) -> Result<(), Error> {
     let servers: Vec<ecs_api::ServerRef> = ids.iter().map(ecs_api::ServerRef::new).collect();
     let body = serde_json::json!({"reboot": {"type": "SOFT", "servers": servers}});
-    let body = Bytes::from(serde_json::to_vec(&body).map_err(|e| Error::internal("reboot body", e))?);
+    let body =
+        Bytes::from(serde_json::to_vec(&body).map_err(|e| Error::internal("reboot body", e))?);
     match batch_action(
         state,
         ctx,

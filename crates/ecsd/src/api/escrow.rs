@@ -163,7 +163,10 @@ pub async fn escrowed_passwords(
     if !permit.possible() {
         return Err(denied(state.clone(), caller.clone(), source.0.clone(), server_id).await);
     }
-    let version = match query.map_err(|_| ApiError::invalid("Invalid query string."))?.get("version") {
+    let version = match query
+        .map_err(|_| ApiError::invalid("Invalid query string."))?
+        .get("version")
+    {
         None => None,
         Some(v) => Some(v.parse::<i64>().ok().filter(|v| *v >= 1).ok_or_else(|| {
             ApiError::invalid("Invalid query: version must be a positive integer.")
@@ -219,11 +222,17 @@ pub async fn create_policy(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<RotationPolicy>), ApiError> {
-    authorize(&state, &caller, &source.0, Action::CreateRotationPolicy, true).await?;
+    authorize(
+        &state,
+        &caller,
+        &source.0,
+        Action::CreateRotationPolicy,
+        true,
+    )
+    .await?;
     let req: RotationPolicySpec = parse_body(super::content_type(&headers), &body)?;
     let request_id = current_request_id();
-    let p =
-        crate::escrow::add_policy(&state, &ctx(&caller, &request_id, &source), req).await?;
+    let p = crate::escrow::add_policy(&state, &ctx(&caller, &request_id, &source), req).await?;
     Ok((StatusCode::CREATED, Json(p)))
 }
 
@@ -240,7 +249,14 @@ pub async fn list_policies(
     Extension(caller): Extension<Caller>,
     Extension(source): Extension<Source>,
 ) -> Result<Json<RotationPolicyList>, ApiError> {
-    authorize(&state, &caller, &source.0, Action::ListRotationPolicies, true).await?;
+    authorize(
+        &state,
+        &caller,
+        &source.0,
+        Action::ListRotationPolicies,
+        true,
+    )
+    .await?;
     let policies = state
         .escrow
         .rotation_policies(Some(&caller.project_id))
@@ -267,7 +283,14 @@ pub async fn delete_policy(
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (_, id) = super::path(p)?;
-    authorize(&state, &caller, &source.0, Action::DeleteRotationPolicy, true).await?;
+    authorize(
+        &state,
+        &caller,
+        &source.0,
+        Action::DeleteRotationPolicy,
+        true,
+    )
+    .await?;
     let request_id = current_request_id();
     crate::escrow::remove_policy(&state, &ctx(&caller, &request_id, &source), &id).await?;
     Ok(StatusCode::NO_CONTENT)

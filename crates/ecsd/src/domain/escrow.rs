@@ -295,10 +295,7 @@ mod tests {
         assert!(!p.due(None, at("2026-01-01T02:30:00Z")));
         assert!(!p.due(None, at("2026-01-01T01:00:00Z")));
         // Ran yesterday at 00:10 UTC: due again today inside the window.
-        assert!(p.due(
-            Some(at("2026-01-01T00:10:00Z")),
-            at("2026-01-02T00:15:00Z")
-        ));
+        assert!(p.due(Some(at("2026-01-01T00:10:00Z")), at("2026-01-02T00:15:00Z")));
         // A window across midnight.
         let w = (
             NaiveTime::from_hms_opt(23, 30, 0).unwrap(),

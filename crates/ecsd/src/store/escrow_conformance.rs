@@ -274,8 +274,18 @@ pub async fn rotation_policies_are_named_listed_deleted_and_claimed_once(store: 
     };
     let daily = policy(&p.id, "daily");
     assert!(store.add_rotation_policy(daily.clone()).await.unwrap());
-    assert!(!store.add_rotation_policy(policy(&p.id, "daily")).await.unwrap());
-    assert!(store.add_rotation_policy(policy(&q.id, "daily")).await.unwrap());
+    assert!(
+        !store
+            .add_rotation_policy(policy(&p.id, "daily"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .add_rotation_policy(policy(&q.id, "daily"))
+            .await
+            .unwrap()
+    );
     let weekly = RotationPolicy {
         created: now + Duration::seconds(1),
         ..policy(&p.id, "weekly")
@@ -305,7 +315,12 @@ pub async fn rotation_policies_are_named_listed_deleted_and_claimed_once(store: 
     assert!(!store.claim_rotation("no-such", None, now).await.unwrap());
 
     assert!(store.delete_rotation_policy(&p.id, "weekly").await.unwrap());
-    assert!(store.delete_rotation_policy(&p.id, &daily.id).await.unwrap());
+    assert!(
+        store
+            .delete_rotation_policy(&p.id, &daily.id)
+            .await
+            .unwrap()
+    );
     assert!(!store.delete_rotation_policy(&p.id, "daily").await.unwrap());
     assert_eq!(store.rotation_policies(Some(&q.id)).await.unwrap().len(), 1);
 }

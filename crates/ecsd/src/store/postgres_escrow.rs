@@ -44,7 +44,13 @@ impl EscrowStore for PgStore {
         Ok(c.cached_execute(
             "INSERT INTO escrow_recipients (project_id, id, name, recipient, created_at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            &[&r.project_id, &r.id, &r.name, &r.recipient, &fmt_time(r.created)],
+            &[
+                &r.project_id,
+                &r.id,
+                &r.name,
+                &r.recipient,
+                &fmt_time(r.created),
+            ],
         )
         .await?
             == 1)
@@ -252,7 +258,11 @@ impl EscrowStore for PgStore {
         .collect()
     }
 
-    async fn delete_rotation_policy(&self, project_id: &str, id_or_name: &str) -> StoreResult<bool> {
+    async fn delete_rotation_policy(
+        &self,
+        project_id: &str,
+        id_or_name: &str,
+    ) -> StoreResult<bool> {
         let c = self.client().await?;
         Ok(c.cached_execute(
             "DELETE FROM rotation_policies WHERE project_id = $1 AND (id = $2 OR name = $2)",

@@ -299,7 +299,11 @@ impl EscrowStore for SqliteStore {
         .await
     }
 
-    async fn delete_rotation_policy(&self, project_id: &str, id_or_name: &str) -> StoreResult<bool> {
+    async fn delete_rotation_policy(
+        &self,
+        project_id: &str,
+        id_or_name: &str,
+    ) -> StoreResult<bool> {
         let (p, k) = (project_id.to_owned(), id_or_name.to_owned());
         self.write(move |c| {
             Ok(c.execute(
