@@ -119,7 +119,7 @@ pub struct RotationPolicySpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RotationPolicy {
     pub id: String,
-    #[serde(flatten)]
+    /// What was created.
     pub spec: RotationPolicySpec,
     pub created: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -103,10 +103,20 @@ pub async fn retrieve(
     if let Some(v) = version {
         versions.retain(|x| x.version == v);
         if versions.is_empty() {
-            return Err(Error::NotFound {
+            let err = Error::NotFound {
                 entity: crate::domain::Entity::EscrowVersion,
                 id: v.to_string(),
-            });
+            };
+            crate::batch::audit_rejection(
+                state,
+                ctx,
+                crate::authz::Action::GetPassword.as_str(),
+                vec![server_id.to_owned()],
+                false,
+                &err,
+            )
+            .await;
+            return Err(err);
         }
     }
     let listed: Vec<String> = versions.iter().map(|v| v.version.to_string()).collect();

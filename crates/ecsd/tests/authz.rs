@@ -110,6 +110,9 @@ struct Fixture {
     victims: Vec<String>,
     group: String,
     spare_keys: Vec<String>,
+    /// Escrow (issue 15): a registered recipient and a rotation policy
+    /// (the admin's DELETE rows remove them).
+    recipient_id: String,
 }
 
 async fn fixture() -> Fixture {
@@ -189,6 +192,24 @@ async fn fixture() -> Fixture {
         .await
         .unwrap()
         .id;
+    let (id, _) = ecs_escrow::new_identity("matrix");
+    let r = t
+        .call(
+            "POST",
+            &format!("/v1/{}/escrow/recipients", t.project),
+            Some(&serde_json::json!({"name": "matrix", "recipient": id.recipient()}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let recipient_id = r.json::<ecs_api::EscrowRecipient>().id;
+    let r = t
+        .call(
+            "POST",
+            &format!("/v1/{}/escrow/rotation-policies", t.project),
+            Some(r#"{"name": "matrix", "schedule": {"every_days": 1}, "selector": {"tags": ["env=none"]}}"#),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
     Fixture {
         t,
         keys,
@@ -198,6 +219,7 @@ async fn fixture() -> Fixture {
         victims,
         group,
         spare_keys,
+        recipient_id,
     }
 }
 
@@ -326,6 +348,87 @@ fn rows() -> Vec<Row> {
             template: "/v1/{project_id}/enroll-tokens",
             call: |f, _| (p(f, "/enroll-tokens"), None),
             expect: [201, 403, 403, 403, 400],
+        },
+        // Escrow (issue 15): recipients and policies are managed by admins;
+        // readonly may list them and read the drift report; escrowed
+        // passwords are for admins only (readonly's get* is denied them).
+        Row {
+            method: "POST",
+            template: "/v1/{project_id}/escrow/recipients",
+            call: |f, _| {
+                let (id, _) = ecs_escrow::new_identity("row");
+                (
+                    p(f, "/escrow/recipients"),
+                    Some(
+                        serde_json::json!({"name": "row", "recipient": id.recipient()}).to_string(),
+                    ),
+                )
+            },
+            expect: [201, 403, 403, 403, 400],
+        },
+        Row {
+            method: "GET",
+            template: "/v1/{project_id}/escrow/recipients",
+            call: |f, _| (p(f, "/escrow/recipients"), None),
+            expect: [200, 403, 200, 403, 400],
+        },
+        Row {
+            method: "POST",
+            template: "/v1/{project_id}/escrow/rotation-policies",
+            call: |f, i| {
+                (
+                    p(f, "/escrow/rotation-policies"),
+                    Some(
+                        serde_json::json!({"name": format!("row-{i}"), "schedule": {"every_days": 7},
+                            "selector": {"tags": ["env=none"]}})
+                        .to_string(),
+                    ),
+                )
+            },
+            expect: [201, 403, 403, 403, 400],
+        },
+        Row {
+            method: "GET",
+            template: "/v1/{project_id}/escrow/rotation-policies",
+            call: |f, _| (p(f, "/escrow/rotation-policies"), None),
+            expect: [200, 403, 200, 403, 400],
+        },
+        Row {
+            method: "DELETE",
+            template: "/v1/{project_id}/escrow/rotation-policies/{policy}",
+            call: |f, _| (p(f, "/escrow/rotation-policies/matrix"), None),
+            expect: [204, 403, 403, 403, 400],
+        },
+        Row {
+            method: "DELETE",
+            template: "/v1/{project_id}/escrow/recipients/{recipient_id}",
+            call: |f, _| {
+                (
+                    p(f, &format!("/escrow/recipients/{}", f.recipient_id)),
+                    None,
+                )
+            },
+            expect: [204, 403, 403, 403, 400],
+        },
+        Row {
+            method: "GET",
+            template: "/v1/{project_id}/cloudservers/{server_id}/escrowed-passwords",
+            call: |f, i| {
+                (
+                    p(
+                        f,
+                        &format!("/cloudservers/{}/escrowed-passwords", f.staging[i]),
+                    ),
+                    None,
+                )
+            },
+            expect: [200, 403, 403, 403, 400],
+        },
+        Row {
+            method: "GET",
+            template: "/v1/{project_id}/escrow/password-status",
+            call: |f, _| (p(f, "/escrow/password-status"), None),
+            expect: [200, 403, 200, 403, 400],
         },
         // Every system role may read the audit trail; a custom policy needs cts:traces:list.
         Row {
