@@ -555,7 +555,7 @@ async fn store_reset(
         if escrow && let Err(d) = state.escrow.discard_versions(ctx.request_id).await {
             tracing::warn!(error = %d.chain(), "discarding the escrowed versions of a failed reset");
         }
-        return Err(e.into());
+        return Err(e);
     }
     crate::metrics::METRICS.resets.inc();
     crate::metrics::targets("accepted", ids.len() as u64);

@@ -19,7 +19,7 @@ pub const DEFAULT_KEEP: usize = 10;
 /// password escrowed). `versions` are (version, applied) in any order.
 pub fn versions_to_prune(versions: &[(i64, bool)], keep: usize) -> Vec<i64> {
     let mut sorted = versions.to_vec();
-    sorted.sort_by(|a, b| b.0.cmp(&a.0));
+    sorted.sort_by_key(|v| std::cmp::Reverse(v.0));
     let newest_applied = sorted.iter().find(|(_, applied)| *applied).map(|v| v.0);
     sorted
         .into_iter()
