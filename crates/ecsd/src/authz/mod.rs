@@ -598,12 +598,22 @@ mod tests {
             Action::GetJob,
             Action::ShowServerTags,
             Action::ListTraces,
+            // Escrow: public keys, policies and the drift report, never
+            // an escrowed password (readonly's get* is denied it).
+            Action::ListRecipients,
+            Action::ListRotationPolicies,
+            Action::GetPasswordStatus,
         ];
         for a in Action::ALL {
             let read = reads.contains(&a);
             assert_eq!(ro.decide(a, None).allowed(), read, "readonly {a:?}");
             let iam = a.as_str().starts_with("iam:");
-            let op_may = !iam && !matches!(a, Action::CreateEnrollToken | Action::SetServerTags);
+            // Escrow is the admin's: operators reset, they do not read
+            // escrowed passwords or manage who can.
+            let escrow = a == Action::GetPassword || a.as_str().starts_with("ecs:escrow:");
+            let op_may = !iam
+                && !escrow
+                && !matches!(a, Action::CreateEnrollToken | Action::SetServerTags);
             assert_eq!(op.decide(a, None).allowed(), op_may, "operator {a:?}");
         }
         assert_eq!(SystemRole::parse("operator"), Some(SystemRole::Operator));
