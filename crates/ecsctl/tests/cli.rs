@@ -1199,3 +1199,77 @@ fn escrow_init_identity_opens_later_passwords_with_its_passphrase() {
     assert!(err.contains("wrong passphrase?"), "{err}");
     assert!(!err.contains("not-the-right-one"), "{err}");
 }
+
+/// `ecsctl rotation create` on the dev fleet: the first run is at once (the
+/// scheduler looks every second here), every selected server gets an
+/// escrowed version, `passwords status` goes from "never escrowed" (exit 4)
+/// to clean (exit 0), and the policy is listed with its last run.
+#[test]
+fn a_rotation_policy_from_ecsctl_escrows_every_server_and_status_follows() {
+    let dev = Dev::start_with_env(&[("ECSD_ROTATION_CHECK_SECS", "1")]);
+    let o = dev.run(&["passwords", "status", "-o", "json"], None);
+    assert_eq!(o.status.code(), Some(4), "{:?}", text(&o));
+    let s: ecs_api::PasswordStatusList = json(&o);
+    assert_eq!(s.servers.len(), 4);
+    assert!(s.servers.iter().all(|x| x.status == "never_escrowed"));
+
+    let o = dev.run(
+        &[
+            "rotation",
+            "create",
+            "--name",
+            "all",
+            "--every-days",
+            "1",
+            "--apply",
+            "now",
+            "--length",
+            "24",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let mut clean = false;
+    for _ in 0..100 {
+        let o = dev.run(&["passwords", "status", "--all", "-o", "json"], None);
+        let s: ecs_api::PasswordStatusList = json(&o);
+        if o.status.code() == Some(0)
+            && s.servers
+                .iter()
+                .all(|x| x.state == Some(ecs_api::ResetState::Applied))
+        {
+            clean = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(clean, "the rotation never applied everywhere");
+    let o = dev.run(&["rotation", "list", "-o", "json"], None);
+    let l: ecs_api::RotationPolicyList = json(&o);
+    assert_eq!(l.policies.len(), 1);
+    assert!(l.policies[0].last_run.is_some());
+    assert_eq!(l.policies[0].spec.apply.as_deref(), Some("now"));
+    let o = dev.run(&["rotation", "list"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("all"));
+    // Each applied password opens with the dev identity and verifies.
+    use yescrypt::PasswordVerifier;
+    let mut passwords = Vec::new();
+    for id in server_ids(&dev) {
+        let o = dev.run(&["passwords", "show", &id], None);
+        assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+        let p = String::from_utf8_lossy(&o.stdout).trim_end().to_owned();
+        assert_eq!(p.len(), 24);
+        passwords.push(p);
+    }
+    for root in dev.fleet_roots() {
+        let h = first_hash(&root);
+        assert!(
+            passwords.iter().any(|p| sha_crypt::ShaCrypt::default()
+                .verify_password(p.as_bytes(), h.as_str())
+                .is_ok()),
+            "{root:?}"
+        );
+    }
+    let o = dev.run(&["rotation", "delete", "all"], None);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+}

@@ -9,11 +9,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use ecs_api::{PasswordStatus, PasswordStatusList, ResetState};
+use ecs_api::{PasswordStatus, PasswordStatusList};
 
 use crate::batch::CallContext;
 use crate::domain::Error;
-use crate::domain::escrow::{ApplyMode, Period, RotationSpec, retrieval_due};
+use crate::domain::escrow::{ApplyMode, Period, RotationSpec, drift, retrieval_due};
 use crate::state::{AppState, Caller};
 use crate::store::escrow::{EscrowVersion, Recipient, RotationPolicy};
 use crate::store::{ListFilter, Role, Server, fmt_time};
@@ -348,24 +348,14 @@ pub async fn password_status(
             .filter(|(_, spec, _)| spec.selector.matches(&s.name, s.os_type, &s.tags))
             .map(|(_, _, p)| p.every)
             .min();
-        let status = match v {
-            None => "never_escrowed",
-            Some(v) if period.is_some_and(|p| v.created + p < now) => "overdue",
-            Some(v)
-                if v.state
-                    .is_some_and(|st| st.is_final() && st != ResetState::Applied) =>
-            {
-                "not_applied"
-            }
-            Some(_) => "ok",
-        };
+        let status = drift(v.map(|v| (v.created, v.state)), period, now);
         out.push(PasswordStatus {
             server_id: s.id.clone(),
             name: s.name.clone(),
             version: v.map(|v| v.version),
             created: v.map(|v| fmt_time(v.created)),
             state: v.and_then(|v| v.state),
-            status: status.to_owned(),
+            status: status.as_str().to_owned(),
         });
     }
     Ok(PasswordStatusList { servers: out })

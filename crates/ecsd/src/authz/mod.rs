@@ -611,9 +611,8 @@ mod tests {
             // Escrow is the admin's: operators reset, they do not read
             // escrowed passwords or manage who can.
             let escrow = a == Action::GetPassword || a.as_str().starts_with("ecs:escrow:");
-            let op_may = !iam
-                && !escrow
-                && !matches!(a, Action::CreateEnrollToken | Action::SetServerTags);
+            let op_may =
+                !iam && !escrow && !matches!(a, Action::CreateEnrollToken | Action::SetServerTags);
             assert_eq!(op.decide(a, None).allowed(), op_may, "operator {a:?}");
         }
         assert_eq!(SystemRole::parse("operator"), Some(SystemRole::Operator));

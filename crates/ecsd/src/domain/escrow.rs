@@ -231,6 +231,47 @@ impl RotationSpec {
     }
 }
 
+/// A server's password against its policies (the drift report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drift {
+    Ok,
+    /// No escrowed version at all.
+    NeverEscrowed,
+    /// The newest version ended without being applied (FAILED, SUPERSEDED).
+    NotApplied,
+    /// The newest version is older than the shortest period of a policy
+    /// that selects the server.
+    Overdue,
+}
+
+impl Drift {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drift::Ok => "ok",
+            Drift::NeverEscrowed => "never_escrowed",
+            Drift::NotApplied => "not_applied",
+            Drift::Overdue => "overdue",
+        }
+    }
+}
+
+/// The drift of a server whose newest version was made at `created` with
+/// this reset state (`None`: no version), under the shortest `period` of
+/// the policies selecting it (`None`: no policy), at `now`.
+pub fn drift(
+    newest: Option<(DateTime<Utc>, Option<ecs_api::ResetState>)>,
+    period: Option<Duration>,
+    now: DateTime<Utc>,
+) -> Drift {
+    use ecs_api::ResetState;
+    match newest {
+        None => Drift::NeverEscrowed,
+        Some((created, _)) if period.is_some_and(|p| created + p < now) => Drift::Overdue,
+        Some((_, Some(st))) if st.is_final() && st != ResetState::Applied => Drift::NotApplied,
+        Some(_) => Drift::Ok,
+    }
+}
+
 /// Is a server whose password was retrieved at `retrieved` (after its
 /// newest escrowed version) due for rotation at `now`, with this grace?
 pub fn retrieval_due(retrieved: DateTime<Utc>, grace_minutes: u32, now: DateTime<Utc>) -> bool {
@@ -341,6 +382,29 @@ mod tests {
             .validate()
             .is_err()
         );
+    }
+
+    #[test]
+    fn drift_names_what_needs_attention() {
+        use ecs_api::ResetState::*;
+        let t = at("2026-01-01T00:00:00Z");
+        let day = Some(Duration::days(1));
+        assert_eq!(drift(None, day, t), Drift::NeverEscrowed);
+        assert_eq!(drift(None, None, t), Drift::NeverEscrowed);
+        let fresh = Some((t, Some(Applied)));
+        assert_eq!(drift(fresh, day, t + Duration::hours(23)), Drift::Ok);
+        assert_eq!(drift(fresh, day, t + Duration::hours(25)), Drift::Overdue);
+        // Without a policy nothing is overdue.
+        assert_eq!(drift(fresh, None, t + Duration::days(400)), Drift::Ok);
+        assert_eq!(drift(Some((t, Some(Failed))), day, t), Drift::NotApplied);
+        assert_eq!(
+            drift(Some((t, Some(Superseded))), day, t),
+            Drift::NotApplied
+        );
+        // Still on its way: not (yet) a problem.
+        assert_eq!(drift(Some((t, Some(Pending))), day, t), Drift::Ok);
+        assert_eq!(drift(Some((t, None)), day, t), Drift::Ok);
+        assert_eq!(Drift::NotApplied.as_str(), "not_applied");
     }
 
     #[test]
