@@ -456,3 +456,35 @@ async fn an_offline_server_catches_up_when_it_returns() {
     }
     fleet.stop();
 }
+
+#[tokio::test]
+async fn now_restart_rotates_and_reboots_so_the_password_applies_at_once() {
+    let t = TestServer::start_with(fast_rotation).await;
+    let identity = recipient(&t).await;
+    let fleet = common::fleet(&t, 1).await;
+    let s = &fleet.list()[0];
+    let boot = t.show(&s.server_id).await.ecsd.agent.boot_id;
+    policy(
+        &t,
+        serde_json::json!({"name": "restart", "schedule": {"every_days": 1}, "apply": "now_restart"}),
+    )
+    .await;
+    until("applied after the restart", || async {
+        t.state
+            .escrow
+            .versions(&s.server_id)
+            .await
+            .unwrap()
+            .first()
+            .is_some_and(|v| v.state == Some(ResetState::Applied))
+    })
+    .await;
+    // Applied at boot (the reset itself waits for a restart), and the
+    // server did restart.
+    let v = t.state.escrow.versions(&s.server_id).await.unwrap();
+    assert!(!t.outcome(&v[0].request_id).await.apply_now);
+    assert_ne!(t.show(&s.server_id).await.ecsd.agent.boot_id, boot);
+    let pw = ecs_escrow::decrypt(&identity, &v[0].blob).unwrap();
+    assert!(verifies(&root_hash(&s.root), pw.expose_secret()));
+    fleet.stop();
+}
