@@ -13,7 +13,7 @@ use ecs_api::{PasswordStatus, PasswordStatusList};
 
 use crate::batch::CallContext;
 use crate::domain::Error;
-use crate::domain::escrow::{ApplyMode, Period, RotationSpec, drift, retrieval_due};
+use crate::domain::escrow::{ApplyMode, Period, RotationSpec, catch_up_due, drift, retrieval_due};
 use crate::state::{AppState, Caller};
 use crate::store::escrow::{EscrowVersion, Recipient, RotationPolicy};
 use crate::store::{ListFilter, Role, Server, fmt_time};
@@ -421,8 +421,10 @@ async fn rotate(
 
 /// One round of the scheduler at `now`: each due policy is claimed (once,
 /// whichever replica asks first) and rotates its selected servers; servers
-/// of a policy that ran but had no version made since (offline, or in a
-/// state that took no reset then) are caught up; servers whose password was
+/// of a policy that ran (at least
+/// [`crate::domain::escrow::CATCH_UP_SETTLE`] ago) but had no
+/// version made since (no agent key, or a state that took no reset then)
+/// are caught up; servers whose password was
 /// retrieved are rotated after the grace. Returns how many servers were
 /// rotated.
 pub async fn run_rotations(state: &AppState, now: DateTime<Utc>) -> Result<usize, Error> {
@@ -448,7 +450,7 @@ pub async fn run_rotations(state: &AppState, now: DateTime<Utc>) -> Result<usize
                 continue; // another replica took this run
             }
             rotated += rotate(state, policy, spec, selected, "scheduled").await?;
-        } else if let Some(last) = policy.last_run {
+        } else if let Some(last) = policy.last_run.filter(|l| catch_up_due(*l, now)) {
             // Catch-up: selected servers with no version since the last run.
             let newest: HashMap<String, DateTime<Utc>> = state
                 .escrow

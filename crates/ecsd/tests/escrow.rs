@@ -323,13 +323,17 @@ async fn a_one_minute_policy_rotates_the_selected_servers_once_per_period_and_ne
     assert_eq!(ids, want);
     assert!(outcome.apply_now);
 
-    // The broken server comes back: caught up before the next period.
+    // The broken server comes back: caught up before the next period, once
+    // the run has settled (10 s after it).
     t.set_status(&broken, "ACTIVE");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(&t, &broken).await, 0);
+    t.state.clock.jump(chrono::Duration::seconds(15));
     until("the catch-up", || async { count(&t, &broken).await == 1 }).await;
     assert_eq!(count(&t, &prod[0]).await, 1);
 
-    // A minute later on the test clock: one more version each.
-    t.state.clock.jump(chrono::Duration::seconds(61));
+    // A minute after the first run on the test clock: one more version each.
+    t.state.clock.jump(chrono::Duration::seconds(46));
     until("the second rotation", || async {
         count(&t, &prod[0]).await == 2 && count(&t, &prod[1]).await == 2
     })
@@ -487,4 +491,80 @@ async fn now_restart_rotates_and_reboots_so_the_password_applies_at_once() {
     let pw = ecs_escrow::decrypt(&identity, &v[0].blob).unwrap();
     assert!(verifies(&root_hash(&s.root), pw.expose_secret()));
     fleet.stop();
+}
+
+/// Two replicas on one PostgreSQL database run the scheduler at the same
+/// moment (as they would if both believed they held housekeeping): the
+/// policy's claim lets exactly one of them rotate, once.
+#[tokio::test]
+async fn two_replicas_running_the_scheduler_at_once_rotate_once() {
+    let Some(schema) = ecsd::store::postgres::testing::TestSchema::create() else {
+        return; // PostgreSQL tests are skipped here
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = ecsd::config::Config {
+        database: Some(schema.url.clone()),
+        data_dir: dir.path().to_owned(),
+        master_key: Some(ecsd::secrets::MasterKey::generate_base64()),
+        ..ecsd::config::Config::default()
+    };
+    let a = ecsd::server::open_state(config.clone()).unwrap();
+    let b = ecsd::server::open_state(config).unwrap();
+    let project = ecsd::admin::create_project(&a, "p").await.unwrap();
+    let (id, _) = ecs_escrow::new_identity("replicas");
+    a.escrow
+        .add_recipient(ecsd::store::escrow::Recipient {
+            id: "r".into(),
+            project_id: project.id.clone(),
+            name: "r".into(),
+            recipient: id.recipient(),
+            created: a.clock.now(),
+        })
+        .await
+        .unwrap();
+    let mut servers = Vec::new();
+    for i in 0..5 {
+        let (_, pk) = ecs_seal::generate_keypair();
+        let s = ecsd::admin::register_server(
+            &a,
+            &project.id,
+            &format!("s-{i}"),
+            OsType::Linux,
+            Some(&pk.to_base64()),
+        )
+        .await
+        .unwrap();
+        servers.push(s.id);
+    }
+    a.escrow
+        .add_rotation_policy(ecsd::store::escrow::RotationPolicy {
+            id: "pol".into(),
+            project_id: project.id.clone(),
+            name: "all".into(),
+            spec: r#"{"schedule":{"every_minutes":1}}"#.into(),
+            created: a.clock.now(),
+            last_run: None,
+        })
+        .await
+        .unwrap();
+    let now = a.clock.now();
+    let (ra, rb) = tokio::join!(
+        ecsd::escrow::run_rotations(&a, now),
+        ecsd::escrow::run_rotations(&b, now)
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra + rb, servers.len(), "{ra} + {rb}");
+    for s in &servers {
+        assert_eq!(a.escrow.versions(s).await.unwrap().len(), 1);
+    }
+    // The next period, again both at once: once more.
+    let later = now + chrono::Duration::seconds(61);
+    let (ra, rb) = tokio::join!(
+        ecsd::escrow::run_rotations(&b, later),
+        ecsd::escrow::run_rotations(&a, later)
+    );
+    assert_eq!(ra.unwrap() + rb.unwrap(), servers.len());
+    for s in &servers {
+        assert_eq!(a.escrow.versions(s).await.unwrap().len(), 2);
+    }
 }

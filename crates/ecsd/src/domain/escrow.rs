@@ -272,6 +272,18 @@ pub fn drift(
     }
 }
 
+/// How long after a policy's run its servers left behind are caught up:
+/// long enough for the run itself (claimed first, stored a moment later)
+/// to have stored its versions, so that a second scheduler (a replica
+/// taking over housekeeping) never rotates them twice.
+pub const CATCH_UP_SETTLE: Duration = Duration::seconds(10);
+
+/// Are servers without a version since the run at `last` caught up at
+/// `now`?
+pub fn catch_up_due(last: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    now >= last + CATCH_UP_SETTLE
+}
+
 /// Is a server whose password was retrieved at `retrieved` (after its
 /// newest escrowed version) due for rotation at `now`, with this grace?
 pub fn retrieval_due(retrieved: DateTime<Utc>, grace_minutes: u32, now: DateTime<Utc>) -> bool {
@@ -405,6 +417,14 @@ mod tests {
         assert_eq!(drift(Some((t, Some(Pending))), day, t), Drift::Ok);
         assert_eq!(drift(Some((t, None)), day, t), Drift::Ok);
         assert_eq!(Drift::NotApplied.as_str(), "not_applied");
+    }
+
+    #[test]
+    fn servers_left_behind_are_caught_up_once_the_run_settled() {
+        let t = at("2026-01-01T00:00:00Z");
+        assert!(!catch_up_due(t, t));
+        assert!(!catch_up_due(t, t + Duration::seconds(9)));
+        assert!(catch_up_due(t, t + Duration::seconds(10)));
     }
 
     #[test]
