@@ -75,9 +75,13 @@ pub struct RotationSchedule {
     /// Default 60.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_minutes: Option<u32>,
-    /// `+HH:MM` or `-HH:MM` (default `+00:00`).
+    /// `+HH:MM` or `-HH:MM` (default `+00:00`); or `time_zone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub utc_offset: Option<String>,
+    /// An IANA time zone name (`Europe/Berlin`; daylight saving time
+    /// followed); or `utc_offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// Which servers a policy rotates: all conditions given must hold.

@@ -96,9 +96,9 @@ pub enum Rotation {
     ///
     /// Examples:
     ///   ecsctl rotation create --name prod-daily --every-days 1 --tag env=prod \
-    ///     --window-start 02:00 --utc-offset +01:00 --rotate-after-retrieval-minutes 60
+    ///     --window-start 02:00 --time-zone Europe/Berlin --rotate-after-retrieval-minutes 60
     ///   ecsctl rotation create --name web --every-minutes 30 --name-pattern 'web-*' --apply now
-    Create(RotationArgs),
+    Create(Box<RotationArgs>),
     /// The project's rotation policies.
     List,
     /// Delete a policy by id or name.
@@ -119,8 +119,11 @@ pub struct RotationArgs {
     #[arg(long)]
     window_minutes: Option<u32>,
     /// +HH:MM or -HH:MM.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "time_zone")]
     utc_offset: Option<String>,
+    /// An IANA time zone (Europe/Berlin), daylight saving time included.
+    #[arg(long)]
+    time_zone: Option<String>,
     /// KEY=VALUE the servers must carry; repeatable.
     #[arg(long)]
     tag: Vec<String>,
@@ -565,6 +568,7 @@ pub async fn rotation(api: &Api, cmd: Rotation, out: &Out) -> anyhow::Result<u8>
     let c = api.client();
     match cmd {
         Rotation::Create(a) => {
+            let a = *a;
             let spec = RotationPolicySpec {
                 name: a.name,
                 schedule: RotationSchedule {
@@ -573,6 +577,7 @@ pub async fn rotation(api: &Api, cmd: Rotation, out: &Out) -> anyhow::Result<u8>
                     window_start: a.window_start,
                     window_minutes: a.window_minutes,
                     utc_offset: a.utc_offset,
+                    time_zone: a.time_zone,
                 },
                 selector: RotationSelector {
                     tags: a.tag,

@@ -158,6 +158,7 @@ fn spec_of(api: &ecs_api::RotationPolicySpec) -> Result<RotationSpec, Error> {
             window_start: s.window_start.clone(),
             window_minutes: s.window_minutes,
             utc_offset: s.utc_offset.clone(),
+            time_zone: s.time_zone.clone(),
         },
         selector: crate::domain::escrow::Selector {
             tags: api.selector.tags.clone(),
@@ -184,6 +185,7 @@ pub fn policy_view(p: RotationPolicy) -> Result<ecs_api::RotationPolicy, Error> 
                 window_start: spec.schedule.window_start,
                 window_minutes: spec.schedule.window_minutes,
                 utc_offset: spec.schedule.utc_offset,
+                time_zone: spec.schedule.time_zone,
             },
             selector: ecs_api::RotationSelector {
                 tags: spec.selector.tags,

@@ -47,9 +47,29 @@ pub struct Schedule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_minutes: Option<u32>,
     /// The window's time zone as a fixed offset from UTC, `+HH:MM` or
-    /// `-HH:MM` (default `+00:00`).
+    /// `-HH:MM` (default `+00:00`) ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub utc_offset: Option<String>,
+    /// ... or as an IANA name (`Europe/Berlin`), daylight saving included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// Where a window's local time is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    Fixed(FixedOffset),
+    Named(chrono_tz::Tz),
+}
+
+impl Zone {
+    /// Seconds since local midnight at `now`.
+    fn seconds_from_midnight(self, now: DateTime<Utc>) -> i64 {
+        i64::from(match self {
+            Zone::Fixed(o) => now.with_timezone(&o).num_seconds_from_midnight(),
+            Zone::Named(tz) => now.with_timezone(&tz).num_seconds_from_midnight(),
+        })
+    }
 }
 
 /// Why a policy's fields are refused; the text names the field.
@@ -71,7 +91,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> PolicyInvalid {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Period {
     pub every: Duration,
-    pub window: Option<(NaiveTime, Duration, FixedOffset)>,
+    pub window: Option<(NaiveTime, Duration, Zone)>,
 }
 
 impl Schedule {
@@ -99,9 +119,23 @@ impl Schedule {
                         "must be between 1 and 1440",
                     ));
                 }
-                let offset = parse_offset(self.utc_offset.as_deref().unwrap_or("+00:00"))
-                    .ok_or_else(|| invalid("schedule.utc_offset", "must be +HH:MM or -HH:MM"))?;
-                Some((t, Duration::minutes(len.into()), offset))
+                let zone = match (&self.utc_offset, &self.time_zone) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            "schedule.time_zone",
+                            "give utc_offset or time_zone, not both",
+                        ));
+                    }
+                    (_, Some(name)) => Zone::Named(name.parse().map_err(|_| {
+                        invalid("schedule.time_zone", "must be an IANA time zone name")
+                    })?),
+                    (offset, None) => Zone::Fixed(
+                        parse_offset(offset.as_deref().unwrap_or("+00:00")).ok_or_else(|| {
+                            invalid("schedule.utc_offset", "must be +HH:MM or -HH:MM")
+                        })?,
+                    ),
+                };
+                Some((t, Duration::minutes(len.into()), zone))
             }
         };
         Ok(Period { every, window })
@@ -132,16 +166,15 @@ impl Period {
         }
         match self.window {
             None => true,
-            Some((start, len, offset)) => in_window(now, start, len, offset),
+            Some((start, len, zone)) => in_window(now, start, len, zone),
         }
     }
 }
 
-/// Is `now` inside the daily window starting at `start` (local to `offset`)
+/// Is `now` inside the daily window starting at `start` (local to `zone`)
 /// and lasting `len` (it may cross midnight)?
-pub fn in_window(now: DateTime<Utc>, start: NaiveTime, len: Duration, offset: FixedOffset) -> bool {
-    let local = now.with_timezone(&offset);
-    let since_midnight = i64::from(local.num_seconds_from_midnight());
+pub fn in_window(now: DateTime<Utc>, start: NaiveTime, len: Duration, zone: Zone) -> bool {
+    let since_midnight = zone.seconds_from_midnight(now);
     let start_s = i64::from(start.num_seconds_from_midnight());
     let day = 86_400;
     let into = (since_midnight - start_s).rem_euclid(day);
@@ -321,6 +354,7 @@ mod tests {
             window_start: None,
             window_minutes: None,
             utc_offset: None,
+            time_zone: None,
         }
     }
 
@@ -341,6 +375,7 @@ mod tests {
             window_start: Some("02:00".into()),
             window_minutes: Some(60),
             utc_offset: Some("+02:00".into()),
+            time_zone: None,
         };
         let p = s.period().unwrap();
         // 02:30 at +02:00 is 00:30 UTC.
@@ -353,10 +388,38 @@ mod tests {
         let w = (
             NaiveTime::from_hms_opt(23, 30, 0).unwrap(),
             Duration::minutes(60),
-            FixedOffset::east_opt(0).unwrap(),
+            Zone::Fixed(FixedOffset::east_opt(0).unwrap()),
         );
         assert!(in_window(at("2026-01-01T00:15:00Z"), w.0, w.1, w.2));
         assert!(!in_window(at("2026-01-01T00:31:00Z"), w.0, w.1, w.2));
+    }
+
+    #[test]
+    fn a_named_time_zone_follows_daylight_saving_time() {
+        let s = Schedule {
+            every_minutes: None,
+            every_days: Some(1),
+            window_start: Some("02:00".into()),
+            window_minutes: Some(60),
+            utc_offset: None,
+            time_zone: Some("Europe/Berlin".into()),
+        };
+        let p = s.period().unwrap();
+        // Winter: 02:30 in Berlin is 01:30 UTC; summer: 00:30 UTC.
+        assert!(p.due(None, at("2026-01-15T01:30:00Z")));
+        assert!(!p.due(None, at("2026-01-15T00:30:00Z")));
+        assert!(p.due(None, at("2026-07-15T00:30:00Z")));
+        assert!(!p.due(None, at("2026-07-15T01:30:00Z")));
+        let bad = Schedule {
+            time_zone: Some("Mars/Olympus".into()),
+            ..s.clone()
+        };
+        assert_eq!(bad.period().unwrap_err().field, "schedule.time_zone");
+        let both = Schedule {
+            utc_offset: Some("+01:00".into()),
+            ..s
+        };
+        assert_eq!(both.period().unwrap_err().field, "schedule.time_zone");
     }
 
     #[test]
