@@ -159,9 +159,15 @@ fn parse_offset(s: &str) -> Option<FixedOffset> {
 impl Period {
     /// Is a policy that last ran at `last` (never: `None`) due at `now`?
     /// Due once the period has passed since the last run (a first run at
-    /// once), and, with a window, only inside it.
+    /// once), and, with a window, only inside it — where the period counts
+    /// from the window, not from the moment of the run: a run late in
+    /// yesterday's window does not push today's past its end.
     pub fn due(&self, last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-        if last.is_some_and(|l| now < l + self.every) {
+        let gap = match self.window {
+            Some((_, len, _)) if self.every > len => self.every - len,
+            _ => self.every,
+        };
+        if last.is_some_and(|l| now < l + gap) {
             return false;
         }
         match self.window {
@@ -384,6 +390,10 @@ mod tests {
         assert!(!p.due(None, at("2026-01-01T01:00:00Z")));
         // Ran yesterday at 00:10 UTC: due again today inside the window.
         assert!(p.due(Some(at("2026-01-01T00:10:00Z")), at("2026-01-02T00:15:00Z")));
+        // Ran late in yesterday's window (00:59 UTC): due early in today's.
+        assert!(p.due(Some(at("2026-01-01T00:59:00Z")), at("2026-01-02T00:05:00Z")));
+        // But never twice in one window.
+        assert!(!p.due(Some(at("2026-01-02T00:05:00Z")), at("2026-01-02T00:50:00Z")));
         // A window across midnight.
         let w = (
             NaiveTime::from_hms_opt(23, 30, 0).unwrap(),
