@@ -70,7 +70,7 @@ pub enum Passwords {
     /// Decrypt a server's escrowed password here and print it (newest, or
     /// --version N). Needs ecs:cloudServers:getPassword; audited.
     ///
-    /// Example: ecsctl passwords show SERVER_ID --version 2
+    /// Example: ecsctl passwords show SERVER_ID_OR_NAME --version 2
     Show {
         server_id: String,
         #[arg(long)]
@@ -355,11 +355,29 @@ fn say_json(v: &serde_json::Value) {
     println!("{v}");
 }
 
+/// A server by id or exact name (as `reset-password` takes them).
+async fn server_id_of(api: &Api, server: &str) -> anyhow::Result<String> {
+    let t = crate::Targets {
+        ids: vec![server.to_owned()],
+        name: None,
+        all: false,
+        from_file: None,
+    };
+    Ok(crate::resolve_targets(api, &t)
+        .await?
+        .into_iter()
+        .next()
+        .map(|t| t.id)
+        .unwrap_or_else(|| server.to_owned()))
+}
+
 async fn versions(
     api: &Api,
-    server_id: &str,
+    server: &str,
     version: Option<i64>,
 ) -> anyhow::Result<EscrowedPasswords> {
+    let server_id = server_id_of(api, server).await?;
+    let server_id = server_id.as_str();
     let mut rest = format!(
         "/cloudservers/{}/escrowed-passwords",
         ecs_client::encode(server_id)

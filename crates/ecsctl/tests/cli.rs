@@ -1270,6 +1270,17 @@ fn a_rotation_policy_from_ecsctl_escrows_every_server_and_status_follows() {
             "{root:?}"
         );
     }
+    // A server may be named instead of its id.
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.creds).unwrap()).unwrap();
+    let (id, name) = (
+        creds["servers"][0]["id"].as_str().unwrap(),
+        creds["servers"][0]["name"].as_str().unwrap(),
+    );
+    let by_id = dev.run(&["passwords", "show", id], None);
+    let by_name = dev.run(&["passwords", "show", name], None);
+    assert_eq!(by_name.status.code(), Some(0), "{:?}", text(&by_name));
+    assert_eq!(by_id.stdout, by_name.stdout);
     let o = dev.run(&["rotation", "delete", "all"], None);
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
 }
