@@ -427,6 +427,37 @@ fn seal_generated(
     length: usize,
     recipients: &[String],
 ) -> Result<Sealed, Error> {
+    // Large batches on every core, as `seal_all`.
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = cores.min(targets.len().div_ceil(64).max(1));
+    if threads > 1 {
+        let size = targets.len().div_ceil(threads);
+        return std::thread::scope(|scope| {
+            let handles: Vec<_> = targets
+                .chunks(size)
+                .map(|chunk| {
+                    scope.spawn(move || seal_generated_here(chunk, request_id, length, recipients))
+                })
+                .collect();
+            let mut out = Vec::with_capacity(targets.len());
+            for h in handles {
+                out.extend(h.join().expect("sealing thread panicked")?);
+            }
+            Ok(out)
+        });
+    }
+    seal_generated_here(targets, request_id, length, recipients)
+}
+
+/// [`seal_generated`] on the calling thread.
+fn seal_generated_here(
+    targets: &[(String, PublicKey, OsType)],
+    request_id: &str,
+    length: usize,
+    recipients: &[String],
+) -> Result<Sealed, Error> {
     targets
         .iter()
         .map(|(id, key, os)| {

@@ -568,3 +568,37 @@ async fn two_replicas_running_the_scheduler_at_once_rotate_once() {
         assert_eq!(a.escrow.versions(s).await.unwrap().len(), 2);
     }
 }
+
+/// A batch large enough to be sealed on several threads: every server
+/// still gets its own password, escrowed in request order.
+#[tokio::test]
+async fn a_large_batch_gets_a_distinct_password_per_server() {
+    let t = TestServer::start().await;
+    let identity = recipient(&t).await;
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        let os = if i % 3 == 0 {
+            OsType::Windows
+        } else {
+            OsType::Linux
+        };
+        let (id, _) = t.server(&t.project, &format!("s-{i}"), os, true).await;
+        ids.push((id, os));
+    }
+    let refs: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+    let r = t.call("PUT", &t.batch_path(), Some(&generate(&refs))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rid = r.request_id.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for (id, os) in &ids {
+        let v = t.state.escrow.versions(id).await.unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].request_id, rid);
+        let pw = ecs_escrow::decrypt(&identity, &v[0].blob).unwrap();
+        ecs_policy::check(pw.expose_secret(), *os, ecs_policy::Strictness::Full).unwrap();
+        assert!(
+            seen.insert(pw.expose_secret().to_owned()),
+            "a password repeats"
+        );
+    }
+}
