@@ -96,6 +96,7 @@ fn fixture(
             keys.push((s.id, pk));
         }
         let body = ecs_api::BatchResetRequest {
+            generate: None,
             new_password: Some(SecretString::from("Gx7!pLq2vR").into()),
             dry_run: Some(false),
             servers: keys
