@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod error;
+pub mod escrow;
 pub mod iam;
 pub mod iam_admin;
 pub mod job;
@@ -22,11 +23,16 @@ pub use audit::{ListTracesResponse, Trace, TraceMetaData, TraceRating, TraceUser
 pub use ecs_agent_proto as agent;
 pub use ecs_agent_proto::{EnrollTokenRequest, EnrollTokenResponse};
 pub use error::{EcsError, EcsErrorBody, ErrorBody, GatewayErrorBody, InternalError};
+pub use escrow::{
+    CreateRecipientRequest, EscrowRecipient, EscrowedPasswords, EscrowedVersion, PasswordStatus,
+    PasswordStatusList, RecipientList, RotationPolicy, RotationPolicyList, RotationPolicySpec,
+    RotationSchedule, RotationSelector,
+};
 pub use job::{
     ActionKind, JobEntities, JobResult, ServerAction, ShowJobResponse, SubJob, SubJobEntities,
 };
 pub use reset::{
-    BatchResetRequest, BatchResetResponse, IdEntry, Password, Readiness, ResetOutcome,
+    BatchResetRequest, BatchResetResponse, Generate, IdEntry, Password, Readiness, ResetOutcome,
     ResetPasswordOption, ResetPwdFlag, ResetPwdFlagResponse, ResetSummary, ServerRef,
     SingleResetRequest, TargetOutcome,
 };

@@ -65,6 +65,10 @@ pub struct BatchResetRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Password)]
     pub new_password: Option<Password>,
+    /// Ours (issue 15), instead of `new_password`: a different random
+    /// password per server, escrowed to the project's recipients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<Generate>,
     /// Check everything and report readiness; change nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
@@ -109,10 +113,30 @@ pub struct SingleResetRequest {
     pub reset_password: ResetPasswordOption,
 }
 
+/// Ours (issue 15): `ecsd` generates a different random password for each
+/// server that satisfies its OS's rules (contract §2.4), seals it to the
+/// agent as any reset, and encrypts it to the project's escrow recipients
+/// (age, X25519); the last versions per server are kept for retrieval
+/// (`GET .../escrowed-passwords`). Refused (Ecs.0005, field `generate`)
+/// when the project has no recipient.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Generate {
+    /// 8 to 26 characters (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 8, maximum = 26)]
+    pub length: Option<usize>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ResetPasswordOption {
-    #[schema(value_type = String, format = Password)]
-    pub new_password: Password,
+    /// The new password; required unless `generate` is given (ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Password)]
+    pub new_password: Option<Password>,
+    /// Ours (issue 15), instead of `new_password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<Generate>,
     /// Accepted and ignored (Huawei: check the password's strength; we always do).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_check_password: Option<bool>,
@@ -205,6 +229,7 @@ mod tests {
     #[test]
     fn a_password_is_redacted_in_debug_and_sent_only_by_serializing() {
         let req = BatchResetRequest {
+            generate: None,
             new_password: Some(Password(SecretString::from("Sup3r-secret!"))),
             dry_run: None,
             servers: vec![ServerRef::new("a")],

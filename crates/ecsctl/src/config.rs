@@ -120,6 +120,24 @@ pub fn dev_profile(path: &Path) -> anyhow::Result<Profile> {
     })
 }
 
+/// The escrow identity `ecsd serve --dev` wrote beside its credentials
+/// file (`escrow_identity`, relative to that file), if it names one.
+pub fn dev_escrow_identity(path: &Path) -> anyhow::Result<Option<PathBuf>> {
+    #[derive(Deserialize)]
+    struct Dev {
+        #[serde(default)]
+        escrow_identity: Option<PathBuf>,
+    }
+    let d: Dev = serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not a dev credentials file", path.display()))?;
+    Ok(d.escrow_identity.map(|p| match path.parent() {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p,
+    }))
+}
+
 pub struct Overrides {
     pub profile: String,
     pub endpoint: Option<String>,

@@ -8,6 +8,7 @@
 mod api;
 mod audit;
 mod config;
+mod escrow;
 mod iam;
 
 use std::io::{BufRead, IsTerminal};
@@ -158,8 +159,16 @@ enum Command {
         #[command(flatten)]
         targets: Targets,
         /// Read the password from the first line of standard input.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "generate")]
         password_stdin: bool,
+        /// No password from you: ecsd generates a different one per server
+        /// and escrows it to the project's recipients (`ecsctl passwords
+        /// show` decrypts one).
+        #[arg(long)]
+        generate: bool,
+        /// Length of the generated passwords (8 to 26).
+        #[arg(long, default_value_t = 20, requires = "generate")]
+        length: usize,
         /// Check everything and show each server's readiness; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -185,6 +194,23 @@ enum Command {
     Resets {
         #[command(subcommand)]
         command: Resets,
+    },
+    /// Escrow recipients of the project (issue 15): make your identity
+    /// (`init`), register others, list, remove.
+    Escrow {
+        #[command(subcommand)]
+        command: escrow::Escrow,
+    },
+    /// Escrowed (generated) passwords: decrypt one here, list versions,
+    /// the drift report.
+    Passwords {
+        #[command(subcommand)]
+        command: escrow::Passwords,
+    },
+    /// Rotation policies: generated passwords on a schedule.
+    Rotation {
+        #[command(subcommand)]
+        command: escrow::Rotation,
     },
     /// The audit trail: who changed what, and every denied call.
     ///
@@ -412,6 +438,11 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
         Command::Groups { command } => iam::groups(&api()?, command, out).await,
         Command::Policies { command } => iam::policies(&api()?, command, out).await,
         Command::Keys { command } => iam::keys(&api()?, command, out).await,
+        Command::Escrow { command } => escrow::escrow(&api()?, &overrides, command, out).await,
+        Command::Passwords { command } => {
+            escrow::passwords(&api()?, &overrides, command, out).await
+        }
+        Command::Rotation { command } => escrow::rotation(&api()?, command, out).await,
         Command::Audit(args) => {
             let traces = audit::fetch(&api()?, &args).await?;
             if out.json {
@@ -456,6 +487,8 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
         Command::ResetPassword {
             targets,
             password_stdin,
+            generate,
+            length,
             dry_run,
             apply_now,
             reboot,
@@ -464,6 +497,7 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<u8> {
         } => {
             let opts = ResetOpts {
                 password_stdin,
+                generate: generate.then_some(length),
                 dry_run,
                 apply_now,
                 reboot,
@@ -993,6 +1027,8 @@ impl<T: Clone + PartialEq> LongPoll<T> {
 
 struct ResetOpts {
     password_stdin: bool,
+    /// `Some(length)`: ecsd generates and escrows a password per server.
+    generate: Option<usize>,
     dry_run: bool,
     apply_now: bool,
     reboot: bool,
@@ -1024,7 +1060,11 @@ fn read_password(from_stdin: bool, needed: bool) -> anyhow::Result<Option<Secret
 
 async fn reset_password(api: &Api, t: &Targets, o: &ResetOpts, out: &Out) -> anyhow::Result<u8> {
     let targets = resolve_targets(api, t).await?;
-    let password = read_password(o.password_stdin, !o.dry_run)?;
+    let password = if o.generate.is_some() {
+        None
+    } else {
+        read_password(o.password_stdin, !o.dry_run)?
+    };
     if let Some(pw) = &password {
         // The service's own rules, per OS among the targets: instant feedback.
         let mut seen = std::collections::BTreeSet::new();
@@ -1042,6 +1082,9 @@ async fn reset_password(api: &Api, t: &Targets, o: &ResetOpts, out: &Out) -> any
         }
     }
     let body = BatchResetRequest {
+        generate: o.generate.map(|length| ecs_api::Generate {
+            length: Some(length),
+        }),
         new_password: password.map(Into::into),
         dry_run: Some(o.dry_run),
         servers: targets.iter().map(|t| ServerRef::new(&t.id)).collect(),

@@ -957,3 +957,330 @@ fn an_admin_sets_up_a_staging_only_user_remotely_with_ecsctl() {
     assert!(!o.status.success());
     assert!(text(&o).1.contains("APIGW.0302"), "{:?}", text(&o));
 }
+
+/// The servers of the dev fleet, from the dev credentials file.
+fn server_ids(dev: &Dev) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Creds {
+        servers: Vec<ecsd_server::DevServer>,
+    }
+    mod ecsd_server {
+        #[derive(serde::Deserialize)]
+        pub struct DevServer {
+            pub id: String,
+        }
+    }
+    let c: Creds = serde_json::from_slice(&std::fs::read(&dev.creds).unwrap()).unwrap();
+    c.servers.into_iter().map(|s| s.id).collect()
+}
+
+/// Issue 15: a batch of the dev fleet with generated passwords. Every
+/// server's shadow hash verifies against the password `ecsctl passwords
+/// show` decrypts with the dev escrow identity (and the `age` tool
+/// decrypts the same from the escrowed blob), no two servers share one,
+/// and no file ecsd wrote (database, WAL, debug log) nor the fleet's holds
+/// any of them.
+#[test]
+fn generated_passwords_are_unique_escrowed_and_open_with_ecsctl_and_age() {
+    let dev = Dev::start_with_env(&[("RUST_LOG", "debug")]);
+    let identity = dev.dir.path().join("data/dev-escrow-identity.txt");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&identity).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The dev recipient is registered at once.
+    let o = dev.run(&["escrow", "list", "-o", "json"], None);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let list: ecs_api::RecipientList = json(&o);
+    assert_eq!(list.recipients.len(), 1, "{list:?}");
+
+    let o = dev.run(
+        &[
+            "reset-password",
+            "--all",
+            "--generate",
+            "--length",
+            "22",
+            "--reboot",
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+        None,
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("4 applied, 0 failed"), "{out}");
+
+    #[derive(serde::Deserialize)]
+    struct Shown {
+        server_id: String,
+        version: i64,
+        applied: bool,
+        password: String,
+    }
+    let ids = server_ids(&dev);
+    assert_eq!(ids.len(), 4);
+    let mut passwords = Vec::new();
+    for id in &ids {
+        let o = dev.run(&["passwords", "show", id, "-o", "json"], None);
+        assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+        let shown: Shown = json(&o);
+        assert_eq!((shown.server_id.as_str(), shown.version), (id.as_str(), 1));
+        assert!(shown.applied);
+        assert_eq!(shown.password.len(), 22);
+        // The plain form prints the password alone.
+        let o = dev.run(&["passwords", "show", id], None);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim_end(),
+            shown.password
+        );
+        // The standard age tool opens the escrowed blob with the same identity.
+        if Command::new("age").arg("--version").output().is_ok() {
+            let o = dev.run(&["passwords", "versions", id, "-o", "json"], None);
+            let v: ecs_api::EscrowedPasswords = json(&o);
+            let blob = dev.dir.path().join(format!("{id}.age"));
+            std::fs::write(&blob, &v.versions[0].age).unwrap();
+            let a = Command::new("age")
+                .args(["-d", "-i"])
+                .arg(&identity)
+                .arg(&blob)
+                .output()
+                .unwrap();
+            assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+            assert_eq!(String::from_utf8_lossy(&a.stdout), shown.password);
+            std::fs::remove_file(&blob).unwrap();
+        }
+        passwords.push(shown.password);
+    }
+    let distinct: std::collections::BTreeSet<&String> = passwords.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        passwords.len(),
+        "two servers share a password"
+    );
+    // Each server's root hash verifies against exactly one of them.
+    use yescrypt::PasswordVerifier;
+    let roots = dev.fleet_roots();
+    assert_eq!(roots.len(), 4);
+    let mut matched = std::collections::BTreeSet::new();
+    for root in &roots {
+        let h = first_hash(root);
+        let hits: Vec<&String> = passwords
+            .iter()
+            .filter(|p| {
+                sha_crypt::ShaCrypt::default()
+                    .verify_password(p.as_bytes(), h.as_str())
+                    .is_ok()
+            })
+            .collect();
+        assert_eq!(hits.len(), 1, "{root:?}");
+        matched.insert(hits[0].clone());
+    }
+    assert_eq!(matched.len(), 4);
+    // No file holds any of them: database, WAL, debug log, fleet state.
+    let mut files = Vec::new();
+    let mut dirs = vec![dev.dir.path().to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in ["ecsd.db", "ecsd.db-wal", "ecsd.log", "shadow"] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        for p in &passwords {
+            assert!(
+                !bytes.windows(p.len()).any(|w| w == p.as_bytes()),
+                "a generated password is in {f:?}"
+            );
+        }
+    }
+}
+
+/// `escrow init` makes a passphrase-protected identity (0600) and registers
+/// it; `passwords show` opens versions made after that with it, given the
+/// passphrase on standard input; a wrong passphrase opens nothing.
+#[test]
+fn escrow_init_identity_opens_later_passwords_with_its_passphrase() {
+    let dev = Dev::start();
+    let identity = dev.dir.path().join("alice.age");
+    let id = identity.to_str().unwrap();
+    let o = dev.run(
+        &[
+            "escrow",
+            "init",
+            "--name",
+            "alice",
+            "--identity",
+            id,
+            "--passphrase-stdin",
+        ],
+        Some("correct horse battery\n"),
+    );
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&identity).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let file = std::fs::read_to_string(&identity).unwrap();
+    assert!(
+        file.starts_with("-----BEGIN AGE ENCRYPTED FILE-----"),
+        "{file}"
+    );
+    assert!(!file.contains("AGE-SECRET-KEY"));
+    // Never replaced.
+    let o = dev.run(
+        &["escrow", "init", "--identity", id, "--passphrase-stdin"],
+        Some("another passphrase\n"),
+    );
+    assert_eq!(o.status.code(), Some(3), "{:?}", text(&o));
+    let o = dev.run(&["escrow", "list", "-o", "json"], None);
+    let list: ecs_api::RecipientList = json(&o);
+    assert_eq!(list.recipients.len(), 2);
+
+    let ids = server_ids(&dev);
+    let o = dev.run(
+        &[
+            "reset-password",
+            &ids[0],
+            "--generate",
+            "--apply-now",
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let o = dev.run(
+        &[
+            "passwords",
+            "show",
+            &ids[0],
+            "--identity",
+            id,
+            "--passphrase-stdin",
+        ],
+        Some("correct horse battery\n"),
+    );
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let alice = String::from_utf8_lossy(&o.stdout).trim_end().to_owned();
+    // The dev identity opens the same version.
+    let o = dev.run(&["passwords", "show", &ids[0]], None);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end(), alice);
+    let o = dev.run(
+        &[
+            "passwords",
+            "show",
+            &ids[0],
+            "--identity",
+            id,
+            "--passphrase-stdin",
+        ],
+        Some("not-the-right-one\n"),
+    );
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    assert!(o.stdout.is_empty());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("wrong passphrase?"), "{err}");
+    assert!(!err.contains("not-the-right-one"), "{err}");
+}
+
+/// `ecsctl rotation create` on the dev fleet: the first run is at once (the
+/// scheduler looks every second here), every selected server gets an
+/// escrowed version, `passwords status` goes from "never escrowed" (exit 4)
+/// to clean (exit 0), and the policy is listed with its last run.
+#[test]
+fn a_rotation_policy_from_ecsctl_escrows_every_server_and_status_follows() {
+    let dev = Dev::start_with_env(&[("ECSD_ROTATION_CHECK_SECS", "1")]);
+    let o = dev.run(&["passwords", "status", "-o", "json"], None);
+    assert_eq!(o.status.code(), Some(4), "{:?}", text(&o));
+    let s: ecs_api::PasswordStatusList = json(&o);
+    assert_eq!(s.servers.len(), 4);
+    assert!(s.servers.iter().all(|x| x.status == "never_escrowed"));
+
+    let o = dev.run(
+        &[
+            "rotation",
+            "create",
+            "--name",
+            "all",
+            "--every-days",
+            "1",
+            "--apply",
+            "now",
+            "--length",
+            "24",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let mut clean = false;
+    for _ in 0..100 {
+        let o = dev.run(&["passwords", "status", "--all", "-o", "json"], None);
+        let s: ecs_api::PasswordStatusList = json(&o);
+        if o.status.code() == Some(0)
+            && s.servers
+                .iter()
+                .all(|x| x.state == Some(ecs_api::ResetState::Applied))
+        {
+            clean = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(clean, "the rotation never applied everywhere");
+    let o = dev.run(&["rotation", "list", "-o", "json"], None);
+    let l: ecs_api::RotationPolicyList = json(&o);
+    assert_eq!(l.policies.len(), 1);
+    assert!(l.policies[0].last_run.is_some());
+    assert_eq!(l.policies[0].spec.apply.as_deref(), Some("now"));
+    let o = dev.run(&["rotation", "list"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("all"));
+    // Each applied password opens with the dev identity and verifies.
+    use yescrypt::PasswordVerifier;
+    let mut passwords = Vec::new();
+    for id in server_ids(&dev) {
+        let o = dev.run(&["passwords", "show", &id], None);
+        assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+        let p = String::from_utf8_lossy(&o.stdout).trim_end().to_owned();
+        assert_eq!(p.len(), 24);
+        passwords.push(p);
+    }
+    for root in dev.fleet_roots() {
+        let h = first_hash(&root);
+        assert!(
+            passwords.iter().any(|p| sha_crypt::ShaCrypt::default()
+                .verify_password(p.as_bytes(), h.as_str())
+                .is_ok()),
+            "{root:?}"
+        );
+    }
+    // A server may be named instead of its id.
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.creds).unwrap()).unwrap();
+    let (id, name) = (
+        creds["servers"][0]["id"].as_str().unwrap(),
+        creds["servers"][0]["name"].as_str().unwrap(),
+    );
+    let by_id = dev.run(&["passwords", "show", id], None);
+    let by_name = dev.run(&["passwords", "show", name], None);
+    assert_eq!(by_name.status.code(), Some(0), "{:?}", text(&by_name));
+    assert_eq!(by_id.stdout, by_name.stdout);
+    let o = dev.run(&["rotation", "delete", "all"], None);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+}

@@ -96,6 +96,7 @@ fn fixture(
             keys.push((s.id, pk));
         }
         let body = ecs_api::BatchResetRequest {
+            generate: None,
             new_password: Some(SecretString::from("Gx7!pLq2vR").into()),
             dry_run: Some(false),
             servers: keys
@@ -274,6 +275,66 @@ fn per_call_us(iters: usize, samples: usize, mut f: impl FnMut()) -> f64 {
 
 /// Raw X25519: one DH on one thread (the peer's key parsed per call, as a
 /// seal does).
+/// One TLS 1.3 handshake in memory, both sides on this thread (what every
+/// agent restart costs ecsd and the agent together), for each rustls crypto
+/// provider at hand: the dev CA and server certificate (ECDSA P-256, the
+/// chain verified against the CA as agents do), X25519 key exchange.
+fn tls_handshake_us() -> Vec<(&'static str, f64)> {
+    use rustls::crypto::CryptoProvider;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ecsd::tls::dev_pki(dir.path()).unwrap();
+    let chain = ecs_trust::tls::certs_from_file(&pki.cert).unwrap();
+    let key = ecs_trust::tls::key_from_file(&pki.key).unwrap();
+    let ca = ecs_trust::tls::certs_from_file(&pki.ca).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca[0].clone()).unwrap();
+    let providers: [(&'static str, CryptoProvider); 2] = [
+        ("ring", rustls::crypto::ring::default_provider()),
+        ("aws-lc-rs", rustls::crypto::aws_lc_rs::default_provider()),
+    ];
+    providers
+        .into_iter()
+        .map(|(name, provider)| {
+            let provider = Arc::new(provider);
+            let server = Arc::new(
+                rustls::ServerConfig::builder_with_provider(provider.clone())
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .unwrap()
+                    .with_no_client_auth()
+                    .with_single_cert(chain.clone(), key.clone_key())
+                    .unwrap(),
+            );
+            let client = Arc::new(
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .unwrap()
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth(),
+            );
+            let us = per_call_us(50, 21, || {
+                let mut c =
+                    rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap())
+                        .unwrap();
+                let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+                let mut buf = Vec::new();
+                while c.is_handshaking() || s.is_handshaking() {
+                    buf.clear();
+                    c.write_tls(&mut buf).unwrap();
+                    s.read_tls(&mut buf.as_slice()).unwrap();
+                    s.process_new_packets().unwrap();
+                    buf.clear();
+                    s.write_tls(&mut buf).unwrap();
+                    c.read_tls(&mut buf.as_slice()).unwrap();
+                    c.process_new_packets().unwrap();
+                }
+                black_box((c, s));
+            });
+            (name, us)
+        })
+        .collect()
+}
+
 fn x25519_us() -> Vec<(&'static str, f64)> {
     let (a, b) = ([0x11u8; 32], [0x22u8; 32]);
     let dalek_a = x25519_dalek::StaticSecret::from(a);
@@ -508,6 +569,7 @@ fn machine_floor() {
     let (hkdf, aead) = hkdf_aead_us();
     let seals = seal_us(&f.keys);
     let tx = tx_ms(&mut floor, &f.keys);
+    let handshakes = tls_handshake_us();
     let fastest = x
         .iter()
         .take(3)
@@ -534,6 +596,9 @@ fn machine_floor() {
     println!("| ChaCha20-Poly1305 key + seal of 20 B (aws-lc-rs) | {aead:.2} µs |");
     for (name, us) in &seals {
         println!("| HPKE seal, one thread: {name} | {us:.1} µs |");
+    }
+    for (name, us) in &handshakes {
+        println!("| TLS 1.3 handshake in memory, client + server, rustls on {name} | {us:.1} µs |");
     }
     println!("| one durable SQLite transaction of 1000 rows | {tx:.2} ms |");
     println!(

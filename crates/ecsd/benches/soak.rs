@@ -106,7 +106,8 @@ fn main() {
                         let id = &ids[i % ids.len()];
                         let body = SingleResetRequest {
                             reset_password: ResetPasswordOption {
-                                new_password: SecretString::from(PASSWORD.to_owned()).into(),
+                                new_password: Some(SecretString::from(PASSWORD.to_owned()).into()),
+                                generate: None,
                                 is_check_password: None,
                             },
                         };

@@ -31,6 +31,14 @@ pub fn action_of(method: &Method, path: &str) -> String {
         ("POST", ["v1", _, "enroll-tokens"]) => "create-enroll-token",
         ("GET", ["v3", _, "traces"]) => "list-traces",
         ("POST", ["console", "login"]) => "console-sign-in",
+        ("GET", ["v1", _, "cloudservers", _, "escrowed-passwords"]) => "get-escrowed-password",
+        ("POST", ["v1", _, "escrow", "recipients"]) => "create-escrow-recipient",
+        ("GET", ["v1", _, "escrow", "recipients"]) => "list-escrow-recipients",
+        ("DELETE", ["v1", _, "escrow", "recipients", _]) => "delete-escrow-recipient",
+        ("POST", ["v1", _, "escrow", "rotation-policies"]) => "create-rotation-policy",
+        ("GET", ["v1", _, "escrow", "rotation-policies"]) => "list-rotation-policies",
+        ("DELETE", ["v1", _, "escrow", "rotation-policies", _]) => "delete-rotation-policy",
+        ("GET", ["v1", _, "escrow", "password-status"]) => "show-password-status",
         _ => return format!("{m} {}", crate::error::display_id(path)),
     };
     name.to_owned()

@@ -151,6 +151,10 @@ impl Permit {
             set: SystemRole::Admin.set(),
         }
     }
+    /// Could the caller do the action on some resource at all?
+    pub fn possible(&self) -> bool {
+        self.set.may_allow(self.action)
+    }
     /// May the caller do the action on a resource with these tags?
     pub fn allows_tags(&self, tags: &[String]) -> bool {
         self.set.decide(self.action, Some(tags)).allowed()
@@ -188,6 +192,12 @@ pub struct Permits {
 }
 
 impl Permits {
+    /// Every action allowed (ecsd's own calls: rotations).
+    pub fn all() -> Permits {
+        Permits {
+            set: SystemRole::Admin.set(),
+        }
+    }
     /// The permit for one action (decided per server afterwards).
     pub fn permit(&self, action: Action) -> Permit {
         Permit {

@@ -107,6 +107,11 @@ pub struct Config {
     /// Event streams (`.../events`, the console's live view) open at once
     /// per replica; beyond, 429 `APIGW.0308`.
     pub max_event_streams: usize,
+    /// Escrowed password versions kept per server (issue 15); the newest
+    /// version its agent applied is kept beyond them.
+    pub escrow_keep_versions: u32,
+    /// How often the rotation scheduler looks for due rotations (seconds).
+    pub rotation_check_secs: u64,
 }
 
 /// See [`Config::duplicate_machine_id`].
@@ -163,6 +168,8 @@ impl Default for Config {
             console_idle_secs: 30 * 60,
             console_session_secs: 8 * 3600,
             max_event_streams: 256,
+            escrow_keep_versions: crate::domain::escrow::DEFAULT_KEEP as u32,
+            rotation_check_secs: 30,
         }
     }
 }
@@ -203,6 +210,8 @@ const ENV_KEYS: &[&str] = &[
     "console_idle_secs",
     "console_session_secs",
     "max_event_streams",
+    "escrow_keep_versions",
+    "rotation_check_secs",
 ];
 
 impl Config {

@@ -3,7 +3,9 @@
 //! simulated fleet (Linux and Windows) enrolled through the same enrollment
 //! path and running the same agent code as real servers, its root file
 //! systems under `<data_dir>/fleet`. The credentials go to
-//! `<data_dir>/dev-credentials.json` (mode 0600).
+//! `<data_dir>/dev-credentials.json` (mode 0600), the dev operator's escrow
+//! identity to `<data_dir>/dev-escrow-identity.txt` (0600; its recipient is
+//! registered with the dev project).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +59,56 @@ pub struct DevCredentials {
     /// `password` and the project `dev`).
     #[serde(default)]
     pub console: String,
+    /// The dev operator's escrow identity (issue 15), relative to this
+    /// file's directory: an unencrypted age identity file, mode 0600 like
+    /// this file, whose recipient is registered with the dev project, so
+    /// `ecsctl passwords show` works with the dev profile at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escrow_identity: Option<PathBuf>,
+}
+
+/// The dev escrow identity's file name, beside `dev-credentials.json`.
+pub const DEV_ESCROW_IDENTITY: &str = "dev-escrow-identity.txt";
+
+/// The dev operator's escrow identity: kept if its file is there and its
+/// recipient registered, else made anew (mode 0600) and registered. Plain
+/// (not passphrase-protected): it sits beside `dev-credentials.json`, which
+/// holds the dev SK and the dev user's password in the clear with the same
+/// protection, so a passphrase stored beside it would protect nothing
+/// more (docs/rotation.md).
+async fn dev_escrow_identity(
+    state: &AppState,
+    project: &crate::store::Project,
+    data_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join(DEV_ESCROW_IDENTITY);
+    let existing = std::fs::read(&path)
+        .ok()
+        .map(zeroize::Zeroizing::new)
+        .and_then(|f| ecs_escrow::open_identity(&f, None).ok());
+    let recipient = match existing {
+        Some(id) => id.recipient(),
+        None => {
+            let (id, file) =
+                ecs_escrow::new_identity("ecsd serve --dev: the dev operator's escrow identity");
+            write_private(&path, file.expose_secret().as_bytes())?;
+            id.recipient()
+        }
+    };
+    let registered = state.escrow.recipients(&project.id).await?;
+    if !registered.iter().any(|r| r.recipient == recipient) {
+        state
+            .escrow
+            .add_recipient(crate::store::escrow::Recipient {
+                id: uuid::Uuid::new_v4().simple().to_string()[..16].to_owned(),
+                project_id: project.id.clone(),
+                name: "dev operator".into(),
+                recipient,
+                created: state.clock.now(),
+            })
+            .await?;
+    }
+    Ok(PathBuf::from(DEV_ESCROW_IDENTITY))
 }
 
 /// The dev IAM user's name.
@@ -188,6 +240,7 @@ pub async fn bootstrap(
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let (domain, password) = dev_user(state, &project, previous.as_ref()).await?;
+    let escrow_identity = dev_escrow_identity(state, &project, &data_dir).await?;
     let (ak, sk) = match previous {
         Some(p) if p.project_id == project.id && state.store.access_key(&p.ak).await?.is_some() => {
             (p.ak, SecretString::from(p.sk))
@@ -249,6 +302,7 @@ pub async fn bootstrap(
         user: DEV_USER.to_owned(),
         password: password.expose_secret().to_owned(),
         console: format!("{endpoint}{}", crate::console::PATH),
+        escrow_identity: Some(escrow_identity),
     };
     let data = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&creds)?);
     write_private(&cred_path, &data)?;

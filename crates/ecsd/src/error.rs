@@ -206,7 +206,13 @@ impl From<Error> for ApiError {
                 ..
             } => ApiError::invalid("Invalid query parameter marker: no such server."),
             Error::NotFound {
-                entity: Entity::Project | Entity::Group | Entity::Policy,
+                entity:
+                    Entity::Project
+                    | Entity::Group
+                    | Entity::Policy
+                    | Entity::Recipient
+                    | Entity::EscrowVersion
+                    | Entity::RotationPolicy,
                 ..
             } => ApiError::ecs(StatusCode::NOT_FOUND, code, e.to_string()),
             Error::Refused(ServerFailure {

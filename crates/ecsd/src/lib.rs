@@ -17,6 +17,7 @@ pub mod dev;
 pub mod domain;
 pub mod enroll;
 pub mod error;
+pub mod escrow;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -206,6 +206,33 @@ pub async fn batch_action(
     Ok(job_id)
 }
 
+/// A soft reboot of `ids` on behalf of ecsd itself (a rotation applied
+/// "now + restart"): the same validation and job as the API's; a batch
+/// that cannot be stored whole is logged and skipped (its passwords apply
+/// at the servers' next restart anyway).
+pub async fn reboot(state: &AppState, ctx: &CallContext<'_>, ids: &[String]) -> Result<(), Error> {
+    let servers: Vec<ecs_api::ServerRef> = ids.iter().map(ecs_api::ServerRef::new).collect();
+    let body = serde_json::json!({"reboot": {"type": "SOFT", "servers": servers}});
+    let body =
+        Bytes::from(serde_json::to_vec(&body).map_err(|e| Error::internal("reboot body", e))?);
+    match batch_action(
+        state,
+        ctx,
+        &crate::authorize::Permits::all(),
+        Some("application/json"),
+        body,
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(e @ (Error::Rejected { .. } | Error::Busy { .. })) => {
+            tracing::warn!(error = %e, "the restart after a rotation was not stored");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The Huawei `ShowJob` body of a job.
 pub fn show_job(job: &Job) -> ShowJobResponse {
     let summary = job_rules::summarize(&job.subs);

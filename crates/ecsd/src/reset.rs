@@ -19,6 +19,7 @@ pub use crate::batch::{CallContext, MAX_BATCH, MAX_ID_LEN, parse_json};
 use crate::batch::{ServerRef, audit_rejection, enrolled, parse_body, reject, validate_ids, wipe};
 use crate::domain::{Error, Problem, ServerFailure, server as server_rules};
 use crate::state::{AppState, Caller};
+use crate::store::escrow::NewVersion;
 use crate::store::{NewReset, Server};
 
 /// A password field: deserialized straight into a secret.
@@ -30,9 +31,20 @@ impl<'de> Deserialize<'de> for Password {
     }
 }
 
+/// Our extension (issue 15): `"generate": {"length": 20}` instead of a
+/// password: a different random password per server, escrowed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateBody {
+    #[serde(default, deserialize_with = "crate::batch::present")]
+    length: Option<usize>,
+}
+
 #[derive(Deserialize)]
 struct BatchResetBody {
     new_password: Option<Password>,
+    #[serde(default, deserialize_with = "crate::batch::present")]
+    generate: Option<GenerateBody>,
     /// `null` is refused (not taken as `false`).
     #[serde(default, deserialize_with = "crate::batch::present")]
     dry_run: Option<bool>,
@@ -51,12 +63,54 @@ struct SingleResetBody {
 #[derive(Deserialize)]
 struct SingleResetInner {
     new_password: Option<Password>,
+    #[serde(default, deserialize_with = "crate::batch::present")]
+    generate: Option<GenerateBody>,
     is_check_password: Option<bool>,
+}
+
+/// The password of a reset: given by the caller (one for every server), or
+/// generated per server and escrowed (issue 15).
+pub enum NewPassword {
+    Given(SecretString),
+    Generate { length: usize },
+}
+
+/// `new_password` or `generate`, never both; `generate.length` within the
+/// rules of contract §2.4 (default 20).
+fn choose_password(
+    given: Option<Password>,
+    generate: Option<GenerateBody>,
+    prefix: &str,
+) -> Result<Option<NewPassword>, Error> {
+    match (given, generate) {
+        (Some(_), Some(_)) => Err(Error::invalid(
+            format!("{prefix}generate"),
+            format!(
+                "Invalid request body: {prefix}new_password and {prefix}generate cannot both be given."
+            ),
+        )),
+        (Some(p), None) => Ok(Some(NewPassword::Given(p.0))),
+        (None, Some(g)) => {
+            let length = g.length.unwrap_or(ecs_escrow::DEFAULT_LENGTH);
+            if !(ecs_policy::MIN_LEN..=ecs_policy::MAX_LEN).contains(&length) {
+                return Err(Error::invalid(
+                    format!("{prefix}generate.length"),
+                    format!(
+                        "Invalid request body: {prefix}generate.length must be between {} and {}.",
+                        ecs_policy::MIN_LEN,
+                        ecs_policy::MAX_LEN
+                    ),
+                ));
+            }
+            Ok(Some(NewPassword::Generate { length }))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The validated form of a batch reset request.
 struct BatchRequest {
-    password: Option<SecretString>,
+    password: Option<NewPassword>,
     dry_run: bool,
     apply_now: bool,
     ids: Vec<String>,
@@ -65,11 +119,11 @@ struct BatchRequest {
 fn validate_batch_shape(body: BatchResetBody) -> Result<BatchRequest, Error> {
     let ids = validate_ids(body.servers, "servers")?;
     let dry_run = body.dry_run.unwrap_or(false);
-    let password = body.new_password.map(|p| p.0);
+    let password = choose_password(body.new_password, body.generate, "")?;
     if password.is_none() && !dry_run {
         return Err(Error::invalid(
             "new_password",
-            "Invalid request body: new_password is required unless dry_run is true.",
+            "Invalid request body: new_password (or generate) is required unless dry_run is true.",
         ));
     }
     let apply_now = match body.apply.as_deref() {
@@ -103,7 +157,10 @@ pub(crate) mod fuzz {
         let req = validate_batch_shape(parse_body::<BatchResetBody>(content_type, body)?)?;
         Ok(format!(
             "password={:?} dry_run={} apply_now={} ids={:?}",
-            req.password.as_ref().map(|p| p.expose_secret().to_owned()),
+            req.password.as_ref().map(|p| match p {
+                NewPassword::Given(p) => p.expose_secret().to_owned(),
+                NewPassword::Generate { length } => format!("generate {length}"),
+            }),
             req.dry_run,
             req.apply_now,
             req.ids
@@ -229,7 +286,10 @@ async fn plan_and_store(
 ) -> Result<BatchResetResponse, Error> {
     // Password rules, once per OS.
     let mut violations = HashMap::new();
-    if let Some(pw) = &req.password {
+    if let Some(NewPassword::Generate { .. }) = &req.password {
+        recipients_of(state, ctx).await?;
+    }
+    if let Some(NewPassword::Given(pw)) = &req.password {
         use secrecy::ExposeSecret;
         for os in [OsType::Linux, OsType::Windows] {
             if let Err(v) = ecs_policy::check(pw.expose_secret(), os, Strictness::Full) {
@@ -316,11 +376,13 @@ async fn plan_and_store(
     store_reset(
         state,
         ctx,
-        "batch-reset-password",
-        &req.ids,
+        ResetPlan {
+            action: "batch-reset-password",
+            ids: &req.ids,
+            apply_now: req.apply_now,
+        },
         &by_id,
         password,
-        req.apply_now,
     )
     .await?;
     Ok(BatchResetResponse {
@@ -332,32 +394,145 @@ async fn plan_and_store(
 /// Up to this many targets are sealed on the request's own task.
 const INLINE_SEALS: usize = 2;
 
+/// The project's escrow recipients; a project without any refuses a
+/// generated password (nobody could ever read it).
+async fn recipients_of(state: &AppState, ctx: &CallContext<'_>) -> Result<Vec<String>, Error> {
+    let recipients: Vec<String> = state
+        .escrow
+        .recipients(&ctx.caller.project_id)
+        .await?
+        .into_iter()
+        .map(|r| r.recipient)
+        .collect();
+    if recipients.is_empty() {
+        return Err(Error::invalid(
+            "generate",
+            "Invalid request body: generate needs an escrow recipient in this project \
+             (register one with `ecsctl escrow init`); nothing was reset.",
+        ));
+    }
+    Ok(recipients)
+}
+
+/// Per target: the password sealed to its agent and, when generated, the
+/// same password encrypted to the escrow recipients.
+type Sealed = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Generates a password per target (its OS's rules), seals it to the
+/// agent and encrypts it to the recipients; each password is zeroized when
+/// its `SecretString` drops at the end of its iteration.
+fn seal_generated(
+    targets: &[(String, PublicKey, OsType)],
+    request_id: &str,
+    length: usize,
+    recipients: &[String],
+) -> Result<Sealed, Error> {
+    // Large batches on every core, as `seal_all`.
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = cores.min(targets.len().div_ceil(64).max(1));
+    if threads > 1 {
+        let size = targets.len().div_ceil(threads);
+        return std::thread::scope(|scope| {
+            let handles: Vec<_> = targets
+                .chunks(size)
+                .map(|chunk| {
+                    scope.spawn(move || seal_generated_here(chunk, request_id, length, recipients))
+                })
+                .collect();
+            let mut out = Vec::with_capacity(targets.len());
+            for h in handles {
+                out.extend(h.join().expect("sealing thread panicked")?);
+            }
+            Ok(out)
+        });
+    }
+    seal_generated_here(targets, request_id, length, recipients)
+}
+
+/// [`seal_generated`] on the calling thread.
+fn seal_generated_here(
+    targets: &[(String, PublicKey, OsType)],
+    request_id: &str,
+    length: usize,
+    recipients: &[String],
+) -> Result<Sealed, Error> {
+    targets
+        .iter()
+        .map(|(id, key, os)| {
+            let password = ecs_escrow::generate(*os, length)
+                .map_err(|e| Error::internal("generating a password", e))?;
+            let sealed = ecs_seal::seal(key, id, request_id, &password)
+                .map_err(|e| Error::internal("sealing", e))?
+                .into_bytes();
+            let escrowed = ecs_escrow::encrypt(recipients, &password)
+                .map_err(|e| Error::internal("escrow encryption", e))?;
+            Ok((sealed, Some(escrowed)))
+        })
+        .collect()
+}
+
+/// What a reset is for: stored under this request id by this caller.
+pub struct ResetPlan<'a> {
+    pub action: &'a str,
+    pub ids: &'a [String],
+    pub apply_now: bool,
+}
+
 /// Seals the password for every target and stores the reset in one
-/// transaction, then wakes the targets' agents.
+/// transaction, then wakes the targets' agents. A generated password is
+/// escrowed first: a crash between the two leaves a version that never
+/// applied, never a server whose password nobody can read.
 async fn store_reset(
     state: &AppState,
     ctx: &CallContext<'_>,
-    action: &str,
-    ids: &[String],
+    plan: ResetPlan<'_>,
     by_id: &HashMap<&str, &Server>,
-    password: &SecretString,
-    apply_now: bool,
+    password: &NewPassword,
 ) -> Result<(), Error> {
+    let ResetPlan {
+        action,
+        ids,
+        apply_now,
+    } = plan;
     let mut targets = Vec::with_capacity(ids.len());
     for id in ids {
-        let key_bytes = by_id[id.as_str()]
+        let server = by_id[id.as_str()];
+        let key_bytes = server
             .agent_public_key
             .as_deref()
             .expect("checked: plug-in installed");
         let key = PublicKey::from_bytes(key_bytes)
             .map_err(|e| Error::internal("a stored agent key is invalid", e))?;
-        targets.push((id.clone(), key));
+        targets.push((id.clone(), key, server.os_type));
     }
     let request_id = ctx.request_id.to_owned();
-    let password = password.clone();
+    let generated = match password {
+        NewPassword::Given(_) => None,
+        NewPassword::Generate { length } => Some((*length, recipients_of(state, ctx).await?)),
+    };
+    let given = match password {
+        NewPassword::Given(p) => Some(p.clone()),
+        NewPassword::Generate { .. } => None,
+    };
     let seal = move || {
         let started = std::time::Instant::now();
-        let sealed = seal_all(&targets, &request_id, &password);
+        let sealed: Result<Sealed, Error> = match (&given, &generated) {
+            (Some(password), _) => {
+                let pairs: Vec<(String, PublicKey)> = targets
+                    .iter()
+                    .map(|(id, key, _)| (id.clone(), key.clone()))
+                    .collect();
+                seal_all(&pairs, &request_id, password)
+                    .map(|v| v.into_iter().map(|s| (s, None)).collect())
+                    .map_err(|e| Error::internal("sealing", e))
+            }
+            (None, Some((length, recipients))) => {
+                seal_generated(&targets, &request_id, *length, recipients)
+            }
+            (None, None) => unreachable!("a password is given or generated"),
+        };
         crate::metrics::METRICS
             .seal_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -373,21 +548,77 @@ async fn store_reset(
             .await
             .map_err(|e| Error::internal("sealing task", e))?
     };
-    let sealed = sealed.map_err(|e| Error::internal("sealing", e))?;
+    let sealed = sealed?;
+    let now = state.clock.now();
+    let escrowed: Vec<NewVersion> = targets
+        .iter()
+        .zip(&sealed)
+        .filter_map(|((id, _, _), (_, blob))| {
+            blob.as_ref().map(|blob| NewVersion {
+                server_id: id.clone(),
+                project_id: ctx.caller.project_id.clone(),
+                request_id: ctx.request_id.to_owned(),
+                created: now,
+                blob: blob.clone(),
+            })
+        })
+        .collect();
+    let escrow = !escrowed.is_empty();
+    if escrow {
+        state
+            .escrow
+            .add_versions(escrowed, state.config.escrow_keep_versions as usize)
+            .await?;
+    }
     let reset = NewReset {
         request_id: ctx.request_id.to_owned(),
         project_id: ctx.caller.project_id.clone(),
         apply_now,
         created: Utc::now(),
-        targets: targets.into_iter().map(|(id, _)| id).zip(sealed).collect(),
+        targets: targets
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .zip(sealed.into_iter().map(|(s, _)| s))
+            .collect(),
         audit: ctx.audit(action, ids.to_vec(), false, "accepted".into()),
     };
-    state.store.create_reset(reset).await?;
+    if let Err(e) = state.store.create_reset(reset).await {
+        if escrow && let Err(d) = state.escrow.discard_versions(ctx.request_id).await {
+            tracing::warn!(error = %d.chain(), "discarding the escrowed versions of a failed reset");
+        }
+        return Err(e);
+    }
     crate::metrics::METRICS.resets.inc();
     crate::metrics::targets("accepted", ids.len() as u64);
     state.wakers.wake(ids.iter().map(String::as_str));
     state.changes.bump();
     Ok(())
+}
+
+/// A rotation (issue 15): generated, escrowed passwords for `servers`
+/// (checked by the scheduler: enrolled, in a state that takes a reset),
+/// stored as one reset request under `ctx.request_id`.
+pub async fn rotate(
+    state: &AppState,
+    ctx: &CallContext<'_>,
+    ids: &[String],
+    servers: &[&Server],
+    length: usize,
+    apply_now: bool,
+) -> Result<(), Error> {
+    let by_id: HashMap<&str, &Server> = servers.iter().map(|s| (s.id.as_str(), *s)).collect();
+    store_reset(
+        state,
+        ctx,
+        ResetPlan {
+            action: "rotate-password",
+            ids,
+            apply_now,
+        },
+        &by_id,
+        &NewPassword::Generate { length },
+    )
+    .await
 }
 
 /// `PUT /v1/{project_id}/cloudservers/{server_id}/os-reset-password`.
@@ -429,15 +660,13 @@ async fn single_reset_inner(
             "Invalid request body: reset-password is required.",
         )
     })?;
-    let password = inner
-        .new_password
+    let password = choose_password(inner.new_password, inner.generate, "reset-password.")?
         .ok_or_else(|| {
             Error::invalid(
                 "reset-password.new_password",
-                "Invalid request body: reset-password.new_password is required.",
+                "Invalid request body: reset-password.new_password (or generate) is required.",
             )
-        })?
-        .0;
+        })?;
     let server = state
         .store
         .server(&ctx.caller.project_id, server_id)
@@ -452,7 +681,7 @@ async fn single_reset_inner(
         Strictness::Basic
     };
     let mut violations = HashMap::new();
-    {
+    if let NewPassword::Given(password) = &password {
         use secrecy::ExposeSecret;
         if let Err(v) = ecs_policy::check(password.expose_secret(), server.os_type, strictness) {
             violations.insert(server.os_type, v);
@@ -465,11 +694,13 @@ async fn single_reset_inner(
     store_reset(
         state,
         ctx,
-        "reset-password",
-        std::slice::from_ref(&server.id),
+        ResetPlan {
+            action: "reset-password",
+            ids: std::slice::from_ref(&server.id),
+            apply_now: false,
+        },
         &by_id,
         &password,
-        false,
     )
     .await?;
     tracing::info!(

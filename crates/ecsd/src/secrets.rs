@@ -38,7 +38,7 @@ impl MasterKey {
     pub fn generate_base64() -> SecretString {
         let mut k = Zeroizing::new([0u8; 32]);
         rand::rng().fill_bytes(k.as_mut());
-        SecretString::from(B64.encode(k.as_ref()))
+        SecretString::from(B64.encode(&k[..]))
     }
 
     pub fn encrypt(&self, owner: &str, secret: &[u8]) -> Vec<u8> {
@@ -81,7 +81,7 @@ impl MasterKey {
 pub fn new_bearer(prefix: &str) -> SecretString {
     let mut b = Zeroizing::new([0u8; 32]);
     rand::rng().fill_bytes(b.as_mut());
-    SecretString::from(format!("{prefix}{}", hex::encode(b.as_ref())))
+    SecretString::from(format!("{prefix}{}", hex::encode(&b[..])))
 }
 
 /// What is stored for a bearer secret: its SHA-256 (the secret has 256 bits

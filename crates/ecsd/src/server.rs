@@ -264,7 +264,8 @@ impl Server {
 /// Fleet-wide housekeeping, on one replica at a time: fails power sub-jobs
 /// whose agent never completed them (jobs survive restarts in the
 /// database, so this also catches jobs of a previous run) every 1–5 s, and
-/// deletes records past retention every hour. With SQLite this process is
+/// deletes records past retention every hour, runs the password rotation
+/// scheduler every `rotation_check_secs`. With SQLite this process is
 /// the only one; on PostgreSQL the replica holding the housekeeping lock
 /// does it, and another takes over within a period when it dies.
 async fn housekeeping(state: AppState) {
@@ -272,6 +273,11 @@ async fn housekeeping(state: AppState) {
     let retention_every = std::time::Duration::from_secs(3600);
     let mut lead = Leadership::new(&state);
     let mut next_retention = tokio::time::Instant::now();
+    // Rotation policies (issue 15): due ones run once (claimed in the
+    // store), servers left behind catch up, retrieved passwords rotate
+    // after their grace.
+    let rotation_every = std::time::Duration::from_secs(state.config.rotation_check_secs.max(1));
+    let mut next_rotation = tokio::time::Instant::now();
     loop {
         if lead.holds().await {
             match expire_jobs(&state).await {
@@ -283,8 +289,16 @@ async fn housekeeping(state: AppState) {
                 crate::lifecycle::retention_once(&state).await;
                 next_retention = tokio::time::Instant::now() + retention_every;
             }
+            if tokio::time::Instant::now() >= next_rotation {
+                match crate::escrow::run_rotations(&state, state.clock.now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(servers = n, "passwords rotated"),
+                    Err(e) => tracing::error!(error = %e.chain(), "rotating passwords failed"),
+                }
+                next_rotation = tokio::time::Instant::now() + rotation_every;
+            }
         }
-        tokio::time::sleep(period).await;
+        tokio::time::sleep(period.min(rotation_every)).await;
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::secrets::MasterKey;
-use crate::store::{AuthzStore, IdentityStore, LifecycleStore, Store};
+use crate::store::{AuthzStore, EscrowStore, IdentityStore, LifecycleStore, Store};
 
 /// An agent credential may send this many seconds' worth of its rate at once.
 pub const AGENT_BURST_FACTOR: u32 = 4;
@@ -37,6 +37,9 @@ pub struct AppState {
     /// Access key lifecycle, revocation, rotation and audit traces: the same
     /// store object as `store`.
     pub lifecycle: Arc<dyn LifecycleStore>,
+    /// Escrow recipients, escrowed versions and rotation policies (issue
+    /// 15): the same store object as `store`.
+    pub escrow: Arc<dyn EscrowStore>,
     /// Failed authentications per source address and per access key.
     pub auth_failures: Arc<crate::throttle::FailureThrottle>,
     /// The wall clock of the X-Sdk-Date window and of power-job expiry.
@@ -102,7 +105,7 @@ impl Clock {
 }
 
 impl AppState {
-    pub fn new<S: Store + LifecycleStore + IdentityStore + AuthzStore>(
+    pub fn new<S: Store + LifecycleStore + IdentityStore + AuthzStore + EscrowStore>(
         store: Arc<S>,
         master: MasterKey,
         config: Config,
@@ -112,6 +115,7 @@ impl AppState {
             NonZeroU32::new(config.agent_rate_limit_per_sec.max(1)).expect("max(1) is non-zero");
         AppState {
             lifecycle: store.clone(),
+            escrow: store.clone(),
             identity: store.clone(),
             authz_store: store.clone(),
             authorizer: Arc::new(crate::authorize::Authorizer::default()),

@@ -16,7 +16,8 @@ const GOOD: &str = "Gx7!pLq2vR";
 fn single_body(password: &str, is_check_password: Option<bool>) -> String {
     body(&SingleResetRequest {
         reset_password: ResetPasswordOption {
-            new_password: secret(password).into(),
+            new_password: Some(secret(password).into()),
+            generate: None,
             is_check_password,
         },
     })

@@ -110,10 +110,17 @@ struct Fixture {
     victims: Vec<String>,
     group: String,
     spare_keys: Vec<String>,
+    /// Escrow (issue 15): a registered recipient and a rotation policy
+    /// (the admin's DELETE rows remove them).
+    recipient_id: String,
 }
 
 async fn fixture() -> Fixture {
-    let t = TestServer::start().await;
+    fixture_with(|_| {}).await
+}
+
+async fn fixture_with(f: impl FnOnce(&mut ecsd::config::Config)) -> Fixture {
+    let t = TestServer::start_with(f).await;
     let mut staging = Vec::new();
     for i in 0..CALLERS.len() {
         let (id, _) = t
@@ -189,6 +196,24 @@ async fn fixture() -> Fixture {
         .await
         .unwrap()
         .id;
+    let (id, _) = ecs_escrow::new_identity("matrix");
+    let r = t
+        .call(
+            "POST",
+            &format!("/v1/{}/escrow/recipients", t.project),
+            Some(&serde_json::json!({"name": "matrix", "recipient": id.recipient()}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let recipient_id = r.json::<ecs_api::EscrowRecipient>().id;
+    let r = t
+        .call(
+            "POST",
+            &format!("/v1/{}/escrow/rotation-policies", t.project),
+            Some(r#"{"name": "matrix", "schedule": {"every_days": 1}, "selector": {"tags": ["env=none"]}}"#),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
     Fixture {
         t,
         keys,
@@ -198,6 +223,7 @@ async fn fixture() -> Fixture {
         victims,
         group,
         spare_keys,
+        recipient_id,
     }
 }
 
@@ -349,6 +375,87 @@ fn rows() -> Vec<Row> {
             template: "/v1/{project_id}/enroll-tokens",
             call: |f, _| (p(f, "/enroll-tokens"), None),
             expect: [201, 403, 403, 403, 400],
+        },
+        // Escrow (issue 15): recipients and policies are managed by admins;
+        // readonly may list them and read the drift report; escrowed
+        // passwords are for admins only (readonly's get* is denied them).
+        Row {
+            method: "POST",
+            template: "/v1/{project_id}/escrow/recipients",
+            call: |f, _| {
+                let (id, _) = ecs_escrow::new_identity("row");
+                (
+                    p(f, "/escrow/recipients"),
+                    Some(
+                        serde_json::json!({"name": "row", "recipient": id.recipient()}).to_string(),
+                    ),
+                )
+            },
+            expect: [201, 403, 403, 403, 400],
+        },
+        Row {
+            method: "GET",
+            template: "/v1/{project_id}/escrow/recipients",
+            call: |f, _| (p(f, "/escrow/recipients"), None),
+            expect: [200, 403, 200, 403, 400],
+        },
+        Row {
+            method: "POST",
+            template: "/v1/{project_id}/escrow/rotation-policies",
+            call: |f, i| {
+                (
+                    p(f, "/escrow/rotation-policies"),
+                    Some(
+                        serde_json::json!({"name": format!("row-{i}"), "schedule": {"every_days": 7},
+                            "selector": {"tags": ["env=none"]}})
+                        .to_string(),
+                    ),
+                )
+            },
+            expect: [201, 403, 403, 403, 400],
+        },
+        Row {
+            method: "GET",
+            template: "/v1/{project_id}/escrow/rotation-policies",
+            call: |f, _| (p(f, "/escrow/rotation-policies"), None),
+            expect: [200, 403, 200, 403, 400],
+        },
+        Row {
+            method: "DELETE",
+            template: "/v1/{project_id}/escrow/rotation-policies/{policy}",
+            call: |f, _| (p(f, "/escrow/rotation-policies/matrix"), None),
+            expect: [204, 403, 403, 403, 400],
+        },
+        Row {
+            method: "DELETE",
+            template: "/v1/{project_id}/escrow/recipients/{recipient_id}",
+            call: |f, _| {
+                (
+                    p(f, &format!("/escrow/recipients/{}", f.recipient_id)),
+                    None,
+                )
+            },
+            expect: [204, 403, 403, 403, 400],
+        },
+        Row {
+            method: "GET",
+            template: "/v1/{project_id}/cloudservers/{server_id}/escrowed-passwords",
+            call: |f, i| {
+                (
+                    p(
+                        f,
+                        &format!("/cloudservers/{}/escrowed-passwords", f.staging[i]),
+                    ),
+                    None,
+                )
+            },
+            expect: [200, 403, 403, 403, 400],
+        },
+        Row {
+            method: "GET",
+            template: "/v1/{project_id}/escrow/password-status",
+            call: |f, _| (p(f, "/escrow/password-status"), None),
+            expect: [200, 403, 200, 403, 400],
         },
         // Every system role may read the audit trail; a custom policy needs cts:traces:list.
         Row {
@@ -1130,7 +1237,9 @@ async fn the_admin_cli_makes_groups_policies_and_user_keys_that_the_api_enforces
 /// covered as soon as it has its row.
 #[tokio::test]
 async fn a_revoked_key_and_an_expired_token_are_refused_on_every_public_route() {
-    let f = fixture().await;
+    // Two failed authentications per route from one address: above the
+    // default throttle (30 a minute) since the escrow routes came.
+    let f = fixture_with(|c| c.auth_failures_per_minute = 1000).await;
     // A revoked key: an admin's, disabled.
     let (ak, sk) = ecsd::admin::create_access_key(&f.t.state, &f.t.project, Role::Admin)
         .await

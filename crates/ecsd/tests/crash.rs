@@ -280,6 +280,7 @@ async fn crash_test(url: Option<String>, two_replicas: bool) {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let req = BatchResetRequest {
+                        generate: None,
                         new_password: Some(
                             SecretString::from(format!("Cr4sh={round}.{task}.{n}")).into(),
                         ),

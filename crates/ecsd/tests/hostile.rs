@@ -58,7 +58,8 @@ async fn trailing_bytes_after_a_reset_body_are_refused_and_nothing_is_reset() {
     let batch = ids_body(Some(GOOD), None, &[&a]);
     let single = body(&ecs_api::SingleResetRequest {
         reset_password: ecs_api::ResetPasswordOption {
-            new_password: secret(GOOD).into(),
+            new_password: Some(secret(GOOD).into()),
+            generate: None,
             is_check_password: None,
         },
     });

@@ -77,6 +77,7 @@ impl Api {
     /// A batch reset of `ids` (`PUT .../os-reset-passwords`), ready to send.
     pub fn reset(&self, ids: &[String], password: &str) -> Request {
         let body = BatchResetRequest {
+            generate: None,
             new_password: Some(SecretString::from(password.to_owned()).into()),
             dry_run: None,
             servers: ids.iter().map(ServerRef::new).collect(),

@@ -2,6 +2,7 @@
 //! API under `/agent/v1`, and the layers every request passes through.
 
 mod agent;
+mod escrow;
 mod events;
 pub mod iam;
 mod iam_admin;
@@ -94,6 +95,30 @@ pub fn router(state: AppState) -> Router {
             post(agent::create_enroll_token),
         )
         .route("/v3/{project_id}/traces", get(traces::list))
+        .route(
+            "/v1/{project_id}/escrow/recipients",
+            post(escrow::create_recipient).get(escrow::list_recipients),
+        )
+        .route(
+            "/v1/{project_id}/escrow/recipients/{recipient_id}",
+            delete(escrow::delete_recipient),
+        )
+        .route(
+            "/v1/{project_id}/cloudservers/{server_id}/escrowed-passwords",
+            get(escrow::escrowed_passwords),
+        )
+        .route(
+            "/v1/{project_id}/escrow/rotation-policies",
+            post(escrow::create_policy).get(escrow::list_policies),
+        )
+        .route(
+            "/v1/{project_id}/escrow/rotation-policies/{policy}",
+            delete(escrow::delete_policy),
+        )
+        .route(
+            "/v1/{project_id}/escrow/password-status",
+            get(escrow::password_status),
+        )
         .route_layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
     // IAM administration: signed like /v1, in the credential's project and domain.
     let iam_admin = Router::new()

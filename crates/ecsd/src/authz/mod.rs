@@ -18,7 +18,10 @@ pub use policy::{Condition, Effect, Operator, Policy, PolicyError, Statement};
 /// `ecs:enrollTokens:create` is ecsd's. The `iam:` actions are the remote
 /// administration of users, groups, policies, grants and access keys
 /// (system role `admin` only); `cts:traces:list` reads the audit trail
-/// (every system role).
+/// (every system role). `ecs:cloudServers:getPassword` hands out escrowed
+/// (encrypted) passwords: system role `admin` only (readonly's `get*` is
+/// denied it explicitly); `ecs:escrow:*` manages recipients and rotation
+/// policies (issue 15).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     ResetServerPwd,
@@ -48,10 +51,18 @@ pub enum Action {
     UpdateCredential,
     DeleteCredential,
     ListTraces,
+    GetPassword,
+    CreateRecipient,
+    ListRecipients,
+    DeleteRecipient,
+    CreateRotationPolicy,
+    ListRotationPolicies,
+    DeleteRotationPolicy,
+    GetPasswordStatus,
 }
 
 impl Action {
-    pub const ALL: [Action; 27] = [
+    pub const ALL: [Action; 35] = [
         Action::ResetServerPwd,
         Action::Reboot,
         Action::Start,
@@ -79,6 +90,14 @@ impl Action {
         Action::UpdateCredential,
         Action::DeleteCredential,
         Action::ListTraces,
+        Action::GetPassword,
+        Action::CreateRecipient,
+        Action::ListRecipients,
+        Action::DeleteRecipient,
+        Action::CreateRotationPolicy,
+        Action::ListRotationPolicies,
+        Action::DeleteRotationPolicy,
+        Action::GetPasswordStatus,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -109,6 +128,14 @@ impl Action {
             Action::UpdateCredential => "iam:credentials:updateCredential",
             Action::DeleteCredential => "iam:credentials:deleteCredential",
             Action::ListTraces => "cts:traces:list",
+            Action::GetPassword => "ecs:cloudServers:getPassword",
+            Action::CreateRecipient => "ecs:escrow:createRecipient",
+            Action::ListRecipients => "ecs:escrow:listRecipients",
+            Action::DeleteRecipient => "ecs:escrow:deleteRecipient",
+            Action::CreateRotationPolicy => "ecs:escrow:createRotationPolicy",
+            Action::ListRotationPolicies => "ecs:escrow:listRotationPolicies",
+            Action::DeleteRotationPolicy => "ecs:escrow:deleteRotationPolicy",
+            Action::GetPasswordStatus => "ecs:escrow:getPasswordStatus",
         }
     }
     fn index(self) -> usize {
@@ -285,9 +312,18 @@ struct ForAction {
 }
 
 /// Compiled policies: per action, the statements that can apply.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PolicySet {
     by_action: [ForAction; Action::ALL.len()],
+}
+
+// By hand: `Default` is derived for arrays of at most 32 elements.
+impl Default for PolicySet {
+    fn default() -> Self {
+        PolicySet {
+            by_action: std::array::from_fn(|_| ForAction::default()),
+        }
+    }
 }
 
 impl PolicySet {
@@ -381,7 +417,8 @@ impl SystemRole {
             }
             SystemRole::ReadOnly => {
                 r#"{"Version": "1.1", "Statement": [{"Effect": "Allow", "Action": [
-                "ecs:*:get*", "ecs:*:list*", "ecs:*:show*", "cts:traces:list"]}]}"#
+                "ecs:*:get*", "ecs:*:list*", "ecs:*:show*", "cts:traces:list"]},
+                {"Effect": "Deny", "Action": ["ecs:cloudServers:getPassword"]}]}"#
             }
         }
     }
@@ -561,12 +598,21 @@ mod tests {
             Action::GetJob,
             Action::ShowServerTags,
             Action::ListTraces,
+            // Escrow: public keys, policies and the drift report, never
+            // an escrowed password (readonly's get* is denied it).
+            Action::ListRecipients,
+            Action::ListRotationPolicies,
+            Action::GetPasswordStatus,
         ];
         for a in Action::ALL {
             let read = reads.contains(&a);
             assert_eq!(ro.decide(a, None).allowed(), read, "readonly {a:?}");
             let iam = a.as_str().starts_with("iam:");
-            let op_may = !iam && !matches!(a, Action::CreateEnrollToken | Action::SetServerTags);
+            // Escrow is the admin's: operators reset, they do not read
+            // escrowed passwords or manage who can.
+            let escrow = a == Action::GetPassword || a.as_str().starts_with("ecs:escrow:");
+            let op_may =
+                !iam && !escrow && !matches!(a, Action::CreateEnrollToken | Action::SetServerTags);
             assert_eq!(op.decide(a, None).allowed(), op_may, "operator {a:?}");
         }
         assert_eq!(SystemRole::parse("operator"), Some(SystemRole::Operator));

@@ -22,6 +22,12 @@ pub enum Entity {
     Group,
     /// A custom IAM policy.
     Policy,
+    /// An escrow recipient (issue 15).
+    Recipient,
+    /// An escrowed password version.
+    EscrowVersion,
+    /// A rotation policy.
+    RotationPolicy,
 }
 
 impl Entity {
@@ -32,6 +38,9 @@ impl Entity {
             Entity::Project => "project",
             Entity::Group => "group",
             Entity::Policy => "policy",
+            Entity::Recipient => "escrow recipient",
+            Entity::EscrowVersion => "escrowed password version",
+            Entity::RotationPolicy => "rotation policy",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! [`Error`] to its two error bodies in one place (`crate::error`).
 
 pub mod error;
+pub mod escrow;
 pub mod job;
 pub mod reasons;
 pub mod reset;

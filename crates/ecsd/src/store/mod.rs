@@ -6,6 +6,8 @@
 pub mod authz;
 pub mod authz_conformance;
 pub mod conformance;
+pub mod escrow;
+pub mod escrow_conformance;
 pub mod identity;
 #[cfg(test)]
 pub mod identity_conformance;
@@ -14,12 +16,14 @@ pub mod lifecycle_conformance;
 pub mod page_starts;
 pub mod sqlite;
 mod sqlite_authz;
+mod sqlite_escrow;
 pub mod sqlite_group;
 mod sqlite_identity;
 mod sqlite_lifecycle;
 
 pub mod postgres;
 mod postgres_authz;
+mod postgres_escrow;
 mod postgres_identity;
 mod postgres_lifecycle;
 mod postgres_schema;
@@ -29,6 +33,7 @@ use ecs_policy::OsType;
 
 pub use crate::config::DuplicateMachineId;
 
+pub use escrow::EscrowStore;
 pub use identity::IdentityStore;
 pub use lifecycle::LifecycleStore;
 pub use postgres::PgStore;

@@ -316,6 +316,44 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER servers_list_gen AFTER INSERT OR DELETE OR UPDATE ON servers
         FOR EACH ROW EXECUTE FUNCTION ecsd_servers_list_gen();
     "#,
+    // 4: escrow (issue 15): SQLite's migration 11 (sqlite_escrow.rs).
+    r#"
+    CREATE TABLE escrow_recipients (
+        project_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (project_id, id),
+        UNIQUE (project_id, recipient)
+    );
+    CREATE TABLE escrow_versions (
+        server_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        project_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        blob BYTEA NOT NULL,
+        final_state TEXT,
+        PRIMARY KEY (server_id, version)
+    );
+    CREATE INDEX escrow_versions_request ON escrow_versions(request_id);
+    CREATE INDEX escrow_versions_project ON escrow_versions(project_id, server_id);
+    CREATE TABLE escrow_retrievals (
+        server_id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        retrieved_at TEXT NOT NULL
+    );
+    CREATE TABLE rotation_policies (
+        id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_run TEXT,
+        UNIQUE (project_id, name)
+    );
+    "#,
 ];
 
 /// Applies the pending migrations on `client`, holding a session advisory

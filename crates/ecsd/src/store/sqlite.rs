@@ -348,7 +348,9 @@ const MIGRATIONS: &[&str] = &[
     BEGIN
         UPDATE projects SET list_gen = list_gen + 1 WHERE id IN (OLD.project_id, NEW.project_id);
     END;
-    "#,
+    "#, // 11: escrow (issue 15): recipients, escrowed versions, retrievals,
+    // rotation policies.
+    super::sqlite_escrow::MIGRATION,
 ];
 
 /// A backend error as the domain's: a failure of the disk (see

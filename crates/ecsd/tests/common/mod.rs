@@ -379,6 +379,7 @@ pub fn reset_request(
     ids: &[&str],
 ) -> BatchResetRequest {
     BatchResetRequest {
+        generate: None,
         new_password: password.map(|p| secret(p).into()),
         dry_run,
         servers: refs(ids),
