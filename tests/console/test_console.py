@@ -233,3 +233,36 @@ def test_no_password_reached_the_log(ecsd):
     for secret in [STRONG, ecsd.creds["password"], "Viewer-Pass-77"]:
         assert secret not in log
 
+
+
+def test_the_servers_table_pages_by_marker_and_selects_all_that_match_across_pages(page, tmp_path):
+    """More servers than a page (50): Next and Previous follow the API's
+    markers, and "all that match" covers every page, not only the one shown."""
+    from conftest import Ecsd
+
+    big = Ecsd(tmp_path / "data", linux=57, windows=0)
+    try:
+        sign_in(page, big, big.creds["user"], big.creds["password"])
+        summary = page.locator("#servers-summary")
+        rows = page.locator("#servers tbody tr")
+        expect(summary).to_have_text(re.compile(r"^57 servers match; showing 1–50\."))
+        expect(rows).to_have_count(50)
+        first_page = rows.all_inner_texts()
+        prev, nxt = (page.get_by_role("button", name=n) for n in ("Previous page", "Next page"))
+        expect(prev).to_be_disabled()
+        nxt.click()
+        expect(summary).to_have_text(re.compile(r"^57 servers match; showing 51–57\."))
+        expect(rows).to_have_count(7)
+        second_page = rows.all_inner_texts()
+        assert not set(first_page) & set(second_page), "a server on both pages"
+        expect(nxt).to_be_disabled()
+        prev.click()
+        expect(summary).to_have_text(re.compile(r"^57 servers match; showing 1–50\."))
+        assert rows.all_inner_texts() == first_page
+        page.get_by_role("button", name="Select all 57 matching the filter").click()
+        expect(page.locator("#selection-count")).to_have_text(
+            "All 57 servers matching the filter are selected.")
+        page.get_by_role("button", name="Reset password of 57 servers…").click()
+        expect(page.get_by_text("57 servers selected")).to_be_visible()
+    finally:
+        big.stop()
