@@ -103,6 +103,12 @@ pub struct HeartbeatRequest {
     /// virtual BMC); without it, `os-start` of a stopped server fails at once.
     #[serde(default)]
     pub power_driver: bool,
+    /// The agent's start-up check (a new boot id, no outcome left to
+    /// report): the answer carries in `work` what `GET /work` (no `have`,
+    /// no wait) would return, saving the restarting agent a call. An ecsd
+    /// before this field ignores it and answers without `work`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub start_up: bool,
 }
 
 /// The answer to a heartbeat (200; an ecsd before this field answered 204
@@ -115,6 +121,10 @@ pub struct HeartbeatResponse {
     /// restart arrives at a rate it can take.
     #[serde(default)]
     pub reconnect_spread_secs: u32,
+    /// Only when the request asked for `start_up`: the work a poll would
+    /// return, `{}` for none. Absent: the agent polls (`GET /work`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<Poll>,
 }
 
 /// `GET /agent/v1/work?have=<request_id>&wait=<secs>[&power_only=true]`: 200

@@ -163,7 +163,14 @@ impl Agent {
         &self.server_id
     }
 
-    async fn heartbeat(&self, boot_id: &str) -> anyhow::Result<()> {
+    /// Reports in. `start_up`: also asks for the start-up check's work,
+    /// which comes back (`Some`, possibly empty) from an ecsd that knows
+    /// the field; `None` means poll for it.
+    async fn heartbeat(
+        &self,
+        boot_id: &str,
+        start_up: bool,
+    ) -> anyhow::Result<Option<proto::Poll>> {
         let answer = self
             .client
             .heartbeat(&proto::HeartbeatRequest {
@@ -171,6 +178,7 @@ impl Agent {
                 boot_id: boot_id.to_owned(),
                 uptime_secs: self.started.elapsed().as_secs(),
                 power_driver: matches!(self.opts.power, PowerControl::Simulated { .. }),
+                start_up,
             })
             .await?;
         if answer.reconnect_spread_secs > 0 {
@@ -179,7 +187,7 @@ impl Agent {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
-        Ok(())
+        Ok(answer.work.filter(|_| start_up))
     }
 
     /// A fresh back-off over the reconnect spread ecsd last asked for.
@@ -193,15 +201,29 @@ impl Agent {
     pub async fn run(&self) -> anyhow::Result<()> {
         let boot_id = self.opts.boot.read()?;
         let mut journal = self.state.load_journal()?;
-        retry("heartbeat", self.backoff(), || self.heartbeat(&boot_id)).await;
+        let restarted = journal.boot_id.as_deref() != Some(boot_id.as_str());
+        // The start-up check's first poll rides on the heartbeat — unless an
+        // outcome is still to be reported: its target must be acknowledged
+        // before ecsd is asked what is open.
+        let start_up = restarted && journal.unacked.is_none();
+        let mut first = retry("heartbeat", self.backoff(), || {
+            self.heartbeat(&boot_id, start_up)
+        })
+        .await;
         self.flush_ack(&mut journal).await;
 
-        if journal.boot_id.as_deref() != Some(boot_id.as_str()) {
+        if restarted {
             // The server (re)started: apply the newest pending password, if any
             // (power actions queued before it are carried out first).
             for _ in 0..8 {
-                let poll = || self.client.work(None, Duration::ZERO, false);
-                match retry("work", self.backoff(), poll).await {
+                let polled = match first.take() {
+                    Some(answered) => Some(answered),
+                    None => {
+                        let poll = || self.client.work(None, Duration::ZERO, false);
+                        retry("work", self.backoff(), poll).await
+                    }
+                };
+                match polled {
                     Some(proto::Poll { reset: Some(w), .. }) => {
                         self.apply(w, &mut journal).await?;
                         break;
@@ -249,7 +271,7 @@ impl Agent {
                 }
             }
             if Instant::now() >= next_heartbeat {
-                if let Err(e) = self.heartbeat(&boot_id).await {
+                if let Err(e) = self.heartbeat(&boot_id, false).await {
                     tracing::warn!(error = %format!("{e:#}"), "heartbeat failed");
                 }
                 next_heartbeat = Instant::now() + self.opts.heartbeat;

@@ -743,6 +743,77 @@ async fn a_real_agent_runs_power_actions_only_when_allowed_and_reports_systemctl
     }
 }
 
+/// A restarting agent's heartbeat may ask for its start-up work
+/// (`start_up`): the answer carries what `GET /work` would — the pending
+/// reset, signed and sealed, now DELIVERED — and `{}` when nothing is
+/// open; a plain heartbeat carries no `work` at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_up_heartbeat_carries_the_pending_reset() {
+    let t = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let e = common::enroll(
+        &t.base,
+        &token(&t, 1).await,
+        dir.path(),
+        "m-s",
+        "h",
+        "Linux",
+    )
+    .await
+    .unwrap();
+    let agent = Client::new(common::http(), &t.base, Some(secret(&e.credential)));
+    let hb = |boot: &str, start_up: bool| ecs_agent_proto::HeartbeatRequest {
+        agent_version: "test".into(),
+        boot_id: boot.into(),
+        uptime_secs: 1,
+        power_driver: false,
+        start_up,
+    };
+    let empty = agent.heartbeat(&hb("b1", true)).await.unwrap();
+    let nothing = empty
+        .work
+        .expect("a start-up heartbeat is answered with work");
+    assert!(
+        nothing.reset.is_none() && nothing.power.is_none(),
+        "{nothing:?}"
+    );
+
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Wt5!kPq9zR"), None, &[&e.server_id])),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rid = r.request_id.unwrap();
+    assert!(
+        agent
+            .heartbeat(&hb("b1", false))
+            .await
+            .unwrap()
+            .work
+            .is_none()
+    );
+    assert_eq!(t.outcome(&rid).await.servers[0].state, ResetState::Pending);
+
+    let answer = agent.heartbeat(&hb("b2", true)).await.unwrap();
+    let work = answer
+        .work
+        .and_then(|p| p.reset)
+        .expect("the pending reset");
+    assert_eq!(work.request_id, rid);
+    assert_eq!(work.server_id, e.server_id);
+    assert!(work.envelope.is_some() && !work.sealed.is_empty());
+    assert_eq!(t.outcome(&rid).await.servers[0].state, Delivered);
+    // The same item through the poll, as an older agent would ask.
+    let polled = agent.work(None, Duration::ZERO, false).await.unwrap();
+    assert_eq!(
+        polled.and_then(|p| p.reset).map(|w| w.request_id),
+        Some(rid)
+    );
+}
+
 /// `?wait=` on the outcome and the job (our extension): the answer comes
 /// when a server's state changes (delivered here), at once when the
 /// request is already complete, after `wait` when nothing changes; a job
@@ -768,6 +839,7 @@ async fn outcome_and_job_reads_that_wait_answer_as_soon_as_something_changes() {
             boot_id: "b1".into(),
             uptime_secs: 1,
             power_driver: false,
+            start_up: false,
         })
         .await
         .unwrap();

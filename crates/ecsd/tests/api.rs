@@ -450,6 +450,7 @@ async fn resetpwd_flag_is_a_string_and_needs_an_agent_that_reported() {
             boot_id: "boot-1".into(),
             uptime_secs: 1,
             power_driver: false,
+            start_up: false,
         })
         .await
         .unwrap();

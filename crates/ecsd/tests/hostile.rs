@@ -693,6 +693,7 @@ async fn the_heartbeat_sizes_the_reconnect_spread_to_the_agents_polling() {
         boot_id: "boot-1".into(),
         uptime_secs: 1,
         power_driver: false,
+        start_up: false,
     };
     let spread = |c: std::sync::Arc<ecs_agent::client::Client>| {
         let hb = hb.clone();

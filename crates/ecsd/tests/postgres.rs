@@ -421,6 +421,7 @@ async fn one_replica_at_a_time_sweeps_jobs_and_another_takes_over_when_it_stops(
             boot_id: "b".into(),
             uptime_secs: 1,
             power_driver: false,
+            start_up: false,
         })
         .await
         .unwrap();

@@ -265,11 +265,24 @@ pub async fn heartbeat(
         .map_err(|e| ApiError::store("recording a heartbeat", e))?;
     // A new boot id completes reboot and start jobs.
     state.changes.bump();
+    // The start-up check rides on the heartbeat: what `GET /work` (no
+    // `have`, no wait) would answer, one call fewer per restarting agent.
+    let work = if req.start_up {
+        let q = WorkQuery {
+            have: None,
+            wait: None,
+            power_only: false,
+        };
+        Some(next_work(&state, &server.id, &q).await?.unwrap_or_default())
+    } else {
+        None
+    };
     Ok(Json(proto::HeartbeatResponse {
         reconnect_spread_secs: reconnect_spread(
             state.wakers.waiting(),
             state.config.agent_reconnect_per_sec,
         ),
+        work,
     }))
 }
 

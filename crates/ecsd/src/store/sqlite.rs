@@ -351,6 +351,21 @@ const MIGRATIONS: &[&str] = &[
     "#, // 11: escrow (issue 15): recipients, escrowed versions, retrievals,
     // rotation policies.
     super::sqlite_escrow::MIGRATION,
+    // 12: a server's work sequence and last reset in a narrow table of their
+    // own (issue 13): a batch of 1000 resets rewrote the 1000 wide server
+    // rows, about 120 of the ~300 WAL pages its commit wrote and synced;
+    // 1000 rows here fill about 20. `servers.work_seq` and
+    // `servers.last_reset_id` are no longer read or written.
+    r#"
+    CREATE TABLE server_work (
+        server_id TEXT PRIMARY KEY REFERENCES servers(id),
+        work_seq INTEGER NOT NULL,
+        last_reset_id TEXT
+    ) WITHOUT ROWID;
+    INSERT INTO server_work (server_id, work_seq, last_reset_id)
+        SELECT id, work_seq, last_reset_id FROM servers
+        WHERE work_seq > 0 OR last_reset_id IS NOT NULL;
+    "#,
 ];
 
 /// A backend error as the domain's: a failure of the disk (see
@@ -587,10 +602,30 @@ fn rekey_server_tx(
     Ok(())
 }
 
+/// The next work sequence number of server ?2, now carrying reset ?1 (the
+/// contract's per-server sequence that only grows; migration 12).
+const NEXT_RESET_SEQ: &str = "INSERT INTO server_work (server_id, work_seq, last_reset_id) \
+     VALUES (?2, 1, ?1) ON CONFLICT (server_id) DO UPDATE \
+     SET work_seq = work_seq + 1, last_reset_id = excluded.last_reset_id RETURNING work_seq";
+
+/// The next work sequence number of server ?1, for a power action.
+const NEXT_POWER_SEQ: &str = "INSERT INTO server_work (server_id, work_seq) VALUES (?1, 1) \
+     ON CONFLICT (server_id) DO UPDATE SET work_seq = work_seq + 1 RETURNING work_seq";
+
+/// Read connections: one per core, two to four.
+fn reader_count() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
-    reader: Arc<Mutex<Connection>>,
+    /// Read connections (WAL: they read in parallel, with the writer too):
+    /// one per core, at least two, so that lookups of concurrent requests
+    /// do not queue behind one connection.
+    readers: Arc<[Mutex<Connection>]>,
+    /// Where the next `read` that finds every reader busy waits.
+    next_reader: Arc<std::sync::atomic::AtomicUsize>,
     /// Where `offset` pages start, while the listing stays the same.
     page_starts: Arc<PageStarts>,
     /// The agent side's writes, group-committed on `writer` (sqlite_group.rs).
@@ -673,13 +708,19 @@ impl SqliteStore {
                  before ecsd set it); stop ecsd and run `ecsd admin vacuum` once"
             );
         }
-        let reader = Connection::open(path)?;
-        configure(&reader)?;
+        let readers = (0..reader_count())
+            .map(|_| {
+                let reader = Connection::open(path)?;
+                configure(&reader)?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
         let writer = Arc::new(Mutex::new(writer));
         let group = GroupWriter::start(writer.clone()).map_err(backend)?;
         Ok(SqliteStore {
             writer,
-            reader: Arc::new(Mutex::new(reader)),
+            readers: readers.into(),
+            next_reader: Arc::default(),
             page_starts: Arc::new(PageStarts::default()),
             group,
         })
@@ -728,7 +769,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
-        if let Ok(conn) = self.reader.try_lock() {
+        if let Some(conn) = self.readers.iter().find_map(|r| r.try_lock().ok()) {
             let started = std::time::Instant::now();
             let r = f(&conn);
             drop(conn);
@@ -742,11 +783,21 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
-        let conn = self.reader.clone();
+        let (readers, next) = (self.readers.clone(), self.next_reader.clone());
         let started = std::time::Instant::now();
-        let r = tokio::task::spawn_blocking(move || f(&conn.lock().expect("store lock")))
-            .await
-            .map_err(backend)?;
+        let r = tokio::task::spawn_blocking(move || {
+            // A free reader if there is one; else wait for one, in turn.
+            let conn = match readers.iter().find_map(|r| r.try_lock().ok()) {
+                Some(c) => c,
+                None => {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    readers[i % readers.len()].lock().expect("store lock")
+                }
+            };
+            f(&conn)
+        })
+        .await
+        .map_err(backend)?;
         crate::metrics::store_call("read", started.elapsed());
         r
     }
@@ -754,7 +805,9 @@ impl SqliteStore {
 
 const SERVER_COLS: &str = "s.id, s.project_id, s.name, s.os_type, s.status, s.agent_public_key, \
     s.agent_version, s.agent_last_seen, s.boot_id, s.hostname, s.created_at, s.updated_at, \
-    s.last_reset_id, (SELECT t.state FROM reset_targets t WHERE t.request_id = s.last_reset_id AND t.server_id = s.id), \
+    (SELECT w.last_reset_id FROM server_work w WHERE w.server_id = s.id), \
+    (SELECT t.state FROM server_work w JOIN reset_targets t ON t.request_id = w.last_reset_id AND t.server_id = w.server_id \
+     WHERE w.server_id = s.id), \
     s.task_state, s.addresses, s.tags, s.power_driver";
 
 pub(super) fn opt_time(v: Option<String>) -> StoreResult<Option<DateTime<Utc>>> {
@@ -1030,10 +1083,7 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?7, ?4, ?5, ?6)",
                 )?;
                 // The server's work sequence grows with every item stored for it.
-                let mut point = tx.prepare_cached(
-                    "UPDATE servers SET last_reset_id = ?1, updated_at = ?3, work_seq = work_seq + 1 \
-                     WHERE id = ?2 RETURNING work_seq",
-                )?;
+                let mut point = tx.prepare_cached(NEXT_RESET_SEQ)?;
                 for (pos, (server_id, sealed)) in reset.targets.iter().enumerate() {
                     supersede.execute(params![
                         server_id,
@@ -1042,7 +1092,7 @@ impl Store for SqliteStore {
                         reasons::SUPERSEDED
                     ])?;
                     let seq: i64 =
-                        point.query_row(params![reset.request_id, server_id, now], |r| r.get(0))?;
+                        point.query_row(params![reset.request_id, server_id], |r| r.get(0))?;
                     insert.execute(params![
                         reset.request_id,
                         server_id,
@@ -1331,7 +1381,7 @@ impl Store for SqliteStore {
 
     async fn reset_accepted_at(&self, request_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
         let rid = request_id.to_owned();
-        self.read(move |c| {
+        self.read_point(move |c| {
             let t: Option<String> = c
                 .prepare_cached("SELECT created_at FROM resets WHERE request_id = ?1")?
                 .query_row([rid], |r| r.get(0))
@@ -1365,7 +1415,8 @@ impl Store for SqliteStore {
 
     async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>> {
         let h = credential_hash.to_owned();
-        self.read(move |c| {
+        // Every agent call starts here: a lookup by a unique key.
+        self.read_point(move |c| {
             let sql =
                 format!("SELECT {SERVER_COLS} FROM servers s WHERE s.agent_credential_hash = ?1");
             let mut stmt = c.prepare_cached(&sql)?;
@@ -1625,9 +1676,7 @@ impl Store for SqliteStore {
                     "INSERT INTO sub_jobs (sub_job_id, job_id, server_id, position, status, error_code, fail_reason, begin_time, end_time, seq) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )?;
-                let mut next_seq = tx.prepare_cached(
-                    "UPDATE servers SET work_seq = work_seq + 1 WHERE id = ?1 RETURNING work_seq",
-                )?;
+                let mut next_seq = tx.prepare_cached(NEXT_POWER_SEQ)?;
                 for (pos, (sub, server, failed)) in job.subs.iter().enumerate() {
                     let (status, code, reason, end, seq) = match domain::job::created(job.kind, failed.as_deref()) {
                         Some(e) => (e.status, e.error_code, e.fail_reason, Some(now.clone()), 0),
@@ -2370,6 +2419,53 @@ mod tests {
             }
             assert!(n >= 2, "{needle}");
         }
+    }
+
+    /// Migration 12 carries each server's work sequence and last reset
+    /// from its row to `server_work`; the sequence then goes on growing
+    /// from where it was (an agent refuses work not newer than it applied).
+    #[test]
+    fn migration_12_carries_work_sequences_over_and_they_keep_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let mut c = Connection::open(&path).unwrap();
+            SqliteStore::migrations().to_version(&mut c, 11).unwrap();
+            c.execute_batch(
+                "INSERT INTO projects (id, name, created_at) VALUES ('p', 'p', 't');
+                 INSERT INTO servers (id, project_id, name, os_type, status, created_at, updated_at, work_seq, last_reset_id)
+                     VALUES ('s1', 'p', 'a', 'Linux', 'ACTIVE', 't', 't', 7, 'r1'),
+                            ('s2', 'p', 'b', 'Linux', 'ACTIVE', 't', 't', 0, NULL);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let c = store.writer.lock().unwrap();
+        let rows: Vec<(String, i64, Option<String>)> = c
+            .prepare(
+                "SELECT server_id, work_seq, last_reset_id FROM server_work ORDER BY server_id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, vec![("s1".to_owned(), 7, Some("r1".to_owned()))]);
+        let next = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> i64 {
+            c.query_row(sql, p, |r| r.get(0)).unwrap()
+        };
+        assert_eq!(next(NEXT_RESET_SEQ, &[&"r2", &"s1"]), 8);
+        assert_eq!(next(NEXT_POWER_SEQ, &[&"s1"]), 9);
+        assert_eq!(next(NEXT_POWER_SEQ, &[&"s2"]), 1);
+        assert_eq!(next(NEXT_RESET_SEQ, &[&"r3", &"s2"]), 2);
+        let last: Option<String> = c
+            .query_row(
+                "SELECT last_reset_id FROM server_work WHERE server_id = 's1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(last.as_deref(), Some("r2"));
     }
 
     #[test]

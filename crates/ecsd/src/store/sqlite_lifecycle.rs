@@ -220,6 +220,7 @@ impl LifecycleStore for SqliteStore {
                 "DELETE FROM enroll_tokens WHERE server_id = ?1",
                 "DELETE FROM reset_targets WHERE server_id = ?1",
                 "DELETE FROM sub_jobs WHERE server_id = ?1",
+                "DELETE FROM server_work WHERE server_id = ?1",
                 "DELETE FROM servers WHERE id = ?1",
             ] {
                 tx.execute(sql, [&id])?;
@@ -387,7 +388,7 @@ impl LifecycleStore for SqliteStore {
                 .query_map(params![fmt_time(before), batch], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for id in &ids {
-                // servers.last_reset_id may still name it: the server's
+                // server_work.last_reset_id may still name it: the server's
                 // last reset is joined through its target, so it reads as none.
                 tx.prepare_cached("DELETE FROM reset_targets WHERE request_id = ?1")?
                     .execute([id])?;
