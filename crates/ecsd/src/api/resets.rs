@@ -142,7 +142,7 @@ pub async fn resetpwd_flag(
 #[utoipa::path(get, path = "/v1/{project_id}/cloudservers/os-reset-passwords/{request_id}",
     operation_id = "ShowResetOutcome", tag = "resets",
     params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("request_id" = String, Path, description = "The X-Request-Id of the reset call (32 hex), or `latest`."),
-        ("wait" = Option<u64>, Query, description = "Seconds (0 to 50) to wait for a change: the answer comes as soon as any server's state changes or the request is complete, else after this long.")),
+        ("wait" = Option<u64>, Query, description = "Seconds (0 to 50) to wait for a change: the answer comes at once when the request is complete, 0.1 s after a server's state changes (so that changes arriving together are answered together), else after this long.")),
     responses(
         (status = 200, description = "Each server's state in that request.", body = ResetOutcome),
         (status = 400, description = "No such reset request in this project (Common.0011); a bad `wait` (Ecs.0005).", body = ecs_api::EcsErrorBody),

@@ -317,7 +317,7 @@ pub async fn action(
 #[utoipa::path(get, path = "/v1/{project_id}/jobs/{job_id}",
     operation_id = "ShowJob", tag = "servers",
     params(("project_id" = String, Path, description = "The project (X-Project-Id must match)."), ("job_id" = String, Path, description = "A job id (UUID)."),
-        ("wait" = Option<u64>, Query, description = "Ours: seconds (0 to 50) to wait for a change: the answer comes as soon as the job or a sub-job changes or the job is finished, else after this long.")),
+        ("wait" = Option<u64>, Query, description = "Ours: seconds (0 to 50) to wait for a change: the answer comes at once when the job is finished, 0.1 s after the job or a sub-job changes (so that changes arriving together are answered together), else after this long.")),
     responses(
         (status = 200, description = "The job and its sub-jobs.", body = ShowJobResponse),
         (status = 400, description = "Invalid or unknown job id (Common.0011); a bad `wait` (Ecs.0005).", body = ecs_api::EcsErrorBody),

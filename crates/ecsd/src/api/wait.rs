@@ -35,8 +35,9 @@ pub fn wait_param(
 
 /// Reads with `read`; if the value is not `done` and `wait` is not zero,
 /// reads again whenever something may have changed, and answers with the
-/// first value that differs from the first read or is `done` — or with
-/// the value after `wait`.
+/// first value that is `done`, or once a value differs from the first
+/// read, with the latest value [`SETTLE`] later (or `done` before then) —
+/// or with the value after `wait`.
 pub async fn until_changed<T, F, Fut>(
     state: &AppState,
     wait: Duration,
@@ -64,8 +65,43 @@ where
             _ = state.wakers.closed() => return read().await,
         }
         let now = read().await?;
-        if now != first || done(&now) {
+        if done(&now) {
             return Ok(now);
+        }
+        if now != first {
+            return settle(state, deadline, now, &mut changes, &mut read, &done).await;
+        }
+    }
+}
+
+/// How long a value that changed but is not final waits for more changes
+/// before it is answered: a fleet's acknowledgements arrive hundreds a
+/// second, and a client following progress would otherwise get (and ask
+/// again for) one answer per server. A final value is answered at once.
+pub const SETTLE: Duration = Duration::from_millis(100);
+
+async fn settle<T, F, Fut>(
+    state: &AppState,
+    deadline: tokio::time::Instant,
+    mut latest: T,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    read: &mut F,
+    done: &impl Fn(&T) -> bool,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let until = deadline.min(tokio::time::Instant::now() + SETTLE);
+    loop {
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(until) => return Ok(latest),
+            _ = state.wakers.closed() => return Ok(latest),
+        }
+        latest = read().await?;
+        if done(&latest) {
+            return Ok(latest);
         }
     }
 }
