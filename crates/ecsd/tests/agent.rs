@@ -814,6 +814,64 @@ async fn a_start_up_heartbeat_carries_the_pending_reset() {
     );
 }
 
+/// A waiting outcome read answers a change 0.1 s after it with whatever
+/// else changed meanwhile: two servers' deliveries one after the other
+/// come in one answer, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_arriving_together_are_answered_together() {
+    let t = std::sync::Arc::new(TestServer::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let tok = token(&t, 2).await;
+    let mut agents = Vec::new();
+    let mut ids = Vec::new();
+    for m in ["m-t1", "m-t2"] {
+        let e = common::enroll(&t.base, &tok, &dir.path().join(m), m, "h", "Linux")
+            .await
+            .unwrap();
+        ids.push(e.server_id.clone());
+        agents.push(Client::new(
+            common::http(),
+            &t.base,
+            Some(secret(&e.credential)),
+        ));
+    }
+    let ids_ref: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let r = t
+        .call(
+            "PUT",
+            &t.batch_path(),
+            Some(&ids_body(Some("Wt5!kPq9zR"), None, &ids_ref)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rid = r.request_id.unwrap();
+    let path = format!(
+        "/v1/{}/cloudservers/os-reset-passwords/{rid}?wait=20",
+        t.project
+    );
+    let waiting = {
+        let t = t.clone();
+        tokio::spawn(async move { t.call("GET", &path, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = Instant::now();
+    for a in &agents {
+        let w = a.work(None, Duration::ZERO, false).await.unwrap();
+        assert!(w.and_then(|p| p.reset).is_some());
+    }
+    let o: ResetOutcome = waiting.await.unwrap().json();
+    let after = first.elapsed();
+    assert!(
+        o.servers.iter().all(|s| s.state == Delivered),
+        "both deliveries in one answer: {o:?}"
+    );
+    assert!(
+        after >= Duration::from_millis(90),
+        "answered {after:?} after the first change"
+    );
+    assert!(after < Duration::from_secs(5), "{after:?}");
+}
+
 /// `?wait=` on the outcome and the job (our extension): the answer comes
 /// when a server's state changes (delivered here), at once when the
 /// request is already complete, after `wait` when nothing changes; a job
