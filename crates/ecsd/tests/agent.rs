@@ -743,6 +743,21 @@ async fn a_real_agent_runs_power_actions_only_when_allowed_and_reports_systemctl
     }
 }
 
+/// An enrolled server driven by hand (no agent process): its enrollment
+/// and a client speaking the agent protocol with its credential.
+async fn hand_agent(
+    t: &TestServer,
+    token: &str,
+    dir: &std::path::Path,
+    machine: &str,
+) -> (ecs_agent_proto::EnrollResponse, Client) {
+    let e = common::enroll(&t.base, token, dir, machine, "h", "Linux")
+        .await
+        .unwrap();
+    let c = Client::new(common::http(), &t.base, Some(secret(&e.credential)));
+    (e, c)
+}
+
 /// A restarting agent's heartbeat may ask for its start-up work
 /// (`start_up`): the answer carries what `GET /work` would — the pending
 /// reset, signed and sealed, now DELIVERED — and `{}` when nothing is
@@ -751,17 +766,7 @@ async fn a_real_agent_runs_power_actions_only_when_allowed_and_reports_systemctl
 async fn a_start_up_heartbeat_carries_the_pending_reset() {
     let t = TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let e = common::enroll(
-        &t.base,
-        &token(&t, 1).await,
-        dir.path(),
-        "m-s",
-        "h",
-        "Linux",
-    )
-    .await
-    .unwrap();
-    let agent = Client::new(common::http(), &t.base, Some(secret(&e.credential)));
+    let (e, agent) = hand_agent(&t, &token(&t, 1).await, dir.path(), "m-s").await;
     let hb = |boot: &str, start_up: bool| ecs_agent_proto::HeartbeatRequest {
         agent_version: "test".into(),
         boot_id: boot.into(),
@@ -825,15 +830,9 @@ async fn changes_arriving_together_are_answered_together() {
     let mut agents = Vec::new();
     let mut ids = Vec::new();
     for m in ["m-t1", "m-t2"] {
-        let e = common::enroll(&t.base, &tok, &dir.path().join(m), m, "h", "Linux")
-            .await
-            .unwrap();
-        ids.push(e.server_id.clone());
-        agents.push(Client::new(
-            common::http(),
-            &t.base,
-            Some(secret(&e.credential)),
-        ));
+        let (e, c) = hand_agent(&t, &tok, &dir.path().join(m), m).await;
+        ids.push(e.server_id);
+        agents.push(c);
     }
     let ids_ref: Vec<&str> = ids.iter().map(String::as_str).collect();
     let r = t
@@ -880,17 +879,7 @@ async fn changes_arriving_together_are_answered_together() {
 async fn outcome_and_job_reads_that_wait_answer_as_soon_as_something_changes() {
     let t = TestServer::start_with(|c| c.job_timeout_secs = 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let e = common::enroll(
-        &t.base,
-        &token(&t, 1).await,
-        dir.path(),
-        "m-w",
-        "h",
-        "Linux",
-    )
-    .await
-    .unwrap();
-    let agent = Client::new(common::http(), &t.base, Some(secret(&e.credential)));
+    let (e, agent) = hand_agent(&t, &token(&t, 1).await, dir.path(), "m-w").await;
     agent
         .heartbeat(&ecs_agent_proto::HeartbeatRequest {
             agent_version: "test".into(),
