@@ -853,10 +853,14 @@ async fn changes_arriving_together_are_answered_together() {
         tokio::spawn(async move { t.call("GET", &path, None).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both agents fetch their work at once: two changes milliseconds apart.
     let first = Instant::now();
-    for a in &agents {
-        let w = a.work(None, Duration::ZERO, false).await.unwrap();
-        assert!(w.and_then(|p| p.reset).is_some());
+    let (w1, w2) = tokio::join!(
+        agents[0].work(None, Duration::ZERO, false),
+        agents[1].work(None, Duration::ZERO, false)
+    );
+    for w in [w1, w2] {
+        assert!(w.unwrap().and_then(|p| p.reset).is_some());
     }
     let o: ResetOutcome = waiting.await.unwrap().json();
     let after = first.elapsed();
