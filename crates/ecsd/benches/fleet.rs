@@ -15,8 +15,8 @@
 //!
 //! `cargo bench -p ecsd --bench fleet` (BENCH_FLEET_N, BENCH_IDLE_N to change
 //! the sizes; BENCH_TRANSPORT=https or http for one of them; BENCH_FLEET_STEPS=1
-//! for step 1 only; BENCH_FLEET_ON=disk or tmpfs for step 1's fleet file
-//! systems on one of them, both by default; BENCH_ECSD_BEFORE=path to run
+//! for step 1 only, =2 for steps 2 and 3 only; BENCH_FLEET_ON=disk or tmpfs for
+//! step 1's fleet file systems on one of them, both by default; BENCH_ECSD_BEFORE=path to run
 //! step 1 with an earlier ecsd build first, in the same run)
 
 mod support;
@@ -235,7 +235,8 @@ fn run(rt: &tokio::runtime::Runtime, tls: bool, n: usize, idle: usize) {
     // one), then with this one, in the same run; the simulated agents are
     // this build's in both.
     let before = std::env::var("BENCH_ECSD_BEFORE").ok();
-    for on_tmpfs in places {
+    let steps = std::env::var("BENCH_FLEET_STEPS").unwrap_or_default();
+    for on_tmpfs in places.into_iter().filter(|_| steps != "2") {
         if let Some(bin) = &before {
             println!("-- ecsd before: {bin} --");
             restarts(rt, tls, n, on_tmpfs, &[("BENCH_ECSD_BIN", bin)]);
@@ -243,7 +244,7 @@ fn run(rt: &tokio::runtime::Runtime, tls: bool, n: usize, idle: usize) {
         }
         restarts(rt, tls, n, on_tmpfs, &[]);
     }
-    if std::env::var("BENCH_FLEET_STEPS").as_deref() == Ok("1") {
+    if steps == "1" {
         return;
     }
     idle_and_storm(rt, tls, idle);
