@@ -12,7 +12,8 @@
 //! servers list` (a process start, a TLS handshake, one signed call).
 //!
 //! `cargo build --release -p ecsctl && cargo bench -p ecsd --bench reset_wait`
-//! (BENCH_WAIT_RUNS, default 9; BENCH_WAIT_SERVERS, default 100)
+//! (BENCH_WAIT_RUNS, default 9; BENCH_WAIT_SERVERS, default 100;
+//! BENCH_WAIT_ON=disk or tmpfs for one of the two fleet file systems)
 
 mod support;
 
@@ -116,7 +117,13 @@ fn main() {
     // as `--dev` puts them, then on a tmpfs: real servers each sync their own
     // disk, in parallel; 100 of them queued on one virtual disk is an
     // artefact of the simulation. ecsd's own database stays on the disk.
-    for fleet_on_tmpfs in [false, true] {
+    // BENCH_WAIT_ON=disk or tmpfs: one of them only.
+    let places: Vec<bool> = match std::env::var("BENCH_WAIT_ON").as_deref() {
+        Ok("disk") => vec![false],
+        Ok("tmpfs") => vec![true],
+        _ => vec![false, true],
+    };
+    for fleet_on_tmpfs in places {
         let dir = tempfile::tempdir().unwrap();
         let _shm = fleet_on_tmpfs.then(|| {
             let shm = tempfile::tempdir_in("/dev/shm").unwrap();

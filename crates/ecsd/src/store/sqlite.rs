@@ -487,16 +487,28 @@ fn parse_kind(s: &str) -> StoreResult<PowerKind> {
 /// sequence, the server's status).
 type QueuedPower = (String, String, bool, i64, String);
 
+/// A server's oldest queued power action. Every agent poll asks this. The
+/// `status IN ('INIT', 'RUNNING')` term repeats the partial index
+/// `sub_jobs_open`'s condition word for word: SQLite uses a partial index
+/// only when the query's WHERE contains its condition, and without it this
+/// scanned every sub-job ever made (test `agent_path_queries_use_indexes`).
+const NEXT_POWER: &str = "SELECT s.sub_job_id, j.kind, j.hard, s.seq, v.status FROM sub_jobs s \
+     JOIN jobs j ON j.job_id = s.job_id JOIN servers v ON v.id = s.server_id \
+     WHERE s.server_id = ?1 AND s.status IN ('INIT', 'RUNNING') AND s.status = 'INIT' \
+     ORDER BY s.begin_time LIMIT 1";
+
+/// A server's power actions under way (asked when its heartbeat shows it
+/// back from a restart); the index condition repeated as in [`NEXT_POWER`].
+const RUNNING_POWER: &str = "SELECT s.sub_job_id, j.kind, s.boot_id_at_start FROM sub_jobs s \
+     JOIN jobs j ON j.job_id = s.job_id \
+     WHERE s.server_id = ?1 AND s.status IN ('INIT', 'RUNNING') AND s.status = 'RUNNING'";
+
 fn next_power(c: &Connection, server_id: &str) -> rusqlite::Result<Option<QueuedPower>> {
-    c.prepare_cached(
-        "SELECT s.sub_job_id, j.kind, j.hard, s.seq, v.status FROM sub_jobs s JOIN jobs j ON j.job_id = s.job_id \
-         JOIN servers v ON v.id = s.server_id \
-         WHERE s.server_id = ?1 AND s.status = 'INIT' ORDER BY s.begin_time LIMIT 1",
-    )?
-    .query_row([server_id], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-    })
-    .optional()
+    c.prepare_cached(NEXT_POWER)?
+        .query_row([server_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()
 }
 
 /// A server's newest open reset target with its sealed password, and the
@@ -1484,10 +1496,7 @@ impl Store for SqliteStore {
             if let Some(st) = back {
                 set_power_state(tx, &id, st, &nows)?;
                 let running: Vec<(String, String, Option<String>)> = {
-                    let mut stmt = tx.prepare_cached(
-                        "SELECT s.sub_job_id, j.kind, s.boot_id_at_start FROM sub_jobs s \
-                         JOIN jobs j ON j.job_id = s.job_id WHERE s.server_id = ?1 AND s.status = 'RUNNING'",
-                    )?;
+                    let mut stmt = tx.prepare_cached(RUNNING_POWER)?;
                     stmt.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                         .collect::<rusqlite::Result<_>>()?
                 };
@@ -1939,6 +1948,39 @@ mod tests {
             user_name: None,
             error_code: None,
             http_status: None,
+        }
+    }
+    /// The questions every agent poll and every returning server's
+    /// heartbeat ask are answered from an index, not by reading every
+    /// sub-job ever made: their cost must not grow with history.
+    #[tokio::test]
+    async fn agent_path_queries_use_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ecsd.sqlite")).unwrap();
+        let plans = store
+            .read_point(|c| {
+                let plan = |sql: &str| -> rusqlite::Result<Vec<String>> {
+                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let rows = stmt.query_map(["s-1"], |r| r.get::<_, String>(3))?;
+                    rows.collect()
+                };
+                Ok([NEXT_POWER, RUNNING_POWER]
+                    .iter()
+                    .map(|sql| plan(sql))
+                    .collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await
+            .unwrap();
+        for plan in plans {
+            assert!(
+                plan.iter()
+                    .any(|row| row.contains("USING INDEX sub_jobs_open")),
+                "{plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|row| row.starts_with("SCAN")),
+                "a scan in {plan:?}"
+            );
         }
     }
 
