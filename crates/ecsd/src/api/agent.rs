@@ -20,7 +20,7 @@ use crate::enroll;
 use crate::error::ApiError;
 use crate::secrets::bearer_hash;
 use crate::state::{AppState, Caller};
-use crate::store::{Heartbeat, Server};
+use crate::store::Heartbeat;
 
 /// Largest agent request body.
 const AGENT_BODY_LIMIT: usize = 16 * 1024;
@@ -55,7 +55,13 @@ async fn body(headers: &HeaderMap, b: axum::body::Body) -> Result<Bytes, ApiErro
 /// is a request that lasts; every layer on it costs each of 10,000 idle
 /// agents its own boxed future and service clones (docs/benchmarks.md, the
 /// idle fleet's memory).
-pub struct AgentServer(pub Server);
+pub struct AgentServer(pub AgentOf);
+
+/// What an agent call knows of its server: the id (the handlers need no
+/// more, and an idle long poll holds little).
+pub struct AgentOf {
+    pub id: String,
+}
 
 impl axum::extract::FromRequestParts<AppState> for AgentServer {
     type Rejection = Response;
@@ -87,7 +93,7 @@ impl axum::extract::FromRequestParts<AppState> for AgentServer {
 }
 
 /// `hash`: the SHA-256 of the bearer credential presented, if any.
-async fn agent(state: &AppState, source: &str, hash: Option<String>) -> Result<Server, Response> {
+async fn agent(state: &AppState, source: &str, hash: Option<String>) -> Result<AgentOf, Response> {
     let source_key = format!("ip:{source}");
     let now = std::time::Instant::now();
     if !state.auth_failures.allows(&source_key, now) {
@@ -113,11 +119,11 @@ async fn agent(state: &AppState, source: &str, hash: Option<String>) -> Result<S
     }
     match state
         .store
-        .agent_server(&hash)
+        .agent_server_id(&hash)
         .await
         .map_err(|e| ApiError::store("looking up an agent", e).into_response())?
     {
-        Some(server) => Ok(server),
+        Some(id) => Ok(AgentOf { id }),
         None => {
             state.auth_failures.fail(&source_key, now);
             crate::metrics::auth_failure("agent");
@@ -310,12 +316,7 @@ pub async fn work(
     agent: AgentServer,
     query: Result<Query<WorkQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    // Keep only what the wait needs: an idle long poll should hold little
-    // memory (the rest of the server's record is dropped here).
-    let server_id = {
-        let AgentServer(server) = agent;
-        server.id
-    };
+    let AgentServer(AgentOf { id: server_id }) = agent;
     let Query(q) = query.map_err(|_| ApiError::invalid("Invalid query parameters."))?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.config.agent_poll_secs));
     let deadline = tokio::time::Instant::now() + wait;

@@ -1123,6 +1123,10 @@ pub async fn enrollment_tokens(store: &dyn Store) {
         .expect("the agent's server");
     assert_eq!(s.id, e1.server_id);
     assert_eq!(
+        store.agent_server_id("cred-1").await.unwrap(),
+        Some(e1.server_id.clone())
+    );
+    assert_eq!(
         (s.name.as_str(), s.hostname.as_deref()),
         ("host-m1", Some("host-m1"))
     );
@@ -1146,6 +1150,7 @@ pub async fn enrollment_tokens(store: &dyn Store) {
         "used up"
     );
     assert!(store.agent_server("cred-3").await.unwrap().is_none());
+    assert!(store.agent_server_id("cred-3").await.unwrap().is_none());
     assert!(matches!(
         store
             .enroll("unknown", enrollment("m3", "cred-3"), now, refuse)
@@ -1306,6 +1311,11 @@ pub async fn rekey_tokens_and_challenges(store: &dyn Store) {
         }
     );
     assert!(store.agent_server("old-cred").await.unwrap().is_none());
+    assert!(store.agent_server_id("old-cred").await.unwrap().is_none());
+    assert_eq!(
+        store.agent_server_id("new-cred").await.unwrap(),
+        Some(e.server_id.clone())
+    );
     let s = store.agent_server("new-cred").await.unwrap().unwrap();
     assert_eq!(
         (s.id.as_str(), s.agent_public_key.as_deref()),

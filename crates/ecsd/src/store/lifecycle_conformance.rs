@@ -199,6 +199,7 @@ pub async fn agents_are_revoked_and_servers_deregistered(store: &dyn Both) {
 
     assert!(store.revoke_agent(&s1).await.unwrap());
     assert!(store.agent_server(&c1).await.unwrap().is_none());
+    assert!(store.agent_server_id(&c1).await.unwrap().is_none());
     let kept = store
         .server(&p.id, &s1)
         .await
@@ -249,6 +250,7 @@ pub async fn agents_are_revoked_and_servers_deregistered(store: &dyn Both) {
     );
     assert!(store.server(&p.id, &s2).await.unwrap().is_none());
     assert!(store.agent_server(&c2).await.unwrap().is_none());
+    assert!(store.agent_server_id(&c2).await.unwrap().is_none());
     let (listed, total) = store
         .list_servers(&p.id, ListFilter::default(), 100, 1, None)
         .await

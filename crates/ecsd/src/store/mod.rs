@@ -394,6 +394,10 @@ pub trait Store: Send + Sync + 'static {
     async fn agent_census(&self, stale_before: DateTime<Utc>) -> StoreResult<Vec<AgentCount>>;
     /// The server whose agent holds this credential.
     async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>>;
+    /// The id of the server whose agent holds this credential: the same
+    /// answer as [`Store::agent_server`]'s, without the rest of the record.
+    /// Every agent call asks it first.
+    async fn agent_server_id(&self, credential_hash: &str) -> StoreResult<Option<String>>;
     async fn heartbeat(
         &self,
         server_id: &str,

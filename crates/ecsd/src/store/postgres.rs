@@ -1587,6 +1587,16 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn agent_server_id(&self, credential_hash: &str) -> StoreResult<Option<String>> {
+        let c = self.client().await?;
+        Ok(c.cached_query_opt(
+            "SELECT id FROM servers WHERE agent_credential_hash = $1",
+            &[&credential_hash],
+        )
+        .await?
+        .map(|r| r.get(0)))
+    }
+
     async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>> {
         let c = self.client().await?;
         let sql = format!("SELECT {SERVER_COLS} FROM servers s WHERE s.agent_credential_hash = $1");

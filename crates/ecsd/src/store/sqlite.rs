@@ -1425,9 +1425,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn agent_server_id(&self, credential_hash: &str) -> StoreResult<Option<String>> {
+        let h = credential_hash.to_owned();
+        // Every agent call starts here: a lookup by a unique key, reading
+        // the credential's index and the server's row only.
+        self.read_point(move |c| {
+            Ok(
+                c.prepare_cached("SELECT id FROM servers WHERE agent_credential_hash = ?1")?
+                    .query_row([h], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
     async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>> {
         let h = credential_hash.to_owned();
-        // Every agent call starts here: a lookup by a unique key.
         self.read_point(move |c| {
             let sql =
                 format!("SELECT {SERVER_COLS} FROM servers s WHERE s.agent_credential_hash = ?1");
