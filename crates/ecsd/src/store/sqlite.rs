@@ -1495,11 +1495,9 @@ impl Store for SqliteStore {
         };
         self.group.write(Some(durable), move |tx| {
             let nows = fmt_time(now);
-            let (status, old_boot): (String, Option<String>) = tx.query_row(
-                "SELECT status, boot_id FROM servers WHERE id = ?1",
-                [&id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            let (status, old_boot): (String, Option<String>) = tx
+                .prepare_cached("SELECT status, boot_id FROM servers WHERE id = ?1")?
+                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
             let back = server_rules::heartbeat(parse_status(&status)?, old_boot.as_deref(), &hb.boot_id);
             tx.prepare_cached(
                 "UPDATE servers SET agent_version = ?2, boot_id = ?3, uptime_secs = ?4, agent_last_seen = ?5, \
