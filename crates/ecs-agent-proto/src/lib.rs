@@ -260,12 +260,33 @@ pub struct AckRequest {
     pub outcome: Outcome,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Once the outcome is recorded, wait for work as the long poll
+    /// `GET /agent/v1/work` would and answer it in [`AckResponse::work`]:
+    /// the acknowledgement and the poll that follows it in one call. An
+    /// ecsd that does not know the field records the outcome and answers
+    /// without `work`; the agent then polls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then_poll: Option<PollAfter>,
+}
+
+/// The long poll an acknowledgement carries: the query of `GET /agent/v1/work`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollAfter {
+    /// A reset the agent already holds (not answered again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub have: Option<String>,
+    /// How long to wait for work (ecsd caps it at its `agent_poll_secs`).
+    pub wait_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AckResponse {
     /// False when the reset was no longer open (superseded or already final).
     pub recorded: bool,
+    /// Only when the request carried `then_poll`: what the poll found,
+    /// `{}` when nothing arrived within the wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<Poll>,
 }
 
 /// `POST /v1/{project_id}/enroll-tokens` (public API extension).

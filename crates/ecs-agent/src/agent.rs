@@ -241,13 +241,20 @@ impl Agent {
         let mut next_heartbeat = Instant::now() + self.opts.heartbeat;
         let mut backoff = self.backoff();
         loop {
-            self.flush_ack(&mut journal).await;
             let wait = self
                 .opts
                 .poll
                 .min(next_heartbeat.saturating_duration_since(Instant::now()))
                 .max(Duration::from_secs(1));
-            let polled = self.client.work(have.as_deref(), wait, false).await;
+            // An outcome to report goes with the poll that follows it (one
+            // call); if ecsd did not poll after it, poll on our own.
+            let polled = match self
+                .flush_ack_then_poll(&mut journal, have.as_deref(), wait)
+                .await
+            {
+                Some(answered) => Ok(answered),
+                None => self.client.work(have.as_deref(), wait, false).await,
+            };
             if polled.is_ok() {
                 backoff = self.backoff();
             }
@@ -409,13 +416,15 @@ impl Agent {
         }
     }
 
-    /// Opens and applies one reset, then acknowledges it. At most once per
-    /// request id: the journal records it before the acknowledgement.
+    /// Opens and applies one reset and records its outcome in the journal
+    /// for the acknowledgement, which the poll loop sends with its next poll.
+    /// At most once per request id: the journal records it before the
+    /// acknowledgement.
     async fn apply(&self, work: proto::Work, journal: &mut Journal) -> anyhow::Result<()> {
         let rid = work.request_id.clone();
         if journal.applied.contains(&rid) {
             journal.unacked = Some((rid, true, None));
-            self.flush_ack(journal).await;
+            self.state.save_journal(journal)?;
             return Ok(());
         }
         let checked = self
@@ -427,7 +436,6 @@ impl Agent {
                 tracing::error!(request_id = %rid, reason = %e, "refusing a reset");
                 journal.unacked = Some((rid, false, Some(e.to_string())));
                 self.state.save_journal(journal)?;
-                self.flush_ack(journal).await;
                 return Ok(());
             }
         };
@@ -447,7 +455,6 @@ impl Agent {
                     journal.applying = None;
                     journal.unacked = Some((rid, true, None));
                     self.state.save_journal(journal)?;
-                    self.flush_ack(journal).await;
                     return Ok(());
                 }
                 journal.applying = Some(rid.clone());
@@ -479,7 +486,6 @@ impl Agent {
         journal.applying = None;
         journal.unacked = Some((rid, outcome.0, outcome.1));
         self.state.save_journal(journal)?;
-        self.flush_ack(journal).await;
         Ok(())
     }
 
@@ -494,9 +500,35 @@ impl Agent {
 
     /// Sends a recorded outcome; keeps it for later if the server is unreachable.
     async fn flush_ack(&self, journal: &mut Journal) {
-        let Some((rid, applied, reason)) = journal.unacked.clone() else {
-            return;
+        self.send_ack(journal, None).await;
+    }
+
+    /// Sends a recorded outcome, if any, with a long poll after it (`have`,
+    /// `wait`): `Some` with what that poll found (`None`: nothing), or
+    /// `None` when there was nothing to send, the acknowledgement failed, or
+    /// ecsd did not poll after it.
+    async fn flush_ack_then_poll(
+        &self,
+        journal: &mut Journal,
+        have: Option<&str>,
+        wait: Duration,
+    ) -> Option<Option<proto::Poll>> {
+        let then = proto::PollAfter {
+            have: have.map(str::to_owned),
+            wait_secs: wait.as_secs(),
         };
+        let work = self.send_ack(journal, Some(then)).await?;
+        Some(Some(work).filter(|p| p.reset.is_some() || p.power.is_some()))
+    }
+
+    /// Sends the journal's unacknowledged outcome, if any; forgets it once
+    /// ecsd has answered. Returns the answer's `work`.
+    async fn send_ack(
+        &self,
+        journal: &mut Journal,
+        then_poll: Option<proto::PollAfter>,
+    ) -> Option<proto::Poll> {
+        let (rid, applied, reason) = journal.unacked.clone()?;
         let ack = proto::AckRequest {
             request_id: rid.clone(),
             outcome: if applied {
@@ -505,18 +537,23 @@ impl Agent {
                 proto::Outcome::Failed
             },
             reason,
+            then_poll,
         };
-        match self.client.ack(&ack).await {
-            Ok(recorded) => {
-                if !recorded {
+        match self.client.ack_and_poll(&ack).await {
+            Ok(answer) => {
+                if !answer.recorded {
                     tracing::warn!(request_id = %rid, "the server no longer expected this outcome");
                 }
                 journal.unacked = None;
                 if let Err(e) = self.state.save_journal(journal) {
                     tracing::error!(error = %format!("{e:#}"), "saving the journal failed");
                 }
+                answer.work
             }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "acknowledging failed; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "acknowledging failed; will retry");
+                None
+            }
         }
     }
 }

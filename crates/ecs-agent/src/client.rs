@@ -172,6 +172,27 @@ impl Client {
             .recorded)
     }
 
+    /// Acknowledges an outcome and, as `ack.then_poll` asks, long-polls for
+    /// work in the same call (waiting up to its `wait_secs`). The answer's
+    /// `work` is absent from an ecsd that does not poll after an ack.
+    pub async fn ack_and_poll(
+        &self,
+        ack: &proto::AckRequest,
+    ) -> anyhow::Result<proto::AckResponse> {
+        let wait = ack.then_poll.as_ref().map_or(0, |p| p.wait_secs);
+        let resp = self
+            .auth(self.http.post(format!("{}/ack", self.base)))
+            .timeout(Duration::from_secs(30 + wait))
+            .json(ack)
+            .send()
+            .await
+            .context("ack")?;
+        if !resp.status().is_success() {
+            bail!("ack refused: {}", resp.status());
+        }
+        resp.json::<proto::AckResponse>().await.context("ack body")
+    }
+
     pub async fn ack(&self, ack: &proto::AckRequest) -> anyhow::Result<bool> {
         let resp = self
             .auth(self.http.post(format!("{}/ack", self.base)))

@@ -152,6 +152,7 @@ async fn a_superseded_request_is_never_applied() {
             request_id: r1.clone(),
             outcome: ecs_agent_proto::Outcome::Applied,
             reason: None,
+            then_poll: None,
         })
         .await
         .unwrap();
@@ -221,6 +222,7 @@ async fn one_server_never_sees_or_opens_another_servers_password() {
             request_id: rid.clone(),
             outcome: ecs_agent_proto::Outcome::Failed,
             reason: None,
+            then_poll: None,
         })
         .await
         .unwrap();
@@ -819,6 +821,90 @@ async fn a_start_up_heartbeat_carries_the_pending_reset() {
     );
 }
 
+/// An acknowledgement may carry the long poll that follows it
+/// (`then_poll`): the outcome is recorded at once, the call then waits for
+/// work as `GET /work` would and answers it in `work` (`{}` when nothing
+/// came within the wait); without `then_poll` the answer has no `work`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_carries_the_poll_that_follows_it() {
+    let t = std::sync::Arc::new(TestServer::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let (e, agent) = hand_agent(&t, &token(&t, 1).await, dir.path(), "m-a").await;
+    let reset = |pw: &'static str| {
+        let (t, id) = (t.clone(), e.server_id.clone());
+        async move {
+            let r = t
+                .call(
+                    "PUT",
+                    &t.batch_path(),
+                    Some(&ids_body(Some(pw), None, &[&id])),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.request_id.unwrap()
+        }
+    };
+    let ack = |rid: &str, then_poll: Option<u64>| ecs_agent_proto::AckRequest {
+        request_id: rid.to_owned(),
+        outcome: ecs_agent_proto::Outcome::Applied,
+        reason: None,
+        then_poll: then_poll.map(|wait_secs| ecs_agent_proto::PollAfter {
+            have: None,
+            wait_secs,
+        }),
+    };
+    let r1 = reset("Wt5!kPq9zR").await;
+    let got = agent.work(None, Duration::ZERO, false).await.unwrap();
+    assert_eq!(
+        got.and_then(|p| p.reset).map(|w| w.request_id),
+        Some(r1.clone())
+    );
+
+    let agent = std::sync::Arc::new(agent);
+    let waiting = {
+        let (agent, a) = (agent.clone(), ack(&r1, Some(20)));
+        tokio::spawn(async move { agent.ack_and_poll(&a).await.unwrap() })
+    };
+    // Recorded before the poll answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t.outcome(&r1).await.servers[0].state != Applied {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outcome was not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!waiting.is_finished(), "answered before any work arrived");
+    let r2 = reset("Hy8@qMr3wS").await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the new reset ends the wait")
+        .unwrap();
+    assert!(answer.recorded);
+    let work = answer.work.and_then(|p| p.reset).expect("the new reset");
+    assert_eq!(
+        (work.request_id.as_str(), work.server_id.as_str()),
+        (r2.as_str(), e.server_id.as_str())
+    );
+    assert!(work.envelope.is_some() && !work.sealed.is_empty());
+    assert_eq!(t.outcome(&r2).await.servers[0].state, Delivered);
+
+    // Nothing within the wait: `{}`.
+    let started = std::time::Instant::now();
+    let answer = agent.ack_and_poll(&ack(&r2, Some(1))).await.unwrap();
+    assert!(answer.recorded && started.elapsed() >= Duration::from_millis(900));
+    let nothing = answer.work.expect("`{}` after an empty wait");
+    assert!(
+        nothing.reset.is_none() && nothing.power.is_none(),
+        "{nothing:?}"
+    );
+    assert_eq!(t.outcome(&r2).await.servers[0].state, Applied);
+
+    // A plain acknowledgement (here a late one) carries no `work`.
+    let answer = agent.ack_and_poll(&ack(&r1, None)).await.unwrap();
+    assert!(!answer.recorded && answer.work.is_none());
+}
+
 /// A waiting outcome read answers a change 0.1 s after it with whatever
 /// else changed meanwhile: two servers' deliveries one after the other
 /// come in one answer, not two.
@@ -948,6 +1034,7 @@ async fn outcome_and_job_reads_that_wait_answer_as_soon_as_something_changes() {
             request_id: rid.clone(),
             outcome: ecs_agent_proto::Outcome::Applied,
             reason: None,
+            then_poll: None,
         })
         .await
         .unwrap();

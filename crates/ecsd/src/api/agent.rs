@@ -318,9 +318,23 @@ pub async fn work(
 ) -> Result<Response, ApiError> {
     let AgentServer(AgentOf { id: server_id }) = agent;
     let Query(q) = query.map_err(|_| ApiError::invalid("Invalid query parameters."))?;
+    Ok(match wait_for_work(&state, &server_id, &q).await? {
+        Some(poll) => Json(poll).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// The long poll: work for this server as soon as there is some, else
+/// `None` after `q.wait` seconds (at most `agent_poll_secs`) or at once
+/// when ecsd shuts down.
+async fn wait_for_work(
+    state: &AppState,
+    server_id: &str,
+    q: &WorkQuery,
+) -> Result<Option<proto::Poll>, ApiError> {
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.config.agent_poll_secs));
     let deadline = tokio::time::Instant::now() + wait;
-    let subscription = state.wakers.subscribe(&server_id);
+    let subscription = state.wakers.subscribe(server_id);
     let notify = subscription.notify();
     let _polling = crate::metrics::Polling::start();
     let result = loop {
@@ -328,18 +342,18 @@ pub async fn work(
         tokio::pin!(notified);
         // Subscribe before looking, so work stored in between still wakes us.
         notified.as_mut().enable();
-        match next_work(&state, &server_id, &q).await {
+        match next_work(state, server_id, q).await {
             Err(e) => break Err(e),
-            Ok(Some(poll)) => break Ok(Json(poll).into_response()),
+            Ok(Some(poll)) => break Ok(Some(poll)),
             Ok(None) => {}
         }
         tokio::select! {
             r = tokio::time::timeout_at(deadline, notified) => {
                 if r.is_err() {
-                    break Ok(StatusCode::NO_CONTENT.into_response());
+                    break Ok(None);
                 }
             }
-            _ = state.wakers.closed() => break Ok(StatusCode::NO_CONTENT.into_response()),
+            _ = state.wakers.closed() => break Ok(None),
         }
     };
     drop(subscription);
@@ -430,7 +444,10 @@ pub async fn power_ack(
         state.changes.bump();
     }
     tracing::info!(server_id = %server.id, sub_job = %req.job_id, ok = req.ok, recorded, "power action acknowledged");
-    Ok(Json(proto::AckResponse { recorded }))
+    Ok(Json(proto::AckResponse {
+        recorded,
+        work: None,
+    }))
 }
 
 /// `POST /agent/v1/ack`.
@@ -469,7 +486,23 @@ pub async fn ack(
         }
     }
     tracing::info!(server_id = %server.id, request_id = %req.request_id, outcome = ?req.outcome, recorded, "reset outcome");
-    Ok(Json(proto::AckResponse { recorded }))
+    // The long poll that follows the acknowledgement, in the same call.
+    let work = match req.then_poll {
+        Some(then) => {
+            let q = WorkQuery {
+                have: then.have,
+                wait: Some(then.wait_secs),
+                power_only: false,
+            };
+            Some(
+                wait_for_work(&state, &server.id, &q)
+                    .await?
+                    .unwrap_or_default(),
+            )
+        }
+        None => None,
+    };
+    Ok(Json(proto::AckResponse { recorded, work }))
 }
 
 #[cfg(test)]

@@ -553,7 +553,14 @@ pub async fn stand_in_agent_api() -> (String, StandIn) {
             post(
                 move |axum::Json(ack): axum::Json<ecs_agent_proto::AckRequest>| {
                     a.lock().unwrap().push(ack);
-                    async { axum::Json(ecs_agent_proto::AckResponse { recorded: true }) }
+                    // As an ecsd from before `then_poll` answers (no
+                    // `work`): the agent then polls on its own.
+                    async {
+                        axum::Json(ecs_agent_proto::AckResponse {
+                            recorded: true,
+                            work: None,
+                        })
+                    }
                 },
             ),
         )
@@ -562,7 +569,12 @@ pub async fn stand_in_agent_api() -> (String, StandIn) {
             post(
                 move |axum::Json(ack): axum::Json<ecs_agent_proto::PowerAck>| {
                     p.lock().unwrap().push(ack);
-                    async { axum::Json(ecs_agent_proto::AckResponse { recorded: true }) }
+                    async {
+                        axum::Json(ecs_agent_proto::AckResponse {
+                            recorded: true,
+                            work: None,
+                        })
+                    }
                 },
             ),
         );
