@@ -193,21 +193,8 @@ impl Client {
         resp.json::<proto::AckResponse>().await.context("ack body")
     }
 
+    /// Acknowledges an outcome: whether ecsd recorded it.
     pub async fn ack(&self, ack: &proto::AckRequest) -> anyhow::Result<bool> {
-        let resp = self
-            .auth(self.http.post(format!("{}/ack", self.base)))
-            .timeout(Duration::from_secs(30))
-            .json(ack)
-            .send()
-            .await
-            .context("ack")?;
-        if !resp.status().is_success() {
-            bail!("ack refused: {}", resp.status());
-        }
-        Ok(resp
-            .json::<proto::AckResponse>()
-            .await
-            .context("ack body")?
-            .recorded)
+        Ok(self.ack_and_poll(ack).await?.recorded)
     }
 }
