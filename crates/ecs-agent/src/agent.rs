@@ -542,7 +542,10 @@ impl Agent {
         match self.client.ack_and_poll(&ack).await {
             Ok(answer) => {
                 if !answer.recorded {
-                    tracing::warn!(request_id = %rid, "the server no longer expected this outcome");
+                    // Superseded meanwhile, or recorded already: an
+                    // acknowledgement whose answer was lost (the agent
+                    // stopped while its acknowledgement-and-poll waited).
+                    tracing::info!(request_id = %rid, "ecsd no longer expected this outcome (superseded, or recorded already)");
                 }
                 journal.unacked = None;
                 if let Err(e) = self.state.save_journal(journal) {
