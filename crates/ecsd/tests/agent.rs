@@ -58,15 +58,7 @@ async fn reset_applies_only_after_a_restart() {
     let f = fleet(&t, 2).await;
     let servers = f.list();
     let ids: Vec<&str> = servers.iter().map(|s| s.server_id.as_str()).collect();
-    let r = t
-        .call(
-            "PUT",
-            &t.batch_path(),
-            Some(&ids_body(Some("Gx7!pLq2vR"), None, &ids)),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let rid = r.request_id.unwrap();
+    let rid = t.reset_ids("Gx7!pLq2vR", &ids).await;
     wait_states(&t, &rid, &[Delivered, Delivered]).await;
     // Both running agents have the work. The second one is then stopped through
     // the API: its agent polls for the stop only after it has handled the reset,
@@ -480,17 +472,7 @@ async fn killing_the_agent_process_at_any_moment_never_damages_shadow_and_the_re
     let passwords = ["Gx7!pLq2vR", "Hy8@qMr3wS"];
     let reset = |password: &'static str| {
         let (t, id) = (&t, e.server_id.clone());
-        async move {
-            let r = t
-                .call(
-                    "PUT",
-                    &t.batch_path(),
-                    Some(&ids_body(Some(password), None, &[&id])),
-                )
-                .await;
-            assert_eq!(r.status, 200, "{}", r.text);
-            r.request_id.unwrap()
-        }
+        async move { t.reset_ids(password, &[&id]).await }
     };
     let mut rid = reset(passwords[0]).await;
     let run = |boot_id: String| {
@@ -785,15 +767,7 @@ async fn a_start_up_heartbeat_carries_the_pending_reset() {
         "{nothing:?}"
     );
 
-    let r = t
-        .call(
-            "PUT",
-            &t.batch_path(),
-            Some(&ids_body(Some("Wt5!kPq9zR"), None, &[&e.server_id])),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let rid = r.request_id.unwrap();
+    let rid = t.reset_ids("Wt5!kPq9zR", &[&e.server_id]).await;
     assert!(
         agent
             .heartbeat(&hb("b1", false))
@@ -827,23 +801,9 @@ async fn a_start_up_heartbeat_carries_the_pending_reset() {
 /// came within the wait); without `then_poll` the answer has no `work`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_carries_the_poll_that_follows_it() {
-    let t = std::sync::Arc::new(TestServer::start().await);
+    let t = TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (e, agent) = hand_agent(&t, &token(&t, 1).await, dir.path(), "m-a").await;
-    let reset = |pw: &'static str| {
-        let (t, id) = (t.clone(), e.server_id.clone());
-        async move {
-            let r = t
-                .call(
-                    "PUT",
-                    &t.batch_path(),
-                    Some(&ids_body(Some(pw), None, &[&id])),
-                )
-                .await;
-            assert_eq!(r.status, 200, "{}", r.text);
-            r.request_id.unwrap()
-        }
-    };
     let ack = |rid: &str, then_poll: Option<u64>| ecs_agent_proto::AckRequest {
         request_id: rid.to_owned(),
         outcome: ecs_agent_proto::Outcome::Applied,
@@ -853,7 +813,7 @@ async fn an_acknowledgement_carries_the_poll_that_follows_it() {
             wait_secs,
         }),
     };
-    let r1 = reset("Wt5!kPq9zR").await;
+    let r1 = t.reset_ids("Wt5!kPq9zR", &[&e.server_id]).await;
     let got = agent.work(None, Duration::ZERO, false).await.unwrap();
     assert_eq!(
         got.and_then(|p| p.reset).map(|w| w.request_id),
@@ -875,7 +835,7 @@ async fn an_acknowledgement_carries_the_poll_that_follows_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!waiting.is_finished(), "answered before any work arrived");
-    let r2 = reset("Hy8@qMr3wS").await;
+    let r2 = t.reset_ids("Hy8@qMr3wS", &[&e.server_id]).await;
     let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("the new reset ends the wait")
@@ -921,15 +881,7 @@ async fn changes_arriving_together_are_answered_together() {
         agents.push(c);
     }
     let ids_ref: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let r = t
-        .call(
-            "PUT",
-            &t.batch_path(),
-            Some(&ids_body(Some("Wt5!kPq9zR"), None, &ids_ref)),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let rid = r.request_id.unwrap();
+    let rid = t.reset_ids("Wt5!kPq9zR", &ids_ref).await;
     let path = format!(
         "/v1/{}/cloudservers/os-reset-passwords/{rid}?wait=20",
         t.project
@@ -980,15 +932,7 @@ async fn outcome_and_job_reads_that_wait_answer_as_soon_as_something_changes() {
         })
         .await
         .unwrap();
-    let r = t
-        .call(
-            "PUT",
-            &t.batch_path(),
-            Some(&ids_body(Some("Wt5!kPq9zR"), None, &[&e.server_id])),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let rid = r.request_id.unwrap();
+    let rid = t.reset_ids("Wt5!kPq9zR", &[&e.server_id]).await;
     let project = t.project.clone();
     let path =
         |wait: &str| format!("/v1/{project}/cloudservers/os-reset-passwords/{rid}?wait={wait}");

@@ -340,6 +340,20 @@ impl TestServer {
         format!("/v1/{}/cloudservers/os-reset-passwords", self.project)
     }
 
+    /// A batch reset of `ids` to `password` that must be accepted (200):
+    /// its request id.
+    pub async fn reset_ids(&self, password: &str, ids: &[&str]) -> String {
+        let r = self
+            .call(
+                "PUT",
+                &self.batch_path(),
+                Some(&ids_body(Some(password), None, ids)),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.request_id.expect("an accepted reset's request id")
+    }
+
     pub fn action_path(&self) -> String {
         format!("/v1/{}/cloudservers/action", self.project)
     }
