@@ -20,7 +20,7 @@ use crate::enroll;
 use crate::error::ApiError;
 use crate::secrets::bearer_hash;
 use crate::state::{AppState, Caller};
-use crate::store::Heartbeat;
+use crate::store::{Heartbeat, NextWork};
 
 /// Largest agent request body.
 const AGENT_BODY_LIMIT: usize = 16 * 1024;
@@ -371,31 +371,27 @@ async fn next_work(
         .work_keys()
         .await
         .map_err(|e| ApiError::internal("loading the work-signing key", e))?;
-    if let Some(p) = state
+    let work = match state
         .store
-        .take_power(server_id, now)
+        .take_next(server_id, now, q.power_only)
         .await
-        .map_err(|e| ApiError::store("reading power actions", e))?
+        .map_err(|e| ApiError::store("reading agent work", e))?
     {
-        return Ok(Some(proto::Poll {
-            reset: None,
-            power: Some(proto::Power {
-                envelope: Some(keys.sign_power(server_id, &p)),
-                keys: keys.chain().to_vec(),
-                job_id: p.sub_job_id,
-                action: p.kind.as_str().to_owned(),
-                hard: p.hard,
-            }),
-        }));
-    }
-    if q.power_only {
-        return Ok(None);
-    }
-    let work = state
-        .store
-        .take_work(server_id, now)
-        .await
-        .map_err(|e| ApiError::store("reading agent work", e))?;
+        None => return Ok(None),
+        Some(NextWork::Power(p)) => {
+            return Ok(Some(proto::Poll {
+                reset: None,
+                power: Some(proto::Power {
+                    envelope: Some(keys.sign_power(server_id, &p)),
+                    keys: keys.chain().to_vec(),
+                    job_id: p.sub_job_id,
+                    action: p.kind.as_str().to_owned(),
+                    hard: p.hard,
+                }),
+            }));
+        }
+        Some(NextWork::Reset(w)) => Some(w),
+    };
     let work = work.filter(|w| q.have.as_deref() != Some(w.request_id.as_str()));
     if work.is_some() {
         crate::metrics::targets("delivered", 1);

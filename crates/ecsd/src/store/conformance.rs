@@ -20,6 +20,7 @@ pub async fn run_all(store: &dyn Store) {
     resets_supersede_deliver_and_ack(store).await;
     a_failed_reset_changes_nothing(store).await;
     power_jobs_busy_take_ack(store).await;
+    a_poll_takes_power_before_a_reset(store).await;
     power_jobs_expire(store).await;
     heartbeats_bring_servers_back(store).await;
     enrollment_tokens(store).await;
@@ -42,6 +43,7 @@ macro_rules! store_conformance_tests {
             resets_supersede_deliver_and_ack,
             a_failed_reset_changes_nothing,
             power_jobs_busy_take_ack,
+            a_poll_takes_power_before_a_reset,
             power_jobs_expire,
             heartbeats_bring_servers_back,
             enrollment_tokens,
@@ -735,6 +737,54 @@ async fn sub_of(store: &dyn Store, project: &str, job: &NewJob, server: &Server)
         .expect("sub-job")
 }
 
+/// What an agent's poll takes (`take_next`): nothing when nothing is
+/// open; a power action before a reset, each power action once; with
+/// `power_only`, never a reset; a reset DELIVERED, and the same reset
+/// again for an agent that asks again (after a restart).
+pub async fn a_poll_takes_power_before_a_reset(store: &dyn Store) {
+    let p = project(store).await;
+    let a = server(store, &p.id, "a", true).await;
+    let now = t0();
+    beat(store, &a.id, "boot-1", now).await;
+    assert!(store.take_next(&a.id, now, false).await.unwrap().is_none());
+    let reset = new_reset(&p.id, &[&a], now);
+    store.create_reset(reset.clone()).await.unwrap();
+    let job = new_job(&p.id, PowerKind::Reboot, false, &[(&a, None)]);
+    store.create_job(job.clone()).await.unwrap();
+    match store.take_next(&a.id, now, false).await.unwrap() {
+        Some(NextWork::Power(w)) => assert_eq!((w.kind, w.hard), (PowerKind::Reboot, false)),
+        other => panic!("not the power action first: {other:?}"),
+    }
+    assert_eq!(
+        sub_of(store, &p.id, &job, &a).await.status,
+        JobStatus::Running
+    );
+    assert!(
+        store.take_next(&a.id, now, true).await.unwrap().is_none(),
+        "power only: the power action was taken, the reset is not asked for"
+    );
+    let rid = &reset.request_id;
+    assert_eq!(
+        target(store, &p.id, rid, &a.id).await.state,
+        ResetState::Pending
+    );
+    for _ in 0..2 {
+        match store.take_next(&a.id, now, false).await.unwrap() {
+            Some(NextWork::Reset(w)) => assert_eq!(&w.request_id, rid),
+            other => panic!("not the reset: {other:?}"),
+        }
+        assert_eq!(
+            target(store, &p.id, rid, &a.id).await.state,
+            ResetState::Delivered
+        );
+    }
+    assert!(store.ack(&a.id, rid, true, None, now).await.unwrap());
+    assert!(store.take_next(&a.id, now, false).await.unwrap().is_none());
+    // The reboot completes with the new boot (nothing is left running).
+    beat(store, &a.id, "boot-2", now).await;
+    assert_eq!(sub_of(store, &p.id, &job, &a).await.status, JobStatus::Success);
+}
+
 pub async fn power_jobs_busy_take_ack(store: &dyn Store) {
     let p = project(store).await;
     let a = server(store, &p.id, "a", true).await;
@@ -1116,16 +1166,13 @@ pub async fn enrollment_tokens(store: &dyn Store) {
         (e1.project_id.as_str(), e1.re_enrolled),
         (p.id.as_str(), false)
     );
-    let s = store
-        .agent_server("cred-1")
+    let id = store
+        .agent_server_id("cred-1")
         .await
         .unwrap()
         .expect("the agent's server");
-    assert_eq!(s.id, e1.server_id);
-    assert_eq!(
-        store.agent_server_id("cred-1").await.unwrap(),
-        Some(e1.server_id.clone())
-    );
+    assert_eq!(id, e1.server_id);
+    let s = store.server(&p.id, &id).await.unwrap().expect("listed");
     assert_eq!(
         (s.name.as_str(), s.hostname.as_deref()),
         ("host-m1", Some("host-m1"))
@@ -1149,7 +1196,6 @@ pub async fn enrollment_tokens(store: &dyn Store) {
         ),
         "used up"
     );
-    assert!(store.agent_server("cred-3").await.unwrap().is_none());
     assert!(store.agent_server_id("cred-3").await.unwrap().is_none());
     assert!(matches!(
         store
@@ -1208,7 +1254,7 @@ pub async fn duplicate_machine_ids(store: &dyn Store) {
         EnrollResult::DuplicateMachine { server_id } => assert_eq!(server_id, first.server_id),
         other => panic!("not refused: {other:?}"),
     }
-    assert!(store.agent_server("c2").await.unwrap().is_none());
+    assert!(store.agent_server_id("c2").await.unwrap().is_none());
     // Allowed: a clone becomes a new server.
     let clone = enrolled(
         store
@@ -1224,8 +1270,8 @@ pub async fn duplicate_machine_ids(store: &dyn Store) {
     assert_ne!(clone.server_id, first.server_id);
     assert!(!clone.re_enrolled);
     assert_eq!(
-        store.agent_server("c1").await.unwrap().unwrap().id,
-        first.server_id
+        store.agent_server_id("c1").await.unwrap(),
+        Some(first.server_id.clone())
     );
     enrolled(
         store
@@ -1274,7 +1320,8 @@ pub async fn rekey_tokens_and_challenges(store: &dyn Store) {
             .await
             .unwrap(),
     );
-    let s = store.agent_server("old-cred").await.unwrap().unwrap();
+    let id = store.agent_server_id("old-cred").await.unwrap().unwrap();
+    let s = store.server(&p.id, &id).await.unwrap().unwrap();
     let reset = new_reset(&p.id, &[&s], now);
     store.create_reset(reset.clone()).await.unwrap();
 
@@ -1310,13 +1357,12 @@ pub async fn rekey_tokens_and_challenges(store: &dyn Store) {
             re_enrolled: true
         }
     );
-    assert!(store.agent_server("old-cred").await.unwrap().is_none());
     assert!(store.agent_server_id("old-cred").await.unwrap().is_none());
     assert_eq!(
         store.agent_server_id("new-cred").await.unwrap(),
         Some(e.server_id.clone())
     );
-    let s = store.agent_server("new-cred").await.unwrap().unwrap();
+    let s = store.server(&p.id, &e.server_id).await.unwrap().unwrap();
     assert_eq!(
         (s.id.as_str(), s.agent_public_key.as_deref()),
         (e.server_id.as_str(), Some(&[3u8; 32][..]))
@@ -1382,10 +1428,10 @@ pub async fn rekey_tokens_and_challenges(store: &dyn Store) {
         .unwrap();
     assert_eq!(r.map(|r| r.re_enrolled), Some(true));
     assert_eq!(
-        store.agent_server("third-cred").await.unwrap().unwrap().id,
-        e.server_id
+        store.agent_server_id("third-cred").await.unwrap(),
+        Some(e.server_id.clone())
     );
-    assert!(store.agent_server("new-cred").await.unwrap().is_none());
+    assert!(store.agent_server_id("new-cred").await.unwrap().is_none());
     assert!(
         store
             .rekey("nope", enrollment("m9", "c9"), now)

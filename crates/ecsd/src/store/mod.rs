@@ -287,6 +287,13 @@ pub struct AgentCount {
     pub stale: u64,
 }
 
+/// What a poll took ([`Store::take_next`]).
+#[derive(Debug, Clone)]
+pub enum NextWork {
+    Power(PowerWork),
+    Reset(Work),
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     // --- administration ---
@@ -392,11 +399,8 @@ pub trait Store: Send + Sync + 'static {
     /// Ordered by version; an agent that never reported counts as version
     /// `unknown`.
     async fn agent_census(&self, stale_before: DateTime<Utc>) -> StoreResult<Vec<AgentCount>>;
-    /// The server whose agent holds this credential.
-    async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>>;
-    /// The id of the server whose agent holds this credential: the same
-    /// answer as [`Store::agent_server`]'s, without the rest of the record.
-    /// Every agent call asks it first.
+    /// The id of the server whose agent holds this credential (`None`
+    /// after a revoke or a re-key). Every agent call asks it first.
     async fn agent_server_id(&self, credential_hash: &str) -> StoreResult<Option<String>>;
     async fn heartbeat(
         &self,
@@ -422,6 +426,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// The newest open reset for the server; marks it DELIVERED.
     async fn take_work(&self, server_id: &str, now: DateTime<Utc>) -> StoreResult<Option<Work>>;
+    /// What an agent's poll takes: its oldest undelivered power action
+    /// ([`Store::take_power`]), else — unless `power_only` — its newest
+    /// open reset ([`Store::take_work`]). A store may look for both at
+    /// once (SQLite: one read for the empty poll, the common case).
+    async fn take_next(
+        &self,
+        server_id: &str,
+        now: DateTime<Utc>,
+        power_only: bool,
+    ) -> StoreResult<Option<NextWork>> {
+        if let Some(p) = self.take_power(server_id, now).await? {
+            return Ok(Some(NextWork::Power(p)));
+        }
+        if power_only {
+            return Ok(None);
+        }
+        Ok(self.take_work(server_id, now).await?.map(NextWork::Reset))
+    }
     /// Records the agent's outcome. Returns false if the reset was no longer
     /// open for this server (superseded, already final, or unknown).
     async fn ack(

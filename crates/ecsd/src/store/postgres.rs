@@ -1597,16 +1597,6 @@ impl Store for PgStore {
         .map(|r| r.get(0)))
     }
 
-    async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>> {
-        let c = self.client().await?;
-        let sql = format!("SELECT {SERVER_COLS} FROM servers s WHERE s.agent_credential_hash = $1");
-        c.cached_query_opt(&sql, &[&credential_hash])
-            .await?
-            .as_ref()
-            .map(server_from_row)
-            .transpose()
-    }
-
     async fn heartbeat(
         &self,
         server_id: &str,

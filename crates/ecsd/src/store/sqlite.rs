@@ -813,6 +813,49 @@ impl SqliteStore {
         crate::metrics::store_call("read", started.elapsed());
         r
     }
+
+    /// The writer's half of taking a power action: looks again (a poll of
+    /// the same agent may have taken it) and marks it RUNNING.
+    async fn take_power_now(
+        &self,
+        id: String,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<PowerWork>> {
+        self.group.write(None, move |tx| {
+            let Some((sub, kind, hard, seq, status)) = next_power(tx, &id)? else {
+                return Ok(None);
+            };
+            let kind = parse_kind(&kind)?;
+            let nows = fmt_time(now);
+            tx.execute(
+                "UPDATE sub_jobs SET status = ?3, boot_id_at_start = (SELECT boot_id FROM servers WHERE id = ?2) \
+                 WHERE sub_job_id = ?1",
+                params![sub, id, JobStatus::Running.as_str()],
+            )?;
+            let st = server_rules::power_taken(parse_status(&status)?, kind, hard);
+            set_power_state(tx, &id, st, &nows)?;
+            Ok(Some(PowerWork { sub_job_id: sub, kind, hard, seq: seq as u64 }))
+        })
+        .await
+    }
+
+    /// The writer's half of taking a reset: looks again and marks a
+    /// PENDING target DELIVERED.
+    async fn take_work_now(&self, id: String, now: DateTime<Utc>) -> StoreResult<Option<Work>> {
+        self.group.write(None, move |tx| {
+            let Some(OpenWork { work, state }) = next_work(tx, &id)? else {
+                return Ok(None);
+            };
+            if let Some(next) = domain::reset::delivered(state) {
+                tx.prepare_cached(
+                    "UPDATE reset_targets SET state = ?4, updated_at = ?3 WHERE request_id = ?1 AND server_id = ?2",
+                )?
+                .execute(params![work.request_id, id, fmt_time(now), next.as_str()])?;
+            }
+            Ok(Some(work))
+        })
+        .await
+    }
 }
 
 const SERVER_COLS: &str = "s.id, s.project_id, s.name, s.os_type, s.status, s.agent_public_key, \
@@ -1439,18 +1482,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn agent_server(&self, credential_hash: &str) -> StoreResult<Option<Server>> {
-        let h = credential_hash.to_owned();
-        self.read_point(move |c| {
-            let sql =
-                format!("SELECT {SERVER_COLS} FROM servers s WHERE s.agent_credential_hash = ?1");
-            let mut stmt = c.prepare_cached(&sql)?;
-            let mut rows = stmt.query([h])?;
-            rows.next()?.map(server_from_row).transpose()
-        })
-        .await
-    }
-
     async fn heartbeat(
         &self,
         server_id: &str,
@@ -1801,22 +1832,51 @@ impl Store for SqliteStore {
         {
             return Ok(None);
         }
-        self.group.write(None, move |tx| {
-            let Some((sub, kind, hard, seq, status)) = next_power(tx, &id)? else {
+        self.take_power_now(id, now).await
+    }
+
+    async fn take_next(
+        &self,
+        server_id: &str,
+        now: DateTime<Utc>,
+        power_only: bool,
+    ) -> StoreResult<Option<super::NextWork>> {
+        use super::NextWork;
+        let id = server_id.to_owned();
+        // One read for both questions (an empty poll, the common case,
+        // costs one read transaction); a write only when there is
+        // something to take.
+        let peek = id.clone();
+        let (power, seen) = self
+            .read_point(move |c| {
+                if next_power(c, &peek)?.is_some() {
+                    return Ok((true, None));
+                }
+                Ok((
+                    false,
+                    if power_only {
+                        None
+                    } else {
+                        next_work(c, &peek)?
+                    },
+                ))
+            })
+            .await?;
+        if power {
+            if let Some(p) = self.take_power_now(id.clone(), now).await? {
+                return Ok(Some(NextWork::Power(p)));
+            }
+            // Taken meanwhile by another poll of the same agent.
+            if power_only {
                 return Ok(None);
-            };
-            let kind = parse_kind(&kind)?;
-            let nows = fmt_time(now);
-            tx.execute(
-                "UPDATE sub_jobs SET status = ?3, boot_id_at_start = (SELECT boot_id FROM servers WHERE id = ?2) \
-                 WHERE sub_job_id = ?1",
-                params![sub, id, JobStatus::Running.as_str()],
-            )?;
-            let st = server_rules::power_taken(parse_status(&status)?, kind, hard);
-            set_power_state(tx, &id, st, &nows)?;
-            Ok(Some(PowerWork { sub_job_id: sub, kind, hard, seq: seq as u64 }))
+            }
+            return Ok(self.take_work(server_id, now).await?.map(NextWork::Reset));
+        }
+        Ok(match seen {
+            None => None,
+            Some(w) if domain::reset::delivered(w.state).is_none() => Some(NextWork::Reset(w.work)),
+            Some(_) => self.take_work_now(id, now).await?.map(NextWork::Reset),
         })
-        .await
     }
 
     async fn power_ack(
@@ -1877,19 +1937,7 @@ impl Store for SqliteStore {
             Some(w) if domain::reset::delivered(w.state).is_none() => return Ok(Some(w.work)),
             Some(_) => {}
         }
-        self.group.write(None, move |tx| {
-            let Some(OpenWork { work, state }) = next_work(tx, &id)? else {
-                return Ok(None);
-            };
-            if let Some(next) = domain::reset::delivered(state) {
-                tx.prepare_cached(
-                    "UPDATE reset_targets SET state = ?4, updated_at = ?3 WHERE request_id = ?1 AND server_id = ?2",
-                )?
-                .execute(params![work.request_id, id, fmt_time(now), next.as_str()])?;
-            }
-            Ok(Some(work))
-        })
-        .await
+        self.take_work_now(id, now).await
     }
 
     async fn ack(
