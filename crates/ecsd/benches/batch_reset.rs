@@ -407,6 +407,39 @@ fn hkdf_aead_us() -> (f64, f64) {
     (hkdf, aead)
 }
 
+/// Signing one work envelope (what every delivery of a reset or power
+/// action costs ecsd): `ed25519-dalek` (portable Rust, what `WorkSigner`
+/// used before session 10) against `WorkSigner` itself (aws-lc).
+fn envelope_sign_us() -> Vec<(&'static str, f64)> {
+    let signer = ecs_trust::WorkSigner::generate();
+    let dalek = ed25519_dalek::SigningKey::from_bytes(&signer.to_bytes());
+    let env = ecs_agent_proto::Envelope {
+        server_id: "srv-0123456789abcdef".into(),
+        id: "0123456789abcdef0123456789abcdef".into(),
+        seq: 42,
+        kind: ecs_agent_proto::WorkKind::Reset,
+        apply: ecs_agent_proto::ApplyMode::Boot,
+        hard: false,
+        sealed_sha256: Some(ecs_trust::work::sealed_hash(b"sealed")),
+        issued_at: "2026-11-28T00:00:00Z".into(),
+    };
+    let mut msg = ecs_trust::work::ENVELOPE_CONTEXT.to_vec();
+    msg.extend_from_slice(&serde_json::to_vec(&env).unwrap());
+    let dalek_us = per_call_us(500, 9, || {
+        black_box(ed25519_dalek::Signer::sign(&dalek, black_box(&msg)));
+    });
+    let ours = per_call_us(500, 9, || {
+        black_box(signer.sign(black_box(&env)));
+    });
+    vec![
+        ("ed25519-dalek 2, the signature alone", dalek_us),
+        (
+            "WorkSigner (aws-lc): serialize, sign, base64 — the whole envelope",
+            ours,
+        ),
+    ]
+}
+
 /// A full single-shot HPKE seal (the same suite, info, 20-byte password) per
 /// candidate, one thread.
 fn seal_us(keys: &[(String, ecs_seal::PublicKey)]) -> Vec<(&'static str, f64)> {
@@ -570,6 +603,7 @@ fn machine_floor() {
     let seals = seal_us(&f.keys);
     let tx = tx_ms(&mut floor, &f.keys);
     let handshakes = tls_handshake_us();
+    let signs = envelope_sign_us();
     let fastest = x
         .iter()
         .take(3)
@@ -599,6 +633,9 @@ fn machine_floor() {
     }
     for (name, us) in &handshakes {
         println!("| TLS 1.3 handshake in memory, client + server, rustls on {name} | {us:.1} µs |");
+    }
+    for (name, us) in &signs {
+        println!("| Ed25519 work envelope, one thread: {name} | {us:.1} µs |");
     }
     println!("| one durable SQLite transaction of 1000 rows | {tx:.2} ms |");
     println!(

@@ -148,10 +148,12 @@ async fn wait_state(api: &Api, rid: &str, state: ResetState, n: u32, limit: Dura
 }
 
 /// Store writes (`ecsd_store_duration_seconds_count{op="write"}`: one
-/// transaction each before issue 13, then each a write of a group commit)
-/// and the group writer's commits (`ecsd_store_group_commits_total`, both
-/// sync levels; 0 on an ecsd without it), from ecsd's /metrics.
-async fn store_counts(api: &Api) -> (f64, f64) {
+/// transaction each before issue 13, then each a write of a group commit),
+/// the group writer's commits (`ecsd_store_group_commits_total`, both
+/// sync levels; 0 on an ecsd without it) and store reads (`op="read"`:
+/// each a read transaction; this bench's own outcome polls included),
+/// from ecsd's /metrics.
+async fn store_counts(api: &Api) -> (f64, f64, f64) {
     let r = api
         .send(ecs_client::Request::new(reqwest::Method::GET, "/metrics"))
         .await;
@@ -165,6 +167,7 @@ async fn store_counts(api: &Api) -> (f64, f64) {
     (
         sum("ecsd_store_duration_seconds_count{op=\"write\"}"),
         sum("ecsd_store_group_commits_total{"),
+        sum("ecsd_store_duration_seconds_count{op=\"read\"}"),
     )
 }
 
@@ -306,6 +309,11 @@ fn restarts(
             "store writes meanwhile: {:.0}, in {:.0} group commits (0: an ecsd without group commit, one transaction per write)",
             counts.0 - counts0.0,
             counts.1 - counts0.1
+        );
+        println!(
+            "store reads meanwhile: {:.0} ({:.1} per restart; this bench's outcome polls included)",
+            counts.2 - counts0.2,
+            (counts.2 - counts0.2) / n as f64
         );
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let wall = (restarted + applied).as_secs_f64();

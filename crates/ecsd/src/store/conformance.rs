@@ -782,7 +782,10 @@ pub async fn a_poll_takes_power_before_a_reset(store: &dyn Store) {
     assert!(store.take_next(&a.id, now, false).await.unwrap().is_none());
     // The reboot completes with the new boot (nothing is left running).
     beat(store, &a.id, "boot-2", now).await;
-    assert_eq!(sub_of(store, &p.id, &job, &a).await.status, JobStatus::Success);
+    assert_eq!(
+        sub_of(store, &p.id, &job, &a).await.status,
+        JobStatus::Success
+    );
 }
 
 pub async fn power_jobs_busy_take_ack(store: &dyn Store) {
