@@ -839,6 +839,22 @@ impl SqliteStore {
         .await
     }
 
+    /// Takes the open reset a reader's look (`seen`) found: none; a target
+    /// already DELIVERED (an agent asking again after a restart), which
+    /// needs no write; or a PENDING one, which the writer delivers.
+    async fn deliver(
+        &self,
+        id: String,
+        seen: Option<OpenWork>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Work>> {
+        match seen {
+            None => Ok(None),
+            Some(w) if domain::reset::delivered(w.state).is_none() => Ok(Some(w.work)),
+            Some(_) => self.take_work_now(id, now).await,
+        }
+    }
+
     /// The writer's half of taking a reset: looks again and marks a
     /// PENDING target DELIVERED.
     async fn take_work_now(&self, id: String, now: DateTime<Utc>) -> StoreResult<Option<Work>> {
@@ -1872,11 +1888,7 @@ impl Store for SqliteStore {
             }
             return Ok(self.take_work(server_id, now).await?.map(NextWork::Reset));
         }
-        Ok(match seen {
-            None => None,
-            Some(w) if domain::reset::delivered(w.state).is_none() => Some(NextWork::Reset(w.work)),
-            Some(_) => self.take_work_now(id, now).await?.map(NextWork::Reset),
-        })
+        Ok(self.deliver(id, seen, now).await?.map(NextWork::Reset))
     }
 
     async fn power_ack(
@@ -1932,12 +1944,7 @@ impl Store for SqliteStore {
         // PENDING target's delivery does, and the writer then reads again.
         let peek = id.clone();
         let seen = self.read_point(move |c| next_work(c, &peek)).await?;
-        match seen {
-            None => return Ok(None),
-            Some(w) if domain::reset::delivered(w.state).is_none() => return Ok(Some(w.work)),
-            Some(_) => {}
-        }
-        self.take_work_now(id, now).await
+        self.deliver(id, seen, now).await
     }
 
     async fn ack(
