@@ -371,7 +371,7 @@ async fn next_work(
         .work_keys()
         .await
         .map_err(|e| ApiError::internal("loading the work-signing key", e))?;
-    let work = match state
+    let w = match state
         .store
         .take_next(server_id, now, q.power_only)
         .await
@@ -390,14 +390,14 @@ async fn next_work(
                 }),
             }));
         }
-        Some(NextWork::Reset(w)) => Some(w),
+        Some(NextWork::Reset(w)) => w,
     };
-    let work = work.filter(|w| q.have.as_deref() != Some(w.request_id.as_str()));
-    if work.is_some() {
-        crate::metrics::targets("delivered", 1);
-        state.changes.bump();
+    if q.have.as_deref() == Some(w.request_id.as_str()) {
+        return Ok(None);
     }
-    Ok(work.map(|w| proto::Poll {
+    crate::metrics::targets("delivered", 1);
+    state.changes.bump();
+    Ok(Some(proto::Poll {
         reset: Some(proto::Work {
             server_id: server_id.to_owned(),
             envelope: Some(keys.sign_reset(server_id, &w)),
