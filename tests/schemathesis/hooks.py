@@ -158,7 +158,8 @@ def before_call(context, case, kwargs):
     # dev fleet never completes; invalid values go as generated (400 Ecs.0005).
     if case.query and "wait" in case.query:
         wait = str(case.query["wait"])
-        if wait.isdigit() and int(wait) <= 50:
+        # ASCII digits only: str.isdigit() is also true for '³', which int() refuses.
+        if wait.isascii() and wait.isdigit() and int(wait) <= 50:
             case.query["wait"] = "1" if key % 10 == 0 else "0"
     # `seconds` (the life of our event streams, 0-600 s; absent: 600): a valid or absent value
     # is cut to 0 s (the current state only; 1 s in one case of ten) for the same reason.
@@ -166,7 +167,7 @@ def before_call(context, case, kwargs):
         if case.query is None:
             case.query = {}
         seconds = str(case.query.get("seconds", "0"))
-        if seconds.isdigit() and int(seconds) <= 600:
+        if seconds.isascii() and seconds.isdigit() and int(seconds) <= 600:
             case.query["seconds"] = "1" if key % 10 == 0 else "0"
     body = case.body
     if isinstance(body, dict):
