@@ -458,11 +458,55 @@ pub trait Store: Send + Sync + 'static {
 
 /// Formats a time the way the store keeps it (RFC 3339, milliseconds, `Z`).
 pub fn fmt_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    // The same text as `format("%Y-%m-%dT%H:%M:%S%.3fZ")` for every year
+    // 0–9999 (test `fmt_time_is_the_strftime_form`), without parsing a
+    // format string on each call: stamps are written on every agent call.
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub fn parse_time(s: &str) -> StoreResult<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| StoreError::storage(format!("bad timestamp {s:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn strftime(t: DateTime<Utc>) -> String {
+        t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    }
+
+    #[test]
+    fn fmt_time_is_the_strftime_form_at_the_edges() {
+        for s in [
+            "0000-01-01T00:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "2026-11-29T02:04:34.5Z",
+            "2026-11-29T02:04:34.999999999Z",
+            "2016-12-31T23:59:60.250Z",
+            "9999-12-31T23:59:59.999Z",
+        ] {
+            let t = parse_time(s).unwrap();
+            assert_eq!(fmt_time(t), strftime(t), "{s}");
+            assert_eq!(parse_time(&fmt_time(t)).unwrap().timestamp(), t.timestamp());
+        }
+        assert_eq!(
+            fmt_time(parse_time("2026-11-29T02:04:34.5Z").unwrap()),
+            "2026-11-29T02:04:34.500Z"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn fmt_time_is_the_strftime_form(
+            secs in -62_167_219_200i64..253_402_300_800i64,
+            nanos in 0u32..1_000_000_000,
+        ) {
+            let t = DateTime::from_timestamp(secs, nanos).unwrap();
+            prop_assert_eq!(fmt_time(t), strftime(t));
+        }
+    }
 }
